@@ -1,0 +1,155 @@
+//! JumpReLU SAE (Rajamanoharan et al. 2024b), the architecture of Gemma Scope.
+
+use candle_core::{Tensor, Var};
+
+use super::affine::{AffineSae, expect_shape, update_f32};
+use super::{Architecture, Sae, TrainOutput, TrainableSae};
+use crate::ste::{self, SteConfig};
+use crate::{Result, SaeError};
+
+/// How the threshold θ is stored as a trainable variable.
+///
+/// The default is [`ThresholdParametrisation::Raw`]. The JumpReLU paper's appendix trains
+/// τ = log θ to keep θ positive, but with Adam a log-parametrised threshold moves by about
+/// lr·θ per step (7e-8 per step at θ = 0.001, lr = 7e-5), so thresholds barely leave their
+/// initial value and L0 will not come down; SAELens (PR #718) and dictionary_learning switched
+/// to training θ itself for that reason, and released files store θ, not log θ. Choose
+/// [`ThresholdParametrisation::Log`] to follow the paper's appendix literally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdParametrisation {
+    /// Train θ directly (the default).
+    #[default]
+    Raw,
+    /// Train log θ (JumpReLU paper, App. J).
+    Log,
+}
+
+/// A JumpReLU SAE: f = π·H(π − θ) with a learned per-latent threshold θ and a strict `>`.
+#[derive(Debug, Clone)]
+pub struct JumpReluSae {
+    /// Encoder and decoder.
+    pub affine: AffineSae,
+    threshold: Var,
+    parametrisation: ThresholdParametrisation,
+    /// Bandwidth of the straight-through estimator used by [`TrainableSae::train_forward`].
+    pub ste: SteConfig,
+}
+
+impl JumpReluSae {
+    /// Builds the SAE from its affine part and a threshold θ `[d_sae]` (θ itself, whatever
+    /// the parametrisation; with [`ThresholdParametrisation::Log`] θ must be positive).
+    pub fn new(
+        affine: AffineSae,
+        threshold: Tensor,
+        parametrisation: ThresholdParametrisation,
+        ste: SteConfig,
+    ) -> Result<Self> {
+        expect_shape(&threshold, "threshold", &[affine.d_sae()])?;
+        let stored = match parametrisation {
+            ThresholdParametrisation::Raw => threshold,
+            ThresholdParametrisation::Log => {
+                let non_positive = threshold
+                    .le(0.0)?
+                    .to_dtype(candle_core::DType::F32)?
+                    .sum_all()?
+                    .to_scalar::<f32>()?;
+                if non_positive > 0.0 {
+                    return Err(SaeError::Config(format!(
+                        "a log-parametrised threshold needs θ > 0, but {non_positive} latents have θ ≤ 0"
+                    )));
+                }
+                threshold.log()?
+            }
+        };
+        Ok(Self {
+            affine,
+            threshold: Var::from_tensor(&stored)?,
+            parametrisation,
+            ste,
+        })
+    }
+
+    /// The threshold θ `[d_sae]`, differentiable with respect to the stored variable.
+    pub fn theta(&self) -> Result<Tensor> {
+        Ok(match self.parametrisation {
+            ThresholdParametrisation::Raw => self.threshold.as_tensor().clone(),
+            ThresholdParametrisation::Log => self.threshold.as_tensor().exp()?,
+        })
+    }
+
+    /// How θ is stored.
+    pub fn parametrisation(&self) -> ThresholdParametrisation {
+        self.parametrisation
+    }
+
+    fn threshold_name(&self) -> &'static str {
+        match self.parametrisation {
+            ThresholdParametrisation::Raw => "threshold",
+            ThresholdParametrisation::Log => "log_threshold",
+        }
+    }
+}
+
+impl Sae for JumpReluSae {
+    fn architecture(&self) -> Architecture {
+        Architecture::JumpRelu
+    }
+    super::delegate_to_affine!();
+    fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let pre = self.pre_activations(x)?;
+        let gate = ste::heaviside(&pre, &self.theta()?)?;
+        Ok((pre * gate)?)
+    }
+    fn tensors(&self) -> Result<Vec<(&'static str, Tensor)>> {
+        let mut tensors = self.affine.tensors("b_enc");
+        tensors.push(("threshold", self.theta()?));
+        Ok(tensors)
+    }
+    fn fold_scaling(&mut self, c: f64) -> Result<()> {
+        self.affine.fold_scaling(c)?;
+        self.scale_threshold(c)
+    }
+    fn unfold_scaling(&mut self, c: f64, pre_encoder_bias: bool) -> Result<()> {
+        self.affine.unfold_scaling(c, pre_encoder_bias)?;
+        self.scale_threshold(1.0 / c)
+    }
+}
+
+impl JumpReluSae {
+    fn scale_threshold(&self, factor: f64) -> Result<()> {
+        match self.parametrisation {
+            ThresholdParametrisation::Raw => {
+                update_f32(&self.threshold, |t| Ok(t.affine(factor, 0.0)?))
+            }
+            ThresholdParametrisation::Log => {
+                update_f32(&self.threshold, |t| Ok(t.affine(1.0, factor.ln())?))
+            }
+        }
+    }
+}
+
+impl TrainableSae for JumpReluSae {
+    fn vars(&self) -> Vec<(&'static str, &Var)> {
+        let mut vars = self.affine.vars("b_enc");
+        vars.push((self.threshold_name(), &self.threshold));
+        vars
+    }
+    fn train_forward(&self, x: &Tensor) -> Result<TrainOutput> {
+        let pre_activations = self.pre_activations(x)?;
+        let latents = ste::jumprelu(&pre_activations, &self.theta()?, self.ste)?;
+        let reconstruction = self.affine.decode(&latents)?;
+        Ok(TrainOutput::new(
+            x,
+            pre_activations,
+            latents,
+            reconstruction,
+        ))
+    }
+    fn threshold(&self) -> Result<Option<Tensor>> {
+        Ok(Some(self.theta()?))
+    }
+    fn decoder_var(&self) -> &Var {
+        &self.affine.w_dec
+    }
+}

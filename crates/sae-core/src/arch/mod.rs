@@ -1,0 +1,206 @@
+//! SAE architectures behind one small trait.
+//!
+//! Every architecture computes pre-activations π = (x − b_dec·[apply_b_dec_to_input])·W_enc + b_enc,
+//! turns them into non-negative latents f, and reconstructs x̂ = f·W_dec + b_dec. They differ in
+//! how π becomes f:
+//!
+//! | architecture | latents | file name (SAELens `architecture`) |
+//! |---|---|---|
+//! | [`JumpReluSae`] | π·H(π − θ), per-latent threshold θ, strict `>` | `jumprelu` |
+//! | [`TopKSae`] | ReLU of the k largest π of each token | `topk` |
+//! | [`BatchTopKSae`] | training: the k·batch largest ReLU(π) of the batch; inference: π·H(π − θ_global) | `batchtopk` |
+//! | [`ReluSae`] | ReLU(π) (the standard SAE) | `standard` |
+//! | [`GatedSae`] | H(π_gate)·ReLU(π_mag), with W_mag = W_enc ⊙ exp(r_mag) | `gated` |
+//!
+//! Tensors are row-major with the row-vector convention of SAELens and Gemma Scope:
+//! `W_enc` is `[d_in, d_sae]`, `W_dec` is `[d_sae, d_in]`, inputs are `[tokens, d_in]`.
+
+mod affine;
+mod batch_topk;
+mod build;
+mod gated;
+mod jumprelu;
+mod relu;
+mod topk_sae;
+
+pub use affine::{AffineSae, expect_shape};
+pub use batch_topk::BatchTopKSae;
+pub(crate) use build::take_affine;
+pub use build::{NamedTensors, ThresholdOptions, from_tensors, init};
+pub use gated::GatedSae;
+pub use jumprelu::{JumpReluSae, ThresholdParametrisation};
+pub use relu::ReluSae;
+pub use topk_sae::TopKSae;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::Result;
+
+/// Which architecture an SAE has, with the settings that change its forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Architecture {
+    /// JumpReLU (Rajamanoharan et al. 2024b; Gemma Scope).
+    JumpRelu,
+    /// TopK (Gao et al. 2024): the `k` largest pre-activations of each token.
+    TopK {
+        /// Active latents per token.
+        k: usize,
+    },
+    /// BatchTopK (Bussmann et al. 2024): `k · batch` latents over the batch.
+    BatchTopK {
+        /// Mean active latents per token.
+        k: usize,
+    },
+    /// The standard ReLU SAE.
+    Relu,
+    /// Gated SAE (Rajamanoharan et al. 2024a) with the r_mag re-parametrisation.
+    Gated,
+}
+
+impl Architecture {
+    /// The short name used in messages and in SAELens' `architecture` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Architecture::JumpRelu => "jumprelu",
+            Architecture::TopK { .. } => "topk",
+            Architecture::BatchTopK { .. } => "batchtopk",
+            Architecture::Relu => "standard",
+            Architecture::Gated => "gated",
+        }
+    }
+}
+
+/// The inference face of a sparse autoencoder.
+///
+/// Inputs are `[tokens, d_in]` in the SAE's space (raw activations for a folded SAE, see
+/// [`crate::scaling`]); latents are `[tokens, d_sae]`.
+pub trait Sae: Send + Sync {
+    /// The architecture and its settings.
+    fn architecture(&self) -> Architecture;
+    /// Input width.
+    fn d_in(&self) -> usize;
+    /// Number of latents (dictionary size).
+    fn d_sae(&self) -> usize;
+    /// Whether `b_dec` is subtracted from the input before encoding (the pre-encoder bias).
+    fn apply_b_dec_to_input(&self) -> bool;
+    /// Pre-activations π, `[tokens, d_sae]` (the gate pre-activations for a Gated SAE).
+    fn pre_activations(&self, x: &Tensor) -> Result<Tensor>;
+    /// Latents f, `[tokens, d_sae]`, non-negative.
+    fn encode(&self, x: &Tensor) -> Result<Tensor>;
+    /// Reconstruction x̂ = f·W_dec + b_dec, `[tokens, d_in]`.
+    fn decode(&self, latents: &Tensor) -> Result<Tensor>;
+    /// The decoder matrix `W_dec`, `[d_sae, d_in]`; row i is latent i's direction.
+    fn decoder_weight(&self) -> &Tensor;
+    /// Every parameter in its inference form, under the SAELens names (`W_enc`, `threshold`, …).
+    fn tensors(&self) -> Result<Vec<(&'static str, Tensor)>>;
+    /// Folds an input scaling constant C and the pre-encoder bias into the weights
+    /// (Gemma Scope App. A): afterwards the SAE takes raw activations x_raw = C·x, its latents are
+    /// C × the latents before folding, its reconstruction is C × the reconstruction before
+    /// folding, and `apply_b_dec_to_input` is false.
+    fn fold_scaling(&mut self, c: f64) -> Result<()>;
+    /// The inverse of [`Sae::fold_scaling`]: divides out C and, when `pre_encoder_bias` is true,
+    /// moves `b_dec` back in front of the encoder.
+    fn unfold_scaling(&mut self, c: f64, pre_encoder_bias: bool) -> Result<()>;
+
+    /// Latents and reconstruction of `x` in one call.
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let latents = self.encode(x)?;
+        let reconstruction = self.decode(&latents)?;
+        Ok((latents, reconstruction))
+    }
+}
+
+/// The training-time forward pass of an SAE: everything a loss needs, with gradients attached.
+#[derive(Debug, Clone)]
+pub struct TrainOutput {
+    /// The input x (training space).
+    pub input: Tensor,
+    /// Pre-activations π (gate pre-activations for Gated).
+    pub pre_activations: Tensor,
+    /// Latents f, with each architecture's training gradients (the STE for JumpReLU).
+    pub latents: Tensor,
+    /// The non-negative activations magnitude penalties (L1) act on: the latents, or
+    /// ReLU(π_gate) for a Gated SAE.
+    pub sparsity_input: Tensor,
+    /// Reconstruction x̂.
+    pub reconstruction: Tensor,
+}
+
+/// The training face of an SAE: trainable variables and a differentiable forward pass.
+pub trait TrainableSae: Sae {
+    /// The trainable variables with their names (`W_enc`, `log_threshold`, …), in a fixed order.
+    fn vars(&self) -> Vec<(&'static str, &Var)>;
+    /// The differentiable forward pass used for training.
+    fn train_forward(&self, x: &Tensor) -> Result<TrainOutput>;
+    /// The per-latent threshold θ as a differentiable tensor, for architectures that have one.
+    fn threshold(&self) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// An architecture's own auxiliary loss (Gated's frozen-decoder reconstruction), if any.
+    fn auxiliary_loss(&self, _out: &TrainOutput) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// Updates running statistics after an optimiser step (BatchTopK's inference threshold).
+    fn after_step(&mut self, _out: &TrainOutput) -> Result<()> {
+        Ok(())
+    }
+    /// The decoder variable (for the unit-norm constraint).
+    fn decoder_var(&self) -> &Var;
+}
+
+/// Shape, dtype and device of a new SAE.
+#[derive(Debug, Clone)]
+pub struct SaeShape {
+    /// Input width.
+    pub d_in: usize,
+    /// Number of latents.
+    pub d_sae: usize,
+    /// Parameter dtype (f32 or bf16 are the tested ones).
+    pub dtype: DType,
+    /// Where the parameters live.
+    pub device: Device,
+}
+
+/// The [`Sae`] methods every architecture answers from its `affine` field.
+macro_rules! delegate_to_affine {
+    () => {
+        fn d_in(&self) -> usize {
+            self.affine.d_in()
+        }
+        fn d_sae(&self) -> usize {
+            self.affine.d_sae()
+        }
+        fn apply_b_dec_to_input(&self) -> bool {
+            self.affine.apply_b_dec_to_input
+        }
+        fn pre_activations(&self, x: &Tensor) -> Result<Tensor> {
+            self.affine.pre_activations(x)
+        }
+        fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+            self.affine.decode(latents)
+        }
+        fn decoder_weight(&self) -> &Tensor {
+            self.affine.w_dec.as_tensor()
+        }
+    };
+}
+pub(crate) use delegate_to_affine;
+
+impl TrainOutput {
+    /// The output of an architecture whose L1 penalty acts on its latents (all but Gated).
+    pub fn new(
+        input: &Tensor,
+        pre_activations: Tensor,
+        latents: Tensor,
+        reconstruction: Tensor,
+    ) -> Self {
+        Self {
+            input: input.clone(),
+            pre_activations,
+            sparsity_input: latents.clone(),
+            latents,
+            reconstruction,
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Files: the SAELens directory format (the project's own) and Gemma Scope's `params.npz`.
+//!
+//! [`load`] recognises either from a path. Every error names the file and, for array
+//! problems, the array and what was expected.
+
+mod atomic;
+mod npz;
+mod saelens;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use atomic::{write_dir_atomically, write_file_atomically};
+pub use npz::{NpzCompression, load_gemma_scope_npz, read_npz, save_gemma_scope_npz};
+pub use saelens::{LoadedSae, SAE_LENS_FORMAT_VERSION, SaeLensConfig, load_saelens, save_saelens};
+
+use crate::arch::TrainableSae;
+use crate::{Result, SaeError};
+
+/// Fails with [`SaeError::NonFinite`] if `tensor` holds NaN or infinite values.
+pub fn check_finite(tensor: &Tensor, array: &str, path: Option<&Path>) -> Result<()> {
+    let values = tensor
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let count = values.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(SaeError::NonFinite {
+            path: path.map(Path::to_path_buf),
+            array: array.to_string(),
+            count,
+        });
+    }
+    Ok(())
+}
+
+/// Loads an SAE from a SAELens directory (`cfg.json` + `sae_weights.safetensors`), a Gemma
+/// Scope `params.npz`, or a directory holding a `params.npz`.
+pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Box<dyn TrainableSae>> {
+    if path.is_dir() {
+        if path.join(saelens::CONFIG_FILE).exists() {
+            return Ok(load_saelens(path, device, dtype)?.sae);
+        }
+        let npz = path.join("params.npz");
+        if npz.exists() {
+            return Ok(Box::new(load_gemma_scope_npz(&npz, device, dtype)?));
+        }
+        return Err(SaeError::format(
+            path,
+            "directory holds neither a SAELens cfg.json nor a Gemma Scope params.npz",
+        ));
+    }
+    if path.extension().is_some_and(|e| e == "npz") {
+        return Ok(Box::new(load_gemma_scope_npz(path, device, dtype)?));
+    }
+    if !path.exists() {
+        return Err(SaeError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
+    }
+    Err(SaeError::format(
+        path,
+        "not an SAE: expected a SAELens directory or a params.npz file",
+    ))
+}

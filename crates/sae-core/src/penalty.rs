@@ -1,0 +1,173 @@
+//! Sparsity penalties, combinable with any architecture that provides what they act on.
+//!
+//! | penalty | term (per token, averaged over the batch) | needs |
+//! |---|---|---|
+//! | [`L0Ste`] | Σᵢ H(πᵢ − θᵢ), θ-gradient by the straight-through estimator | a threshold (JumpReLU) |
+//! | [`L1`] | Σᵢ \|fᵢ\| (ReLU(π_gate) for Gated) | any |
+//! | [`DecoderNormL1`] | Σᵢ \|fᵢ\|·‖dᵢ‖₂ (Anthropic, April 2024) | any |
+//! | [`AuxK`] | normalised error of reconstructing the residual from the top-k_aux dead latents (Gao et al. 2024) | dead-latent statistics |
+//!
+//! A penalty returns its *unscaled* term; the caller multiplies it by its coefficient (which a
+//! trainer may warm up), see [`crate::loss::training_loss`].
+
+use std::fmt::Debug;
+
+use candle_core::{D, DType, Tensor};
+
+use crate::arch::{TrainOutput, TrainableSae};
+use crate::ste::{self, SteConfig};
+use crate::topk::top_k_mask;
+use crate::{Result, SaeError};
+
+/// What a penalty may need beyond the forward pass.
+#[derive(Debug, Clone, Default)]
+pub struct PenaltyContext {
+    /// 0/1 per latent, `[d_sae]`: latents that did not fire over a recent window (for AuxK).
+    pub dead_latents: Option<Tensor>,
+}
+
+/// A sparsity penalty: a scalar term computed from a training forward pass.
+pub trait SparsityPenalty: Debug + Send + Sync {
+    /// A short name for logs and metrics (`l0`, `l1`, …).
+    fn name(&self) -> &'static str;
+    /// The unscaled penalty term, a scalar tensor averaged over the batch.
+    fn loss(
+        &self,
+        sae: &dyn TrainableSae,
+        out: &TrainOutput,
+        context: &PenaltyContext,
+    ) -> Result<Tensor>;
+}
+
+/// Σ over latents, mean over tokens, in f32.
+fn per_token_mean(values: &Tensor) -> Result<Tensor> {
+    Ok(values.to_dtype(DType::F32)?.sum(D::Minus1)?.mean(0)?)
+}
+
+/// The JumpReLU paper's L0 penalty: the count of active latents, whose threshold gradient is
+/// the straight-through pseudo-derivative −(1/ε)·K((π − θ)/ε). Sends no gradient to the
+/// encoder: only θ learns from it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct L0Ste {
+    /// Kernel bandwidth.
+    pub ste: SteConfig,
+}
+
+impl SparsityPenalty for L0Ste {
+    fn name(&self) -> &'static str {
+        "l0"
+    }
+    fn loss(
+        &self,
+        sae: &dyn TrainableSae,
+        out: &TrainOutput,
+        _context: &PenaltyContext,
+    ) -> Result<Tensor> {
+        let threshold = sae
+            .threshold()?
+            .ok_or_else(|| SaeError::IncompatiblePenalty {
+                penalty: "l0",
+                architecture: sae.architecture().name(),
+                why: "it needs a trainable per-latent threshold (use a JumpReLU SAE)",
+            })?;
+        per_token_mean(&ste::step(&out.pre_activations, &threshold, self.ste)?)
+    }
+}
+
+/// The L1 norm of the latents (of ReLU(π_gate) for a Gated SAE).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct L1;
+
+impl SparsityPenalty for L1 {
+    fn name(&self) -> &'static str {
+        "l1"
+    }
+    fn loss(
+        &self,
+        _sae: &dyn TrainableSae,
+        out: &TrainOutput,
+        _context: &PenaltyContext,
+    ) -> Result<Tensor> {
+        per_token_mean(&out.sparsity_input.abs()?)
+    }
+}
+
+/// L1 weighted by decoder row norms, Σᵢ |fᵢ|·‖dᵢ‖₂ (Anthropic, April 2024): the penalty of an
+/// SAE whose decoder is not constrained to unit norm. Gradients reach the decoder norms too.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecoderNormL1;
+
+impl SparsityPenalty for DecoderNormL1 {
+    fn name(&self) -> &'static str {
+        "l1_decoder_norm"
+    }
+    fn loss(
+        &self,
+        sae: &dyn TrainableSae,
+        out: &TrainOutput,
+        _context: &PenaltyContext,
+    ) -> Result<Tensor> {
+        let norms = sae
+            .decoder_var()
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum(D::Minus1)?
+            .sqrt()?;
+        let weighted = out
+            .sparsity_input
+            .abs()?
+            .to_dtype(DType::F32)?
+            .broadcast_mul(&norms)?;
+        per_token_mean(&weighted)
+    }
+}
+
+/// The AuxK loss for dead latents (Gao et al. 2024, App. A.2): the residual e = x − x̂ (no
+/// gradient) is reconstructed from the `k_aux` largest pre-activations among dead latents,
+/// ê = ReLU(π_dead,topk)·W_dec, and the term is the normalised error
+/// Σ‖e − ê‖² / Σ‖e − ē‖². Zero when no latent is dead or no dead-latent mask is given.
+#[derive(Debug, Clone, Copy)]
+pub struct AuxK {
+    /// How many dead latents reconstruct the residual (Gao et al. used 512).
+    pub k_aux: usize,
+}
+
+impl SparsityPenalty for AuxK {
+    fn name(&self) -> &'static str {
+        "auxk"
+    }
+    fn loss(
+        &self,
+        sae: &dyn TrainableSae,
+        out: &TrainOutput,
+        context: &PenaltyContext,
+    ) -> Result<Tensor> {
+        let device = out.pre_activations.device();
+        let zero = Tensor::zeros((), DType::F32, device)?;
+        let Some(dead) = &context.dead_latents else {
+            return Ok(zero);
+        };
+        let dead = dead.to_dtype(DType::F32)?;
+        let n_dead = dead.sum_all()?.to_scalar::<f32>()? as usize;
+        if n_dead == 0 || self.k_aux == 0 {
+            return Ok(zero);
+        }
+        let pre = out.pre_activations.to_dtype(DType::F32)?;
+        let dead = dead.broadcast_as(pre.shape())?.contiguous()?;
+        let lowest = pre.min_all()?.to_scalar::<f32>()? as f64 - 1.0;
+        let candidates = dead
+            .ne(0.0)?
+            .where_cond(&pre, &pre.ones_like()?.affine(0.0, lowest)?)?;
+        let chosen = (top_k_mask(&candidates, self.k_aux.min(n_dead))? * dead)?;
+        let aux_latents = (pre.relu()? * chosen)?;
+        let w_dec = sae.decoder_var().as_tensor().to_dtype(DType::F32)?;
+        let residual_estimate = aux_latents.matmul(&w_dec)?;
+        let residual =
+            (out.input.to_dtype(DType::F32)? - out.reconstruction.to_dtype(DType::F32)?)?.detach();
+        let error = (&residual - residual_estimate)?.sqr()?.sum_all()?;
+        let centred = residual.broadcast_sub(&residual.mean_keepdim(0)?)?;
+        let variance = centred.sqr()?.sum_all()?;
+        Ok(error.broadcast_div(&variance)?)
+    }
+}

@@ -1,0 +1,292 @@
+//! Property tests of the SAE invariants (proptest).
+//!
+//! Parameters are f64 here so that rounding can never move a pre-activation across a threshold
+//! between two equivalent computations; the f32 and bf16 paths are covered by the reference
+//! and format tests.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use proptest::prelude::*;
+use sae_core::constraint::{project_out_parallel, renormalise_rows, row_norms};
+use sae_core::format::{
+    NpzCompression, load_gemma_scope_npz, load_saelens, save_gemma_scope_npz, save_saelens,
+};
+use sae_core::{
+    AffineSae, Architecture, BatchTopKSae, GatedSae, JumpReluSae, L0Ste, PenaltyContext, ReluSae,
+    Sae, SparsityPenalty, SteConfig, ThresholdParametrisation, TopKSae, TrainableSae,
+};
+
+fn tensor(seed: u64, dims: &[usize], std: f32, dtype: DType) -> Tensor {
+    common::seeded_normal(seed, dims, std)
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn positive(seed: u64, n: usize, dtype: DType) -> Tensor {
+    // 0.05 + |N(0, 0.3)|: thresholds in the range of the pre-activations.
+    (tensor(seed, &[n], 0.3, DType::F32).abs().unwrap() + 0.05)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn affine(seed: u64, d_in: usize, d_sae: usize, apply: bool, dtype: DType) -> AffineSae {
+    AffineSae::new(
+        tensor(seed, &[d_in, d_sae], 0.5, dtype),
+        tensor(seed + 1, &[d_sae], 0.2, dtype),
+        tensor(seed + 2, &[d_sae, d_in], 0.5, dtype),
+        tensor(seed + 3, &[d_in], 0.3, dtype),
+        apply,
+    )
+    .unwrap()
+}
+
+/// An SAE of every architecture from one seed; BatchTopK gets its threshold from a training pass.
+fn any_sae(
+    arch: usize,
+    seed: u64,
+    d_in: usize,
+    d_sae: usize,
+    apply: bool,
+    dtype: DType,
+) -> Box<dyn TrainableSae> {
+    let a = affine(seed, d_in, d_sae, apply, dtype);
+    let k = 1 + (seed as usize % d_sae);
+    match arch % 5 {
+        0 => Box::new(
+            JumpReluSae::new(
+                a,
+                positive(seed + 4, d_sae, dtype),
+                ThresholdParametrisation::Raw,
+                SteConfig::default(),
+            )
+            .unwrap(),
+        ),
+        1 => Box::new(TopKSae::new(a, k).unwrap()),
+        2 => {
+            let mut sae = BatchTopKSae::new(a, k, None).unwrap();
+            let out = sae
+                .train_forward(&tensor(seed + 9, &[4, d_in], 1.0, dtype))
+                .unwrap();
+            sae.after_step(&out).unwrap();
+            Box::new(sae)
+        }
+        3 => Box::new(ReluSae::new(a)),
+        _ => Box::new(
+            GatedSae::new(
+                a,
+                tensor(seed + 5, &[d_sae], 0.3, dtype),
+                tensor(seed + 6, &[d_sae], 0.2, dtype),
+            )
+            .unwrap(),
+        ),
+    }
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn bits_equal(a: &Tensor, b: &Tensor) -> bool {
+    a.dtype() == b.dtype() && a.dims() == b.dims() && values(a) == values(b)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn jumprelu_latents_are_zero_or_above_threshold(
+        seed in 0u64..10_000, d_in in 1usize..8, d_sae in 1usize..24, tokens in 1usize..12,
+    ) {
+        let theta = positive(seed + 4, d_sae, DType::F64);
+        let sae = JumpReluSae::new(affine(seed, d_in, d_sae, true, DType::F64), theta.clone(), Default::default(), Default::default()).unwrap();
+        let latents = sae.encode(&tensor(seed + 7, &[tokens, d_in], 1.0, DType::F64)).unwrap();
+        let theta = values(&theta);
+        for (i, f) in values(&latents).into_iter().enumerate() {
+            prop_assert!(f == 0.0 || f > theta[i % d_sae], "latent {f} vs θ {}", theta[i % d_sae]);
+        }
+    }
+
+    #[test]
+    fn topk_has_at_most_k_active_latents_per_token(
+        seed in 0u64..10_000, d_in in 1usize..8, d_sae in 1usize..24, tokens in 1usize..12, k in 1usize..24,
+    ) {
+        let k = k.min(d_sae);
+        let sae = TopKSae::new(affine(seed, d_in, d_sae, true, DType::F64), k).unwrap();
+        let latents = sae.encode(&tensor(seed + 7, &[tokens, d_in], 1.0, DType::F64)).unwrap();
+        for row in latents.to_vec2::<f64>().unwrap() {
+            prop_assert!(row.iter().filter(|v| **v != 0.0).count() <= k);
+            prop_assert!(row.iter().all(|v| *v >= 0.0));
+        }
+    }
+
+    #[test]
+    fn batchtopk_keeps_k_times_batch_latents_in_training(
+        seed in 0u64..10_000, d_in in 1usize..8, d_sae in 2usize..24, tokens in 1usize..12, k in 1usize..24,
+    ) {
+        let k = k.min(d_sae);
+        let sae = BatchTopKSae::new(affine(seed, d_in, d_sae, true, DType::F64), k, None).unwrap();
+        let out = sae.train_forward(&tensor(seed + 7, &[tokens, d_in], 1.0, DType::F64)).unwrap();
+        let active = values(&out.latents).iter().filter(|v| **v > 0.0).count();
+        prop_assert!(active <= k * tokens);
+    }
+
+    #[test]
+    fn fold_then_unfold_is_identity_and_folded_sae_works_on_raw_inputs(
+        arch in 0usize..5, seed in 0u64..10_000, d_in in 1usize..8, d_sae in 1usize..16,
+        tokens in 1usize..8, log_c in -2.0f64..3.0,
+    ) {
+        let c = 10f64.powf(log_c);
+        let training = any_sae(arch, seed, d_in, d_sae, true, DType::F64);
+        let x = tensor(seed + 8, &[tokens, d_in], 1.0, DType::F64);
+        let (latents, recon) = training.forward(&x).unwrap();
+
+        let mut folded = any_sae(arch, seed, d_in, d_sae, true, DType::F64);
+        folded.fold_scaling(c).unwrap();
+        prop_assert!(!folded.apply_b_dec_to_input());
+        let x_raw = (&x * c).unwrap();
+        let (raw_latents, raw_recon) = folded.forward(&x_raw).unwrap();
+        let tol = 1e-9 * c.max(1.0);
+        prop_assert!(common::max_abs_diff(&raw_latents, &(&latents * c).unwrap()) <= tol * (1.0 + common::max_abs(&latents)));
+        prop_assert!(common::max_abs_diff(&raw_recon, &(&recon * c).unwrap()) <= tol * (1.0 + common::max_abs(&recon)));
+
+        folded.unfold_scaling(c, true).unwrap();
+        prop_assert!(folded.apply_b_dec_to_input());
+        for ((name, a), (_, b)) in folded.tensors().unwrap().iter().zip(training.tensors().unwrap().iter()) {
+            prop_assert!(common::max_abs_diff(a, b) <= 1e-9 * (1.0 + common::max_abs(b)), "{name} changed");
+        }
+    }
+
+    #[test]
+    fn decoder_projection_kills_parallel_gradient_and_renormalisation_gives_unit_rows(
+        seed in 0u64..10_000, d_in in 1usize..16, d_sae in 1usize..16,
+    ) {
+        let w = tensor(seed, &[d_sae, d_in], 2.0, DType::F32);
+        let g = tensor(seed + 1, &[d_sae, d_in], 1.0, DType::F32);
+        let projected = project_out_parallel(&w, &g).unwrap();
+        let unit = w.broadcast_div(&row_norms(&w).unwrap().unsqueeze(1).unwrap()).unwrap();
+        let parallel = (&projected * &unit).unwrap().sum(1).unwrap();
+        prop_assert!(common::max_abs(&parallel) <= 1e-5 * (1.0 + common::max_abs(&g)));
+        // The perpendicular part is untouched: projecting twice changes nothing more.
+        let again = project_out_parallel(&w, &projected).unwrap();
+        prop_assert!(common::max_abs_diff(&again, &projected) <= 1e-5);
+
+        let var = candle_core::Var::from_tensor(&w).unwrap();
+        renormalise_rows(&var).unwrap();
+        for norm in values(&row_norms(var.as_tensor()).unwrap()) {
+            prop_assert!((norm - 1.0).abs() <= 1e-6);
+        }
+    }
+
+    #[test]
+    fn saelens_save_then_load_is_bit_exact(
+        arch in 0usize..5, seed in 0u64..10_000, d_in in 1usize..8, d_sae in 1usize..16,
+        bf16 in any::<bool>(), apply in any::<bool>(),
+    ) {
+        let dtype = if bf16 { DType::BF16 } else { DType::F32 };
+        let sae = any_sae(arch, seed, d_in, d_sae, apply, dtype);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sae");
+        save_saelens(sae.as_ref(), &path, Default::default(), None).unwrap();
+        let loaded = load_saelens(&path, &Device::Cpu, dtype).unwrap().sae;
+        prop_assert_eq!(loaded.architecture(), sae.architecture());
+        prop_assert_eq!(loaded.apply_b_dec_to_input(), apply);
+        for ((name, a), (_, b)) in loaded.tensors().unwrap().iter().zip(sae.tensors().unwrap().iter()) {
+            prop_assert!(bits_equal(a, b), "{} differs", name);
+        }
+    }
+
+    #[test]
+    fn gemma_scope_npz_save_then_load_is_bit_exact(
+        seed in 0u64..10_000, d_in in 1usize..8, d_sae in 1usize..16, deflate in any::<bool>(),
+    ) {
+        let sae = JumpReluSae::new(affine(seed, d_in, d_sae, false, DType::F32), positive(seed + 4, d_sae, DType::F32), Default::default(), Default::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("params.npz");
+        let compression = if deflate { NpzCompression::Deflated } else { NpzCompression::Stored };
+        save_gemma_scope_npz(&sae, &path, compression).unwrap();
+        let loaded = load_gemma_scope_npz(&path, &Device::Cpu, DType::F32).unwrap();
+        for ((name, a), (_, b)) in loaded.tensors().unwrap().iter().zip(sae.tensors().unwrap().iter()) {
+            prop_assert!(bits_equal(a, b), "{} differs", name);
+        }
+    }
+
+    #[test]
+    fn l0_term_sends_no_gradient_to_the_encoder(
+        seed in 0u64..10_000, d_in in 1usize..8, d_sae in 1usize..16, tokens in 1usize..16,
+    ) {
+        let ste = SteConfig { bandwidth: 0.5 };
+        let sae = JumpReluSae::new(affine(seed, d_in, d_sae, true, DType::F64), positive(seed + 4, d_sae, DType::F64), Default::default(), ste).unwrap();
+        let out = sae.train_forward(&tensor(seed + 7, &[tokens, d_in], 1.0, DType::F64)).unwrap();
+        let l0 = L0Ste { ste }.loss(&sae, &out, &PenaltyContext::default()).unwrap();
+        let grads = l0.backward().unwrap();
+        for var in [&sae.affine.w_enc, &sae.affine.b_enc, &sae.affine.w_dec, &sae.affine.b_dec] {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                prop_assert_eq!(common::max_abs(g), 0.0);
+            }
+        }
+        // The threshold does learn from it whenever a pre-activation is in the kernel window.
+        let pre = values(&out.pre_activations);
+        let theta = values(&sae.theta().unwrap());
+        let in_band = pre.iter().enumerate().any(|(i, p)| (p - theta[i % d_sae]).abs() < 0.25);
+        let theta_grad = grads.get(&sae.theta().unwrap()).map(common::max_abs);
+        if in_band {
+            let g = grads.get(sae.vars()[4].1.as_tensor()).map(common::max_abs).unwrap_or(0.0);
+            prop_assert!(g > 0.0, "θ gets no L0 gradient ({theta_grad:?})");
+        }
+    }
+
+    #[test]
+    fn encoder_gradients_flow_only_through_active_latents(
+        arch in 0usize..5, seed in 0u64..10_000, d_in in 1usize..8, d_sae in 1usize..16, tokens in 1usize..6,
+    ) {
+        let sae = any_sae(arch, seed, d_in, d_sae, true, DType::F64);
+        let x = tensor(seed + 7, &[tokens, d_in], 1.0, DType::F64);
+        let out = sae.train_forward(&x).unwrap();
+        // Any loss of the latents: a random linear functional.
+        let r = tensor(seed + 11, &[tokens, d_sae], 1.0, DType::F64);
+        let grads = (&out.latents * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let active: Vec<bool> = {
+            let v = values(&out.latents);
+            (0..d_sae).map(|j| (0..tokens).any(|b| v[b * d_sae + j] != 0.0)).collect()
+        };
+        // The encoder bias that feeds the latents' magnitudes: b_mag for Gated (its b_gate only
+        // opens the gate, which has no gradient), b_enc otherwise. No gradient at all counts as 0.
+        let vars = sae.vars();
+        let bias_name = if sae.architecture() == Architecture::Gated { "b_mag" } else { "b_enc" };
+        let grad_of = |name: &str| {
+            let var = vars.iter().find(|(n, _)| *n == name).unwrap().1;
+            grads.get(var.as_tensor()).map(values).unwrap_or_else(|| vec![0.0; var.elem_count()])
+        };
+        let w_enc = grad_of("W_enc");
+        let b_enc = grad_of(bias_name);
+        for j in (0..d_sae).filter(|j| !active[*j]) {
+            prop_assert_eq!(b_enc[j], 0.0, "b_enc[{}] of an inactive latent", j);
+            for i in 0..d_in {
+                prop_assert_eq!(w_enc[i * d_sae + j], 0.0, "W_enc[{}, {}] of an inactive latent", i, j);
+            }
+        }
+    }
+}
+
+#[test]
+fn architectures_round_trip_through_their_names() {
+    for arch in 0..5 {
+        let sae = any_sae(arch, 3, 4, 6, true, DType::F32);
+        let expected = match arch {
+            0 => "jumprelu",
+            1 => "topk",
+            2 => "batchtopk",
+            3 => "standard",
+            _ => "gated",
+        };
+        assert_eq!(sae.architecture().name(), expected);
+        assert!(!matches!(sae.architecture(), Architecture::TopK { k: 0 }));
+    }
+}
