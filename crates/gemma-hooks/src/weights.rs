@@ -1,0 +1,313 @@
+//! Model weights under Hugging Face names, from safetensors (single or sharded), the hf-hub
+//! cache or GGUF, with shape checks that name the tensor.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+
+use crate::config::{AttentionKind, Family, GemmaConfig, Rope};
+use crate::{GemmaError, Result};
+
+/// Tensors by Hugging Face name (`model.layers.3.self_attn.q_proj.weight`, …).
+#[derive(Debug)]
+pub struct Weights {
+    source: String,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Weights {
+    /// Wraps tensors read from `source` (named in errors).
+    pub fn new(source: impl Into<String>, tensors: HashMap<String, Tensor>) -> Self {
+        Self {
+            source: source.into(),
+            tensors,
+        }
+    }
+
+    /// Reads safetensors files (one, or the shards of a sharded checkpoint) as `dtype`.
+    pub fn from_safetensors(files: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for file in files {
+            let bytes = std::fs::read(file).map_err(|e| GemmaError::io(file, e))?;
+            let loaded = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
+                GemmaError::format(file, format!("not a readable safetensors file: {e}"))
+            })?;
+            for (name, tensor) in loaded {
+                tensors.insert(name, tensor.to_dtype(dtype)?);
+            }
+        }
+        let source = files
+            .first()
+            .and_then(|f| f.parent())
+            .unwrap_or(Path::new("."))
+            .display()
+            .to_string();
+        Ok(Self::new(source, tensors))
+    }
+
+    /// The safetensors files of a Hugging Face model directory: `model.safetensors`, or the
+    /// shards listed by `model.safetensors.index.json`.
+    pub fn hf_files(dir: &Path) -> Result<Vec<PathBuf>> {
+        let single = dir.join("model.safetensors");
+        if single.exists() {
+            return Ok(vec![single]);
+        }
+        let index = dir.join("model.safetensors.index.json");
+        let text = std::fs::read_to_string(&index).map_err(|e| {
+            GemmaError::format(
+                dir,
+                format!("no model.safetensors and no readable model.safetensors.index.json ({e})"),
+            )
+        })?;
+        let json: Value = serde_json::from_str(&text)
+            .map_err(|e| GemmaError::format(&index, format!("invalid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| GemmaError::format(&index, "missing `weight_map`"))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(Value::as_str)
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        for file in &files {
+            if !file.exists() {
+                return Err(GemmaError::format(
+                    &index,
+                    format!("lists shard {} which does not exist", file.display()),
+                ));
+            }
+        }
+        Ok(files)
+    }
+
+    /// Reads a GGUF file: the configuration from its metadata and every tensor dequantised to
+    /// `dtype`, renamed to Hugging Face names. GGUF norm weights include Gemma's +1 (the gain
+    /// is stored as 1 + w); it is removed here so every source shares one convention.
+    pub fn from_gguf(path: &Path, device: &Device, dtype: DType) -> Result<(GemmaConfig, Self)> {
+        let file = File::open(path).map_err(|e| GemmaError::io(path, e))?;
+        let mut reader = BufReader::new(file);
+        let content = gguf_file::Content::read(&mut reader)
+            .map_err(|e| GemmaError::format(path, format!("not a readable GGUF file: {e}")))?;
+        let config = config_from_gguf(&content, path)?;
+        let mut tensors = HashMap::new();
+        for name in content.tensor_infos.keys() {
+            let hf_name = hf_name_of_gguf(name).ok_or_else(|| {
+                GemmaError::format(path, format!("unexpected GGUF tensor `{name}`"))
+            })?;
+            let tensor = content
+                .tensor(&mut reader, name, device)
+                .and_then(|q| q.dequantize(device))
+                .map_err(|e| GemmaError::format(path, format!("tensor `{name}`: {e}")))?;
+            let tensor = if hf_name.ends_with("norm.weight") {
+                tensor.affine(1.0, -1.0)?
+            } else {
+                tensor
+            };
+            tensors.insert(hf_name, tensor.to_dtype(dtype)?);
+        }
+        Ok((config, Self::new(path.display().to_string(), tensors)))
+    }
+
+    /// Removes and returns tensor `name`, checking its shape.
+    pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        let tensor = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| GemmaError::MissingTensor {
+                source_name: self.source.clone(),
+                tensor: name.to_string(),
+            })?;
+        if tensor.dims() != expected {
+            return Err(GemmaError::TensorShape {
+                source_name: self.source.clone(),
+                tensor: name.to_string(),
+                expected: expected.to_vec(),
+                got: tensor.dims().to_vec(),
+            });
+        }
+        Ok(tensor)
+    }
+
+    /// Where the weights came from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Names not taken yet (an untied `lm_head.weight` is the only one a Gemma model ignores).
+    pub fn remaining(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tensors.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+/// llama.cpp's Gemma tensor names → Hugging Face names.
+fn hf_name_of_gguf(name: &str) -> Option<String> {
+    match name {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" => "self_attn.k_norm.weight",
+        "post_attention_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_norm.weight" => "pre_feedforward_layernorm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        "post_ffw_norm.weight" => "post_feedforward_layernorm.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// The configuration recorded in a GGUF file's metadata (llama.cpp's `gemma2`/`gemma3` keys).
+fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<GemmaConfig> {
+    let meta = |key: &str| content.metadata.get(key);
+    let architecture = meta("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .ok_or_else(|| GemmaError::format(path, "GGUF metadata lacks general.architecture"))?;
+    let family = match architecture.as_str() {
+        "gemma2" => Family::Gemma2,
+        "gemma3" => Family::Gemma3,
+        other => {
+            return Err(GemmaError::format(
+                path,
+                format!("GGUF architecture `{other}` is not gemma2 or gemma3"),
+            ));
+        }
+    };
+    let key = |suffix: &str| format!("{architecture}.{suffix}");
+    let usize_of = |suffix: &str| -> Result<usize> {
+        meta(&key(suffix))
+            .and_then(|v| {
+                v.to_u32()
+                    .ok()
+                    .or_else(|| v.to_u64().ok().map(|x| x as u32))
+            })
+            .map(|v| v as usize)
+            .ok_or_else(|| {
+                GemmaError::format(path, format!("GGUF metadata lacks `{}`", key(suffix)))
+            })
+    };
+    let f64_of = |suffix: &str| {
+        meta(&key(suffix))
+            .and_then(|v| v.to_f32().ok())
+            .map(f64::from)
+    };
+    let hidden_size = usize_of("embedding_length")?;
+    let num_layers = usize_of("block_count")?;
+    let num_heads = usize_of("attention.head_count")?;
+    let vocab_size = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .map(|t| t.shape.dims()[0])
+        .ok_or_else(|| GemmaError::format(path, "GGUF file has no token_embd.weight"))?;
+    // Values llama.cpp does not record come from the published model of the same shape.
+    let preset = [
+        GemmaConfig::gemma2_2b(),
+        GemmaConfig::gemma2_9b(),
+        GemmaConfig::gemma2_27b(),
+        GemmaConfig::gemma3_270m(),
+        GemmaConfig::gemma3_1b(),
+        GemmaConfig::gemma3_4b(),
+    ]
+    .into_iter()
+    .find(|c| c.family == family && c.hidden_size == hidden_size && c.num_layers == num_layers);
+    let head_dim = usize_of("attention.key_length").unwrap_or(hidden_size / num_heads);
+    let layer_types = match family {
+        Family::Gemma2 => (0..num_layers)
+            .map(|i| {
+                if i % 2 == 0 {
+                    AttentionKind::Sliding
+                } else {
+                    AttentionKind::Global
+                }
+            })
+            .collect(),
+        Family::Gemma3 => (0..num_layers)
+            .map(|i| {
+                if (i + 1) % 6 == 0 {
+                    AttentionKind::Global
+                } else {
+                    AttentionKind::Sliding
+                }
+            })
+            .collect(),
+    };
+    let rope_theta = f64_of("rope.freq_base").unwrap_or(match family {
+        Family::Gemma2 => 10_000.0,
+        Family::Gemma3 => 1_000_000.0,
+    });
+    let linear_factor = match meta(&key("rope.scaling.type"))
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str)
+    {
+        Some("linear") => f64_of("rope.scaling.factor").unwrap_or(1.0),
+        Some("none") | None => 1.0,
+        Some(other) => {
+            return Err(GemmaError::format(
+                path,
+                format!("RoPE scaling `{other}` is not supported"),
+            ));
+        }
+    };
+    let config = GemmaConfig {
+        family,
+        vocab_size,
+        hidden_size,
+        intermediate_size: usize_of("feed_forward_length")?,
+        num_layers,
+        num_heads,
+        num_kv_heads: usize_of("attention.head_count_kv").unwrap_or(num_heads),
+        head_dim,
+        rms_norm_eps: f64_of("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+        query_pre_attn_scalar: preset
+            .as_ref()
+            .map_or(head_dim as f64, |p| p.query_pre_attn_scalar),
+        attn_logit_softcap: f64_of("attn_logit_softcapping"),
+        final_logit_softcap: f64_of("final_logit_softcapping"),
+        sliding_window: usize_of("attention.sliding_window").unwrap_or(4096),
+        layer_types,
+        rope_global: Rope {
+            theta: rope_theta,
+            linear_factor,
+        },
+        rope_local: Rope {
+            theta: match family {
+                Family::Gemma2 => rope_theta,
+                Family::Gemma3 => 10_000.0,
+            },
+            linear_factor: 1.0,
+        },
+        bos_token_id: meta("tokenizer.ggml.bos_token_id")
+            .and_then(|v| v.to_u32().ok())
+            .unwrap_or(2),
+        eos_token_id: meta("tokenizer.ggml.eos_token_id")
+            .and_then(|v| v.to_u32().ok())
+            .unwrap_or(1),
+        pad_token_id: meta("tokenizer.ggml.padding_token_id")
+            .and_then(|v| v.to_u32().ok())
+            .unwrap_or(0),
+    };
+    config.validated().map_err(|e| GemmaError::format(path, e))
+}
