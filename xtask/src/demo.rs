@@ -1,18 +1,18 @@
-//! `cargo xtask demo`: sae-core end to end on synthetic activations.
+//! `cargo xtask demo`: sae-core end to end on real activations.
 //!
-//! Activations are sparse non-negative combinations of a random unit-norm dictionary plus
-//! noise, scaled by an arbitrary factor as raw model activations are. For every architecture
-//! the demo initialises an SAE the Gemma Scope way, estimates the input scaling constant C,
-//! folds C and the pre-encoder bias into the weights, saves the SAE in SAELens format,
-//! reloads it, and checks that the reloaded SAE on raw activations gives C × the latents and
-//! the same reconstruction as the training-space SAE.
+//! Runs the embedded Gemma 3 270M (fetched once) over the opening of *Alice's Adventures in
+//! Wonderland*, reads the residual stream of the middle layer (BOS excluded, as Gemma Scope
+//! excludes special tokens), and for every architecture initialises an SAE the Gemma Scope way,
+//! estimates the input scaling constant C, folds C and the pre-encoder bias into the weights,
+//! saves the SAE in SAELens format, reloads it, and checks that the reloaded SAE on raw
+//! activations gives C × the latents and the same reconstruction as the training-space SAE.
+//! (Training is the trainer's job; these SAEs are freshly initialised.)
 
 use std::path::PathBuf;
 
 use anyhow::{Context, ensure};
 use candle_core::{DType, Device, Tensor};
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use rand_distr::{Distribution, Normal};
+use gemma_hooks::{HookPoint, Hooks, load_model};
 use sae_core::format::{load_saelens, save_saelens};
 use sae_core::scaling::estimate_scaling_factor;
 use sae_core::{Architecture, InitConfig, SaeShape};
@@ -23,60 +23,50 @@ pub struct DemoArgs {
     /// Where the SAEs are written.
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
-    /// Seed of the synthetic data and of the initialisation.
+    /// The model (see `dump-activations --model`).
+    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
+    pub model: String,
+    /// Seed of the initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
-const D_IN: usize = 64;
-const D_SAE: usize = 256;
-const TOKENS: usize = 2048;
-const RAW_SCALE: f32 = 37.0;
-
-/// Sparse non-negative combinations (about 4 of 128 atoms per token) of a unit-norm random
-/// dictionary, plus small noise, times [`RAW_SCALE`].
-fn synthetic_activations(seed: u64) -> anyhow::Result<Tensor> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let normal = Normal::new(0.0f32, 1.0)?;
-    let atoms = 128;
-    let dictionary: Vec<Vec<f32>> = (0..atoms)
-        .map(|_| {
-            let v: Vec<f32> = (0..D_IN).map(|_| normal.sample(&mut rng)).collect();
-            let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-            v.into_iter().map(|a| a / norm).collect()
-        })
-        .collect();
-    let mut data = vec![0f32; TOKENS * D_IN];
-    for row in data.chunks_mut(D_IN) {
-        for atom in &dictionary {
-            if rng.random_bool(4.0 / atoms as f64) {
-                let coefficient: f32 = rng.random_range(0.5..2.0);
-                row.iter_mut()
-                    .zip(atom)
-                    .for_each(|(x, a)| *x += coefficient * a);
-            }
-        }
-        row.iter_mut()
-            .for_each(|x| *x = (*x + 0.01 * normal.sample(&mut rng)) * RAW_SCALE);
-    }
-    Ok(Tensor::from_vec(data, (TOKENS, D_IN), &Device::Cpu)?)
+/// Residual-stream activations `[tokens, d_model]` of the middle layer on the sample text,
+/// without the BOS position; also returns the hook's name.
+fn harvest(model: &str) -> anyhow::Result<(Tensor, HookPoint)> {
+    let loaded = load_model(model, &Device::Cpu, DType::F32)?;
+    let tokenizer = loaded
+        .tokenizer
+        .as_ref()
+        .context("the model has no tokenizer")?;
+    let ids = tokenizer.encode(gemma_hooks::ALICE_OPENING, true)?;
+    let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+    let site = HookPoint::ResidPost(loaded.model.config().num_layers / 2);
+    let mut hooks = Hooks::observing([site]);
+    hooks.stop_after_deepest_hook();
+    loaded.model.forward(&ids, &mut hooks)?;
+    let activations = hooks.take(site).context("site not reached")?.squeeze(0)?;
+    let tokens = activations.dims()[0];
+    Ok((activations.narrow(0, 1, tokens - 1)?.contiguous()?, site))
 }
 
 /// Runs the demo and prints one line per architecture.
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let raw = synthetic_activations(args.seed)?;
+    let (raw, site) = harvest(&args.model)?;
+    let (tokens, d_in) = raw.dims2()?;
     let c = estimate_scaling_factor(&raw)?;
     let x = (&raw / c)?;
     println!(
-        "synthetic activations: {TOKENS} tokens × d_in {D_IN}; scaling constant C = {c:.3} (E‖x/C‖² = 1)"
+        "{} {site}: {tokens} tokens × d_in {d_in}; scaling constant C = {c:.3} (E‖x/C‖² = 1)",
+        args.model
     );
     println!(
         "{:<10} {:>8} {:>10} {:>14}  saved to",
         "arch", "L0", "FVU@init", "fold+reload Δ"
     );
     let shape = SaeShape {
-        d_in: D_IN,
-        d_sae: D_SAE,
+        d_in,
+        d_sae: 4 * d_in,
         dtype: DType::F32,
         device: Device::Cpu,
     };
@@ -86,21 +76,21 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     };
     // Raw inputs and each reloaded SAE's outputs on them, for checking the files in SAELens
     // (scripts/fixtures/check_saelens_load.py).
-    let probe_inputs = raw.narrow(0, 0, 16)?;
+    let probe_inputs = raw.narrow(0, tokens - 16, 16)?;
     let mut probe = vec![("inputs".to_string(), probe_inputs.clone())];
     for architecture in [
         Architecture::JumpRelu,
-        Architecture::TopK { k: 8 },
-        Architecture::BatchTopK { k: 8 },
+        Architecture::TopK { k: 32 },
+        Architecture::BatchTopK { k: 32 },
         Architecture::Relu,
         Architecture::Gated,
     ] {
         let mut sae = sae_core::init(architecture, &shape, &init)?;
         if matches!(architecture, Architecture::BatchTopK { .. }) {
-            // BatchTopK's inference threshold comes from training batches (held out here: on
-            // the batch that set it, one latent sits exactly at the threshold).
-            let held_out = (synthetic_activations(args.seed + 1)? / c)?;
-            let out = sae.train_forward(&held_out)?;
+            // BatchTopK's inference threshold comes from training batches (here the first
+            // half of the tokens; evaluated on the batch that set it, one latent would sit
+            // exactly at the threshold).
+            let out = sae.train_forward(&x.narrow(0, 0, tokens / 2)?)?;
             sae.after_step(&out)?;
         }
         let (latents, recon) = sae.forward(&x)?;

@@ -4,8 +4,12 @@
 //! |---|---|
 //! | `demo` | builds every SAE architecture on synthetic activations, folds the scaling constant, saves each in SAELens format, reloads it and checks the outputs are unchanged |
 //! | `inspect <path>` | summarises an SAE file: a SAELens directory or a Gemma Scope `params.npz` |
+//! | `bench-forward` | forward-pass tokens/s of a model (full pass and harvest to the middle layer), f32 and bf16 |
+//! | `dump-activations` | a model's activations at hook points, logits and loss, to safetensors |
 
+mod bench_forward;
 mod demo;
+mod dump;
 mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -27,11 +31,17 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Summarise an SAE: a SAELens directory, a params.npz, or a directory holding one.
     Inspect(inspect::InspectArgs),
+    /// Run a model and write activations at hook points, logits and per-token loss.
+    DumpActivations(dump::DumpArgs),
+    /// Forward-pass throughput of a model, f32 and bf16.
+    BenchForward(bench_forward::BenchForwardArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::DumpActivations(args) => dump::run(&args),
+        Command::BenchForward(args) => bench_forward::run(&args),
     }
 }

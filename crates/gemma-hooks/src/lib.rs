@@ -51,4 +51,8 @@ pub use hooks::{Hooks, ReplaceFn};
 pub use load::{EMBEDDED_MODEL, LoadedModel, hub_snapshot, load_gguf, load_hf_dir, load_model};
 pub use model::{GemmaModel, next_token_loss};
 pub use tokenizer::GemmaTokenizer;
+
+/// The opening of *Alice's Adventures in Wonderland* (Lewis Carroll, 1865; public domain):
+/// three paragraphs, 302 Gemma 3 tokens with BOS. For smoke tests, demos and loss checks.
+pub const ALICE_OPENING: &str = include_str!("alice_opening.txt");
 pub use weights::Weights;
