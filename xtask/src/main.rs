@@ -5,9 +5,11 @@
 //! | `demo` | builds every SAE architecture on synthetic activations, folds the scaling constant, saves each in SAELens format, reloads it and checks the outputs are unchanged |
 //! | `inspect <path>` | summarises an SAE file: a SAELens directory or a Gemma Scope `params.npz` |
 //! | `bench-forward` | forward-pass tokens/s of a model (full pass and harvest to the middle layer), f32 and bf16 |
+//! | `cache` | harvests activations over a corpus into a store (resumable), then measures read throughput |
 //! | `dump-activations` | a model's activations at hook points, logits and loss, to safetensors |
 
 mod bench_forward;
+mod cache;
 mod demo;
 mod dump;
 mod inspect;
@@ -35,6 +37,8 @@ enum Command {
     DumpActivations(dump::DumpArgs),
     /// Forward-pass throughput of a model, f32 and bf16.
     BenchForward(bench_forward::BenchForwardArgs),
+    /// Harvest activations over a corpus into a sharded store (re-running resumes it).
+    Cache(cache::CacheArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(&args),
         Command::DumpActivations(args) => dump::run(&args),
         Command::BenchForward(args) => bench_forward::run(&args),
+        Command::Cache(args) => cache::run(&args),
     }
 }

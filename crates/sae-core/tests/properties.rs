@@ -65,12 +65,10 @@ fn any_sae(
         ),
         1 => Box::new(TopKSae::new(a, k).unwrap()),
         2 => {
-            let mut sae = BatchTopKSae::new(a, k, None).unwrap();
-            let out = sae
-                .train_forward(&tensor(seed + 9, &[4, d_in], 1.0, dtype))
-                .unwrap();
-            sae.after_step(&out).unwrap();
-            Box::new(sae)
+            // The inference threshold normally comes from training batches (after_step); a
+            // batch with no positive pre-activation leaves it unset, so set one here.
+            let theta = values(&positive(seed + 4, 1, DType::F64))[0];
+            Box::new(BatchTopKSae::new(a, k, Some(theta)).unwrap())
         }
         3 => Box::new(ReluSae::new(a)),
         _ => Box::new(
@@ -98,7 +96,13 @@ fn bits_equal(a: &Tensor, b: &Tensor) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    // A fixed seed keeps CI reproducible; set PROPTEST_CASES to explore more cases locally.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5ae),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn jumprelu_latents_are_zero_or_above_threshold(

@@ -157,4 +157,23 @@ impl TrainableSae for BatchTopKSae {
     fn decoder_var(&self) -> &Var {
         &self.affine.w_dec
     }
+    fn training_state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut state = super::vars_state(&self.vars());
+        if let Some(theta) = self.global_threshold() {
+            let device = self.affine.w_enc.device();
+            state.push(("global_threshold".into(), Tensor::new(&[theta], device)?));
+        }
+        Ok(state)
+    }
+    fn load_training_state(
+        &mut self,
+        state: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<()> {
+        super::load_vars_state(&self.vars(), state)?;
+        match state.get("global_threshold") {
+            Some(theta) => self.set_threshold(theta.to_vec1::<f64>()?[0]),
+            None => *self.threshold.write().expect("threshold lock poisoned") = None,
+        }
+        Ok(())
+    }
 }

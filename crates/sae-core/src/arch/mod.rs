@@ -32,6 +32,8 @@ pub use jumprelu::{JumpReluSae, ThresholdParametrisation};
 pub use relu::ReluSae;
 pub use topk_sae::TopKSae;
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::Result;
@@ -147,6 +149,39 @@ pub trait TrainableSae: Sae {
     }
     /// The decoder variable (for the unit-norm constraint).
     fn decoder_var(&self) -> &Var;
+
+    /// Everything that changes during training, by name, for checkpoints: the variables (in
+    /// their trained parametrisation, so a restore is bit-exact) plus running statistics.
+    fn training_state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(vars_state(&self.vars()))
+    }
+
+    /// Restores what [`TrainableSae::training_state`] returned (same architecture and shapes).
+    fn load_training_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        load_vars_state(&self.vars(), state)
+    }
+}
+
+/// The variables' current values by name.
+pub fn vars_state(vars: &[(&'static str, &Var)]) -> Vec<(String, Tensor)> {
+    vars.iter()
+        .map(|(name, var)| (name.to_string(), var.as_tensor().clone()))
+        .collect()
+}
+
+/// Sets every variable from `state` (by name, shapes checked).
+pub fn load_vars_state(
+    vars: &[(&'static str, &Var)],
+    state: &HashMap<String, Tensor>,
+) -> Result<()> {
+    for (name, var) in vars {
+        let value = state
+            .get(*name)
+            .ok_or_else(|| crate::SaeError::Config(format!("training state has no `{name}`")))?;
+        expect_shape(value, name, var.dims())?;
+        var.set(&value.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
 }
 
 /// Shape, dtype and device of a new SAE.

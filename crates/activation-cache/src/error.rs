@@ -1,0 +1,62 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while harvesting, storing or reading activations.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// The model or tokenizer failed.
+    #[error(transparent)]
+    Model(#[from] gemma_hooks::GemmaError),
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's contents are wrong: bad JSON, a checksum mismatch, a short shard…
+    #[error("{path}: {detail}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// NaN or infinite activations.
+    #[error("non-finite activation at {location}, hook `{hook}`")]
+    NonFinite {
+        /// Shard and row, or context and position.
+        location: String,
+        /// The hook point.
+        hook: String,
+    },
+    /// Invalid settings or arguments.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl CacheError {
+    /// A [`CacheError::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    /// A [`CacheError::Format`] for `path`.
+    pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        Self::Format {
+            path: path.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// `Result` with [`CacheError`].
+pub type Result<T> = std::result::Result<T, CacheError>;

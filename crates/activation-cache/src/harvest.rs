@@ -1,0 +1,235 @@
+//! Harvesting: one pass of the model over the corpus fills every requested hook point of a
+//! store, shard by shard, resumably.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use gemma_hooks::{GemmaConfig, GemmaModel, HookPoint, Hooks};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::contexts::{Context, SpecialTokens, contexts};
+use crate::corpus::Document;
+use crate::store::{Manifest, ShardBuffer, StoreDtype, StoreSpec, unlisted_files};
+use crate::{CacheError, Result};
+
+/// The width of a hook point's activation per token (`attn.hook_q/k/v` flattened over heads).
+pub fn hook_width(config: &GemmaConfig, point: HookPoint) -> usize {
+    match point {
+        HookPoint::AttnQ(_) | HookPoint::AttnZ(_) => config.num_heads * config.head_dim,
+        HookPoint::AttnK(_) | HookPoint::AttnV(_) => config.num_kv_heads * config.head_dim,
+        HookPoint::MlpPost(_) => config.intermediate_size,
+        _ => config.hidden_size,
+    }
+}
+
+/// Knobs of a harvest that do not change the store's contents.
+#[derive(Debug, Clone)]
+pub struct HarvestOptions {
+    /// Contexts per forward pass.
+    pub batch_contexts: usize,
+    /// Stop (incomplete) after writing this many shards in this call: a controlled interruption.
+    pub stop_after_shards: Option<usize>,
+    /// Show a progress bar (tokens/s, ETA).
+    pub progress: bool,
+}
+
+impl Default for HarvestOptions {
+    fn default() -> Self {
+        Self {
+            batch_contexts: 4,
+            stop_after_shards: None,
+            progress: true,
+        }
+    }
+}
+
+/// Activations `[batch, pos, width]` in f32 of one hook from a forward pass.
+fn flat_activation(hooks: &mut Hooks, point: HookPoint) -> Result<Tensor> {
+    let t = hooks
+        .take(point)
+        .ok_or_else(|| CacheError::Invalid(format!("hook point {point} was not reached")))?;
+    let (batch, pos) = (t.dims()[0], t.dims()[1]);
+    Ok(t.reshape((batch, pos, ()))?.to_dtype(DType::F32)?)
+}
+
+/// Appends the stored rows (positions `1..len` of each context) of one forward pass.
+fn append_rows(
+    buffer: &mut ShardBuffer,
+    batch: &[Context],
+    activations: &[Tensor],
+    spec: &StoreSpec,
+) -> Result<()> {
+    let per_hook: Vec<Vec<Vec<Vec<f32>>>> = activations
+        .iter()
+        .map(|t| t.to_vec3::<f32>())
+        .collect::<std::result::Result<_, _>>()?;
+    for (row, context) in batch.iter().enumerate() {
+        for position in 1..context.len {
+            buffer.tokens.extend([
+                context.tokens[position],
+                context.document,
+                context.index,
+                position as u32,
+            ]);
+            for (hook, values) in per_hook.iter().enumerate() {
+                let values = &values[row][position];
+                if values.iter().any(|v| !v.is_finite()) {
+                    return Err(CacheError::NonFinite {
+                        location: format!("context {} position {position}", context.index),
+                        hook: spec.hooks[hook].name.clone(),
+                    });
+                }
+                let out = &mut buffer.activations[hook];
+                match spec.dtype {
+                    StoreDtype::F32 => values
+                        .iter()
+                        .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+                    StoreDtype::Bf16 => values.iter().for_each(|v| {
+                        out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
+                    }),
+                }
+            }
+            buffer.rows += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Fills (or resumes) the store at `dir` as `spec` describes, from `documents` through `model`.
+///
+/// Resuming: an existing manifest with the same spec continues after its last complete shard
+/// (files of an unfinished shard are discarded); a manifest with a different spec is an error;
+/// a complete store is returned as is.
+pub fn harvest(
+    dir: &Path,
+    model: &GemmaModel,
+    tokenizer: &gemma_hooks::GemmaTokenizer,
+    documents: &[Document],
+    spec: StoreSpec,
+    options: &HarvestOptions,
+) -> Result<Manifest> {
+    let points: Vec<HookPoint> = spec
+        .hooks
+        .iter()
+        .map(|h| h.name.parse().map_err(CacheError::from))
+        .collect::<Result<_>>()?;
+    for (point, hook) in points.iter().zip(&spec.hooks) {
+        let width = hook_width(model.config(), *point);
+        if width != hook.width {
+            return Err(CacheError::Invalid(format!(
+                "hook {} has width {width} in this model, the spec says {}",
+                hook.name, hook.width
+            )));
+        }
+    }
+    if spec.contexts_per_shard == 0 || spec.hooks.is_empty() {
+        return Err(CacheError::Invalid(
+            "a store needs at least one hook and one context per shard".into(),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| CacheError::io(dir, e))?;
+    let mut manifest = if dir.join(crate::store::MANIFEST).exists() {
+        let existing = Manifest::read(dir)?;
+        if existing.spec != spec {
+            return Err(CacheError::format(
+                dir.join(crate::store::MANIFEST),
+                format!(
+                    "the store was made with different settings; use another directory or the same settings\n  store: {:?}\n  asked: {spec:?}",
+                    existing.spec
+                ),
+            ));
+        }
+        existing
+    } else {
+        let fresh = Manifest {
+            format_version: crate::store::FORMAT_VERSION,
+            spec: spec.clone(),
+            shards: Vec::new(),
+            complete: false,
+        };
+        fresh.write(dir)?;
+        fresh
+    };
+    if manifest.complete {
+        return Ok(manifest);
+    }
+    for (_, leftover) in unlisted_files(dir, &manifest)? {
+        std::fs::remove_file(&leftover).map_err(|e| CacheError::io(&leftover, e))?;
+    }
+
+    let config = model.config();
+    let special = SpecialTokens {
+        bos: config.bos_token_id,
+        pad: config.pad_token_id,
+    };
+    let first_context = (manifest.shards.len() * spec.contexts_per_shard) as u64;
+    let mut remaining = contexts(tokenizer, documents, spec.contexts, special)
+        .skip(first_context as usize)
+        .peekable();
+    let progress = progress_bar(options.progress, spec.target_rows, manifest.rows());
+    let started = Instant::now();
+    let mut written_now = 0;
+    while remaining.peek().is_some() && manifest.rows() < spec.target_rows {
+        let index = manifest.shards.len();
+        let mut buffer = ShardBuffer::new(spec.hooks.len());
+        let shard_contexts: Vec<Context> = remaining
+            .by_ref()
+            .take(spec.contexts_per_shard)
+            .collect::<Result<_>>()?;
+        for batch in shard_contexts.chunks(options.batch_contexts.max(1)) {
+            let ids: Vec<u32> = batch
+                .iter()
+                .flat_map(|c| c.tokens.iter().copied())
+                .collect();
+            let ids = Tensor::from_vec(
+                ids,
+                (batch.len(), spec.contexts.context_length),
+                model.device(),
+            )?;
+            let mut hooks = Hooks::observing(points.iter().copied());
+            hooks.stop_after_deepest_hook();
+            model.forward(&ids, &mut hooks)?;
+            let activations: Vec<Tensor> = points
+                .iter()
+                .map(|p| flat_activation(&mut hooks, *p))
+                .collect::<Result<_>>()?;
+            append_rows(&mut buffer, batch, &activations, &spec)?;
+            progress.set_position(manifest.rows() + buffer.rows);
+        }
+        let first = index as u64 * spec.contexts_per_shard as u64;
+        let shard = buffer.write(
+            dir,
+            index,
+            &spec,
+            [first, first + shard_contexts.len() as u64],
+        )?;
+        manifest.shards.push(shard);
+        manifest.write(dir)?;
+        written_now += 1;
+        if options.stop_after_shards.is_some_and(|n| written_now >= n) {
+            progress.abandon_with_message("interrupted");
+            return Ok(manifest);
+        }
+    }
+    manifest.complete = true;
+    manifest.write(dir)?;
+    let rate = manifest.rows() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    progress.finish_with_message(format!("{} rows, {rate:.0} tokens/s", manifest.rows()));
+    Ok(manifest)
+}
+
+fn progress_bar(visible: bool, target: u64, done: u64) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "harvest {bar:30} {pos}/{len} tokens {per_sec} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(done);
+    bar
+}

@@ -1,0 +1,591 @@
+//! Reading activations back: the [`ActivationSource`] trait the trainer consumes, with an
+//! on-disk implementation ([`StoreSource`]: memory-mapped, bucket-shuffled, resumable) and a
+//! streaming one ([`StreamingSource`]: model → shuffle buffer → batches, no disk).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use memmap2::Mmap;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use crate::contexts::{Context, ContextConfig, SpecialTokens, document_contexts};
+use crate::corpus::Document;
+use crate::harvest::hook_width;
+use crate::store::{HookSpec, Manifest, StoreDtype, verify_file};
+use crate::{CacheError, Result};
+
+/// Where a stored token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// The token id at this position.
+    pub token: u32,
+    /// The document.
+    pub document: u32,
+    /// The context (in corpus context order).
+    pub context: u32,
+    /// The position in the context (≥ 1: BOS is never stored).
+    pub position: u32,
+}
+
+/// A batch of rows: one f32 tensor `[rows, width]` per hook (in the source's hook order) and
+/// where each row came from.
+#[derive(Debug, Clone)]
+pub struct ActivationBatch {
+    /// Activations per hook.
+    pub activations: Vec<Tensor>,
+    /// Token provenance per row.
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// A position in a source's sequence of rows; restoring it continues exactly there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Epoch (store sources).
+    pub epoch: u64,
+    /// Position in the epoch's bucket order (store sources).
+    pub bucket: u64,
+    /// Position within the bucket's row order (store sources).
+    pub row: u64,
+    /// Rows handed out since the start.
+    pub emitted: u64,
+}
+
+/// Activations for training, in batches; the seam between data and trainer.
+pub trait ActivationSource {
+    /// The hook points every batch carries, in order.
+    fn hooks(&self) -> &[HookSpec];
+    /// Up to `rows` rows (fewer only at the very end); `None` when exhausted.
+    fn next_batch(&mut self, rows: usize) -> Result<Option<ActivationBatch>>;
+    /// Where the source is.
+    fn cursor(&self) -> Cursor;
+    /// Continues from `cursor` (from this source's [`ActivationSource::cursor`]).
+    fn restore(&mut self, cursor: &Cursor) -> Result<()>;
+}
+
+/// How a store is shuffled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShuffleConfig {
+    /// Seed: the same seed gives the same order.
+    pub seed: u64,
+    /// Rows per bucket (Gemma Scope: about 10⁶). Buckets are contiguous row ranges; each epoch
+    /// visits them in a shuffled order and shuffles the rows within each.
+    pub bucket_rows: u64,
+    /// Passes over the store (`None`: endless).
+    pub epochs: Option<u64>,
+}
+
+impl Default for ShuffleConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            bucket_rows: 1 << 20,
+            epochs: Some(1),
+        }
+    }
+}
+
+/// Read-only memory map of a shard file.
+#[allow(unsafe_code)]
+fn map(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| CacheError::io(path, e))?;
+    // SAFETY: shard files are written once under a temporary name and renamed into place;
+    // nothing writes to them afterwards, so the mapped bytes cannot change under us.
+    unsafe { Mmap::map(&file) }.map_err(|e| CacheError::io(path, e))
+}
+
+struct MappedShard {
+    rows: u64,
+    tokens: Mmap,
+    activations: Vec<Mmap>,
+    names: Vec<PathBuf>,
+}
+
+/// The on-disk store as an [`ActivationSource`].
+pub struct StoreSource {
+    manifest: Manifest,
+    shards: Vec<MappedShard>,
+    /// First global row of each shard.
+    offsets: Vec<u64>,
+    total_rows: u64,
+    shuffle: ShuffleConfig,
+    cursor: Cursor,
+    /// Row order of the current bucket (global row indices).
+    bucket_order: Vec<u64>,
+    /// Bucket order of the current epoch.
+    epoch_order: Vec<u64>,
+}
+
+fn mix(parts: &[u64]) -> u64 {
+    parts.iter().fold(0x9E37_79B9_7F4A_7C15u64, |h, p| {
+        (h ^ p).wrapping_mul(0x100_0000_01B3).rotate_left(29)
+    })
+}
+
+impl StoreSource {
+    /// Opens a store. With `verify`, every shard's size and SHA-256 are checked first (a
+    /// corrupted or truncated shard is an error naming it); sizes are always checked.
+    pub fn open(dir: &Path, shuffle: ShuffleConfig, verify: bool) -> Result<Self> {
+        let manifest = Manifest::read(dir)?;
+        if manifest.rows() == 0 {
+            return Err(CacheError::format(dir, "the store holds no rows"));
+        }
+        if shuffle.bucket_rows == 0 {
+            return Err(CacheError::Invalid("bucket_rows must be positive".into()));
+        }
+        let mut shards = Vec::new();
+        for shard in &manifest.shards {
+            let files: Vec<_> = std::iter::once(&shard.tokens)
+                .chain(&shard.activations)
+                .collect();
+            for (i, file) in files.iter().enumerate() {
+                let expected = if i == 0 {
+                    shard.rows * 16
+                } else {
+                    shard.rows
+                        * (manifest.spec.hooks[i - 1].width * manifest.spec.dtype.size()) as u64
+                };
+                if file.bytes != expected {
+                    return Err(CacheError::format(
+                        dir.join(&file.name),
+                        format!(
+                            "the manifest lists {} bytes but {} rows need {expected}",
+                            file.bytes, shard.rows
+                        ),
+                    ));
+                }
+                if verify {
+                    verify_file(dir, file)?;
+                }
+            }
+            let maps = files
+                .iter()
+                .map(|f| map(&dir.join(&f.name)))
+                .collect::<Result<Vec<_>>>()?;
+            for (map, file) in maps.iter().zip(&files) {
+                if map.len() as u64 != file.bytes {
+                    return Err(CacheError::format(
+                        dir.join(&file.name),
+                        format!(
+                            "shard is {} bytes, the manifest says {} (truncated?)",
+                            map.len(),
+                            file.bytes
+                        ),
+                    ));
+                }
+            }
+            let mut maps = maps.into_iter();
+            shards.push(MappedShard {
+                rows: shard.rows,
+                tokens: maps.next().expect("tokens file"),
+                activations: maps.collect(),
+                names: files.iter().map(|f| dir.join(&f.name)).collect(),
+            });
+        }
+        let mut offsets = Vec::with_capacity(shards.len());
+        let mut total_rows = 0;
+        for shard in &shards {
+            offsets.push(total_rows);
+            total_rows += shard.rows;
+        }
+        let mut source = Self {
+            manifest,
+            shards,
+            offsets,
+            total_rows,
+            shuffle,
+            cursor: Cursor::default(),
+            bucket_order: Vec::new(),
+            epoch_order: Vec::new(),
+        };
+        source.restore(&Cursor::default())?;
+        Ok(source)
+    }
+
+    /// The store's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Rows in the store.
+    pub fn rows(&self) -> u64 {
+        self.total_rows
+    }
+
+    fn buckets(&self) -> u64 {
+        self.total_rows.div_ceil(self.shuffle.bucket_rows)
+    }
+
+    fn plan_epoch(&mut self) {
+        let mut order: Vec<u64> = (0..self.buckets()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(mix(&[
+            self.shuffle.seed,
+            self.cursor.epoch,
+        ])));
+        self.epoch_order = order;
+    }
+
+    fn plan_bucket(&mut self) {
+        let bucket = self.epoch_order[self.cursor.bucket as usize];
+        let start = bucket * self.shuffle.bucket_rows;
+        let end = (start + self.shuffle.bucket_rows).min(self.total_rows);
+        let mut rows: Vec<u64> = (start..end).collect();
+        rows.shuffle(&mut StdRng::seed_from_u64(mix(&[
+            self.shuffle.seed,
+            self.cursor.epoch,
+            bucket,
+            1,
+        ])));
+        self.bucket_order = rows;
+    }
+
+    /// The next global row in shuffled order, or `None` when the epochs are done.
+    fn next_row(&mut self) -> Option<u64> {
+        if self.shuffle.epochs.is_some_and(|e| self.cursor.epoch >= e) {
+            return None;
+        }
+        let row = self.bucket_order[self.cursor.row as usize];
+        self.cursor.row += 1;
+        self.cursor.emitted += 1;
+        if self.cursor.row as usize == self.bucket_order.len() {
+            self.cursor.row = 0;
+            self.cursor.bucket += 1;
+            if self.cursor.bucket == self.buckets() {
+                self.cursor.bucket = 0;
+                self.cursor.epoch += 1;
+                self.plan_epoch();
+            }
+            if self.shuffle.epochs.is_none_or(|e| self.cursor.epoch < e) {
+                self.plan_bucket();
+            }
+        }
+        Some(row)
+    }
+
+    /// (shard, row within the shard) of a global row.
+    fn locate(&self, row: u64) -> (usize, usize) {
+        let shard = self.offsets.partition_point(|&o| o <= row) - 1;
+        (shard, (row - self.offsets[shard]) as usize)
+    }
+
+    fn read_rows(&self, rows: &[u64]) -> Result<ActivationBatch> {
+        let spec = &self.manifest.spec;
+        let mut activations = Vec::with_capacity(spec.hooks.len());
+        let located: Vec<(usize, usize)> = rows.iter().map(|&r| self.locate(r)).collect();
+        for (hook_index, hook) in spec.hooks.iter().enumerate() {
+            let width = hook.width;
+            let mut values = Vec::with_capacity(rows.len() * width);
+            for &(shard, local) in &located {
+                let size = spec.dtype.size();
+                let bytes = &self.shards[shard].activations[hook_index]
+                    [local * width * size..(local + 1) * width * size];
+                let start = values.len();
+                match spec.dtype {
+                    StoreDtype::F32 => values.extend(
+                        bytes
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    ),
+                    StoreDtype::Bf16 => values.extend(
+                        bytes
+                            .chunks_exact(2)
+                            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+                    ),
+                }
+                if values[start..].iter().any(|v| !v.is_finite()) {
+                    return Err(CacheError::NonFinite {
+                        location: format!(
+                            "{} row {local}",
+                            self.shards[shard].names[hook_index + 1].display()
+                        ),
+                        hook: hook.name.clone(),
+                    });
+                }
+            }
+            activations.push(Tensor::from_vec(values, (rows.len(), width), &Device::Cpu)?);
+        }
+        let tokens = located
+            .iter()
+            .map(|&(shard, local)| {
+                let b = &self.shards[shard].tokens[local * 16..(local + 1) * 16];
+                let word = |i: usize| {
+                    u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+                };
+                TokenInfo {
+                    token: word(0),
+                    document: word(1),
+                    context: word(2),
+                    position: word(3),
+                }
+            })
+            .collect();
+        Ok(ActivationBatch {
+            activations,
+            tokens,
+        })
+    }
+
+    /// Rows `[start, start + count)` in storage order (no shuffle), for sequential scans.
+    pub fn read_sequential(&self, start: u64, count: usize) -> Result<ActivationBatch> {
+        let end = (start + count as u64).min(self.total_rows);
+        let rows: Vec<u64> = (start..end).collect();
+        self.read_rows(&rows)
+    }
+}
+
+impl ActivationSource for StoreSource {
+    fn hooks(&self) -> &[HookSpec] {
+        &self.manifest.spec.hooks
+    }
+
+    fn next_batch(&mut self, rows: usize) -> Result<Option<ActivationBatch>> {
+        let mut indices = Vec::with_capacity(rows);
+        while indices.len() < rows {
+            match self.next_row() {
+                Some(row) => indices.push(row),
+                None => break,
+            }
+        }
+        if indices.is_empty() {
+            return Ok(None);
+        }
+        self.read_rows(&indices).map(Some)
+    }
+
+    fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    fn restore(&mut self, cursor: &Cursor) -> Result<()> {
+        if cursor.bucket >= self.buckets().max(1) {
+            return Err(CacheError::Invalid(format!(
+                "cursor bucket {} is outside this store's {} buckets",
+                cursor.bucket,
+                self.buckets()
+            )));
+        }
+        self.cursor = *cursor;
+        self.plan_epoch();
+        if self.shuffle.epochs.is_none_or(|e| cursor.epoch < e) {
+            self.plan_bucket();
+            if cursor.row as usize >= self.bucket_order.len() {
+                return Err(CacheError::Invalid(format!(
+                    "cursor row {} is outside bucket of {} rows",
+                    cursor.row,
+                    self.bucket_order.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Streams activations straight from a model through a shuffle buffer: no disk.
+pub struct StreamingSource {
+    model: gemma_hooks::GemmaModel,
+    tokenizer: gemma_hooks::GemmaTokenizer,
+    documents: Vec<Document>,
+    hooks: Vec<HookSpec>,
+    points: Vec<gemma_hooks::HookPoint>,
+    contexts: ContextConfig,
+    batch_contexts: usize,
+    capacity: usize,
+    seed: u64,
+    // Stream state.
+    next_document: usize,
+    next_context_index: u32,
+    pending: std::collections::VecDeque<Context>,
+    buffer: Vec<(Vec<Vec<f32>>, TokenInfo)>,
+    rng: StdRng,
+    emitted: u64,
+}
+
+impl StreamingSource {
+    /// A stream over `documents` through `model`, reading `points`, mixing rows in a buffer of
+    /// `capacity` rows with a seeded generator (so the stream is reproducible).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: gemma_hooks::GemmaModel,
+        tokenizer: gemma_hooks::GemmaTokenizer,
+        documents: Vec<Document>,
+        points: Vec<gemma_hooks::HookPoint>,
+        contexts: ContextConfig,
+        batch_contexts: usize,
+        capacity: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let hooks = points
+            .iter()
+            .map(|p| HookSpec {
+                name: p.to_string(),
+                width: hook_width(model.config(), *p),
+            })
+            .collect();
+        Ok(Self {
+            model,
+            tokenizer,
+            documents,
+            hooks,
+            points,
+            contexts,
+            batch_contexts: batch_contexts.max(1),
+            capacity: capacity.max(1),
+            seed,
+            next_document: 0,
+            next_context_index: 0,
+            pending: Default::default(),
+            buffer: Vec::new(),
+            rng: StdRng::seed_from_u64(seed),
+            emitted: 0,
+        })
+    }
+
+    /// Runs the model on the next contexts and adds their rows to the buffer; false at the end.
+    fn refill(&mut self) -> Result<bool> {
+        let special = SpecialTokens {
+            bos: self.model.config().bos_token_id,
+            pad: self.model.config().pad_token_id,
+        };
+        while self.pending.len() < self.batch_contexts && self.next_document < self.documents.len()
+        {
+            let document = &self.documents[self.next_document];
+            let contexts = document_contexts(
+                &self.tokenizer,
+                document,
+                self.contexts,
+                special,
+                self.next_context_index,
+            )?;
+            self.next_context_index += contexts.len() as u32;
+            self.pending.extend(contexts);
+            self.next_document += 1;
+        }
+        if self.pending.is_empty() {
+            return Ok(false);
+        }
+        let take = self.batch_contexts.min(self.pending.len());
+        let batch: Vec<Context> = self.pending.drain(..take).collect();
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|c| c.tokens.iter().copied())
+            .collect();
+        let ids = Tensor::from_vec(
+            ids,
+            (batch.len(), self.contexts.context_length),
+            self.model.device(),
+        )?;
+        let mut hooks = gemma_hooks::Hooks::observing(self.points.iter().copied());
+        hooks.stop_after_deepest_hook();
+        self.model.forward(&ids, &mut hooks)?;
+        let mut per_hook = Vec::new();
+        for point in &self.points {
+            let t = hooks
+                .take(*point)
+                .ok_or_else(|| CacheError::Invalid(format!("{point} not reached")))?;
+            let (b, p) = (t.dims()[0], t.dims()[1]);
+            per_hook.push(
+                t.reshape((b, p, ()))?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec3::<f32>()?,
+            );
+        }
+        for (row, context) in batch.iter().enumerate() {
+            for position in 1..context.len {
+                let values: Vec<Vec<f32>> =
+                    per_hook.iter().map(|h| h[row][position].clone()).collect();
+                if let Some(hook) = values.iter().position(|v| v.iter().any(|x| !x.is_finite())) {
+                    return Err(CacheError::NonFinite {
+                        location: format!("context {} position {position}", context.index),
+                        hook: self.hooks[hook].name.clone(),
+                    });
+                }
+                let info = TokenInfo {
+                    token: context.tokens[position],
+                    document: context.document,
+                    context: context.index,
+                    position: position as u32,
+                };
+                self.buffer.push((values, info));
+            }
+        }
+        Ok(true)
+    }
+
+    fn next_row(&mut self) -> Result<Option<(Vec<Vec<f32>>, TokenInfo)>> {
+        while self.buffer.len() < self.capacity {
+            if !self.refill()? {
+                break;
+            }
+        }
+        if self.buffer.is_empty() {
+            return Ok(None);
+        }
+        let pick = self.rng.random_range(0..self.buffer.len());
+        self.emitted += 1;
+        Ok(Some(self.buffer.swap_remove(pick)))
+    }
+}
+
+impl ActivationSource for StreamingSource {
+    fn hooks(&self) -> &[HookSpec] {
+        &self.hooks
+    }
+
+    fn next_batch(&mut self, rows: usize) -> Result<Option<ActivationBatch>> {
+        let mut picked = Vec::with_capacity(rows);
+        while picked.len() < rows {
+            match self.next_row()? {
+                Some(row) => picked.push(row),
+                None => break,
+            }
+        }
+        if picked.is_empty() {
+            return Ok(None);
+        }
+        let mut activations = Vec::with_capacity(self.hooks.len());
+        for (h, hook) in self.hooks.iter().enumerate() {
+            let values: Vec<f32> = picked
+                .iter()
+                .flat_map(|(v, _)| v[h].iter().copied())
+                .collect();
+            activations.push(Tensor::from_vec(
+                values,
+                (picked.len(), hook.width),
+                &Device::Cpu,
+            )?);
+        }
+        Ok(Some(ActivationBatch {
+            activations,
+            tokens: picked.into_iter().map(|(_, t)| t).collect(),
+        }))
+    }
+
+    fn cursor(&self) -> Cursor {
+        Cursor {
+            emitted: self.emitted,
+            ..Cursor::default()
+        }
+    }
+
+    /// Replays the stream from the start up to the cursor (exact, since the model and the
+    /// shuffle are deterministic, but it re-runs the model over the skipped rows).
+    fn restore(&mut self, cursor: &Cursor) -> Result<()> {
+        self.next_document = 0;
+        self.next_context_index = 0;
+        self.pending.clear();
+        self.buffer.clear();
+        self.rng = StdRng::seed_from_u64(self.seed);
+        self.emitted = 0;
+        while self.emitted < cursor.emitted {
+            if self.next_row()?.is_none() {
+                return Err(CacheError::Invalid(format!(
+                    "the stream ends before row {}",
+                    cursor.emitted
+                )));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,298 @@
+//! The on-disk activation store.
+//!
+//! **Layout.** A store is a directory with `manifest.json` and, per shard `k`:
+//! - `shard-0000k.tokens.bin` — per stored row, four little-endian u32: token id, document id,
+//!   context index, position in the context;
+//! - `shard-0000k.<hook>.bin` — per hook point, the rows' activations as raw little-endian
+//!   `[rows, width]` f32 or bf16, row-major, no header.
+//!
+//! Raw rows make reads a memory map plus pointer arithmetic (no parsing, no copies until a
+//! batch is assembled). Shard `k` holds contexts `[k·S, (k+1)·S)` (S = `contexts_per_shard`),
+//! so an interrupted harvest resumes after the last complete shard and produces the same bytes
+//! as an uninterrupted one. Every file is written under a temporary name and renamed when
+//! complete; the manifest lists a shard (with each file's SHA-256 and size) only after its files
+//! are in place, and is itself replaced atomically.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{CacheError, Result};
+
+/// The manifest's name in a store directory.
+pub const MANIFEST: &str = "manifest.json";
+/// The format version this crate writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Element type of stored activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreDtype {
+    /// 4-byte IEEE float.
+    F32,
+    /// bfloat16 (upper half of an f32).
+    Bf16,
+}
+
+impl StoreDtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            StoreDtype::F32 => 4,
+            StoreDtype::Bf16 => 2,
+        }
+    }
+}
+
+/// A stored hook point and its activation width.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookSpec {
+    /// TransformerLens-style name (`blocks.9.hook_resid_post`).
+    pub name: String,
+    /// Activation width (`attn.hook_z` flattened: heads·head_dim).
+    pub width: usize,
+}
+
+/// What a store was made from; a resumed harvest must match it exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreSpec {
+    /// The model (path, repo id or `gemma-3-270m`).
+    pub model: String,
+    /// The tokenizer used.
+    pub tokenizer: String,
+    /// The corpus description.
+    pub corpus: String,
+    /// The contexts' settings.
+    pub contexts: crate::ContextConfig,
+    /// Stored hook points, in file order.
+    pub hooks: Vec<HookSpec>,
+    /// Element type of the activations.
+    pub dtype: StoreDtype,
+    /// Contexts per shard.
+    pub contexts_per_shard: usize,
+    /// Stop once at least this many rows are stored (after a whole shard).
+    pub target_rows: u64,
+}
+
+/// One file of a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardFile {
+    /// File name within the store.
+    pub name: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256, lower-case hex.
+    pub sha256: String,
+}
+
+/// A complete shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// Shard number.
+    pub index: usize,
+    /// Stored rows (tokens).
+    pub rows: u64,
+    /// Contexts `[first, end)` it covers.
+    pub contexts: [u64; 2],
+    /// The token-metadata file.
+    pub tokens: ShardFile,
+    /// One activation file per hook, in the order of [`StoreSpec::hooks`].
+    pub activations: Vec<ShardFile>,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// What the store is made from.
+    pub spec: StoreSpec,
+    /// Complete shards, in order.
+    pub shards: Vec<Shard>,
+    /// Whether the harvest finished (target reached or corpus exhausted).
+    pub complete: bool,
+}
+
+impl Manifest {
+    /// Rows stored so far.
+    pub fn rows(&self) -> u64 {
+        self.shards.iter().map(|s| s.rows).sum()
+    }
+
+    /// Reads and checks `dir/manifest.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST);
+        let text = fs::read_to_string(&path).map_err(|e| CacheError::io(&path, e))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| CacheError::format(&path, format!("invalid manifest: {e}")))?;
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(CacheError::format(
+                &path,
+                format!(
+                    "format version {} (this build reads {FORMAT_VERSION})",
+                    manifest.format_version
+                ),
+            ));
+        }
+        for (i, shard) in manifest.shards.iter().enumerate() {
+            if shard.index != i || shard.activations.len() != manifest.spec.hooks.len() {
+                return Err(CacheError::format(
+                    &path,
+                    format!("shard entry {i} does not match the store's hooks or order"),
+                ));
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// Writes `dir/manifest.json` atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| CacheError::Invalid(e.to_string()))?;
+        write_atomically(&dir.join(MANIFEST), &json)?;
+        Ok(())
+    }
+}
+
+/// The file name of shard `index` for `part` (`tokens` or a hook name).
+pub fn shard_file_name(index: usize, part: &str) -> String {
+    format!("shard-{index:05}.{part}.bin")
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, synced and renamed.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<ShardFile> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempfile_in(dir)
+        .map_err(|e| CacheError::io(dir, e))?;
+    temp.write_all(bytes)
+        .and_then(|_| temp.as_file().sync_all())
+        .map_err(|e| CacheError::io(path, e))?;
+    temp.persist(path)
+        .map_err(|e| CacheError::io(path, e.error))?;
+    Ok(ShardFile {
+        name: path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+        bytes: bytes.len() as u64,
+        sha256: hex_sha256(bytes),
+    })
+}
+
+/// SHA-256 of bytes, lower-case hex.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Checks a shard file's size and SHA-256 against the manifest, naming the shard on failure.
+pub fn verify_file(dir: &Path, file: &ShardFile) -> Result<()> {
+    let path = dir.join(&file.name);
+    let mut bytes = Vec::with_capacity(file.bytes as usize);
+    File::open(&path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| CacheError::io(&path, e))?;
+    if bytes.len() as u64 != file.bytes {
+        return Err(CacheError::format(
+            &path,
+            format!(
+                "shard is {} bytes, the manifest says {} (truncated?)",
+                bytes.len(),
+                file.bytes
+            ),
+        ));
+    }
+    let digest = hex_sha256(&bytes);
+    if digest != file.sha256 {
+        return Err(CacheError::format(
+            &path,
+            format!(
+                "shard checksum mismatch: {digest}, the manifest says {} (corrupted)",
+                file.sha256
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Rows of one shard being assembled in memory.
+#[derive(Debug, Default)]
+pub struct ShardBuffer {
+    /// Token metadata, 4 u32 per row.
+    pub tokens: Vec<u32>,
+    /// Per hook, raw little-endian activation bytes.
+    pub activations: Vec<Vec<u8>>,
+    /// Rows so far.
+    pub rows: u64,
+}
+
+impl ShardBuffer {
+    /// An empty buffer for `hooks` hook points.
+    pub fn new(hooks: usize) -> Self {
+        Self {
+            tokens: Vec::new(),
+            activations: vec![Vec::new(); hooks],
+            rows: 0,
+        }
+    }
+
+    /// Writes the shard's files and returns its manifest entry.
+    pub fn write(
+        self,
+        dir: &Path,
+        index: usize,
+        spec: &StoreSpec,
+        contexts: [u64; 2],
+    ) -> Result<Shard> {
+        let mut token_bytes = Vec::with_capacity(self.tokens.len() * 4);
+        for value in &self.tokens {
+            token_bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        let tokens = write_atomically(&dir.join(shard_file_name(index, "tokens")), &token_bytes)?;
+        let activations = spec
+            .hooks
+            .iter()
+            .zip(&self.activations)
+            .map(|(hook, bytes)| {
+                write_atomically(&dir.join(shard_file_name(index, &hook.name)), bytes)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Shard {
+            index,
+            rows: self.rows,
+            contexts,
+            tokens,
+            activations,
+        })
+    }
+}
+
+/// The files of a store directory that the manifest does not list (leftovers of an interrupted
+/// write), by name.
+pub fn unlisted_files(dir: &Path, manifest: &Manifest) -> Result<BTreeMap<String, PathBuf>> {
+    let listed: std::collections::BTreeSet<&str> = manifest
+        .shards
+        .iter()
+        .flat_map(|s| std::iter::once(&s.tokens).chain(&s.activations))
+        .map(|f| f.name.as_str())
+        .chain([MANIFEST])
+        .collect();
+    let mut out = BTreeMap::new();
+    for entry in fs::read_dir(dir).map_err(|e| CacheError::io(dir, e))? {
+        let entry = entry.map_err(|e| CacheError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !listed.contains(name.as_str()) {
+            out.insert(name, entry.path());
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,458 @@
+//! Harvest, store and read back, on the tiny Gemma 3 fixture (character-level tokenizer) so
+//! every test runs in well under a second per store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use activation_cache::store::{HookSpec, StoreDtype, StoreSpec};
+use activation_cache::{
+    ActivationSource, ContextConfig, Corpus, Document, HarvestOptions, ShuffleConfig, StoreSource,
+    StreamingSource, TokenInfo, harvest,
+};
+use candle_core::{DType, Device};
+use gemma_hooks::{HookPoint, LoadedModel, load_hf_dir};
+
+fn tiny() -> LoadedModel {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gemma-hooks/tests/fixtures/tiny-gemma3");
+    load_hf_dir(&dir, &Device::Cpu, DType::F32).unwrap()
+}
+
+fn documents() -> Vec<Document> {
+    let texts = [
+        "Alice was beginning to get very tired of sitting by her sister on the bank.",
+        "So she was considering in her own mind, as well as she could, whether the pleasure of making a daisy-chain would be worth the trouble.",
+        "Hi.",
+        "There was nothing so VERY remarkable in that; nor did Alice think it so VERY much out of the way to hear the Rabbit say to itself, 'Oh dear! Oh dear! I shall be late!'",
+    ];
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Document {
+            id: i as u32,
+            name: format!("doc{i}"),
+            text: t.to_string(),
+        })
+        .collect()
+}
+
+const POINTS: [HookPoint; 2] = [HookPoint::ResidPost(2), HookPoint::AttnZ(1)];
+
+fn spec(model: &LoadedModel, dtype: StoreDtype, target_rows: u64) -> StoreSpec {
+    StoreSpec {
+        model: "tiny-gemma3".into(),
+        tokenizer: "char".into(),
+        corpus: "inline".into(),
+        contexts: ContextConfig {
+            context_length: 24,
+            min_tokens: 4,
+        },
+        hooks: POINTS
+            .iter()
+            .map(|p| HookSpec {
+                name: p.to_string(),
+                width: activation_cache::hook_width(model.model.config(), *p),
+            })
+            .collect(),
+        dtype,
+        contexts_per_shard: 3,
+        target_rows,
+    }
+}
+
+fn quiet() -> HarvestOptions {
+    HarvestOptions {
+        batch_contexts: 2,
+        stop_after_shards: None,
+        progress: false,
+    }
+}
+
+fn build(dir: &Path, dtype: StoreDtype) -> LoadedModel {
+    let model = tiny();
+    let tokenizer = model.tokenizer.clone().unwrap();
+    harvest(
+        dir,
+        &model.model,
+        &tokenizer,
+        &documents(),
+        spec(&model, dtype, u64::MAX),
+        &quiet(),
+    )
+    .unwrap();
+    model
+}
+
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn stored_rows_equal_the_model_activations_and_skip_special_positions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = build(tmp.path(), StoreDtype::F32);
+    let source = StoreSource::open(tmp.path(), ShuffleConfig::default(), true).unwrap();
+    let rows = source.rows() as usize;
+    let batch = source.read_sequential(0, rows).unwrap();
+    let tokenizer = model.tokenizer.clone().unwrap();
+    // Every real (non-BOS, non-PAD) token of every kept context, exactly once.
+    let contexts: Vec<_> = activation_cache::contexts::contexts(
+        &tokenizer,
+        &documents(),
+        spec(&model, StoreDtype::F32, 0).contexts,
+        activation_cache::SpecialTokens { bos: 2, pad: 0 },
+    )
+    .collect::<Result<_, _>>()
+    .unwrap();
+    let expected_rows: usize = contexts.iter().map(|c| c.len - 1).sum();
+    assert_eq!(rows, expected_rows);
+    assert!(
+        batch
+            .tokens
+            .iter()
+            .all(|t| t.position >= 1 && t.token != 2 && t.token != 0),
+        "special tokens stored"
+    );
+    // Short documents below min_tokens are dropped.
+    assert!(!batch.tokens.iter().any(|t| t.document == 2));
+    for context in &contexts {
+        let ids = candle_core::Tensor::new(context.tokens.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mut hooks = gemma_hooks::Hooks::observing(POINTS);
+        model.model.forward(&ids, &mut hooks).unwrap();
+        for (h, point) in POINTS.iter().enumerate() {
+            let direct = hooks.cache()[point]
+                .squeeze(0)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            for (row, info) in batch
+                .tokens
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.context == context.index)
+            {
+                assert_eq!(info.token, context.tokens[info.position as usize]);
+                let stored = batch.activations[h]
+                    .get(row)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                assert_eq!(
+                    stored, direct[info.position as usize],
+                    "{point} context {} position {}",
+                    context.index, info.position
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn interrupted_and_truncated_harvests_resume_to_an_identical_store() {
+    let full = tempfile::tempdir().unwrap();
+    let model = build(full.path(), StoreDtype::Bf16);
+    let tokenizer = model.tokenizer.clone().unwrap();
+    let resumed = tempfile::tempdir().unwrap();
+    let stop = HarvestOptions {
+        stop_after_shards: Some(1),
+        ..quiet()
+    };
+    let partial = harvest(
+        resumed.path(),
+        &model.model,
+        &tokenizer,
+        &documents(),
+        spec(&model, StoreDtype::Bf16, u64::MAX),
+        &stop,
+    )
+    .unwrap();
+    assert!(!partial.complete);
+    assert_eq!(partial.shards.len(), 1);
+    // A crash in the middle of the next shard leaves a truncated file behind.
+    fs::write(resumed.path().join("shard-00001.tokens.bin"), [1, 2, 3]).unwrap();
+    let done = harvest(
+        resumed.path(),
+        &model.model,
+        &tokenizer,
+        &documents(),
+        spec(&model, StoreDtype::Bf16, u64::MAX),
+        &quiet(),
+    )
+    .unwrap();
+    assert!(done.complete && done.shards.len() > 1);
+    assert_eq!(files(resumed.path()), files(full.path()));
+
+    let err = harvest(
+        resumed.path(),
+        &model.model,
+        &tokenizer,
+        &documents(),
+        spec(&model, StoreDtype::F32, u64::MAX),
+        &quiet(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("different settings"), "{err}");
+}
+
+#[test]
+fn corruption_and_manifest_mismatch_are_detected_naming_the_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    build(tmp.path(), StoreDtype::F32);
+    let shard = tmp.path().join("shard-00001.blocks.2.hook_resid_post.bin");
+    let original = fs::read(&shard).unwrap();
+    let mut flipped = original.clone();
+    flipped[17] ^= 0x40;
+    fs::write(&shard, &flipped).unwrap();
+    let err = StoreSource::open(tmp.path(), ShuffleConfig::default(), true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("shard-00001.blocks.2.hook_resid_post.bin") && err.contains("checksum"),
+        "{err}"
+    );
+
+    fs::write(&shard, &original[..original.len() - 8]).unwrap();
+    let err = StoreSource::open(tmp.path(), ShuffleConfig::default(), false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("shard-00001.blocks.2.hook_resid_post.bin") && err.contains("truncated"),
+        "{err}"
+    );
+    fs::write(&shard, &original).unwrap();
+
+    let manifest_path = tmp.path().join("manifest.json");
+    let manifest = fs::read_to_string(&manifest_path).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    json["shards"][0]["rows"] = serde_json::json!(json["shards"][0]["rows"].as_u64().unwrap() + 1);
+    fs::write(&manifest_path, json.to_string()).unwrap();
+    let err = StoreSource::open(tmp.path(), ShuffleConfig::default(), true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("shard-00000") && err.contains("rows need"),
+        "{err}"
+    );
+    fs::write(&manifest_path, &manifest).unwrap();
+
+    // NaN in an activation: reported with shard and row (checksums off, as after a bad write
+    // that was checksummed as such).
+    let mut poisoned = original.clone();
+    poisoned[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+    fs::write(&shard, &poisoned).unwrap();
+    let source = StoreSource::open(tmp.path(), ShuffleConfig::default(), false).unwrap();
+    let offset = source.manifest().shards[0].rows;
+    let err = source.read_sequential(offset, 4).unwrap_err().to_string();
+    assert!(
+        err.contains("shard-00001.blocks.2.hook_resid_post.bin row 0")
+            && err.contains("non-finite"),
+        "{err}"
+    );
+}
+
+fn order(source: &mut StoreSource, batch: usize) -> Vec<TokenInfo> {
+    let mut seen = Vec::new();
+    while let Some(b) = source.next_batch(batch).unwrap() {
+        seen.extend(b.tokens);
+    }
+    seen
+}
+
+#[test]
+fn shuffled_reader_visits_every_row_once_per_epoch_deterministically_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    build(tmp.path(), StoreDtype::F32);
+    let shuffle = ShuffleConfig {
+        seed: 7,
+        bucket_rows: 16,
+        epochs: Some(2),
+    };
+    let mut a = StoreSource::open(tmp.path(), shuffle, true).unwrap();
+    let rows = a.rows() as usize;
+    let first = order(&mut a, 10);
+    assert_eq!(first.len(), 2 * rows);
+    for epoch in first.chunks(rows) {
+        let unique: BTreeSet<(u32, u32)> = epoch.iter().map(|t| (t.context, t.position)).collect();
+        assert_eq!(unique.len(), rows, "every row exactly once per epoch");
+    }
+    assert_ne!(
+        first[..rows],
+        first[rows..],
+        "epochs are shuffled differently"
+    );
+    let again = order(
+        &mut StoreSource::open(tmp.path(), shuffle, true).unwrap(),
+        7,
+    );
+    assert_eq!(
+        first, again,
+        "same seed, same order (whatever the batch size)"
+    );
+    let other = order(
+        &mut StoreSource::open(tmp.path(), ShuffleConfig { seed: 8, ..shuffle }, true).unwrap(),
+        10,
+    );
+    assert_ne!(first, other, "another seed, another order");
+
+    let mut source = StoreSource::open(tmp.path(), shuffle, true).unwrap();
+    source.next_batch(rows / 2 + 5).unwrap();
+    let cursor = source.cursor();
+    let rest = order(&mut source, 10);
+    let mut restored = StoreSource::open(tmp.path(), shuffle, true).unwrap();
+    restored
+        .restore(&serde_json::from_str(&serde_json::to_string(&cursor).unwrap()).unwrap())
+        .unwrap();
+    assert_eq!(order(&mut restored, 3), rest);
+    assert_eq!(&first[rows / 2 + 5..], rest.as_slice());
+}
+
+#[test]
+fn streaming_source_is_reproducible_covers_every_row_and_resumes() {
+    let model = tiny();
+    let tokenizer = model.tokenizer.clone().unwrap();
+    let config = ContextConfig {
+        context_length: 24,
+        min_tokens: 4,
+    };
+    let make = |seed| {
+        StreamingSource::new(
+            model.model.clone(),
+            tokenizer.clone(),
+            documents(),
+            POINTS.to_vec(),
+            config,
+            2,
+            20,
+            seed,
+        )
+        .unwrap()
+    };
+    let mut a = make(3);
+    let mut all = Vec::new();
+    while let Some(batch) = a.next_batch(9).unwrap() {
+        assert_eq!(batch.activations[0].dims()[1], 32);
+        all.extend(batch.tokens);
+    }
+    let store = tempfile::tempdir().unwrap();
+    build(store.path(), StoreDtype::F32);
+    let stored = StoreSource::open(store.path(), ShuffleConfig::default(), true).unwrap();
+    let stored_rows: BTreeSet<(u32, u32)> = stored
+        .read_sequential(0, stored.rows() as usize)
+        .unwrap()
+        .tokens
+        .iter()
+        .map(|t| (t.context, t.position))
+        .collect();
+    let streamed: BTreeSet<(u32, u32)> = all.iter().map(|t| (t.context, t.position)).collect();
+    assert_eq!(streamed.len(), all.len(), "no row twice");
+    assert_eq!(streamed, stored_rows);
+
+    let mut b = make(3);
+    let head = b.next_batch(11).unwrap().unwrap().tokens;
+    assert_eq!(head, all[..11]);
+    let cursor = b.cursor();
+    let mut c = make(3);
+    c.restore(&cursor).unwrap();
+    assert_eq!(c.next_batch(5).unwrap().unwrap().tokens, all[11..16]);
+    let shuffled_differently = make(4).next_batch(11).unwrap().unwrap().tokens;
+    assert_ne!(shuffled_differently, head);
+}
+
+#[test]
+fn corpus_readers_yield_documents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("books");
+    fs::create_dir(&folder).unwrap();
+    fs::write(folder.join("b.txt"), "second\nbook").unwrap();
+    fs::write(
+        folder.join("a.txt"),
+        "First line\nwrapped here.\n\nNew paragraph.\n",
+    )
+    .unwrap();
+    let docs = Corpus::Text {
+        path: folder,
+        rejoin_paragraphs: true,
+    }
+    .documents()
+    .unwrap();
+    assert_eq!(
+        docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>(),
+        ["First line wrapped here.\n\nNew paragraph.", "second book"]
+    );
+
+    let latin1 = tmp.path().join("latin1.txt");
+    fs::write(&latin1, b"C\xe6sar and Bruneti\xe8re").unwrap();
+    let docs = Corpus::Text {
+        path: latin1,
+        rejoin_paragraphs: false,
+    }
+    .documents()
+    .unwrap();
+    assert_eq!(docs[0].text, "Cæsar and Brunetière");
+
+    let jsonl = tmp.path().join("c.jsonl");
+    fs::write(
+        &jsonl,
+        "{\"text\": \"one\", \"n\": 1}\n\n{\"text\": \"two\"}\n",
+    )
+    .unwrap();
+    let docs = Corpus::Jsonl {
+        path: jsonl.clone(),
+        field: "text".into(),
+    }
+    .documents()
+    .unwrap();
+    assert_eq!(
+        docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+    let err = Corpus::Jsonl {
+        path: jsonl,
+        field: "body".into(),
+    }
+    .documents()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("line 1") && err.contains("body"), "{err}");
+
+    let parquet = tmp.path().join("d.parquet");
+    let mut frame = polars::df!("body" => ["alpha", "beta"], "n" => [1i64, 2]).unwrap();
+    polars::prelude::ParquetWriter::new(fs::File::create(&parquet).unwrap())
+        .finish(&mut frame)
+        .unwrap();
+    let docs = Corpus::Parquet {
+        path: parquet.clone(),
+        column: "body".into(),
+    }
+    .documents()
+    .unwrap();
+    assert_eq!(
+        docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>(),
+        ["alpha", "beta"]
+    );
+    let err = Corpus::Parquet {
+        path: parquet,
+        column: "n".into(),
+    }
+    .documents()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not a string column"), "{err}");
+}

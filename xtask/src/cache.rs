@@ -1,0 +1,164 @@
+//! `cargo xtask cache`: harvest activations from a model over a corpus into a store, then
+//! measure how fast the store reads back.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use activation_cache::store::{HookSpec, StoreDtype, StoreSpec};
+use activation_cache::{
+    ActivationSource, ContextConfig, Corpus, HarvestOptions, ShuffleConfig, StoreSource, harvest,
+    hook_width,
+};
+use anyhow::Context;
+use candle_core::{DType, Device};
+use gemma_hooks::{HookPoint, load_model};
+
+/// Arguments of `cache`.
+#[derive(Debug, clap::Args)]
+pub struct CacheArgs {
+    /// The model (see `dump-activations --model`).
+    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
+    pub model: String,
+    /// Hook points to store.
+    #[arg(long, num_args = 1.., default_value = "blocks.9.hook_resid_post")]
+    pub hooks: Vec<String>,
+    /// Stop after at least this many stored tokens (rows).
+    #[arg(long, default_value_t = 100_000)]
+    pub tokens: u64,
+    /// Store directory (re-running resumes it).
+    #[arg(long, default_value = "runs/cache")]
+    pub out: PathBuf,
+    /// Stored element type.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub dtype: String,
+    /// Tokens per context, BOS included (Gemma Scope: 1024).
+    #[arg(long, default_value_t = 1024)]
+    pub context: usize,
+    /// Contexts per shard.
+    #[arg(long, default_value_t = 16)]
+    pub contexts_per_shard: usize,
+    /// Contexts per forward pass.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Corpus: `gutenberg` (embedded), a .txt file or folder, a .jsonl or a .parquet file.
+    #[arg(long, default_value = "gutenberg")]
+    pub corpus: String,
+    /// The text field (JSONL) or column (parquet).
+    #[arg(long, default_value = "text")]
+    pub field: String,
+}
+
+/// Parses `--corpus`.
+pub fn corpus_of(name: &str, field: &str) -> anyhow::Result<Corpus> {
+    let path = PathBuf::from(name);
+    Ok(match path.extension().and_then(|e| e.to_str()) {
+        _ if name == "gutenberg" => Corpus::gutenberg()?,
+        Some("jsonl") => Corpus::Jsonl {
+            path,
+            field: field.into(),
+        },
+        Some("parquet") => Corpus::Parquet {
+            path,
+            column: field.into(),
+        },
+        _ => Corpus::Text {
+            path,
+            rejoin_paragraphs: true,
+        },
+    })
+}
+
+/// Harvests, then reports read throughput.
+pub fn run(args: &CacheArgs) -> anyhow::Result<()> {
+    let loaded = load_model(&args.model, &Device::Cpu, DType::F32)?;
+    let tokenizer = loaded
+        .tokenizer
+        .clone()
+        .context("the model has no tokenizer")?;
+    let corpus = corpus_of(&args.corpus, &args.field)?;
+    let points: Vec<HookPoint> = args
+        .hooks
+        .iter()
+        .map(|h| h.parse())
+        .collect::<Result<_, _>>()?;
+    let spec = StoreSpec {
+        model: args.model.clone(),
+        tokenizer: loaded.path.display().to_string(),
+        corpus: corpus.describe(),
+        contexts: ContextConfig {
+            context_length: args.context,
+            min_tokens: 16.min(args.context - 1),
+        },
+        hooks: points
+            .iter()
+            .map(|p| HookSpec {
+                name: p.to_string(),
+                width: hook_width(loaded.model.config(), *p),
+            })
+            .collect(),
+        dtype: if args.dtype == "bf16" {
+            StoreDtype::Bf16
+        } else {
+            StoreDtype::F32
+        },
+        contexts_per_shard: args.contexts_per_shard,
+        target_rows: args.tokens,
+    };
+    let documents = corpus.documents()?;
+    let started = Instant::now();
+    let before = activation_cache::store::Manifest::read(&args.out)
+        .map(|m| m.rows())
+        .unwrap_or(0);
+    let options = HarvestOptions {
+        batch_contexts: args.batch,
+        ..Default::default()
+    };
+    let manifest = harvest(
+        &args.out,
+        &loaded.model,
+        &tokenizer,
+        &documents,
+        spec,
+        &options,
+    )?;
+    let harvested = manifest.rows() - before;
+    println!(
+        "store {}: {} rows in {} shards; harvested {harvested} rows at {:.0} tokens/s",
+        args.out.display(),
+        manifest.rows(),
+        manifest.shards.len(),
+        harvested as f64 / started.elapsed().as_secs_f64()
+    );
+
+    let bytes_per_row: usize = manifest
+        .spec
+        .hooks
+        .iter()
+        .map(|h| h.width * manifest.spec.dtype.size())
+        .sum();
+    let source = StoreSource::open(&args.out, ShuffleConfig::default(), true)?;
+    let rows = source.rows();
+    let started = Instant::now();
+    let mut start = 0;
+    while start < rows {
+        source.read_sequential(start, 4096)?;
+        start += 4096;
+    }
+    let sequential = (rows as usize * bytes_per_row) as f64 / started.elapsed().as_secs_f64() / 1e9;
+    let mut shuffled_source = StoreSource::open(
+        &args.out,
+        ShuffleConfig {
+            seed: 1,
+            bucket_rows: 1 << 16,
+            epochs: Some(1),
+        },
+        false,
+    )?;
+    let started = Instant::now();
+    while shuffled_source.next_batch(4096)?.is_some() {}
+    let shuffled = (rows as usize * bytes_per_row) as f64 / started.elapsed().as_secs_f64() / 1e9;
+    println!(
+        "read back into f32 tensors: sequential {sequential:.2} GB/s, shuffled {shuffled:.2} GB/s (stored bytes)"
+    );
+    Ok(())
+}
