@@ -1,0 +1,405 @@
+//! Training configuration: every hyperparameter, with each architecture's published defaults,
+//! overridable from a TOML/JSON file and from `key=value` overrides.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use sae_core::{Architecture, ThresholdParametrisation};
+
+use crate::{Result, TrainError};
+
+/// A sparsity penalty and its coefficient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PenaltyConfig {
+    /// L0 with the straight-through estimator (JumpReLU); coefficient warmed up.
+    L0 {
+        /// λ.
+        coefficient: f64,
+    },
+    /// L1 of the latents; coefficient warmed up.
+    L1 {
+        /// λ.
+        coefficient: f64,
+    },
+    /// L1 weighted by decoder row norms (Anthropic, April 2024); coefficient warmed up.
+    L1DecoderNorm {
+        /// λ.
+        coefficient: f64,
+    },
+    /// AuxK for dead latents (Gao et al. 2024); not warmed up.
+    Auxk {
+        /// α (Gao et al.: 1/32).
+        coefficient: f64,
+        /// Dead latents used (Gao et al.: 512).
+        k_aux: usize,
+    },
+}
+
+impl PenaltyConfig {
+    /// The coefficient.
+    pub fn coefficient(&self) -> f64 {
+        match self {
+            PenaltyConfig::L0 { coefficient }
+            | PenaltyConfig::L1 { coefficient }
+            | PenaltyConfig::L1DecoderNorm { coefficient }
+            | PenaltyConfig::Auxk { coefficient, .. } => *coefficient,
+        }
+    }
+
+    /// Whether the coefficient follows the λ warm-up.
+    pub fn warms_up(&self) -> bool {
+        !matches!(self, PenaltyConfig::Auxk { .. })
+    }
+}
+
+/// One SAE to train. Optional fields take the architecture's defaults ([`SaeConfig::resolve`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaeConfig {
+    /// Name of the run and of the exported directory.
+    pub name: String,
+    /// The hook point it reads (must be one of the source's hooks).
+    pub hook: String,
+    /// Architecture (`{"kind": "jump_relu"}`, `{"kind": "top_k", "k": 32}`, …).
+    pub architecture: Architecture,
+    /// Number of latents.
+    pub d_sae: usize,
+    /// Adam learning rate.
+    pub lr: Option<f64>,
+    /// Adam β₁.
+    pub adam_beta1: Option<f64>,
+    /// Adam β₂.
+    pub adam_beta2: Option<f64>,
+    /// Adam ε.
+    pub adam_eps: Option<f64>,
+    /// Steps of the cosine learning-rate warm-up (from `lr_warmup_start`·lr to lr).
+    pub lr_warmup_steps: Option<u64>,
+    /// Fraction of lr the warm-up starts from.
+    pub lr_warmup_start: Option<f64>,
+    /// Fraction of the run, at its end, over which lr decays linearly to 0.
+    pub lr_decay_fraction: Option<f64>,
+    /// Sparsity penalties.
+    pub penalties: Option<Vec<PenaltyConfig>>,
+    /// Steps of the linear λ warm-up from 0.
+    pub lambda_warmup_steps: Option<u64>,
+    /// Straight-through estimator bandwidth ε.
+    pub bandwidth: Option<f64>,
+    /// Initial JumpReLU threshold θ₀.
+    pub threshold_init: Option<f64>,
+    /// How θ is trained.
+    pub threshold_parametrisation: Option<ThresholdParametrisation>,
+    /// Project out parallel decoder gradients and renormalise decoder rows every step.
+    pub decoder_constraint: Option<bool>,
+    /// Decoder row norm at initialisation.
+    pub decoder_init_norm: Option<f64>,
+    /// The encoder sees x − b_dec.
+    pub pre_encoder_bias: Option<bool>,
+    /// Divide inputs by C with E‖x/C‖² = 1.
+    pub normalise_inputs: Option<bool>,
+    /// Initialisation seed.
+    pub seed: Option<u64>,
+}
+
+/// A [`SaeConfig`] with every default filled in: what was actually used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedSaeConfig {
+    /// Name.
+    pub name: String,
+    /// Hook point.
+    pub hook: String,
+    /// Architecture.
+    pub architecture: Architecture,
+    /// Latents.
+    pub d_sae: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Adam β₁.
+    pub adam_beta1: f64,
+    /// Adam β₂.
+    pub adam_beta2: f64,
+    /// Adam ε.
+    pub adam_eps: f64,
+    /// Cosine warm-up steps.
+    pub lr_warmup_steps: u64,
+    /// Warm-up start fraction.
+    pub lr_warmup_start: f64,
+    /// Final linear decay fraction.
+    pub lr_decay_fraction: f64,
+    /// Penalties.
+    pub penalties: Vec<PenaltyConfig>,
+    /// λ warm-up steps.
+    pub lambda_warmup_steps: u64,
+    /// STE bandwidth.
+    pub bandwidth: f64,
+    /// θ₀.
+    pub threshold_init: f64,
+    /// θ parametrisation.
+    pub threshold_parametrisation: ThresholdParametrisation,
+    /// Decoder constraint.
+    pub decoder_constraint: bool,
+    /// Decoder init norm.
+    pub decoder_init_norm: f64,
+    /// Pre-encoder bias.
+    pub pre_encoder_bias: bool,
+    /// Input normalisation.
+    pub normalise_inputs: bool,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl SaeConfig {
+    /// A config with only the required fields; everything else takes the defaults.
+    pub fn new(name: &str, hook: &str, architecture: Architecture, d_sae: usize) -> Self {
+        Self {
+            name: name.into(),
+            hook: hook.into(),
+            architecture,
+            d_sae,
+            lr: None,
+            adam_beta1: None,
+            adam_beta2: None,
+            adam_eps: None,
+            lr_warmup_steps: None,
+            lr_warmup_start: None,
+            lr_decay_fraction: None,
+            penalties: None,
+            lambda_warmup_steps: None,
+            bandwidth: None,
+            threshold_init: None,
+            threshold_parametrisation: None,
+            decoder_constraint: None,
+            decoder_init_norm: None,
+            pre_encoder_bias: None,
+            normalise_inputs: None,
+            seed: None,
+        }
+    }
+
+    /// Fills the defaults of the architecture's paper:
+    ///
+    /// | | JumpReLU (Gemma Scope) | TopK / BatchTopK (Gao et al.) | ReLU (Anthropic, Apr 2024) | Gated (Rajamanoharan et al.) |
+    /// |---|---|---|---|---|
+    /// | Adam lr, β₁, β₂, ε | 7e-5, 0, 0.999, 1e-8 | 2e-4, 0.9, 0.999, 6.25e-10 | 5e-5, 0.9, 0.999, 1e-8 | 7e-5, 0, 0.999, 1e-8 |
+    /// | lr schedule | cosine warm-up from 0.1× over 1,000 steps | constant | constant, linear decay over the last 20 % | as JumpReLU |
+    /// | penalty | L0 (STE), λ = 6e-4 | AuxK α = 1/32, k_aux = min(512, d_in/2) | decoder-norm L1, λ = 5/√d_in | L1 on ReLU(π_gate), λ = 1e-3 |
+    /// | λ warm-up | 10,000 steps | – | 5 % of the run | 10,000 steps |
+    /// | decoder | unit rows, projected gradients | unit rows, projected gradients | free, rows start at norm 0.1 | unit rows, projected gradients |
+    /// | pre-encoder bias | yes | yes | no | yes |
+    ///
+    /// All use ε = θ₀ = 0.001 for the threshold, raw θ, and inputs divided by C with
+    /// E‖x/C‖² = 1. Anthropic's λ = 5 is for inputs scaled to E‖x‖ = √d_in; an L1 term scales
+    /// like ‖x‖ and the squared error like ‖x‖², so on unit-mean-square inputs the same optimum
+    /// needs λ/√d_in.
+    pub fn resolve(&self, d_in: usize, total_steps: u64) -> ResolvedSaeConfig {
+        let arch = self.architecture;
+        let (
+            lr,
+            beta1,
+            eps,
+            warmup,
+            decay,
+            penalties,
+            lambda_warmup,
+            constraint,
+            init_norm,
+            pre_bias,
+        ) = match arch {
+            Architecture::JumpRelu => (
+                7e-5,
+                0.0,
+                1e-8,
+                1000,
+                0.0,
+                vec![PenaltyConfig::L0 { coefficient: 6e-4 }],
+                10_000,
+                true,
+                1.0,
+                true,
+            ),
+            Architecture::TopK { .. } | Architecture::BatchTopK { .. } => (
+                2e-4,
+                0.9,
+                6.25e-10,
+                0,
+                0.0,
+                vec![PenaltyConfig::Auxk {
+                    coefficient: 1.0 / 32.0,
+                    k_aux: 512.min(d_in / 2).max(1),
+                }],
+                0,
+                true,
+                1.0,
+                true,
+            ),
+            Architecture::Relu => (
+                5e-5,
+                0.9,
+                1e-8,
+                0,
+                0.2,
+                vec![PenaltyConfig::L1DecoderNorm {
+                    coefficient: 5.0 / (d_in as f64).sqrt(),
+                }],
+                total_steps / 20,
+                false,
+                0.1,
+                false,
+            ),
+            Architecture::Gated => (
+                7e-5,
+                0.0,
+                1e-8,
+                1000,
+                0.0,
+                vec![PenaltyConfig::L1 { coefficient: 1e-3 }],
+                10_000,
+                true,
+                1.0,
+                true,
+            ),
+        };
+        ResolvedSaeConfig {
+            name: self.name.clone(),
+            hook: self.hook.clone(),
+            architecture: arch,
+            d_sae: self.d_sae,
+            lr: self.lr.unwrap_or(lr),
+            adam_beta1: self.adam_beta1.unwrap_or(beta1),
+            adam_beta2: self.adam_beta2.unwrap_or(0.999),
+            adam_eps: self.adam_eps.unwrap_or(eps),
+            lr_warmup_steps: self.lr_warmup_steps.unwrap_or(warmup),
+            lr_warmup_start: self.lr_warmup_start.unwrap_or(0.1),
+            lr_decay_fraction: self.lr_decay_fraction.unwrap_or(decay),
+            penalties: self.penalties.clone().unwrap_or(penalties),
+            lambda_warmup_steps: self.lambda_warmup_steps.unwrap_or(lambda_warmup),
+            bandwidth: self.bandwidth.unwrap_or(1e-3),
+            threshold_init: self.threshold_init.unwrap_or(1e-3),
+            threshold_parametrisation: self.threshold_parametrisation.unwrap_or_default(),
+            decoder_constraint: self.decoder_constraint.unwrap_or(constraint),
+            decoder_init_norm: self.decoder_init_norm.unwrap_or(init_norm),
+            pre_encoder_bias: self.pre_encoder_bias.unwrap_or(pre_bias),
+            normalise_inputs: self.normalise_inputs.unwrap_or(true),
+            seed: self.seed.unwrap_or(0),
+        }
+    }
+}
+
+/// A training run: one activation stream feeding any number of SAEs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimiser steps.
+    #[serde(default = "defaults::steps")]
+    pub steps: u64,
+    /// Activations per step (Gemma Scope: 4,096).
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// Write a checkpoint every this many steps.
+    #[serde(default = "defaults::checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Record metrics every this many steps.
+    #[serde(default = "defaults::metrics_every")]
+    pub metrics_every: u64,
+    /// A latent is dead when it has not fired in this many tokens.
+    #[serde(default = "defaults::dead_window_tokens")]
+    pub dead_window_tokens: u64,
+    /// Batches used to estimate the scaling constant C before training.
+    #[serde(default = "defaults::scaling_batches")]
+    pub scaling_batches: usize,
+    /// Recorded in exported configs (`model_name`, `context_size`, `dataset_path`, …).
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    /// The SAEs.
+    pub saes: Vec<SaeConfig>,
+}
+
+mod defaults {
+    pub fn steps() -> u64 {
+        10_000
+    }
+    pub fn batch_size() -> usize {
+        4096
+    }
+    pub fn checkpoint_every() -> u64 {
+        1000
+    }
+    pub fn metrics_every() -> u64 {
+        100
+    }
+    pub fn dead_window_tokens() -> u64 {
+        10_000_000
+    }
+    pub fn scaling_batches() -> usize {
+        16
+    }
+}
+
+impl TrainConfig {
+    /// Parses a TOML (`.toml`) or JSON file, applying `key.path=value` overrides (values are
+    /// JSON, or plain strings), e.g. `steps=2000` or `saes.0.penalties.0.coefficient=1e-3`.
+    pub fn from_file(path: &std::path::Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let value: Value = if path.extension().is_some_and(|e| e == "toml") {
+            toml::from_str(&text)
+                .map_err(|e| TrainError::format(path, format!("invalid TOML: {e}")))?
+        } else {
+            serde_json::from_str(&text)
+                .map_err(|e| TrainError::format(path, format!("invalid JSON: {e}")))?
+        };
+        Self::from_value(value, overrides).map_err(|e| match e {
+            TrainError::Invalid(detail) => TrainError::format(path, detail),
+            e => e,
+        })
+    }
+
+    /// Builds a config from a JSON value and overrides.
+    pub fn from_value(mut value: Value, overrides: &[String]) -> Result<Self> {
+        for assignment in overrides {
+            let (key, raw) = assignment.split_once('=').ok_or_else(|| {
+                TrainError::Invalid(format!("override `{assignment}` is not key=value"))
+            })?;
+            let parsed = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
+            set_path(&mut value, key, parsed)?;
+        }
+        serde_json::from_value(value)
+            .map_err(|e| TrainError::Invalid(format!("invalid training config: {e}")))
+    }
+}
+
+/// Sets `a.b.0.c` in a JSON value, creating objects on the way.
+fn set_path(value: &mut Value, path: &str, new: Value) -> Result<()> {
+    let mut current = value;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        current = match current {
+            Value::Array(items) => {
+                let index: usize = part.parse().map_err(|_| {
+                    TrainError::Invalid(format!("`{path}`: `{part}` is not an index"))
+                })?;
+                items.get_mut(index).ok_or_else(|| {
+                    TrainError::Invalid(format!("`{path}`: index {index} out of range"))
+                })?
+            }
+            Value::Object(map) => {
+                if last {
+                    map.insert(part.to_string(), new);
+                    return Ok(());
+                }
+                map.entry(part.to_string())
+                    .or_insert_with(|| Value::Object(Map::new()))
+            }
+            _ => {
+                return Err(TrainError::Invalid(format!(
+                    "`{path}`: cannot descend into `{part}`"
+                )));
+            }
+        };
+        if last {
+            *current = new;
+            return Ok(());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// SAE maths or files.
+    #[error(transparent)]
+    Sae(#[from] sae_core::SaeError),
+    /// Activations.
+    #[error(transparent)]
+    Cache(#[from] activation_cache::CacheError),
+    /// Tensor operations.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// Metrics tables.
+    #[error(transparent)]
+    Polars(#[from] polars::error::PolarsError),
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's contents are wrong.
+    #[error("{path}: {detail}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Invalid settings.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl TrainError {
+    /// A [`TrainError::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    /// A [`TrainError::Format`] for `path`.
+    pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        Self::Format {
+            path: path.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// `Result` with [`TrainError`].
+pub type Result<T> = std::result::Result<T, TrainError>;

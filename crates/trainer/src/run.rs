@@ -1,0 +1,582 @@
+//! The training loop: one activation stream, many SAEs, checkpoints with exact resume.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use activation_cache::{ActivationSource, Cursor};
+use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use sae_core::format::{save_saelens, write_dir_atomically};
+use sae_core::{
+    AuxK, DecoderNormL1, InitConfig, L0Ste, L1, PenaltyContext, SaeShape, SparsityPenalty,
+    SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::adam::Adam;
+use crate::config::{PenaltyConfig, ResolvedSaeConfig, TrainConfig};
+use crate::metrics::{self, MetricsRow};
+use crate::schedule::{lambda_factor, learning_rate};
+use crate::{Result, TrainError};
+
+/// Tensors by name, as checkpoints store them.
+type NamedTensors = HashMap<String, Tensor>;
+
+/// One SAE being trained.
+pub struct SaeRun {
+    /// Its resolved configuration.
+    pub config: ResolvedSaeConfig,
+    /// The SAE (training space: inputs divided by `scale`).
+    pub sae: Box<dyn TrainableSae>,
+    /// The input scaling constant C (1 when inputs are not normalised).
+    pub scale: f64,
+    hook_index: usize,
+    penalties: Vec<(Box<dyn SparsityPenalty>, PenaltyConfig)>,
+    adam: Adam,
+    /// Tokens since each latent last fired.
+    since_fired: Vec<u64>,
+    /// Firings per latent since the last metrics row, and tokens in that window.
+    window_fires: Vec<u64>,
+    window_tokens: u64,
+    /// Firings per latent over the whole run, and tokens.
+    total_fires: Vec<u64>,
+    total_tokens: u64,
+}
+
+/// What a checkpoint records besides tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    step: u64,
+    tokens: u64,
+    cursor: Cursor,
+    runs: Vec<RunState>,
+    metrics: Vec<MetricsRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunState {
+    name: String,
+    scale: f64,
+    adam_t: u64,
+    since_fired: Vec<u64>,
+    window_fires: Vec<u64>,
+    window_tokens: u64,
+    total_fires: Vec<u64>,
+    total_tokens: u64,
+}
+
+/// Options that do not change results.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Return after this many steps of this call (a controlled interruption).
+    pub stop_after_steps: Option<u64>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Trains every SAE of a [`TrainConfig`] from one [`ActivationSource`].
+pub struct Trainer<S: ActivationSource> {
+    config: TrainConfig,
+    source: S,
+    out: PathBuf,
+    /// The SAEs.
+    pub runs: Vec<SaeRun>,
+    /// Steps done.
+    pub step: u64,
+    /// Tokens consumed.
+    pub tokens: u64,
+    /// Metrics so far.
+    pub metrics: Vec<MetricsRow>,
+    last_metrics_at: Option<Instant>,
+}
+
+fn penalty_of(config: &PenaltyConfig, ste: SteConfig) -> Box<dyn SparsityPenalty> {
+    match config {
+        PenaltyConfig::L0 { .. } => Box::new(L0Ste { ste }),
+        PenaltyConfig::L1 { .. } => Box::new(L1),
+        PenaltyConfig::L1DecoderNorm { .. } => Box::new(DecoderNormL1),
+        PenaltyConfig::Auxk { k_aux, .. } => Box::new(AuxK { k_aux: *k_aux }),
+    }
+}
+
+const CHECKPOINT: &str = "checkpoint";
+const EFFECTIVE_CONFIG: &str = "config.json";
+const DONE: &str = "DONE";
+
+impl<S: ActivationSource> Trainer<S> {
+    /// A trainer writing into `out`. Resumes from `out/checkpoint` when present (the saved
+    /// effective configuration must match); otherwise estimates each hook's scaling constant C
+    /// from the first `scaling_batches` batches, rewinds the source, and initialises the SAEs.
+    pub fn new(config: TrainConfig, mut source: S, out: &Path) -> Result<Self> {
+        if config.saes.is_empty() {
+            return Err(TrainError::Invalid(
+                "the training config has no SAEs".into(),
+            ));
+        }
+        let hooks = source.hooks().to_vec();
+        let resolved: Vec<(ResolvedSaeConfig, usize, usize)> = config
+            .saes
+            .iter()
+            .map(|sae| {
+                let index = hooks.iter().position(|h| h.name == sae.hook).ok_or_else(|| {
+                    TrainError::Invalid(format!(
+                        "SAE `{}` reads `{}`, which the activation source does not provide (it has: {})",
+                        sae.name,
+                        sae.hook,
+                        hooks.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+                Ok((sae.resolve(hooks[index].width, config.steps), index, hooks[index].width))
+            })
+            .collect::<Result<_>>()?;
+        let mut names: Vec<&str> = resolved.iter().map(|(r, ..)| r.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        if names.len() != resolved.len() {
+            return Err(TrainError::Invalid("SAE names must be unique".into()));
+        }
+        std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+        let effective = serde_json::json!({
+            "train": &config,
+            "saes": resolved.iter().map(|(r, ..)| r).collect::<Vec<_>>(),
+        });
+        let config_path = out.join(EFFECTIVE_CONFIG);
+        let checkpoint = out.join(CHECKPOINT);
+        if checkpoint.join("state.json").exists() {
+            let saved: serde_json::Value = read_json(&config_path)?;
+            if saved != effective {
+                return Err(TrainError::format(
+                    &config_path,
+                    "the run in this directory used a different configuration; use another directory or the same configuration",
+                ));
+            }
+        } else {
+            write_json(&config_path, &effective)?;
+        }
+
+        let start = source.cursor();
+        let mut scales = vec![1.0; hooks.len()];
+        if !checkpoint.join("state.json").exists() {
+            let mut estimators = vec![sae_core::scaling::ScalingEstimator::new(); hooks.len()];
+            for _ in 0..config.scaling_batches.max(1) {
+                let Some(batch) = source.next_batch(config.batch_size)? else {
+                    break;
+                };
+                for (estimator, activations) in estimators.iter_mut().zip(&batch.activations) {
+                    estimator.push(activations)?;
+                }
+            }
+            for (scale, estimator) in scales.iter_mut().zip(&estimators) {
+                *scale = estimator.scaling_factor()?;
+            }
+            source.restore(&start)?;
+        }
+        let runs = resolved
+            .into_iter()
+            .map(|(config, hook_index, d_in)| {
+                let shape = SaeShape {
+                    d_in,
+                    d_sae: config.d_sae,
+                    dtype: DType::F32,
+                    device: Device::Cpu,
+                };
+                let ste = SteConfig {
+                    bandwidth: config.bandwidth,
+                };
+                let init = InitConfig {
+                    seed: config.seed,
+                    decoder_row_norm: config.decoder_init_norm,
+                    threshold: config.threshold_init,
+                    pre_encoder_bias: config.pre_encoder_bias,
+                    threshold_options: ThresholdOptions {
+                        parametrisation: config.threshold_parametrisation,
+                        ste,
+                    },
+                };
+                let sae = sae_core::init(config.architecture, &shape, &init)?;
+                let penalties = config
+                    .penalties
+                    .iter()
+                    .map(|p| (penalty_of(p, ste), p.clone()))
+                    .collect();
+                let adam = Adam::new(config.adam_beta1, config.adam_beta2, config.adam_eps);
+                let scale = if config.normalise_inputs {
+                    scales[hook_index]
+                } else {
+                    1.0
+                };
+                Ok(SaeRun {
+                    sae,
+                    scale,
+                    hook_index,
+                    penalties,
+                    adam,
+                    since_fired: vec![0; config.d_sae],
+                    window_fires: vec![0; config.d_sae],
+                    window_tokens: 0,
+                    total_fires: vec![0; config.d_sae],
+                    total_tokens: 0,
+                    config,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut trainer = Self {
+            config,
+            source,
+            out: out.to_path_buf(),
+            runs,
+            step: 0,
+            tokens: 0,
+            metrics: Vec::new(),
+            last_metrics_at: None,
+        };
+        if checkpoint.join("state.json").exists() {
+            trainer.load_checkpoint()?;
+        }
+        Ok(trainer)
+    }
+
+    /// Whether every step has been taken.
+    pub fn finished(&self) -> bool {
+        self.step >= self.config.steps
+    }
+
+    /// One optimiser step of every SAE on the next batch; false when the data ran out.
+    pub fn step(&mut self) -> Result<bool> {
+        let Some(batch) = self.source.next_batch(self.config.batch_size)? else {
+            return Ok(false);
+        };
+        let rows = batch.tokens.len() as u64;
+        let record = (self.step + 1).is_multiple_of(self.config.metrics_every)
+            || self.step + 1 == self.config.steps;
+        let elapsed = self.last_metrics_at.map(|t| t.elapsed().as_secs_f64());
+        for run in &mut self.runs {
+            let x = (&batch.activations[run.hook_index] / run.scale)?;
+            let row = run.train_step(
+                &x,
+                self.step,
+                self.config.steps,
+                self.config.dead_window_tokens,
+                record,
+            )?;
+            if let Some(mut row) = row {
+                row.step = self.step + 1;
+                row.tokens = self.tokens + rows;
+                let window = (self.config.metrics_every * self.config.batch_size as u64) as f64;
+                row.tokens_per_second = elapsed.map_or(f64::NAN, |s| window / s.max(1e-9));
+                self.metrics.push(row);
+            }
+        }
+        if record {
+            self.last_metrics_at = Some(Instant::now());
+        }
+        self.step += 1;
+        self.tokens += rows;
+        if self.step.is_multiple_of(self.config.checkpoint_every) || self.finished() {
+            self.save_checkpoint()?;
+        }
+        Ok(true)
+    }
+
+    /// Trains to the end (or to `options.stop_after_steps`), then exports every SAE.
+    pub fn run(&mut self, options: &RunOptions) -> Result<()> {
+        if self.out.join(DONE).exists() {
+            return Ok(());
+        }
+        let bar = if options.progress {
+            ProgressBar::new(self.config.steps)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "train {bar:30} {pos}/{len} steps {per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_position(self.step);
+        let mut taken = 0;
+        while !self.finished() {
+            if options.stop_after_steps.is_some_and(|n| taken >= n) {
+                bar.abandon_with_message("interrupted");
+                return Ok(());
+            }
+            if !self.step()? {
+                break;
+            }
+            taken += 1;
+            bar.set_position(self.step);
+            if let Some(row) = self.metrics.last().filter(|r| r.step == self.step) {
+                bar.set_message(format!(
+                    "loss {:.4} L0 {:.1} FVU {:.3}",
+                    row.loss, row.l0, row.fvu
+                ));
+            }
+        }
+        self.save_checkpoint()?;
+        bar.finish();
+        self.export()
+    }
+
+    /// Writes the folded SAEs (SAELens format, with `sparsity.safetensors` and the training
+    /// config), the metrics tables, and the `DONE` marker.
+    pub fn export(&mut self) -> Result<()> {
+        metrics::write(&self.metrics, &self.out)?;
+        for run in &mut self.runs {
+            let mut metadata = self.config.metadata.clone();
+            metadata.insert("hook_name".into(), run.config.hook.clone().into());
+            metadata.insert("training_tokens".into(), run.total_tokens.into());
+            metadata.insert("scaling_factor_folded".into(), run.scale.into());
+            let density: Vec<f32> = run
+                .total_fires
+                .iter()
+                .map(|&f| ((f as f64 + 1e-10) / run.total_tokens.max(1) as f64).log10() as f32)
+                .collect();
+            let sparsity = Tensor::new(density, &Device::Cpu)?;
+            run.sae.fold_scaling(run.scale)?;
+            let dir = self.out.join(&run.config.name);
+            save_saelens(run.sae.as_ref(), &dir, metadata, Some(&sparsity))?;
+            write_json(
+                &dir.join("training_config.json"),
+                &serde_json::to_value(&run.config)
+                    .map_err(|e| TrainError::Invalid(e.to_string()))?,
+            )?;
+        }
+        std::fs::write(self.out.join(DONE), b"")
+            .map_err(|e| TrainError::io(self.out.join(DONE), e))?;
+        Ok(())
+    }
+
+    fn save_checkpoint(&self) -> Result<()> {
+        let state = CheckpointState {
+            step: self.step,
+            tokens: self.tokens,
+            cursor: self.source.cursor(),
+            metrics: self.metrics.clone(),
+            runs: self
+                .runs
+                .iter()
+                .map(|r| RunState {
+                    name: r.config.name.clone(),
+                    scale: r.scale,
+                    adam_t: r.adam.t,
+                    since_fired: r.since_fired.clone(),
+                    window_fires: r.window_fires.clone(),
+                    window_tokens: r.window_tokens,
+                    total_fires: r.total_fires.clone(),
+                    total_tokens: r.total_tokens,
+                })
+                .collect(),
+        };
+        let tensors: Vec<(String, NamedTensors, NamedTensors)> = self
+            .runs
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.config.name.clone(),
+                    r.sae.training_state()?.into_iter().collect(),
+                    r.adam.state().into_iter().collect(),
+                ))
+            })
+            .collect::<Result<_>>()?;
+        write_dir_atomically(&self.out.join(CHECKPOINT), |dir| {
+            for (name, sae, adam) in &tensors {
+                candle_core::safetensors::save(sae, dir.join(format!("{name}.sae.safetensors")))?;
+                candle_core::safetensors::save(adam, dir.join(format!("{name}.adam.safetensors")))?;
+            }
+            let json = serde_json::to_vec(&state)
+                .map_err(|e| sae_core::SaeError::Config(e.to_string()))?;
+            std::fs::write(dir.join("state.json"), json)
+                .map_err(|e| sae_core::SaeError::io(dir.join("state.json"), e))?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn load_checkpoint(&mut self) -> Result<()> {
+        let dir = self.out.join(CHECKPOINT);
+        let state: CheckpointState = serde_json::from_value(read_json(&dir.join("state.json"))?)
+            .map_err(|e| TrainError::format(dir.join("state.json"), e.to_string()))?;
+        self.step = state.step;
+        self.tokens = state.tokens;
+        self.metrics = state.metrics;
+        self.source.restore(&state.cursor)?;
+        for (run, saved) in self.runs.iter_mut().zip(state.runs) {
+            if run.config.name != saved.name {
+                return Err(TrainError::format(
+                    &dir,
+                    format!(
+                        "checkpoint holds `{}` where the config has `{}`",
+                        saved.name, run.config.name
+                    ),
+                ));
+            }
+            let load = |file: String| -> Result<HashMap<String, Tensor>> {
+                let path = dir.join(file);
+                candle_core::safetensors::load(&path, &Device::Cpu)
+                    .map_err(|e| TrainError::format(&path, e.to_string()))
+            };
+            run.sae
+                .load_training_state(&load(format!("{}.sae.safetensors", saved.name))?)?;
+            run.adam.load_state(
+                saved.adam_t,
+                &load(format!("{}.adam.safetensors", saved.name))?,
+            );
+            run.scale = saved.scale;
+            run.since_fired = saved.since_fired;
+            run.window_fires = saved.window_fires;
+            run.window_tokens = saved.window_tokens;
+            run.total_fires = saved.total_fires;
+            run.total_tokens = saved.total_tokens;
+        }
+        Ok(())
+    }
+}
+
+impl SaeRun {
+    /// One step on `x` (training space); returns a metrics row when `record`.
+    fn train_step(
+        &mut self,
+        x: &Tensor,
+        step: u64,
+        total: u64,
+        dead_window: u64,
+        record: bool,
+    ) -> Result<Option<MetricsRow>> {
+        let lr = learning_rate(&self.config, step, total);
+        let warm = lambda_factor(&self.config, step);
+        let dead: Vec<f32> = self
+            .since_fired
+            .iter()
+            .map(|&s| if s >= dead_window { 1.0 } else { 0.0 })
+            .collect();
+        let context = PenaltyContext {
+            dead_latents: Some(Tensor::new(dead, x.device())?),
+        };
+        let weighted: Vec<WeightedPenalty> = self
+            .penalties
+            .iter()
+            .map(|(p, c)| WeightedPenalty {
+                penalty: p.as_ref(),
+                coefficient: c.coefficient() * if c.warms_up() { warm } else { 1.0 },
+            })
+            .collect();
+        let (out, loss) = sae_core::training_loss(self.sae.as_ref(), x, &weighted, &context)?;
+        let grads = loss.total.backward()?;
+        self.adam.tick();
+        let decoder = self.sae.decoder_var().as_tensor().clone();
+        for (name, var) in self.sae.vars() {
+            let Some(grad) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let grad = if name == "W_dec" && self.config.decoder_constraint {
+                sae_core::constraint::project_out_parallel(&decoder, grad)?
+            } else {
+                grad.clone()
+            };
+            self.adam.update(name, var, &grad, lr)?;
+        }
+        if self.config.decoder_constraint {
+            sae_core::constraint::renormalise_rows(self.sae.decoder_var())?;
+        }
+        self.sae.after_step(&out)?;
+
+        let tokens = x.dims()[0] as u64;
+        let fires: Vec<f32> = out
+            .latents
+            .ne(0f32)?
+            .to_dtype(DType::F32)?
+            .sum(0)?
+            .to_vec1()?;
+        for (j, &f) in fires.iter().enumerate() {
+            let f = f as u64;
+            self.since_fired[j] = if f > 0 {
+                0
+            } else {
+                self.since_fired[j] + tokens
+            };
+            self.window_fires[j] += f;
+            self.total_fires[j] += f;
+        }
+        self.window_tokens += tokens;
+        self.total_tokens += tokens;
+        if !record {
+            return Ok(None);
+        }
+        let scalar =
+            |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+        let mut penalty = 0.0;
+        for (_, term) in &loss.penalties {
+            penalty += scalar(term)?;
+        }
+        let l0 = fires.iter().map(|&f| f as f64).sum::<f64>() / tokens as f64;
+        let error = (x - &out.reconstruction)?.sqr()?.sum_all()?;
+        let variance = x.broadcast_sub(&x.mean_keepdim(0)?)?.sqr()?.sum_all()?;
+        let (threshold_min, threshold_mean, threshold_max) = match self.sae.threshold()? {
+            Some(t) => (
+                scalar(&t.min_all()?)?,
+                scalar(&t.mean_all()?)?,
+                scalar(&t.max_all()?)?,
+            ),
+            None => (f64::NAN, f64::NAN, f64::NAN),
+        };
+        let ultra_dense = self
+            .window_fires
+            .iter()
+            .filter(|&&f| f as f64 > 0.1 * self.window_tokens as f64)
+            .count() as u64;
+        let row = MetricsRow {
+            step: 0,
+            sae: self.config.name.clone(),
+            tokens: 0,
+            loss: scalar(&loss.total)?,
+            mse: scalar(&loss.reconstruction)?,
+            penalty,
+            auxiliary: loss
+                .auxiliary
+                .as_ref()
+                .map(scalar)
+                .transpose()?
+                .unwrap_or(0.0),
+            l0,
+            fvu: scalar(&error)? / scalar(&variance)?.max(f64::MIN_POSITIVE),
+            dead_fraction: self
+                .since_fired
+                .iter()
+                .filter(|&&s| s >= dead_window)
+                .count() as f64
+                / self.since_fired.len() as f64,
+            ultra_dense,
+            threshold_min,
+            threshold_mean,
+            threshold_max,
+            lr,
+            lambda: self
+                .penalties
+                .iter()
+                .find(|(_, c)| c.warms_up())
+                .map_or(0.0, |(_, c)| c.coefficient() * warm),
+            tokens_per_second: f64::NAN,
+        };
+        self.window_fires.iter_mut().for_each(|f| *f = 0);
+        self.window_tokens = 0;
+        Ok(Some(row))
+    }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::format(path, format!("invalid JSON: {e}")))
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    sae_core::format::write_file_atomically(path, |file| {
+        use std::io::Write;
+        file.write_all(text.as_bytes())
+            .map_err(|e| sae_core::SaeError::io(path, e))
+    })?;
+    Ok(())
+}
