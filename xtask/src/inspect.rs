@@ -11,6 +11,12 @@ use sae_core::constraint::row_norms;
 pub struct InspectArgs {
     /// A SAELens directory, a Gemma Scope params.npz, or a directory holding one.
     pub path: PathBuf,
+    /// Also write seeded inputs and this SAE's latents and reconstruction to this safetensors
+    /// file (keys `inputs`, `<dir name>.latents`, `<dir name>.recon`), for
+    /// `scripts/fixtures/check_saelens_load.py`. Inputs have E‖x‖² = C² when the config records
+    /// the folded scaling constant.
+    #[arg(long)]
+    pub probe: Option<PathBuf>,
 }
 
 /// Min, mean and max of a 1-D f32 tensor.
@@ -36,5 +42,46 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         let (min, mean, max) = summary(&threshold)?;
         println!("threshold             min {min:.4}  mean {mean:.4}  max {max:.4}");
     }
+    if let Some(probe) = &args.probe {
+        write_probe(sae.as_ref(), &args.path, probe)?;
+    }
+    Ok(())
+}
+
+/// Seeded inputs and the SAE's outputs on them.
+fn write_probe(
+    sae: &dyn sae_core::Sae,
+    dir: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let scale = std::fs::read_to_string(dir.join("cfg.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|cfg| cfg["metadata"]["scaling_factor_folded"].as_f64())
+        .unwrap_or(1.0);
+    let std = (scale / (sae.d_in() as f64).sqrt()) as f32;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let normal = rand_distr::Normal::new(0f32, std)?;
+    let values: Vec<f32> = (0..16 * sae.d_in())
+        .map(|_| normal.sample(&mut rng))
+        .collect();
+    let inputs = candle_core::Tensor::from_vec(values, (16, sae.d_in()), &Device::Cpu)?;
+    let (latents, recon) = sae.forward(&inputs)?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tensors = std::collections::HashMap::from([
+        ("inputs".to_string(), inputs),
+        (format!("{name}.latents"), latents),
+        (format!("{name}.recon"), recon),
+    ]);
+    candle_core::safetensors::save(&tensors, out)?;
+    println!(
+        "probe                 {} (16 inputs, latents, reconstruction)",
+        out.display()
+    );
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! | `inspect <path>` | summarises an SAE file: a SAELens directory or a Gemma Scope `params.npz` |
 //! | `bench-forward` | forward-pass tokens/s of a model (full pass and harvest to the middle layer), f32 and bf16 |
 //! | `cache` | harvests activations over a corpus into a store (resumable), then measures read throughput |
+//! | `train` | trains one or many SAEs from a store or a stream, with checkpoints, metrics and export |
 //! | `dump-activations` | a model's activations at hook points, logits and loss, to safetensors |
 
 mod bench_forward;
@@ -13,6 +14,7 @@ mod cache;
 mod demo;
 mod dump;
 mod inspect;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,8 @@ enum Command {
     BenchForward(bench_forward::BenchForwardArgs),
     /// Harvest activations over a corpus into a sharded store (re-running resumes it).
     Cache(cache::CacheArgs),
+    /// Train one or many SAEs from an activation store (or a stream) with a config file.
+    Train(train::TrainArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::DumpActivations(args) => dump::run(&args),
         Command::BenchForward(args) => bench_forward::run(&args),
         Command::Cache(args) => cache::run(&args),
+        Command::Train(args) => train::run(&args),
     }
 }

@@ -45,7 +45,7 @@ impl Default for HarvestOptions {
 }
 
 /// Activations `[batch, pos, width]` in f32 of one hook from a forward pass.
-fn flat_activation(hooks: &mut Hooks, point: HookPoint) -> Result<Tensor> {
+pub(crate) fn flat_activation(hooks: &mut Hooks, point: HookPoint) -> Result<Tensor> {
     let t = hooks
         .take(point)
         .ok_or_else(|| CacheError::Invalid(format!("hook point {point} was not reached")))?;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::contexts::{Context, ContextConfig, SpecialTokens, document_contexts};
 use crate::corpus::Document;
-use crate::harvest::hook_width;
+use crate::harvest::{flat_activation, hook_width};
 use crate::store::{HookSpec, Manifest, StoreDtype, verify_file};
 use crate::{CacheError, Result};
 
@@ -479,18 +479,11 @@ impl StreamingSource {
         let mut hooks = gemma_hooks::Hooks::observing(self.points.iter().copied());
         hooks.stop_after_deepest_hook();
         self.model.forward(&ids, &mut hooks)?;
-        let mut per_hook = Vec::new();
-        for point in &self.points {
-            let t = hooks
-                .take(*point)
-                .ok_or_else(|| CacheError::Invalid(format!("{point} not reached")))?;
-            let (b, p) = (t.dims()[0], t.dims()[1]);
-            per_hook.push(
-                t.reshape((b, p, ()))?
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec3::<f32>()?,
-            );
-        }
+        let per_hook = self
+            .points
+            .iter()
+            .map(|point| Ok(flat_activation(&mut hooks, *point)?.to_vec3::<f32>()?))
+            .collect::<Result<Vec<_>>>()?;
         for (row, context) in batch.iter().enumerate() {
             for position in 1..context.len {
                 let values: Vec<Vec<f32>> =

@@ -222,6 +222,23 @@ macro_rules! delegate_to_affine {
 }
 pub(crate) use delegate_to_affine;
 
+/// The parameter-related [`Sae`] methods of architectures whose only parameters are the
+/// affine ones (ReLU, TopK).
+macro_rules! affine_parameters {
+    () => {
+        fn tensors(&self) -> Result<Vec<(&'static str, Tensor)>> {
+            Ok(self.affine.tensors("b_enc"))
+        }
+        fn fold_scaling(&mut self, c: f64) -> Result<()> {
+            self.affine.fold_scaling(c)
+        }
+        fn unfold_scaling(&mut self, c: f64, pre_encoder_bias: bool) -> Result<()> {
+            self.affine.unfold_scaling(c, pre_encoder_bias)
+        }
+    };
+}
+pub(crate) use affine_parameters;
+
 impl TrainOutput {
     /// The output of an architecture whose L1 penalty acts on its latents (all but Gated).
     pub fn new(

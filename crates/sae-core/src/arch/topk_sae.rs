@@ -47,15 +47,7 @@ impl Sae for TopKSae {
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         self.latents_of(&self.pre_activations(x)?)
     }
-    fn tensors(&self) -> Result<Vec<(&'static str, Tensor)>> {
-        Ok(self.affine.tensors("b_enc"))
-    }
-    fn fold_scaling(&mut self, c: f64) -> Result<()> {
-        self.affine.fold_scaling(c)
-    }
-    fn unfold_scaling(&mut self, c: f64, pre_encoder_bias: bool) -> Result<()> {
-        self.affine.unfold_scaling(c, pre_encoder_bias)
-    }
+    super::affine_parameters!();
 }
 
 impl TrainableSae for TopKSae {

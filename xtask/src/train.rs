@@ -1,0 +1,95 @@
+//! `cargo xtask train --config FILE`: train one or many SAEs from an activation store or
+//! streaming from the model.
+
+use std::path::PathBuf;
+
+use activation_cache::{ContextConfig, ShuffleConfig, StoreSource, StreamingSource};
+use anyhow::Context;
+use candle_core::{DType, Device};
+use gemma_hooks::{HookPoint, load_model};
+use trainer::{RunOptions, TrainConfig, Trainer};
+
+/// Arguments of `train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Training config (TOML or JSON; see the trainer crate docs).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Overrides `key.path=value`, e.g. `--set steps=2000 --set saes.0.penalties.0.coefficient=1e-3`.
+    #[arg(long = "set")]
+    pub overrides: Vec<String>,
+    /// Output directory (re-running resumes from its checkpoint).
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Activation store to read (from `cargo xtask cache`).
+    #[arg(long, default_value = "runs/cache", conflicts_with = "stream")]
+    pub store: PathBuf,
+    /// Stream activations from the model over the corpus instead of reading a store.
+    #[arg(long)]
+    pub stream: bool,
+    /// Model for `--stream`.
+    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
+    pub model: String,
+    /// Corpus for `--stream` (see `cache --corpus`).
+    #[arg(long, default_value = "gutenberg")]
+    pub corpus: String,
+    /// Context length for `--stream`.
+    #[arg(long, default_value_t = 1024)]
+    pub context: usize,
+    /// Shuffle seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Trains and exports.
+pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    let config = TrainConfig::from_file(&args.config, &args.overrides)?;
+    let options = RunOptions {
+        progress: true,
+        ..Default::default()
+    };
+    if args.stream {
+        let loaded = load_model(&args.model, &Device::Cpu, DType::F32)?;
+        let tokenizer = loaded
+            .tokenizer
+            .clone()
+            .context("the model has no tokenizer")?;
+        let documents = crate::cache::corpus_of(&args.corpus, "text")?.documents()?;
+        let mut points: Vec<HookPoint> = config
+            .saes
+            .iter()
+            .map(|s| s.hook.parse())
+            .collect::<Result<_, _>>()?;
+        points.sort();
+        points.dedup();
+        let contexts = ContextConfig {
+            context_length: args.context,
+            min_tokens: 16.min(args.context - 1),
+        };
+        let source = StreamingSource::new(
+            loaded.model,
+            tokenizer,
+            documents,
+            points,
+            contexts,
+            2,
+            4 * config.batch_size,
+            args.seed,
+        )?;
+        Trainer::new(config, source, &args.out)?.run(&options)?;
+    } else {
+        let shuffle = ShuffleConfig {
+            seed: args.seed,
+            epochs: None,
+            ..Default::default()
+        };
+        let source = StoreSource::open(&args.store, shuffle, true)
+            .with_context(|| format!("opening the store {}", args.store.display()))?;
+        Trainer::new(config, source, &args.out)?.run(&options)?;
+    }
+    println!(
+        "trained SAEs, metrics.parquet and metrics.csv are in {}",
+        args.out.display()
+    );
+    Ok(())
+}
