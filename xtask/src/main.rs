@@ -7,9 +7,11 @@
 //! | `bench-forward` | forward-pass tokens/s of a model (full pass and harvest to the middle layer), f32 and bf16 |
 //! | `cache` | harvests activations over a corpus into a store (resumable), then measures read throughput |
 //! | `train` | trains one or many SAEs from a store or a stream, with checkpoints, metrics and export |
+//! | `bench-train` | JumpReLU training tokens/s at a given shape |
 //! | `dump-activations` | a model's activations at hook points, logits and loss, to safetensors |
 
 mod bench_forward;
+mod bench_train;
 mod cache;
 mod demo;
 mod dump;
@@ -43,6 +45,8 @@ enum Command {
     Cache(cache::CacheArgs),
     /// Train one or many SAEs from an activation store (or a stream) with a config file.
     Train(train::TrainArgs),
+    /// JumpReLU training throughput at a given shape.
+    BenchTrain(bench_train::BenchTrainArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +57,6 @@ fn main() -> anyhow::Result<()> {
         Command::BenchForward(args) => bench_forward::run(&args),
         Command::Cache(args) => cache::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::BenchTrain(args) => bench_train::run(&args),
     }
 }

@@ -28,7 +28,8 @@ pub struct LoadedModel {
 /// Loads `spec`:
 /// - `gemma-3-270m` (or `embedded`): the embedded default model, fetched once;
 /// - a directory with `config.json` and safetensors (single or sharded with an index);
-/// - a `.gguf` file (dequantised on load; a `tokenizer.json` beside it is used if present);
+/// - a `.gguf` file (dequantised on load; a `tokenizer.json` beside it is used if present,
+///   else the vocabulary embedded in the file);
 /// - `owner/name`: a repo id resolved offline in the Hugging Face cache (`HF_HUB_CACHE`,
 ///   `HF_HOME/hub` or `~/.cache/huggingface/hub`).
 pub fn load_model(spec: &str, device: &Device, dtype: DType) -> Result<LoadedModel> {
@@ -79,7 +80,10 @@ pub fn load_hf_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
 /// A GGUF file.
 pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
     let (config, weights) = Weights::from_gguf(path, device, dtype)?;
-    let tokenizer = tokenizer_beside(&path.with_file_name("tokenizer.json"), &config)?;
+    let tokenizer = match tokenizer_beside(&path.with_file_name("tokenizer.json"), &config)? {
+        Some(tokenizer) => Some(tokenizer),
+        None => Some(GemmaTokenizer::from_gguf(path)?),
+    };
     Ok(LoadedModel {
         model: GemmaModel::new(config, weights)?,
         tokenizer,

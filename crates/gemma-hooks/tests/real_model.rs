@@ -122,3 +122,24 @@ fn bf16_forward_gives_nearly_the_same_loss() {
         "f32 {f32_loss} vs bf16 {bf16_loss}"
     );
 }
+
+#[test]
+fn tokenizer_built_from_the_gguf_vocabulary_matches_the_official_one() {
+    let embedded = assets::gemma3_270m().unwrap();
+    let from_gguf = GemmaTokenizer::from_gguf(&embedded.gguf).unwrap();
+    let official = model().tokenizer.as_ref().unwrap();
+    for text in [
+        gemma_hooks::ALICE_OPENING,
+        "The capital of France is",
+        "  two  spaces, tabs\tand\nnewlines; naïve café — 東京 😀 <start_of_turn>user\nhi<end_of_turn>",
+        "x = f(3.14159) + 2**10 // 7",
+    ] {
+        assert_eq!(
+            from_gguf.encode(text, true).unwrap(),
+            official.encode(text, true).unwrap(),
+            "{text:?}"
+        );
+    }
+    let ids = from_gguf.encode(gemma_hooks::ALICE_OPENING, true).unwrap();
+    assert_eq!(from_gguf.decode(&ids).unwrap(), gemma_hooks::ALICE_OPENING);
+}

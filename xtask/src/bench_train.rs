@@ -1,0 +1,110 @@
+//! `cargo xtask bench-train`: JumpReLU training throughput at a given shape (the trainer's
+//! full step: forward, backward, Adam, decoder constraint, statistics) on Gaussian inputs.
+
+use std::time::Instant;
+
+use activation_cache::store::HookSpec;
+use activation_cache::{ActivationBatch, ActivationSource, Cursor, TokenInfo};
+use candle_core::{Device, Tensor};
+use sae_core::Architecture;
+use trainer::{SaeConfig, TrainConfig, Trainer};
+
+/// Arguments of `bench-train`.
+#[derive(Debug, clap::Args)]
+pub struct BenchTrainArgs {
+    /// Input width.
+    #[arg(long, default_value_t = 640)]
+    pub d_in: usize,
+    /// Latents.
+    #[arg(long, default_value_t = 4096)]
+    pub d_sae: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 4096)]
+    pub batch: usize,
+    /// Timed steps (after two warm-up steps).
+    #[arg(long, default_value_t = 5)]
+    pub steps: u64,
+}
+
+/// Endless standard-normal rows (candle's unseeded generator: fine for timing).
+struct Gaussian {
+    hooks: Vec<HookSpec>,
+    emitted: u64,
+}
+
+impl ActivationSource for Gaussian {
+    fn hooks(&self) -> &[HookSpec] {
+        &self.hooks
+    }
+    fn next_batch(&mut self, rows: usize) -> activation_cache::Result<Option<ActivationBatch>> {
+        self.emitted += rows as u64;
+        let x = Tensor::randn(0f32, 1.0, (rows, self.hooks[0].width), &Device::Cpu)?;
+        let tokens = vec![
+            TokenInfo {
+                token: 0,
+                document: 0,
+                context: 0,
+                position: 1
+            };
+            rows
+        ];
+        Ok(Some(ActivationBatch {
+            activations: vec![x],
+            tokens,
+        }))
+    }
+    fn cursor(&self) -> Cursor {
+        Cursor {
+            emitted: self.emitted,
+            ..Cursor::default()
+        }
+    }
+    fn restore(&mut self, cursor: &Cursor) -> activation_cache::Result<()> {
+        self.emitted = cursor.emitted;
+        Ok(())
+    }
+}
+
+/// Times the steps and prints tokens/s.
+pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
+    let source = Gaussian {
+        hooks: vec![HookSpec {
+            name: "blocks.0.hook_resid_post".into(),
+            width: args.d_in,
+        }],
+        emitted: 0,
+    };
+    let mut config = TrainConfig::from_value(serde_json::json!({ "saes": [] }), &[])?;
+    config.steps = args.steps + 2;
+    config.batch_size = args.batch;
+    config.checkpoint_every = u64::MAX;
+    config.metrics_every = u64::MAX;
+    config.scaling_batches = 1;
+    config.saes = vec![SaeConfig::new(
+        "bench",
+        "blocks.0.hook_resid_post",
+        Architecture::JumpRelu,
+        args.d_sae,
+    )];
+    let dir = tempfile::tempdir()?;
+    let mut trainer = Trainer::new(config, source, dir.path())?;
+    trainer.step()?;
+    trainer.step()?;
+    let start = Instant::now();
+    for _ in 0..args.steps {
+        trainer.step()?;
+    }
+    let seconds = start.elapsed().as_secs_f64() / args.steps as f64;
+    println!(
+        "JumpReLU d_in {} × d_sae {}, batch {}: {:.2} s/step, {:.0} tokens/s ({} threads)",
+        args.d_in,
+        args.d_sae,
+        args.batch,
+        seconds,
+        args.batch as f64 / seconds,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    Ok(())
+}
