@@ -38,7 +38,10 @@ impl Adam {
     /// One update of `var` (named `name`) with gradient `grad` and learning rate `lr`.
     /// Call [`Adam::tick`] once per step before the updates.
     pub fn update(&mut self, name: &str, var: &Var, grad: &Tensor, lr: f64) -> Result<()> {
-        let grad = grad.to_dtype(var.dtype())?;
+        // Gradients carry the backward graph (they are computed from tensors that track ops);
+        // keeping them in the moments would chain every step's graph to the next and retain
+        // all of its activations.
+        let grad = grad.detach().to_dtype(var.dtype())?;
         let m = match self.first.get(name) {
             Some(m) if self.beta1 != 0.0 => ((m * self.beta1)? + (&grad * (1.0 - self.beta1))?)?,
             _ => (&grad * (1.0 - self.beta1))?,
@@ -53,8 +56,8 @@ impl Adam {
         let v_hat = (&v / (1.0 - self.beta2.powi(t)))?;
         let step = (m_hat / (v_hat.sqrt()? + self.eps)?)?;
         var.set(&(var.as_tensor() - (step * lr)?)?)?;
-        self.first.insert(name.to_string(), m);
-        self.second.insert(name.to_string(), v);
+        self.first.insert(name.to_string(), m.detach());
+        self.second.insert(name.to_string(), v.detach());
         Ok(())
     }
 
@@ -89,6 +92,34 @@ impl Adam {
             } else if let Some(name) = key.strip_prefix("v.") {
                 self.second.insert(name.to_string(), tensor.clone());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn moments_do_not_keep_the_backward_graph_alive() {
+        let var = Var::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
+        let loss = (var.as_tensor().sqr().unwrap() * 2.0)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let grad = grads.get(var.as_tensor()).unwrap();
+        let mut adam = Adam::new(0.9, 0.999, 1e-8);
+        adam.tick();
+        adam.update("w", &var, grad, 0.1).unwrap();
+        for (name, moment) in adam.state() {
+            assert!(!moment.track_op(), "{name} still references the graph");
+        }
+        // First Adam step moves each weight by lr (the bias-corrected ratio m̂/√v̂ is ±1).
+        let moved = var.as_tensor().to_vec1::<f32>().unwrap();
+        for (after, before) in moved.iter().zip([1f32, 2.0, 3.0]) {
+            assert!((before - after - 0.1).abs() < 1e-5, "{after}");
         }
     }
 }
