@@ -2,7 +2,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `demo` | builds every SAE architecture on synthetic activations, folds the scaling constant, saves each in SAELens format, reloads it and checks the outputs are unchanged |
+//! | `demo` | builds every SAE architecture on the embedded model's activations, folds the scaling constant, saves each in SAELens format, reloads it and checks the outputs are unchanged |
 //! | `inspect <path>` | summarises an SAE file: a SAELens directory or a Gemma Scope `params.npz` |
 //! | `bench-forward` | forward-pass tokens/s of a model (full pass and harvest to the middle layer), f32 and bf16 |
 //! | `cache` | harvests activations over a corpus into a store (resumable), then measures read throughput |
@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Every SAE architecture end to end on synthetic activations (init, C, fold, save, load).
+    /// Every SAE architecture end to end on real model activations (init, C, fold, save, load).
     Demo(demo::DemoArgs),
     /// Summarise an SAE: a SAELens directory, a params.npz, or a directory holding one.
     Inspect(inspect::InspectArgs),
