@@ -112,6 +112,16 @@ fn bf16_forward_tracks_f32() {
     }
 }
 
+/// Mean next-token loss of a forward pass.
+fn mean_loss(logits: &Tensor, ids: &Tensor) -> f32 {
+    next_token_loss(logits, ids)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn identity_splice_changes_nothing_and_zero_splice_changes_the_loss() {
     let loaded = load_hf_dir(&fixture("tiny-gemma3"), &Device::Cpu, DType::F32).unwrap();
@@ -131,18 +141,7 @@ fn identity_splice_changes_nothing_and_zero_splice_changes_the_loss() {
         let mut zero = Hooks::new();
         zero.replace(site, |x| x.zeros_like());
         let ablated = loaded.model.forward(&ids, &mut zero).unwrap().unwrap();
-        let clean_loss = next_token_loss(&clean, &ids)
-            .unwrap()
-            .mean_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let ablated_loss = next_token_loss(&ablated, &ids)
-            .unwrap()
-            .mean_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let (clean_loss, ablated_loss) = (mean_loss(&clean, &ids), mean_loss(&ablated, &ids));
         assert!(
             (ablated_loss - clean_loss).abs() > 1e-3,
             "{site}: zero splice left the loss at {clean_loss}"
