@@ -11,6 +11,7 @@ use crate::{Result, SaeError};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScalingEstimator {
     sum_of_squared_norms: f64,
+    sum_of_rows: Vec<f64>,
     tokens: u64,
 }
 
@@ -39,6 +40,20 @@ impl ScalingEstimator {
             });
         }
         self.sum_of_squared_norms += total;
+        let column_sums = batch.sum(0)?.to_vec1::<f64>()?;
+        if self.sum_of_rows.is_empty() {
+            self.sum_of_rows = vec![0.0; column_sums.len()];
+        }
+        if self.sum_of_rows.len() != column_sums.len() {
+            return Err(SaeError::Config(format!(
+                "activations of width {} after width {}",
+                column_sums.len(),
+                self.sum_of_rows.len()
+            )));
+        }
+        for (total, column) in self.sum_of_rows.iter_mut().zip(column_sums) {
+            *total += column;
+        }
         self.tokens += tokens as u64;
         Ok(())
     }
@@ -46,6 +61,14 @@ impl ScalingEstimator {
     /// Tokens seen so far.
     pub fn tokens(&self) -> u64 {
         self.tokens
+    }
+
+    /// The mean activation E[x] seen so far (empty before any batch).
+    pub fn mean(&self) -> Vec<f64> {
+        self.sum_of_rows
+            .iter()
+            .map(|s| s / self.tokens.max(1) as f64)
+            .collect()
     }
 
     /// C = √(mean ‖x‖²); an error before any non-zero activation was seen.

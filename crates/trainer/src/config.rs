@@ -53,6 +53,20 @@ impl PenaltyConfig {
     }
 }
 
+/// How the decoder bias b_dec is initialised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecoderBiasInit {
+    /// Zeros (Gemma Scope).
+    #[default]
+    Zeros,
+    /// The mean of the (scaled) inputs over the scaling-estimation batches, so the encoder
+    /// starts on centred inputs. Without it, random latents aligned with a large mean
+    /// direction fire on almost every token, far above their thresholds, where the L0
+    /// penalty's threshold gradient never reaches them; short runs then stall at a high L0.
+    Mean,
+}
+
 /// One SAE to train. Optional fields take the architecture's defaults ([`SaeConfig::resolve`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +109,8 @@ pub struct SaeConfig {
     pub decoder_init_norm: Option<f64>,
     /// The encoder sees x − b_dec.
     pub pre_encoder_bias: Option<bool>,
+    /// How b_dec starts: zeros (Gemma Scope) or the mean input (SAELens' `mean`).
+    pub decoder_bias_init: Option<DecoderBiasInit>,
     /// Divide inputs by C with E‖x/C‖² = 1.
     pub normalise_inputs: Option<bool>,
     /// Initialisation seed.
@@ -142,6 +158,8 @@ pub struct ResolvedSaeConfig {
     pub decoder_init_norm: f64,
     /// Pre-encoder bias.
     pub pre_encoder_bias: bool,
+    /// b_dec initialisation.
+    pub decoder_bias_init: DecoderBiasInit,
     /// Input normalisation.
     pub normalise_inputs: bool,
     /// Seed.
@@ -171,6 +189,7 @@ impl SaeConfig {
             decoder_constraint: None,
             decoder_init_norm: None,
             pre_encoder_bias: None,
+            decoder_bias_init: None,
             normalise_inputs: None,
             seed: None,
         }
@@ -279,6 +298,7 @@ impl SaeConfig {
             decoder_constraint: self.decoder_constraint.unwrap_or(constraint),
             decoder_init_norm: self.decoder_init_norm.unwrap_or(init_norm),
             pre_encoder_bias: self.pre_encoder_bias.unwrap_or(pre_bias),
+            decoder_bias_init: self.decoder_bias_init.unwrap_or_default(),
             normalise_inputs: self.normalise_inputs.unwrap_or(true),
             seed: self.seed.unwrap_or(0),
         }

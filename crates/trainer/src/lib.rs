@@ -36,7 +36,7 @@ mod run;
 pub mod schedule;
 
 pub use adam::Adam;
-pub use config::{PenaltyConfig, ResolvedSaeConfig, SaeConfig, TrainConfig};
+pub use config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig, SaeConfig, TrainConfig};
 pub use error::{Result, TrainError};
 pub use metrics::MetricsRow;
 pub use run::{RunOptions, SaeRun, Trainer};

@@ -15,7 +15,7 @@ use sae_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::adam::Adam;
-use crate::config::{PenaltyConfig, ResolvedSaeConfig, TrainConfig};
+use crate::config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig, TrainConfig};
 use crate::metrics::{self, MetricsRow};
 use crate::schedule::{lambda_factor, learning_rate};
 use crate::{Result, TrainError};
@@ -157,6 +157,7 @@ impl<S: ActivationSource> Trainer<S> {
 
         let start = source.cursor();
         let mut scales = vec![1.0; hooks.len()];
+        let mut means = vec![Vec::new(); hooks.len()];
         if !checkpoint.join("state.json").exists() {
             let mut estimators = vec![sae_core::scaling::ScalingEstimator::new(); hooks.len()];
             for _ in 0..config.scaling_batches.max(1) {
@@ -167,8 +168,9 @@ impl<S: ActivationSource> Trainer<S> {
                     estimator.push(activations)?;
                 }
             }
-            for (scale, estimator) in scales.iter_mut().zip(&estimators) {
+            for ((scale, mean), estimator) in scales.iter_mut().zip(&mut means).zip(&estimators) {
                 *scale = estimator.scaling_factor()?;
+                *mean = estimator.mean();
             }
             source.restore(&start)?;
         }
@@ -195,17 +197,26 @@ impl<S: ActivationSource> Trainer<S> {
                     },
                 };
                 let sae = sae_core::init(config.architecture, &shape, &init)?;
+                let scale = if config.normalise_inputs {
+                    scales[hook_index]
+                } else {
+                    1.0
+                };
+                if config.decoder_bias_init == DecoderBiasInit::Mean
+                    && !means[hook_index].is_empty()
+                {
+                    let mean: Vec<f32> = means[hook_index]
+                        .iter()
+                        .map(|m| (m / scale) as f32)
+                        .collect();
+                    set_var(sae.as_ref(), "b_dec", &Tensor::new(mean, &Device::Cpu)?)?;
+                }
                 let penalties = config
                     .penalties
                     .iter()
                     .map(|p| (penalty_of(p, ste), p.clone()))
                     .collect();
                 let adam = Adam::new(config.adam_beta1, config.adam_beta2, config.adam_eps);
-                let scale = if config.normalise_inputs {
-                    scales[hook_index]
-                } else {
-                    1.0
-                };
                 Ok(SaeRun {
                     sae,
                     scale,
@@ -563,6 +574,17 @@ impl SaeRun {
         self.window_tokens = 0;
         Ok(Some(row))
     }
+}
+
+/// Overwrites the SAE's trainable tensor `name`.
+fn set_var(sae: &dyn TrainableSae, name: &str, value: &Tensor) -> Result<()> {
+    let (_, var) = sae
+        .vars()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .ok_or_else(|| TrainError::Invalid(format!("the SAE has no parameter `{name}`")))?;
+    var.set(value)?;
+    Ok(())
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {

@@ -328,6 +328,58 @@ fn decoder_rows_stay_unit_norm_after_every_step() {
 }
 
 #[test]
+fn decoder_bias_starts_at_the_scaled_mean_input_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut zeros = SaeConfig::new("zeros", HOOK, Architecture::JumpRelu, 32);
+    let mut mean = zeros.clone();
+    mean.name = "mean".into();
+    mean.decoder_bias_init = Some(trainer::DecoderBiasInit::Mean);
+    zeros.decoder_bias_init = None;
+    let trainer =
+        Trainer::new(config(vec![zeros, mean], 10), Synthetic::new(), dir.path()).unwrap();
+    // The scaling batches are the first 4 × 256 rows of the stream.
+    let mut source = Synthetic::new();
+    let rows = source
+        .next_batch(4 * 256)
+        .unwrap()
+        .unwrap()
+        .activations
+        .remove(0);
+    let expected = (rows.mean(0).unwrap() / trainer.runs[1].scale).unwrap();
+    let b_dec = |run: &trainer::SaeRun| {
+        let tensors = run.sae.tensors().unwrap();
+        tensors.into_iter().find(|(n, _)| *n == "b_dec").unwrap().1
+    };
+    let error = (b_dec(&trainer.runs[1]) - &expected)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(error < 1e-5, "b_dec differs from E[x]/C by {error}");
+    let zero = b_dec(&trainer.runs[0])
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(zero, 0.0, "Gemma Scope's default b_dec is zero");
+    assert!(
+        expected
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.1
+    );
+}
+
+#[test]
 fn config_files_and_overrides_set_every_hyperparameter() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("train.toml");
