@@ -2,6 +2,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
+//! | `reproduce <experiment>` | the project's results: `quickstart` (the main job), `frontier`, `sites`, `layers`, `gemma-scope` (see `reproduce/mod.rs`) |
 //! | `demo` | builds every SAE architecture on the embedded model's activations, folds the scaling constant, saves each in SAELens format, reloads it and checks the outputs are unchanged |
 //! | `inspect <path>` | summarises an SAE file: a SAELens directory or a Gemma Scope `params.npz` |
 //! | `bench-forward` | forward-pass tokens/s of a model (full pass and harvest to the middle layer), f32 and bf16 |
@@ -16,6 +17,7 @@ mod cache;
 mod demo;
 mod dump;
 mod inspect;
+mod reproduce;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Reproduce a result: quickstart, frontier, sites, layers, gemma-scope.
+    Reproduce(reproduce::ReproduceArgs),
     /// Every SAE architecture end to end on real model activations (init, C, fold, save, load).
     Demo(demo::DemoArgs),
     /// Summarise an SAE: a SAELens directory, a params.npz, or a directory holding one.
@@ -51,6 +55,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Reproduce(args) => reproduce::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::DumpActivations(args) => dump::run(&args),

@@ -52,6 +52,16 @@ pub struct SpecialTokens {
     pub pad: u32,
 }
 
+impl SpecialTokens {
+    /// The BOS and PAD ids of a model's configuration.
+    pub fn of(config: &gemma_hooks::GemmaConfig) -> Self {
+        Self {
+            bos: config.bos_token_id,
+            pad: config.pad_token_id,
+        }
+    }
+}
+
 /// The contexts of one document, numbered from `first_index`.
 pub fn document_contexts(
     tokenizer: &GemmaTokenizer,

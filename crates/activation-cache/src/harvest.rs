@@ -159,10 +159,7 @@ pub fn harvest(
     }
 
     let config = model.config();
-    let special = SpecialTokens {
-        bos: config.bos_token_id,
-        pad: config.pad_token_id,
-    };
+    let special = SpecialTokens::of(config);
     let first_context = (manifest.shards.len() * spec.contexts_per_shard) as u64;
     let mut remaining = contexts(tokenizer, documents, spec.contexts, special)
         .skip(first_context as usize)

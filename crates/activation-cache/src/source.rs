@@ -444,10 +444,7 @@ impl StreamingSource {
 
     /// Runs the model on the next contexts and adds their rows to the buffer; false at the end.
     fn refill(&mut self) -> Result<bool> {
-        let special = SpecialTokens {
-            bos: self.model.config().bos_token_id,
-            pad: self.model.config().pad_token_id,
-        };
+        let special = SpecialTokens::of(self.model.config());
         while self.pending.len() < self.batch_contexts && self.next_document < self.documents.len()
         {
             let document = &self.documents[self.next_document];

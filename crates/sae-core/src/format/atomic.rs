@@ -7,11 +7,11 @@ use std::path::Path;
 use crate::{Result, SaeError};
 
 /// Writes `path` by filling a temporary file in the same directory, syncing it and renaming it
-/// over `path`.
-pub fn write_file_atomically(
+/// over `path`. Generic over the caller's error type, so crates with their own errors use it too.
+pub fn write_file_atomically<E: From<SaeError>>(
     path: &Path,
-    fill: impl FnOnce(&mut fs::File) -> Result<()>,
-) -> Result<()> {
+    fill: impl FnOnce(&mut fs::File) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -1,0 +1,71 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while evaluating or interpreting an SAE.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    /// SAE maths or files.
+    #[error(transparent)]
+    Sae(#[from] sae_core::SaeError),
+    /// The language model.
+    #[error(transparent)]
+    Model(#[from] gemma_hooks::GemmaError),
+    /// Activations and corpora.
+    #[error(transparent)]
+    Cache(#[from] activation_cache::CacheError),
+    /// Tensor operations.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// Tables.
+    #[error(transparent)]
+    Polars(#[from] polars::error::PolarsError),
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's contents are wrong.
+    #[error("{path}: {detail}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A plot could not be drawn.
+    #[error("plot {path}: {detail}")]
+    Plot {
+        /// The output file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// Invalid input or settings.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl AnalysisError {
+    /// An [`AnalysisError::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    /// An [`AnalysisError::Format`] for `path`.
+    pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        Self::Format {
+            path: path.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// `Result` with [`AnalysisError`].
+pub type Result<T> = std::result::Result<T, AnalysisError>;

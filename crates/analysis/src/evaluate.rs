@@ -1,0 +1,400 @@
+//! Gemma Scope's evaluation of SAEs spliced into a language model (spec §9): mean L0, FVU,
+//! delta LM loss, the CE-loss-recovered score against zero ablation, feature density and the
+//! loss by context position.
+//!
+//! **Masking.** Contexts are `[BOS, tokens…, PAD…]` ([`activation_cache::Context`]). The SAE
+//! reads, and is spliced in at, positions `1..len` only: BOS and PAD keep their activations
+//! (Gemma Scope excludes special tokens). The loss is the next-token cross-entropy of the
+//! predictions made at positions `1..len − 1` (those whose residual stream the splice can
+//! change and whose target is a real token), averaged over tokens.
+//!
+//! Several SAEs are evaluated from one clean pass per batch; each SAE costs one spliced pass
+//! and each distinct hook point one zero-ablation pass.
+
+use std::collections::BTreeMap;
+
+use activation_cache::Context;
+use candle_core::{DType, Device, Tensor};
+use gemma_hooks::{GemmaModel, HookPoint, Hooks, next_token_loss};
+use indicatif::{ProgressBar, ProgressStyle};
+use sae_core::Sae;
+use serde::{Deserialize, Serialize};
+
+use crate::density::{DensitySummary, summarise};
+use crate::stats::ReconstructionStats;
+use crate::{AnalysisError, Result};
+
+/// An SAE and the hook point it reads and is spliced into.
+pub struct SaeAtHook<'a> {
+    /// A name for the tables.
+    pub name: String,
+    /// The SAE, on raw activations (folded: no input scaling).
+    pub sae: &'a dyn Sae,
+    /// Where it reads and writes.
+    pub hook: HookPoint,
+}
+
+/// Knobs of an evaluation that do not change its results.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Contexts per forward pass.
+    pub batch_contexts: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            batch_contexts: 2,
+            progress: true,
+        }
+    }
+}
+
+/// Mean losses of the predictions made at one context position.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PositionLoss {
+    /// The position the prediction is made at (it predicts position + 1).
+    pub position: usize,
+    /// How many predictions were averaged.
+    pub count: u64,
+    /// Mean clean loss (nats).
+    pub clean: f64,
+    /// Mean loss with the SAE spliced in (nats).
+    pub spliced: f64,
+}
+
+/// Every metric of one SAE on one set of contexts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The SAE's name.
+    pub sae: String,
+    /// Its hook point.
+    pub hook: String,
+    /// Tokens the SAE read.
+    pub tokens: u64,
+    /// Predictions the losses average over.
+    pub loss_tokens: u64,
+    /// Mean number of active latents per token.
+    pub mean_l0: f64,
+    /// Mean L1 norm of the latents per token.
+    pub mean_l1: f64,
+    /// Fraction of variance unexplained.
+    pub fvu: f64,
+    /// Mean squared reconstruction error per token, E‖x − x̂‖².
+    pub mse: f64,
+    /// Next-token loss of the unmodified model (nats/token).
+    pub clean_loss: f64,
+    /// Next-token loss with the reconstruction spliced in.
+    pub spliced_loss: f64,
+    /// Next-token loss with the activation replaced by zeros.
+    pub zero_ablation_loss: f64,
+    /// `spliced_loss − clean_loss`.
+    pub delta_loss: f64,
+    /// `(zero − spliced) / (zero − clean)`: 1 for a perfect SAE, 0 for one as bad as zeros.
+    pub ce_loss_recovered: f64,
+    /// Fraction of tokens each latent fired on.
+    pub density: Vec<f64>,
+    /// Dead / ultra-dense counts and the log-density histogram.
+    pub density_summary: DensitySummary,
+    /// Clean and spliced loss by context position.
+    pub loss_by_position: Vec<PositionLoss>,
+}
+
+impl Evaluation {
+    /// The metrics in the layout of SAEBench's `core` evaluation (the keys SAEBench's result
+    /// files use), for tools that read those files.
+    pub fn saebench_json(&self) -> serde_json::Value {
+        let alive = self.density_summary.alive as f64 / self.density.len().max(1) as f64;
+        serde_json::json!({
+            "eval_type_id": "core",
+            "sae_id": self.sae,
+            "hook_name": self.hook,
+            "eval_result_metrics": {
+                "model_behavior_preservation": {
+                    "ce_loss_score": self.ce_loss_recovered,
+                },
+                "model_performance_preservation": {
+                    "ce_loss_score": self.ce_loss_recovered,
+                    "ce_loss_with_ablation": self.zero_ablation_loss,
+                    "ce_loss_with_sae": self.spliced_loss,
+                    "ce_loss_without_sae": self.clean_loss,
+                },
+                "reconstruction_quality": {
+                    "explained_variance": 1.0 - self.fvu,
+                    "mse": self.mse,
+                },
+                "sparsity": { "l0": self.mean_l0, "l1": self.mean_l1 },
+                "misc": {
+                    "frac_alive": alive,
+                    "ultra_dense_latents": self.density_summary.ultra_dense,
+                    "dead_latents": self.density_summary.dead,
+                },
+            },
+            "eval_result_details": [],
+            "eval_config": { "tokens": self.tokens, "loss_tokens": self.loss_tokens },
+        })
+    }
+}
+
+/// Per-SAE sums while evaluating.
+struct Accumulator {
+    stats: ReconstructionStats,
+    spliced: PositionSums,
+}
+
+/// Loss sums by position.
+#[derive(Clone)]
+struct PositionSums {
+    sum: Vec<f64>,
+    count: Vec<u64>,
+}
+
+impl PositionSums {
+    fn new(positions: usize) -> Self {
+        Self {
+            sum: vec![0.0; positions],
+            count: vec![0; positions],
+        }
+    }
+
+    fn add(&mut self, losses: &[Vec<f32>], batch: &[Context]) {
+        for (row, context) in losses.iter().zip(batch) {
+            let predictions = context.len.saturating_sub(1);
+            for (position, &loss) in row.iter().enumerate().take(predictions).skip(1) {
+                self.sum[position] += loss as f64;
+                self.count[position] += 1;
+            }
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        self.sum.iter().sum::<f64>() / self.count.iter().sum::<u64>().max(1) as f64
+    }
+
+    fn total(&self) -> u64 {
+        self.count.iter().sum()
+    }
+}
+
+/// Evaluates every SAE on `contexts` (all of one length). Results are in the order of `saes`.
+pub fn evaluate(
+    model: &GemmaModel,
+    saes: &[SaeAtHook<'_>],
+    contexts: &[Context],
+    options: &EvalOptions,
+) -> Result<Vec<Evaluation>> {
+    let length = check_contexts(contexts)?;
+    let hooks: Vec<HookPoint> = {
+        let mut points: Vec<HookPoint> = saes.iter().map(|s| s.hook).collect();
+        points.sort();
+        points.dedup();
+        points
+    };
+    let mut clean = PositionSums::new(length);
+    let mut zero: BTreeMap<HookPoint, PositionSums> = hooks
+        .iter()
+        .map(|&h| (h, PositionSums::new(length)))
+        .collect();
+    let mut accumulators: Vec<Accumulator> = saes
+        .iter()
+        .map(|s| Accumulator {
+            stats: ReconstructionStats::new(s.sae.d_in(), s.sae.d_sae()),
+            spliced: PositionSums::new(length),
+        })
+        .collect();
+    let bar = progress_bar(contexts.len(), options.progress);
+    let device = model.device().clone();
+    for batch in contexts.chunks(options.batch_contexts.max(1)) {
+        let ids = input_ids(batch, &device)?;
+        let mask = token_mask(batch, length, &device)?;
+        let mut observing = Hooks::observing(hooks.iter().copied());
+        let logits = model
+            .forward(&ids, &mut observing)?
+            .ok_or_else(|| AnalysisError::Invalid("the model stopped before its logits".into()))?;
+        clean.add(&next_token_loss(&logits, &ids)?.to_vec2()?, batch);
+        let mut activations = BTreeMap::new();
+        for &hook in &hooks {
+            let activation = observing
+                .take(hook)
+                .ok_or_else(|| AnalysisError::Invalid(format!("hook {hook} was not reached")))?;
+            let ablated = masked_replace(&activation, &activation.zeros_like()?, &mask)?;
+            let loss = loss_with(model, &ids, hook, ablated)?;
+            zero.get_mut(&hook)
+                .expect("every hook has sums")
+                .add(&loss, batch);
+            activations.insert(hook, activation);
+        }
+        for (sae, accumulator) in saes.iter().zip(&mut accumulators) {
+            let activation = &activations[&sae.hook];
+            let rows = flatten_rows(activation, sae)?;
+            let (latents, reconstruction) = sae.sae.forward(&rows)?;
+            let kept = kept_rows(batch, length, &device)?;
+            accumulator.stats.update(
+                &rows.index_select(&kept, 0)?,
+                &reconstruction.index_select(&kept, 0)?,
+                &latents.index_select(&kept, 0)?,
+            )?;
+            let reconstruction = reconstruction
+                .reshape(activation.dims())?
+                .to_dtype(activation.dtype())?;
+            let spliced = masked_replace(activation, &reconstruction, &mask)?;
+            let loss = loss_with(model, &ids, sae.hook, spliced)?;
+            accumulator.spliced.add(&loss, batch);
+        }
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(saes
+        .iter()
+        .zip(accumulators)
+        .map(|(sae, accumulator)| finish(sae, accumulator, &clean, &zero[&sae.hook], length))
+        .collect())
+}
+
+fn finish(
+    sae: &SaeAtHook<'_>,
+    accumulator: Accumulator,
+    clean: &PositionSums,
+    zero: &PositionSums,
+    length: usize,
+) -> Evaluation {
+    let (clean_loss, spliced_loss, zero_loss) =
+        (clean.mean(), accumulator.spliced.mean(), zero.mean());
+    let density = accumulator.stats.density();
+    let loss_by_position = (0..length)
+        .filter(|&p| clean.count[p] > 0)
+        .map(|p| PositionLoss {
+            position: p,
+            count: clean.count[p],
+            clean: clean.sum[p] / clean.count[p] as f64,
+            spliced: accumulator.spliced.sum[p] / clean.count[p] as f64,
+        })
+        .collect();
+    Evaluation {
+        sae: sae.name.clone(),
+        hook: sae.hook.to_string(),
+        tokens: accumulator.stats.tokens(),
+        loss_tokens: clean.total(),
+        mean_l0: accumulator.stats.mean_l0(),
+        mean_l1: accumulator.stats.mean_l1(),
+        fvu: accumulator.stats.fvu(),
+        mse: accumulator.stats.mse(),
+        clean_loss,
+        spliced_loss,
+        zero_ablation_loss: zero_loss,
+        delta_loss: spliced_loss - clean_loss,
+        ce_loss_recovered: (zero_loss - spliced_loss) / (zero_loss - clean_loss),
+        density_summary: summarise(&density),
+        density,
+        loss_by_position,
+    }
+}
+
+/// The common length of `contexts`, or an error.
+fn check_contexts(contexts: &[Context]) -> Result<usize> {
+    let length = contexts
+        .first()
+        .map(|c| c.tokens.len())
+        .ok_or_else(|| AnalysisError::Invalid("no contexts to evaluate on".into()))?;
+    if length < 3 {
+        return Err(AnalysisError::Invalid(format!(
+            "contexts of {length} tokens are too short to evaluate on (need at least 3)"
+        )));
+    }
+    if let Some(other) = contexts.iter().find(|c| c.tokens.len() != length) {
+        return Err(AnalysisError::Invalid(format!(
+            "contexts must have one length: context {} has {} tokens, the first {length}",
+            other.index,
+            other.tokens.len()
+        )));
+    }
+    Ok(length)
+}
+
+fn input_ids(batch: &[Context], device: &Device) -> Result<Tensor> {
+    let ids: Vec<u32> = batch
+        .iter()
+        .flat_map(|c| c.tokens.iter().copied())
+        .collect();
+    Ok(Tensor::from_vec(
+        ids,
+        (batch.len(), batch[0].tokens.len()),
+        device,
+    )?)
+}
+
+/// `[batch, pos]` u8: 1 at the positions the SAE reads (`1..len`).
+fn token_mask(batch: &[Context], length: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<u8> = batch
+        .iter()
+        .flat_map(|c| (0..length).map(move |p| u8::from(p >= 1 && p < c.len)))
+        .collect();
+    Ok(Tensor::from_vec(mask, (batch.len(), length), device)?)
+}
+
+/// Indices of the rows `[batch × pos]` the SAE reads (positions `1..len` of each context).
+fn kept_rows(batch: &[Context], length: usize, device: &Device) -> Result<Tensor> {
+    let rows: Vec<u32> = batch
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| (1..c.len).map(move |p| (i * length + p) as u32))
+        .collect();
+    let count = rows.len();
+    Ok(Tensor::from_vec(rows, count, device)?)
+}
+
+/// `replacement` where `mask` is set, `activation` elsewhere (mask broadcast over features).
+fn masked_replace(activation: &Tensor, replacement: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let mut shape = mask.dims().to_vec();
+    shape.resize(activation.rank(), 1);
+    let mask = mask.reshape(shape)?.broadcast_as(activation.shape())?;
+    Ok(mask.where_cond(replacement, activation)?)
+}
+
+/// The activation as `[tokens, d_in]` f32 rows for the SAE.
+fn flatten_rows(activation: &Tensor, sae: &SaeAtHook<'_>) -> Result<Tensor> {
+    let (batch, positions) = (activation.dims()[0], activation.dims()[1]);
+    let rows = activation
+        .reshape((batch * positions, ()))?
+        .to_dtype(DType::F32)?;
+    let width = rows.dims()[1];
+    if width != sae.sae.d_in() {
+        return Err(AnalysisError::Invalid(format!(
+            "SAE `{}` has d_in {} but `{}` is {width} wide",
+            sae.name,
+            sae.sae.d_in(),
+            sae.hook
+        )));
+    }
+    Ok(rows)
+}
+
+/// Per-token losses `[batch][pos − 1]` with `hook`'s activation replaced by `replacement`.
+fn loss_with(
+    model: &GemmaModel,
+    ids: &Tensor,
+    hook: HookPoint,
+    replacement: Tensor,
+) -> Result<Vec<Vec<f32>>> {
+    let mut hooks = Hooks::new();
+    hooks.replace(hook, move |_| Ok(replacement.clone()));
+    let logits = model
+        .forward(ids, &mut hooks)?
+        .ok_or_else(|| AnalysisError::Invalid("the model stopped before its logits".into()))?;
+    Ok(next_token_loss(&logits, ids)?.to_vec2()?)
+}
+
+fn progress_bar(len: usize, visible: bool) -> ProgressBar {
+    let bar = if visible {
+        ProgressBar::new(len as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("evaluate {bar:30} {pos}/{len} contexts ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}

@@ -1,0 +1,226 @@
+//! Latent labels: manual ones from a labels file, automatic ones from the evidence, and the
+//! rule that a manual label always wins.
+//!
+//! **Labels file.** TOML (`.toml`) or JSON (anything else), one table per SAE id mapping latent
+//! indices to labels:
+//!
+//! ```toml
+//! [quickstart]
+//! 12 = "the word 'Queen'"
+//! ```
+//!
+//! A missing file is an empty set; a corrupt one is an error naming the file (it is never
+//! overwritten). Saving is atomic.
+//!
+//! **Automatic labels** ([`automatic_label`]) are deterministic: the tokens the latent fires on
+//! in its top examples, weighted by activation (token text trimmed and lower-cased), give
+//! `fires on «t»` when one token carries at least half of the weight, else the (up to three)
+//! tokens with at least 10 % each joined by ` | `, else `fires on mixed tokens`; the share of
+//! the weight covered is given in parentheses. The three most promoted tokens follow as
+//! `; promotes «a» «b» «c»`. Dead latents are `dead (never fired)`; latents firing on more than
+//! 10 % of tokens get the prefix `ultra-dense: `.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::density::ULTRA_DENSE;
+use crate::evidence::LatentEvidence;
+use crate::logit_effects::LogitEffects;
+use crate::{AnalysisError, Result};
+
+/// Where a label comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelSource {
+    /// Written by a person (labels file).
+    Manual,
+    /// Computed from the evidence by [`automatic_label`].
+    Automatic,
+}
+
+/// A latent's label and its source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    /// The text.
+    pub text: String,
+    /// Where it comes from.
+    pub source: LabelSource,
+}
+
+/// Manual labels of any number of SAEs, backed by a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManualLabels {
+    path: PathBuf,
+    labels: BTreeMap<String, BTreeMap<usize, String>>,
+}
+
+impl ManualLabels {
+    /// Reads `path` (an absent file gives no labels).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(AnalysisError::io(path, e)),
+        };
+        let raw: BTreeMap<String, BTreeMap<String, String>> = if text.trim().is_empty() {
+            BTreeMap::new()
+        } else if is_toml(path) {
+            toml::from_str(&text).map_err(|e| {
+                AnalysisError::format(path, format!("not a labels file (TOML): {e}"))
+            })?
+        } else {
+            serde_json::from_str(&text).map_err(|e| {
+                AnalysisError::format(path, format!("not a labels file (JSON): {e}"))
+            })?
+        };
+        let mut labels = BTreeMap::new();
+        for (sae, entries) in raw {
+            let mut parsed = BTreeMap::new();
+            for (latent, label) in entries {
+                let index = latent.parse::<usize>().map_err(|_| {
+                    AnalysisError::format(
+                        path,
+                        format!("SAE `{sae}`: `{latent}` is not a latent index"),
+                    )
+                })?;
+                parsed.insert(index, label);
+            }
+            labels.insert(sae, parsed);
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            labels,
+        })
+    }
+
+    /// The file the labels are saved to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The manual label of `latent` of SAE `sae`, if any.
+    pub fn get(&self, sae: &str, latent: usize) -> Option<&str> {
+        self.labels.get(sae)?.get(&latent).map(String::as_str)
+    }
+
+    /// Every manual label of SAE `sae`.
+    pub fn of(&self, sae: &str) -> impl Iterator<Item = (usize, &str)> {
+        self.labels
+            .get(sae)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(&l, t)| (l, t.as_str())))
+    }
+
+    /// Sets (or, with an empty text, removes) a manual label in memory.
+    pub fn set(&mut self, sae: &str, latent: usize, text: &str) {
+        let text = text.trim();
+        if text.is_empty() {
+            if let Some(entries) = self.labels.get_mut(sae) {
+                entries.remove(&latent);
+            }
+        } else {
+            self.labels
+                .entry(sae.to_string())
+                .or_default()
+                .insert(latent, text.to_string());
+        }
+    }
+
+    /// Writes the labels to their file atomically.
+    pub fn save(&self) -> Result<()> {
+        let raw: BTreeMap<&str, BTreeMap<String, &str>> = self
+            .labels
+            .iter()
+            .filter(|(_, entries)| !entries.is_empty())
+            .map(|(sae, entries)| {
+                (
+                    sae.as_str(),
+                    entries
+                        .iter()
+                        .map(|(l, t)| (l.to_string(), t.as_str()))
+                        .collect(),
+                )
+            })
+            .collect();
+        let text = if is_toml(&self.path) {
+            toml::to_string(&raw).map_err(|e| AnalysisError::Invalid(e.to_string()))?
+        } else {
+            serde_json::to_string_pretty(&raw).map_err(|e| AnalysisError::Invalid(e.to_string()))?
+        };
+        crate::tables::write_text(&self.path, &text)
+    }
+
+    /// The label shown for `latent`: the manual one if set, else `automatic`.
+    pub fn resolve(&self, sae: &str, latent: usize, automatic: &str) -> Label {
+        match self.get(sae, latent) {
+            Some(text) => Label {
+                text: text.to_string(),
+                source: LabelSource::Manual,
+            },
+            None => Label {
+                text: automatic.to_string(),
+                source: LabelSource::Automatic,
+            },
+        }
+    }
+}
+
+fn is_toml(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "toml")
+}
+
+/// The deterministic automatic label of a latent (method in the module docs). `token_text`
+/// turns a token id into its text.
+pub fn automatic_label(
+    evidence: &LatentEvidence,
+    effects: Option<&LogitEffects>,
+    token_text: &dyn Fn(u32) -> String,
+) -> String {
+    if evidence.fires == 0 || evidence.top.is_empty() {
+        return "dead (never fired)".into();
+    }
+    let mut weights: BTreeMap<String, f64> = BTreeMap::new();
+    for example in &evidence.top {
+        let text = token_text(example.tokens[example.focus])
+            .trim()
+            .to_lowercase();
+        *weights.entry(text).or_default() += example.activation as f64;
+    }
+    let total: f64 = weights.values().sum();
+    let mut ranked: Vec<(String, f64)> = weights.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let share = |w: f64| (100.0 * w / total).round();
+    let firing = if ranked[0].1 >= 0.5 * total {
+        format!("fires on «{}» ({}%)", ranked[0].0, share(ranked[0].1))
+    } else {
+        let major: Vec<&(String, f64)> = ranked
+            .iter()
+            .take(3)
+            .filter(|(_, w)| *w >= 0.1 * total)
+            .collect();
+        if major.is_empty() {
+            "fires on mixed tokens".to_string()
+        } else {
+            let covered: f64 = major.iter().map(|(_, w)| w).sum();
+            let names: Vec<String> = major.iter().map(|(t, _)| format!("«{t}»")).collect();
+            format!("fires on {} ({}%)", names.join(" | "), share(covered))
+        }
+    };
+    let mut label = if evidence.density() > ULTRA_DENSE {
+        format!("ultra-dense: {firing}")
+    } else {
+        firing
+    };
+    if let Some(effects) = effects.filter(|e| !e.promoted.is_empty()) {
+        let promoted: Vec<String> = effects
+            .promoted
+            .iter()
+            .take(3)
+            .map(|e| format!("«{}»", token_text(e.token).trim()))
+            .collect();
+        label.push_str(&format!("; promotes {}", promoted.join(" ")));
+    }
+    label
+}

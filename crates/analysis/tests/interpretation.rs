@@ -1,0 +1,228 @@
+//! Top-k examples against brute force, logit effects against a direct computation, labels.
+
+use analysis::evidence::{EvidenceCollector, EvidenceConfig};
+use analysis::labels::{LabelSource, ManualLabels, automatic_label};
+use analysis::logit_effects::logit_effects;
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Random sparse latents for `contexts` contexts of `len` tokens, with deliberate ties.
+fn random_latents(rng: &mut StdRng, rows: usize, d_sae: usize) -> Vec<f32> {
+    (0..rows * d_sae)
+        .map(|_| {
+            if rng.random::<f32>() < 0.7 {
+                0.0
+            } else if rng.random::<f32>() < 0.2 {
+                1.5 // ties
+            } else {
+                rng.random::<f32>() * 4.0
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn top_k_examples_are_the_brute_force_top_k() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (d_sae, len, contexts, k) = (6, 9, 25, 5);
+    let config = EvidenceConfig {
+        top_k: k,
+        window_before: 3,
+        window_after: 2,
+    };
+    let mut collector = EvidenceCollector::new(d_sae, config);
+    // (activation, context, position, latent)
+    let mut all = Vec::new();
+    let mut stored = Vec::new();
+    for context in 0..contexts as u32 {
+        let tokens: Vec<u32> = (0..len).map(|_| rng.random_range(0..50)).collect();
+        let latents = random_latents(&mut rng, len, d_sae);
+        for (i, row) in latents.chunks(d_sae).enumerate() {
+            for (latent, &value) in row.iter().enumerate() {
+                if value != 0.0 {
+                    all.push((value, context, 1 + i as u32, latent));
+                }
+            }
+        }
+        collector
+            .observe_context(context, &tokens, 1, &latents)
+            .unwrap();
+        stored.push((tokens, latents));
+    }
+    let evidence = collector.finish();
+    for latent in 0..d_sae {
+        let mut expected: Vec<(f32, u32, u32)> = all
+            .iter()
+            .filter(|e| e.3 == latent)
+            .map(|e| (e.0, e.1, e.2))
+            .collect();
+        expected.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        let fires = expected.len() as u64;
+        expected.truncate(k);
+        let got: Vec<(f32, u32, u32)> = evidence[latent]
+            .top
+            .iter()
+            .map(|e| (e.activation, e.context, e.position))
+            .collect();
+        assert_eq!(got, expected, "latent {latent}");
+        assert_eq!(evidence[latent].fires, fires);
+        assert_eq!(
+            evidence[latent]
+                .histogram
+                .iter()
+                .map(|b| b.count)
+                .sum::<u64>(),
+            fires
+        );
+        for example in &evidence[latent].top {
+            let (tokens, latents) = &stored[example.context as usize];
+            let i = (example.position - 1) as usize;
+            assert_eq!(example.tokens[example.focus], tokens[i]);
+            assert_eq!(example.activations[example.focus], example.activation);
+            assert_eq!(latents[i * d_sae + latent], example.activation);
+            let start = i.saturating_sub(3);
+            assert_eq!(example.tokens, tokens[start..(i + 3).min(len)].to_vec());
+        }
+    }
+    assert_eq!(evidence[0].tokens, (contexts * len) as u64);
+}
+
+#[test]
+fn evidence_rejects_mismatched_rows_and_non_finite_latents() {
+    let mut collector = EvidenceCollector::new(3, EvidenceConfig::default());
+    assert!(collector.observe_context(0, &[1, 2], 1, &[0.0; 5]).is_err());
+    let error = collector
+        .observe_context(0, &[1], 1, &[0.0, f32::NAN, 0.0])
+        .unwrap_err();
+    assert!(error.to_string().contains("latent 1"), "{error}");
+}
+
+#[test]
+fn logit_effects_are_the_extremes_of_the_direct_product() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let (d_sae, d_model, vocab) = (5, 4, 300);
+    let random = |rng: &mut StdRng, n: usize| {
+        (0..n)
+            .map(|_| rng.random::<f32>() - 0.5)
+            .collect::<Vec<_>>()
+    };
+    let decoder = Tensor::from_vec(
+        random(&mut rng, d_sae * d_model),
+        (d_sae, d_model),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let gain = Tensor::from_vec(random(&mut rng, d_model), d_model, &Device::Cpu).unwrap();
+    let unembedding = Tensor::from_vec(
+        random(&mut rng, vocab * d_model),
+        (vocab, d_model),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let effects = logit_effects(&decoder, &gain, &unembedding, &[4, 1], 3).unwrap();
+    let (dec, g, u) = (
+        decoder.to_vec2::<f32>().unwrap(),
+        gain.to_vec1::<f32>().unwrap(),
+        unembedding.to_vec2::<f32>().unwrap(),
+    );
+    for effect in &effects {
+        let mut logits: Vec<(u32, f32)> = (0..vocab)
+            .map(|t| {
+                let value = (0..d_model)
+                    .map(|j| dec[effect.latent][j] * g[j] * u[t][j])
+                    .sum();
+                (t as u32, value)
+            })
+            .collect();
+        logits.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let promoted: Vec<u32> = effect.promoted.iter().map(|e| e.token).collect();
+        let suppressed: Vec<u32> = effect.suppressed.iter().map(|e| e.token).collect();
+        assert_eq!(
+            promoted,
+            logits[..3].iter().map(|l| l.0).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            suppressed,
+            logits.iter().rev().take(3).map(|l| l.0).collect::<Vec<_>>()
+        );
+        assert!((effect.promoted[0].value - logits[0].1).abs() < 1e-5);
+    }
+    assert_eq!(effects[0].latent, 4);
+    assert!(logit_effects(&decoder, &gain, &unembedding, &[5], 3).is_err());
+}
+
+#[test]
+fn manual_labels_override_automatic_ones_and_survive_a_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["labels.toml", "labels.json"] {
+        let path = dir.path().join(name);
+        let mut labels = ManualLabels::load(&path).unwrap();
+        assert_eq!(
+            labels.resolve("sae", 3, "auto").source,
+            LabelSource::Automatic
+        );
+        labels.set("sae", 3, "  the letter Q ");
+        labels.set("other", 0, "zero");
+        labels.save().unwrap();
+
+        // A re-run: a fresh load of the file.
+        let reloaded = ManualLabels::load(&path).unwrap();
+        let label = reloaded.resolve("sae", 3, "fires on «q»");
+        assert_eq!(label.text, "the letter Q");
+        assert_eq!(label.source, LabelSource::Manual);
+        assert_eq!(reloaded.resolve("sae", 4, "auto").text, "auto");
+        assert_eq!(reloaded.get("other", 0), Some("zero"));
+        assert_eq!(reloaded, labels);
+
+        let mut cleared = reloaded.clone();
+        cleared.set("sae", 3, "");
+        assert_eq!(cleared.get("sae", 3), None);
+    }
+}
+
+#[test]
+fn a_corrupt_labels_file_is_reported_and_left_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("labels.json");
+    std::fs::write(&path, "{ not json").unwrap();
+    let error = ManualLabels::load(&path).unwrap_err();
+    assert!(error.to_string().contains("labels.json"), "{error}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ not json");
+    std::fs::write(&path, r#"{"sae": {"x": "bad index"}}"#).unwrap();
+    assert!(
+        ManualLabels::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("not a latent index")
+    );
+}
+
+#[test]
+fn automatic_labels_follow_the_documented_rule() {
+    let mut collector = EvidenceCollector::new(
+        2,
+        EvidenceConfig {
+            top_k: 4,
+            window_before: 1,
+            window_after: 0,
+        },
+    );
+    // Latent 0 fires on token 7 (weight 3+3) and token 8 (1): one token has > half.
+    // Latent 1 fires on tokens 7, 8, 9 with equal weight.
+    let tokens = [7, 8, 9, 7];
+    let latents = [3.0, 1.0, 1.0, 1.0, 0.0, 1.0, 3.0, 0.0];
+    collector.observe_context(0, &tokens, 1, &latents).unwrap();
+    let evidence = collector.finish();
+    let text = |t: u32| format!(" Tok{t}");
+    assert_eq!(
+        automatic_label(&evidence[0], None, &text),
+        "ultra-dense: fires on «tok7» (86%)"
+    );
+    assert_eq!(
+        automatic_label(&evidence[1], None, &text),
+        "ultra-dense: fires on «tok7» | «tok8» | «tok9» (100%)"
+    );
+    let dead = EvidenceCollector::new(1, EvidenceConfig::default()).finish();
+    assert_eq!(automatic_label(&dead[0], None, &text), "dead (never fired)");
+}

@@ -1,0 +1,262 @@
+//! Metrics against hand-computed values, and evaluation of a perfect and a zero SAE spliced
+//! into a tiny random Gemma 3 (the transformers fixture of gemma-hooks).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use activation_cache::Context;
+use analysis::density::summarise;
+use analysis::stats::ReconstructionStats;
+use analysis::{EvalOptions, SaeAtHook, evaluate};
+use candle_core::{DType, Device, Tensor};
+use gemma_hooks::{HookPoint, load_hf_dir};
+use sae_core::arch::{NamedTensors, ThresholdOptions, from_tensors};
+use sae_core::{Architecture, TrainableSae};
+
+fn tensor(values: &[[f32; 2]]) -> Tensor {
+    let flat: Vec<f32> = values.iter().flatten().copied().collect();
+    Tensor::from_vec(flat, (values.len(), 2), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn fvu_mse_l0_and_density_match_hand_computed_values() {
+    // x has mean (2, 1); E‖x − E[x]‖² = ((1+1) + (1+1) + 0) / 3... computed below by hand.
+    let x = tensor(&[[1.0, 0.0], [3.0, 2.0], [2.0, 1.0]]);
+    let reconstruction = tensor(&[[1.0, 1.0], [3.0, 2.0], [0.0, 1.0]]);
+    let latents = Tensor::new(
+        &[[1f32, 0.0, 2.0], [0.0, 0.0, 5.0], [0.0, 0.0, 0.0]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut stats = ReconstructionStats::new(2, 3);
+    stats.update(&x, &reconstruction, &latents).unwrap();
+    // Squared errors per token: 1, 0, 4 → MSE 5/3. Centred squared norms: 2, 2, 0 → 4/3.
+    assert!((stats.mse() - 5.0 / 3.0).abs() < 1e-12);
+    assert!((stats.fvu() - 1.25).abs() < 1e-12);
+    assert!((stats.mean_l0() - 1.0).abs() < 1e-12);
+    assert!((stats.mean_l1() - 8.0 / 3.0).abs() < 1e-12);
+    assert_eq!(stats.density(), vec![1.0 / 3.0, 0.0, 2.0 / 3.0]);
+
+    // Streaming over two batches gives the same numbers as one.
+    let mut split = ReconstructionStats::new(2, 3);
+    for (start, len) in [(0, 1), (1, 2)] {
+        split
+            .update(
+                &x.narrow(0, start, len).unwrap(),
+                &reconstruction.narrow(0, start, len).unwrap(),
+                &latents.narrow(0, start, len).unwrap(),
+            )
+            .unwrap();
+    }
+    assert!((split.fvu() - stats.fvu()).abs() < 1e-12);
+    assert_eq!(split.fires(), stats.fires());
+}
+
+#[test]
+fn zero_reconstruction_of_centred_data_has_fvu_one_and_nan_is_an_error() {
+    let x = tensor(&[[1.0, -2.0], [-1.0, 2.0], [3.0, 0.5], [-3.0, -0.5]]);
+    let mut stats = ReconstructionStats::new(2, 1);
+    stats
+        .update(
+            &x,
+            &x.zeros_like().unwrap(),
+            &Tensor::zeros((4, 1), DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+    assert!((stats.fvu() - 1.0).abs() < 1e-12);
+    assert_eq!(stats.mean_l0(), 0.0);
+
+    let bad = tensor(&[[f32::NAN, 0.0]]);
+    let error = stats
+        .update(
+            &bad,
+            &bad.zeros_like().unwrap(),
+            &Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("non-finite"), "{error}");
+}
+
+#[test]
+fn density_summary_counts_dead_and_ultra_dense_latents() {
+    let summary = summarise(&[0.0, 0.0, 0.5, 0.2, 1e-3, 1e-9, 0.1]);
+    assert_eq!(summary.dead, 2);
+    assert_eq!(summary.ultra_dense, 2); // 0.5 and 0.2; 0.1 is not *more* than 10 %
+    assert_eq!(summary.alive, 5);
+    let counted: u64 = summary.log10_histogram.iter().map(|b| b.count).sum();
+    assert_eq!(counted, 5);
+    let bin_of = |d: f64| {
+        summary
+            .log10_histogram
+            .iter()
+            .position(|b| d.log10() >= b.lower && d.log10() < b.upper)
+    };
+    assert!(summary.log10_histogram[bin_of(1e-3).unwrap()].count >= 1);
+    assert_eq!(
+        summary.log10_histogram[0].count, 1,
+        "1e-9 is clamped into the first bin"
+    );
+}
+
+fn tiny_model_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gemma-hooks/tests/fixtures/tiny-gemma3")
+}
+
+/// A ReLU SAE with W_enc = [I, −I] and W_dec = [I; −I]: relu(x) − relu(−x) = x exactly.
+fn perfect_sae(d: usize) -> Box<dyn TrainableSae> {
+    let eye = Tensor::eye(d, DType::F32, &Device::Cpu).unwrap();
+    let encoder = Tensor::cat(&[&eye, &eye.neg().unwrap()], 1).unwrap();
+    let decoder = encoder.t().unwrap().contiguous().unwrap();
+    sae_from(encoder, decoder)
+}
+
+fn zero_sae(d: usize, d_sae: usize) -> Box<dyn TrainableSae> {
+    let zeros = |r, c| Tensor::zeros((r, c), DType::F32, &Device::Cpu).unwrap();
+    sae_from(zeros(d, d_sae), zeros(d_sae, d))
+}
+
+fn sae_from(encoder: Tensor, decoder: Tensor) -> Box<dyn TrainableSae> {
+    let (d, d_sae) = encoder.dims2().unwrap();
+    let map = BTreeMap::from([
+        ("W_enc".to_string(), encoder),
+        ("W_dec".to_string(), decoder),
+        (
+            "b_enc".to_string(),
+            Tensor::zeros(d_sae, DType::F32, &Device::Cpu).unwrap(),
+        ),
+        (
+            "b_dec".to_string(),
+            Tensor::zeros(d, DType::F32, &Device::Cpu).unwrap(),
+        ),
+    ]);
+    from_tensors(
+        Architecture::Relu,
+        NamedTensors::new(None, map),
+        false,
+        ThresholdOptions::default(),
+    )
+    .unwrap()
+}
+
+/// Two contexts of 12 tokens: one full, one with 8 real tokens and PAD after.
+fn contexts() -> Vec<Context> {
+    let full: Vec<u32> = [2, 10, 20, 30, 40, 50, 11, 21, 31, 41, 51, 12].to_vec();
+    let mut short: Vec<u32> = [2, 60, 61, 62, 63, 64, 65, 66].to_vec();
+    short.resize(12, 0);
+    vec![
+        Context {
+            index: 0,
+            document: 0,
+            tokens: full,
+            len: 12,
+        },
+        Context {
+            index: 1,
+            document: 0,
+            tokens: short,
+            len: 8,
+        },
+    ]
+}
+
+#[test]
+fn perfect_sae_costs_no_loss_and_zero_sae_recovers_nothing() {
+    let loaded = load_hf_dir(&tiny_model_dir(), &Device::Cpu, DType::F32).unwrap();
+    let d = loaded.model.config().hidden_size;
+    let perfect = perfect_sae(d);
+    let zero = zero_sae(d, 8);
+    let hook = HookPoint::ResidPost(3);
+    let saes = [
+        SaeAtHook {
+            name: "perfect".into(),
+            sae: perfect.as_ref(),
+            hook,
+        },
+        SaeAtHook {
+            name: "zero".into(),
+            sae: zero.as_ref(),
+            hook,
+        },
+        SaeAtHook {
+            name: "perfect-mlp".into(),
+            sae: perfect.as_ref(),
+            hook: HookPoint::MlpOut(5),
+        },
+    ];
+    let options = EvalOptions {
+        batch_contexts: 1,
+        progress: false,
+    };
+    let results = evaluate(&loaded.model, &saes, &contexts(), &options).unwrap();
+    let (perfect, zero, mlp) = (&results[0], &results[1], &results[2]);
+
+    // Positions 1..len are read: 11 + 7 tokens; predictions at 1..len−1: 10 + 6.
+    assert_eq!(perfect.tokens, 18);
+    assert_eq!(perfect.loss_tokens, 16);
+    assert!(perfect.fvu.abs() < 1e-10, "{}", perfect.fvu);
+    assert!(perfect.delta_loss.abs() < 1e-5, "{}", perfect.delta_loss);
+    assert!(
+        (perfect.ce_loss_recovered - 1.0).abs() < 1e-3,
+        "{}",
+        perfect.ce_loss_recovered
+    );
+    assert!(mlp.delta_loss.abs() < 1e-5 && mlp.fvu.abs() < 1e-10);
+    assert!(
+        perfect.clean_loss > 1.0,
+        "a random model is uncertain: {}",
+        perfect.clean_loss
+    );
+
+    // Zeros in, zeros spliced: the splice *is* the zero ablation.
+    assert!((zero.spliced_loss - zero.zero_ablation_loss).abs() < 1e-6);
+    assert!(
+        zero.ce_loss_recovered.abs() < 1e-3,
+        "{}",
+        zero.ce_loss_recovered
+    );
+    assert_eq!(zero.mean_l0, 0.0);
+    assert_eq!(zero.density_summary.dead, 8);
+    assert!(
+        zero.fvu > 1.0,
+        "uncentred residuals: ‖x‖² > ‖x − E[x]‖² gives FVU > 1"
+    );
+
+    // Per-position losses average back to the mean loss.
+    let weighted: f64 = perfect
+        .loss_by_position
+        .iter()
+        .map(|p| p.clean * p.count as f64)
+        .sum::<f64>()
+        / perfect.loss_tokens as f64;
+    assert!((weighted - perfect.clean_loss).abs() < 1e-9);
+    assert_eq!(perfect.loss_by_position.first().unwrap().position, 1);
+    assert_eq!(perfect.loss_by_position.last().unwrap().position, 10);
+
+    let json = perfect.saebench_json();
+    assert_eq!(
+        json["eval_result_metrics"]["sparsity"]["l0"].as_f64(),
+        Some(perfect.mean_l0)
+    );
+}
+
+#[test]
+fn evaluation_rejects_a_width_mismatch_and_ragged_contexts() {
+    let loaded = load_hf_dir(&tiny_model_dir(), &Device::Cpu, DType::F32).unwrap();
+    let wrong = perfect_sae(5);
+    let saes = [SaeAtHook {
+        name: "wrong".into(),
+        sae: wrong.as_ref(),
+        hook: HookPoint::ResidPost(0),
+    }];
+    let options = EvalOptions {
+        batch_contexts: 2,
+        progress: false,
+    };
+    let error = evaluate(&loaded.model, &saes, &contexts(), &options).unwrap_err();
+    assert!(error.to_string().contains("d_in 5"), "{error}");
+
+    let mut ragged = contexts();
+    ragged[1].tokens.truncate(9);
+    let error = evaluate(&loaded.model, &saes, &ragged, &options).unwrap_err();
+    assert!(error.to_string().contains("one length"), "{error}");
+}

@@ -1,0 +1,220 @@
+//! `reproduce gemma-scope`: evaluates released Gemma Scope SAEs (`params.npz`) on real
+//! Gemma 2 weights: measured L0 against the `average_l0_K` in the release's folder name, FVU,
+//! delta loss. Without the files it says what to download and fails.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use candle_core::{DType, Device};
+use gemma_hooks::HookPoint;
+
+use super::CommonArgs;
+use super::lab::{Lab, TrainedSae};
+use super::report::{Report, frontier_plots, write_summary};
+
+/// Arguments of `reproduce gemma-scope`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GemmaScopeArgs {
+    /// Gemma 2 weights: a directory (config.json, *.safetensors, tokenizer.json) or a hub id
+    /// already in the local Hugging Face cache (e.g. google/gemma-2-2b).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Released SAEs: `params.npz` files or their folders, e.g.
+    /// `…/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82/params.npz`.
+    #[arg(long = "sae", num_args = 1..)]
+    pub saes: Vec<PathBuf>,
+    /// The site of every SAE (`res`, `mlp`, `att`) when the path does not say it.
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Held-out tokens to evaluate on.
+    #[arg(long, default_value_t = 8192)]
+    pub budget: u64,
+    /// Tokens per context (Gemma Scope: 1024).
+    #[arg(long, default_value_t = 1024)]
+    pub context: usize,
+    /// Corpus (see `cache --corpus`); its last document is evaluated on.
+    #[arg(long, default_value = "gutenberg")]
+    pub corpus: String,
+    /// Run folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Hide progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+const DOWNLOAD_HELP: &str = "\
+reproduce gemma-scope evaluates released Gemma Scope SAEs on Gemma 2; it needs files that are
+not on this machine. Download them where Hugging Face is reachable, for example:
+
+  huggingface-cli download google/gemma-2-2b
+  huggingface-cli download google/gemma-scope-2b-pt-res \\
+      --include 'layer_12/width_16k/average_l0_82/*' --local-dir gemma-scope-2b-pt-res
+
+then run
+
+  cargo xtask reproduce gemma-scope --model google/gemma-2-2b \\
+      --sae gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82/params.npz
+
+(--model also takes a directory with config.json, model*.safetensors and tokenizer.json; the
+SAE's layer, site and average_l0 are read from its path: layer_N, width_…, average_l0_K and a
+folder named …-res / …-mlp / …-att, or pass --site).";
+
+/// What a release path says about its SAE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseSae {
+    /// The params.npz file.
+    pub path: PathBuf,
+    /// The layer.
+    pub layer: usize,
+    /// `res`, `mlp` or `att`.
+    pub site: String,
+    /// `16k`, `65k`, …
+    pub width: String,
+    /// The release's `average_l0_K`.
+    pub average_l0: Option<f64>,
+}
+
+impl ReleaseSae {
+    /// Reads layer, site, width and average L0 from the path's folder names.
+    pub fn from_path(path: &Path, site: Option<&str>) -> anyhow::Result<Self> {
+        let file = if path.is_dir() {
+            path.join("params.npz")
+        } else {
+            path.to_path_buf()
+        };
+        let parts: Vec<String> = file
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let value = |prefix: &str| {
+            parts
+                .iter()
+                .find_map(|p| p.strip_prefix(prefix).map(str::to_string))
+        };
+        let layer = value("layer_")
+            .and_then(|l| l.parse().ok())
+            .with_context(|| format!("{}: no `layer_N` folder in the path", file.display()))?;
+        let site = match site {
+            Some(site) => site.to_string(),
+            None => ["res", "mlp", "att"]
+                .into_iter()
+                .find(|s| parts.iter().any(|p| p.ends_with(&format!("-{s}"))))
+                .map(str::to_string)
+                .with_context(|| {
+                    format!(
+                        "{}: the path names no site (…-res, …-mlp, …-att); pass --site",
+                        file.display()
+                    )
+                })?,
+        };
+        Ok(Self {
+            layer,
+            width: value("width_").unwrap_or_else(|| "?".into()),
+            average_l0: value("average_l0_").and_then(|v| v.parse().ok()),
+            site,
+            path: file,
+        })
+    }
+
+    /// The hook point Gemma Scope trained this SAE on.
+    pub fn hook(&self) -> anyhow::Result<HookPoint> {
+        Ok(match self.site.as_str() {
+            "res" => HookPoint::ResidPost(self.layer),
+            "mlp" => HookPoint::MlpOut(self.layer),
+            "att" => HookPoint::AttnZ(self.layer),
+            other => bail!("unknown site `{other}` (res, mlp or att)"),
+        })
+    }
+}
+
+/// Runs the evaluation of released SAEs.
+pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
+    let missing: Vec<String> = args
+        .saes
+        .iter()
+        .filter(|p| !p.exists())
+        .map(|p| format!("  missing: {}", p.display()))
+        .collect();
+    let Some(model) = args
+        .model
+        .clone()
+        .filter(|_| !args.saes.is_empty() && missing.is_empty())
+    else {
+        eprintln!("{DOWNLOAD_HELP}");
+        if !missing.is_empty() {
+            eprintln!("\n{}", missing.join("\n"));
+        }
+        bail!(
+            "reproduce gemma-scope: Gemma 2 weights (--model) and Gemma Scope params.npz files (--sae) are required"
+        );
+    };
+    let releases: Vec<ReleaseSae> = args
+        .saes
+        .iter()
+        .map(|p| ReleaseSae::from_path(p, args.site.as_deref()))
+        .collect::<anyhow::Result<_>>()?;
+    let common = CommonArgs {
+        budget: Some(args.budget),
+        out: args.out.clone(),
+        model,
+        corpus: args.corpus.clone(),
+        quiet: args.quiet,
+    };
+    let lab = Lab::open("gemma-scope", &common).context(DOWNLOAD_HELP)?;
+    lab.pin_config(&serde_json::json!({
+        "budget": args.budget,
+        "context_length": args.context,
+        "saes": releases.iter().map(|r| r.path.display().to_string()).collect::<Vec<_>>(),
+    }))?;
+    let trained: Vec<TrainedSae> = releases
+        .iter()
+        .map(|r| {
+            Ok(TrainedSae {
+                name: format!(
+                    "layer_{}-{}-{}-l0_{}",
+                    r.layer,
+                    r.site,
+                    r.width,
+                    r.average_l0.unwrap_or(f64::NAN)
+                ),
+                hook: r.hook()?,
+                sae: sae_core::format::load(&r.path, &Device::Cpu, DType::F32)?,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let contexts = lab.held_out(args.context, args.budget)?;
+    let evaluations = lab.evaluate(&trained, &contexts)?;
+
+    let mut report = Report::new("Gemma Scope: released SAEs evaluated");
+    report.paragraph(&format!(
+        "{} SAE(s) on `{}`, evaluated on {} tokens of held-out text (contexts of {}).",
+        releases.len(),
+        common.model,
+        evaluations.first().map_or(0, |e| e.tokens),
+        args.context
+    ));
+    let expected: Vec<String> = releases
+        .iter()
+        .map(|r| r.average_l0.map_or_else(String::new, |l| l.to_string()))
+        .collect();
+    let frame = write_summary(
+        &lab.out,
+        &mut report,
+        &evaluations,
+        &[("release_average_l0", expected)],
+    )?;
+    let sites: Vec<String> = releases.iter().map(|r| r.site.clone()).collect();
+    let group = |e: &analysis::Evaluation| {
+        let index = evaluations.iter().position(|x| x.sae == e.sae).unwrap_or(0);
+        sites[index].clone()
+    };
+    frontier_plots(&lab.out, &mut report, &evaluations, &group)?;
+    let path = report.write(&lab.out)?;
+    println!(
+        "{}\nreport: {}",
+        analysis::tables::markdown(&frame),
+        path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! The steps every experiment shares, each resumable: a run folder with its effective
+//! config, the model and corpus, one harvest, one training run of many SAEs, held-out
+//! contexts, and the evaluation of the trained SAEs.
+
+use std::path::{Path, PathBuf};
+
+use activation_cache::store::{HookSpec, StoreDtype, StoreSpec};
+use activation_cache::{
+    Context, ContextConfig, Document, HarvestOptions, ShuffleConfig, SpecialTokens, StoreSource,
+    contexts::document_contexts, harvest, hook_width,
+};
+use analysis::{EvalOptions, Evaluation, SaeAtHook, evaluate};
+use anyhow::{Context as _, bail, ensure};
+use candle_core::{DType, Device};
+use gemma_hooks::{GemmaModel, GemmaTokenizer, HookPoint, load_model};
+use sae_core::TrainableSae;
+use serde::{Deserialize, Serialize};
+use trainer::{RunOptions, SaeConfig, TrainConfig, Trainer};
+
+use super::CommonArgs;
+
+/// How many tokens each stage of an experiment uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Training tokens per SAE (steps × batch).
+    pub train_tokens: u64,
+    /// Tokens harvested into the store (training cycles over it).
+    pub harvest_tokens: u64,
+    /// Held-out tokens the SAEs are evaluated on.
+    pub eval_tokens: u64,
+    /// Activations per optimiser step.
+    pub batch_size: usize,
+}
+
+impl Budget {
+    /// The budget for `train_tokens` training tokens: the harvest is a quarter of it (at least
+    /// 4,096, at most `max_harvest`) and evaluation 1/64 of it (512 to 8,192 tokens).
+    pub fn new(train_tokens: u64, batch_size: usize, max_harvest: u64) -> Self {
+        Self {
+            train_tokens: train_tokens.max(batch_size as u64),
+            harvest_tokens: (train_tokens / 4).clamp(4096, max_harvest.max(4096)),
+            eval_tokens: (train_tokens / 64).clamp(512, 8192),
+            batch_size,
+        }
+    }
+
+    /// Optimiser steps.
+    pub fn steps(&self) -> u64 {
+        (self.train_tokens / self.batch_size as u64).max(1)
+    }
+}
+
+/// An SAE trained by the lab, loaded from its exported (folded) directory.
+pub struct TrainedSae {
+    /// Its name (and directory name).
+    pub name: String,
+    /// The hook it reads.
+    pub hook: HookPoint,
+    /// The folded SAE, on raw activations.
+    pub sae: Box<dyn TrainableSae>,
+}
+
+/// What [`Lab::train_and_evaluate`] produced.
+pub struct Outcome {
+    /// The activation store trained on.
+    pub store: PathBuf,
+    /// The trained SAEs, in config order.
+    pub trained: Vec<TrainedSae>,
+    /// Their held-out evaluations, in the same order.
+    pub evaluations: Vec<Evaluation>,
+}
+
+/// An experiment's run folder with the model and corpus loaded.
+pub struct Lab {
+    /// The run folder.
+    pub out: PathBuf,
+    /// The model.
+    pub model: GemmaModel,
+    /// Its tokenizer.
+    pub tokenizer: GemmaTokenizer,
+    /// The model's name as given.
+    pub model_name: String,
+    documents: Vec<Document>,
+    corpus: String,
+    progress: bool,
+}
+
+impl Lab {
+    /// Opens (or creates) `out` and loads the model and corpus of `args`.
+    pub fn open(experiment: &str, args: &CommonArgs) -> anyhow::Result<Self> {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs/reproduce").join(experiment));
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        eprintln!("[{experiment}] run folder {}", out.display());
+        let loaded = load_model(&args.model, &Device::Cpu, DType::F32)?;
+        let tokenizer = loaded
+            .tokenizer
+            .context("the model has no tokenizer (a Gemma tokenizer.json is needed)")?;
+        let corpus = crate::cache::corpus_of(&args.corpus, "text")?;
+        let documents = corpus.documents()?;
+        ensure!(
+            documents.len() >= 2,
+            "the corpus {} has {} document(s); held-out evaluation needs at least 2",
+            corpus.describe(),
+            documents.len()
+        );
+        Ok(Self {
+            out,
+            model: loaded.model,
+            tokenizer,
+            model_name: args.model.clone(),
+            documents,
+            corpus: corpus.describe(),
+            progress: !args.quiet,
+        })
+    }
+
+    /// The middle layer (Gemma Scope's showcase layer for a model of this depth).
+    pub fn middle_layer(&self) -> usize {
+        self.model.config().num_layers / 2
+    }
+
+    /// Whether progress bars are shown.
+    pub fn progress(&self) -> bool {
+        self.progress
+    }
+
+    /// Saves `config` as the run's effective configuration, or checks that it equals the one
+    /// saved by an earlier run in this folder (a resumed run must not mix settings).
+    pub fn pin_config(&self, config: &serde_json::Value) -> anyhow::Result<()> {
+        let path = self.out.join("config.json");
+        let config = serde_json::json!({
+            "model": self.model_name,
+            "corpus": self.corpus,
+            "experiment": config,
+        });
+        if path.exists() {
+            let saved: serde_json::Value = analysis::tables::read_json(&path)?;
+            if saved != config {
+                bail!(
+                    "{} holds a run with other settings; re-run with the same settings, or use another --out (or delete the folder)",
+                    path.display()
+                );
+            }
+        } else {
+            analysis::tables::write_json(&path, &config)?;
+        }
+        Ok(())
+    }
+
+    /// The common path of the training experiments: pins the configuration, harvests
+    /// `hooks`, trains `saes` from that one harvest, and evaluates them on held-out contexts.
+    /// Every step resumes from what an earlier run of the same configuration left.
+    pub fn train_and_evaluate(
+        &self,
+        hooks: &[HookPoint],
+        context_length: usize,
+        budget: &Budget,
+        saes: Vec<SaeConfig>,
+    ) -> anyhow::Result<Outcome> {
+        self.pin_config(&serde_json::json!({
+            "budget": budget,
+            "hooks": hooks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "context_length": context_length,
+            "saes": saes,
+        }))?;
+        let store = self.harvest(hooks, context_length, budget.harvest_tokens)?;
+        let trained = self.train(&store, budget, saes, context_length)?;
+        let held_out = self.held_out(context_length, budget.eval_tokens)?;
+        let evaluations = self.evaluate(&trained, &held_out)?;
+        Ok(Outcome {
+            store,
+            trained,
+            evaluations,
+        })
+    }
+
+    /// Harvests `hooks` over the training documents (all but the last) into `out/cache`.
+    pub fn harvest(
+        &self,
+        hooks: &[HookPoint],
+        context_length: usize,
+        tokens: u64,
+    ) -> anyhow::Result<PathBuf> {
+        let dir = self.out.join("cache");
+        let spec = StoreSpec {
+            model: self.model_name.clone(),
+            tokenizer: "model".into(),
+            corpus: self.corpus.clone(),
+            contexts: ContextConfig {
+                context_length,
+                min_tokens: 16.min(context_length - 1),
+            },
+            hooks: hooks
+                .iter()
+                .map(|&h| HookSpec {
+                    name: h.to_string(),
+                    width: hook_width(self.model.config(), h),
+                })
+                .collect(),
+            dtype: StoreDtype::F32,
+            contexts_per_shard: 16,
+            target_rows: tokens,
+        };
+        let options = HarvestOptions {
+            batch_contexts: 4,
+            stop_after_shards: None,
+            progress: self.progress,
+        };
+        let training_documents = &self.documents[..self.documents.len() - 1];
+        harvest(
+            &dir,
+            &self.model,
+            &self.tokenizer,
+            training_documents,
+            spec,
+            &options,
+        )?;
+        Ok(dir)
+    }
+
+    /// Trains `saes` from the store at `store` into `out/train` (resuming) and loads them.
+    pub fn train(
+        &self,
+        store: &Path,
+        budget: &Budget,
+        saes: Vec<SaeConfig>,
+        context_length: usize,
+    ) -> anyhow::Result<Vec<TrainedSae>> {
+        let config = self.train_config(budget, saes, context_length)?;
+        let dir = self.out.join("train");
+        let source = StoreSource::open(
+            store,
+            ShuffleConfig {
+                seed: 0,
+                epochs: None,
+                ..Default::default()
+            },
+            true,
+        )?;
+        let names: Vec<(String, String)> = config
+            .saes
+            .iter()
+            .map(|s| (s.name.clone(), s.hook.clone()))
+            .collect();
+        Trainer::new(config, source, &dir)?.run(&RunOptions {
+            progress: self.progress,
+            ..Default::default()
+        })?;
+        names
+            .into_iter()
+            .map(|(name, hook)| {
+                let path = dir.join(&name);
+                let sae = sae_core::format::load(&path, &Device::Cpu, DType::F32)
+                    .with_context(|| format!("loading the trained SAE {}", path.display()))?;
+                Ok(TrainedSae {
+                    name,
+                    hook: hook.parse()?,
+                    sae,
+                })
+            })
+            .collect()
+    }
+
+    /// The training configuration of a budget and SAEs.
+    pub fn train_config(
+        &self,
+        budget: &Budget,
+        saes: Vec<SaeConfig>,
+        context_length: usize,
+    ) -> anyhow::Result<TrainConfig> {
+        let steps = budget.steps();
+        let value = serde_json::json!({
+            "steps": steps,
+            "batch_size": budget.batch_size,
+            "checkpoint_every": (steps / 4).max(1),
+            "metrics_every": (steps / 20).max(1),
+            "dead_window_tokens": budget.train_tokens / 2,
+            "scaling_batches": 4,
+            "metadata": {
+                "model_name": self.model_name,
+                "context_size": context_length,
+                "dataset_path": self.corpus,
+            },
+            "saes": saes,
+        });
+        Ok(TrainConfig::from_value(value, &[])?)
+    }
+
+    /// Contexts of the held-out document (the corpus's last), enough for `tokens` tokens.
+    pub fn held_out(&self, context_length: usize, tokens: u64) -> anyhow::Result<Vec<Context>> {
+        let document = self.documents.last().expect("checked at open");
+        let config = ContextConfig {
+            context_length,
+            min_tokens: context_length - 1,
+        };
+        let special = SpecialTokens::of(self.model.config());
+        let all = document_contexts(&self.tokenizer, document, config, special, 0)?;
+        let wanted = tokens.div_ceil(context_length as u64 - 1) as usize;
+        ensure!(
+            !all.is_empty(),
+            "the held-out document `{}` is shorter than one context of {context_length} tokens",
+            document.name
+        );
+        Ok(all.into_iter().take(wanted.max(1)).collect())
+    }
+
+    /// Evaluates `saes` on `contexts`, or reads the results of an earlier run of the same SAEs
+    /// from `out/evaluation.json`. Also writes SAEBench-style JSON per SAE.
+    pub fn evaluate(
+        &self,
+        saes: &[TrainedSae],
+        contexts: &[Context],
+    ) -> anyhow::Result<Vec<Evaluation>> {
+        let path = self.out.join("evaluation.json");
+        if path.exists() {
+            let saved: Vec<Evaluation> = analysis::tables::read_json(&path)?;
+            let same =
+                saved.len() == saes.len() && saved.iter().zip(saes).all(|(e, s)| e.sae == s.name);
+            if same {
+                return Ok(saved);
+            }
+        }
+        let at: Vec<SaeAtHook<'_>> = saes
+            .iter()
+            .map(|s| SaeAtHook {
+                name: s.name.clone(),
+                sae: s.sae.as_ref(),
+                hook: s.hook,
+            })
+            .collect();
+        let options = EvalOptions {
+            batch_contexts: 2,
+            progress: self.progress,
+        };
+        let results = evaluate(&self.model, &at, contexts, &options)?;
+        for result in &results {
+            analysis::tables::write_json(
+                &self
+                    .out
+                    .join("saebench")
+                    .join(format!("{}.json", result.sae)),
+                &result.saebench_json(),
+            )?;
+        }
+        analysis::tables::write_json(&path, &results)?;
+        Ok(results)
+    }
+
+    /// Text of a token for reports (`⏎` for newlines).
+    pub fn token_text(&self, id: u32) -> String {
+        self.tokenizer
+            .decode(&[id])
+            .unwrap_or_else(|_| format!("<{id}>"))
+            .replace('\n', "⏎")
+    }
+}

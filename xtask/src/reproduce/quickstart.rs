@@ -1,0 +1,184 @@
+//! `reproduce quickstart`: the README's main job. On the embedded Gemma 3 270M and the
+//! Gutenberg corpus: harvest the middle layer's residual stream, train a JumpReLU SAE,
+//! evaluate it on a held-out book, explain its latents, and print L0, FVU, delta loss and ten
+//! latents with their labels and top contexts.
+
+use activation_cache::{ShuffleConfig, StoreSource};
+use analysis::ManualLabels;
+use analysis::dashboard::{LatentDashboard, dashboards, example_text, showcase};
+use analysis::evidence::{EvidenceConfig, collect_from_store};
+use analysis::tables::{format_number, read_json, write_frame, write_json};
+use gemma_hooks::HookPoint;
+use polars::prelude::*;
+use sae_core::Architecture;
+use trainer::{PenaltyConfig, SaeConfig};
+
+use super::lab::{Budget, Lab, Outcome, TrainedSae};
+use super::report::{Report, density_plot, position_plot, write_summary};
+use super::{CommonArgs, short_run};
+
+/// Default training tokens: 300 steps of 1,024.
+pub const DEFAULT_BUDGET: u64 = 307_200;
+const CONTEXT_LENGTH: usize = 256;
+const SHOWN_LATENTS: usize = 10;
+const TOP_K: usize = 10;
+
+/// The quickstart's SAE: JumpReLU, 4,096 latents, Gemma Scope's recipe shortened for a
+/// few hundred steps (lr 7e-4, warm-ups of 30 and 150 steps, b_dec starting at the mean).
+pub fn sae_config(hook: HookPoint, steps: u64) -> SaeConfig {
+    let mut sae = short_run(
+        SaeConfig::new("jumprelu", &hook.to_string(), Architecture::JumpRelu, 4096),
+        steps,
+    );
+    sae.penalties = Some(vec![PenaltyConfig::L0 {
+        coefficient: JUMPRELU_LAMBDA,
+    }]);
+    sae
+}
+
+/// The quickstart's sparsity coefficient λ.
+pub const JUMPRELU_LAMBDA: f64 = 1e-4;
+
+/// Runs the quickstart.
+pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
+    let lab = Lab::open("quickstart", args)?;
+    let hook = HookPoint::ResidPost(lab.middle_layer());
+    let budget = Budget::new(args.budget.unwrap_or(DEFAULT_BUDGET), 1024, 60_000);
+    let sae = sae_config(hook, budget.steps());
+    let Outcome {
+        store,
+        trained,
+        evaluations,
+    } = lab.train_and_evaluate(&[hook], CONTEXT_LENGTH, &budget, vec![sae])?;
+    let dashboards = latent_dashboards(&lab, &store, &trained[0])?;
+    let labels = ManualLabels::load(&lab.out.join("labels.toml"))?;
+
+    let evaluation = &evaluations[0];
+    let mut report = Report::new("Quickstart: a JumpReLU SAE on Gemma 3 270M");
+    report.paragraph(&format!(
+        "Hook `{hook}`, {} training tokens ({} steps of {}) from a store of {} harvested tokens \
+         (Gutenberg, all books but the last, contexts of {CONTEXT_LENGTH}); evaluated on {} \
+         held-out tokens of the last book. Top contexts come from the training store.",
+        budget.steps() * budget.batch_size as u64,
+        budget.steps(),
+        budget.batch_size,
+        budget.harvest_tokens,
+        evaluation.tokens,
+    ));
+    report.heading("Metrics");
+    write_summary(&lab.out, &mut report, &evaluations, &[])?;
+    density_plot(&lab.out, &mut report, evaluation)?;
+    position_plot(&lab.out, &mut report, evaluation)?;
+
+    let token_text = |t: u32| lab.token_text(t);
+    let shown = showcase(&dashboards, SHOWN_LATENTS, TOP_K);
+    let mut frame = latent_frame(&dashboards, &labels, "jumprelu")?;
+    write_frame(&mut frame, &lab.out, "latents")?;
+    report.heading(&format!("{} latents", shown.len()));
+    report.paragraph(
+        "Chosen evenly over the density ranking of the latents that are alive and not \
+         ultra-dense. Labels: manual from `labels.toml` in this folder (table `[jumprelu]`, \
+         latent = \"label\"; they win and survive re-runs), else automatic (see the analysis \
+         crate's `labels` module). The firing token is marked ⟦…⟧.",
+    );
+
+    println!();
+    println!(
+        "{hook}: L0 {:.1}  FVU {:.3}  delta loss {:+.4} nats ({:.3} → {:.3})  CE recovered {:.3}  dead {}  ultra-dense {}",
+        evaluation.mean_l0,
+        evaluation.fvu,
+        evaluation.delta_loss,
+        evaluation.clean_loss,
+        evaluation.spliced_loss,
+        evaluation.ce_loss_recovered,
+        evaluation.density_summary.dead,
+        evaluation.density_summary.ultra_dense,
+    );
+    for &latent in &shown {
+        let dashboard = &dashboards[latent];
+        let label = labels.resolve("jumprelu", latent, &dashboard.automatic_label);
+        let heading = format!(
+            "latent {latent} — {} [{:?}] — density {}, max {}",
+            label.text,
+            label.source,
+            format_number(dashboard.evidence.density()),
+            format_number(dashboard.max_activation() as f64),
+        );
+        println!("\n{heading}");
+        report.heading(&heading);
+        let mut lines = Vec::new();
+        for example in dashboard.evidence.top.iter().take(3) {
+            let text = example_text(example, &token_text);
+            println!(
+                "    {:>8}  {}",
+                format_number(example.activation as f64),
+                text
+            );
+            lines.push(format!(
+                "- {} — {}",
+                format_number(example.activation as f64),
+                text
+            ));
+        }
+        let promoted: Vec<String> = dashboard
+            .logit_effects
+            .promoted
+            .iter()
+            .take(5)
+            .map(|e| format!("«{}»", token_text(e.token)))
+            .collect();
+        lines.push(format!("- promotes {}", promoted.join(" ")));
+        report.paragraph(&lines.join("\n"));
+    }
+    let path = report.write(&lab.out)?;
+    println!("\nreport: {}", path.display());
+    Ok(())
+}
+
+/// Dashboards of every latent (cached in `latents.json`).
+pub fn latent_dashboards(
+    lab: &Lab,
+    store: &std::path::Path,
+    trained: &TrainedSae,
+) -> anyhow::Result<Vec<LatentDashboard>> {
+    let path = lab.out.join(format!("dashboards_{}.json", trained.name));
+    if path.exists() {
+        return Ok(read_json(&path)?);
+    }
+    let source = StoreSource::open(store, ShuffleConfig::default(), false)?;
+    let config = EvidenceConfig {
+        top_k: TOP_K,
+        ..Default::default()
+    };
+    let evidence = collect_from_store(
+        &source,
+        0,
+        trained.sae.as_ref(),
+        config,
+        2048,
+        lab.progress(),
+    )?;
+    let token_text = |t: u32| lab.token_text(t);
+    let dashboards = dashboards(&lab.model, trained.sae.as_ref(), evidence, &token_text)?;
+    write_json(&path, &dashboards)?;
+    Ok(dashboards)
+}
+
+/// One row per latent: density, largest activation, label and its source.
+fn latent_frame(
+    dashboards: &[LatentDashboard],
+    labels: &ManualLabels,
+    sae: &str,
+) -> anyhow::Result<DataFrame> {
+    let resolved: Vec<analysis::Label> = dashboards
+        .iter()
+        .map(|d| labels.resolve(sae, d.latent(), &d.automatic_label))
+        .collect();
+    Ok(df!(
+        "latent" => dashboards.iter().map(|d| d.latent() as u64).collect::<Vec<_>>(),
+        "density" => dashboards.iter().map(|d| d.evidence.density()).collect::<Vec<_>>(),
+        "max_activation" => dashboards.iter().map(|d| d.max_activation() as f64).collect::<Vec<_>>(),
+        "label" => resolved.iter().map(|l| l.text.clone()).collect::<Vec<_>>(),
+        "label_source" => resolved.iter().map(|l| format!("{:?}", l.source).to_lowercase()).collect::<Vec<_>>(),
+    )?)
+}

@@ -1,0 +1,247 @@
+//! The pieces of an experiment's outputs: the Markdown report, the summary table of
+//! evaluations, and the plots every experiment draws.
+
+use std::path::{Path, PathBuf};
+
+use analysis::Evaluation;
+use analysis::plots::{ChartSpec, Series, bar_chart, line_chart};
+use analysis::tables::{markdown, write_frame, write_text};
+use polars::prelude::*;
+
+/// A Markdown report being written.
+pub struct Report {
+    text: String,
+}
+
+impl Report {
+    /// A report with a title.
+    pub fn new(title: &str) -> Self {
+        Self {
+            text: format!("# {title}\n\n"),
+        }
+    }
+
+    /// A section heading.
+    pub fn heading(&mut self, text: &str) {
+        self.text.push_str(&format!("## {text}\n\n"));
+    }
+
+    /// A paragraph.
+    pub fn paragraph(&mut self, text: &str) {
+        self.text.push_str(text.trim_end());
+        self.text.push_str("\n\n");
+    }
+
+    /// A table.
+    pub fn table(&mut self, frame: &DataFrame) {
+        self.text.push_str(&markdown(frame));
+        self.text.push('\n');
+    }
+
+    /// An image (PNG) with its SVG linked, `files` as written by the plots module.
+    pub fn plot(&mut self, caption: &str, files: &[PathBuf]) {
+        let name = |ext: &str| {
+            files
+                .iter()
+                .find(|f| f.extension().is_some_and(|e| e == ext))
+                .and_then(|f| f.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        self.text.push_str(&format!(
+            "![{caption}]({}) ([SVG]({}))\n\n",
+            name("png"),
+            name("svg")
+        ));
+    }
+
+    /// Writes `dir/report.md` and returns its path.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let path = dir.join("report.md");
+        write_text(&path, &self.text)?;
+        Ok(path)
+    }
+}
+
+/// One row per evaluation: the paper's metrics, plus any extra string columns.
+pub fn summary_frame(
+    evaluations: &[Evaluation],
+    extra: &[(&str, Vec<String>)],
+) -> anyhow::Result<DataFrame> {
+    let f = |get: fn(&Evaluation) -> f64| evaluations.iter().map(get).collect::<Vec<f64>>();
+    let mut columns = vec![Column::new(
+        "sae".into(),
+        evaluations
+            .iter()
+            .map(|e| e.sae.clone())
+            .collect::<Vec<_>>(),
+    )];
+    for (name, values) in extra {
+        columns.push(Column::new((*name).into(), values.clone()));
+    }
+    columns.extend([
+        Column::new(
+            "hook".into(),
+            evaluations
+                .iter()
+                .map(|e| e.hook.clone())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new("l0".into(), f(|e| e.mean_l0)),
+        Column::new("fvu".into(), f(|e| e.fvu)),
+        Column::new("delta_loss".into(), f(|e| e.delta_loss)),
+        Column::new("ce_loss_recovered".into(), f(|e| e.ce_loss_recovered)),
+        Column::new("clean_loss".into(), f(|e| e.clean_loss)),
+        Column::new("spliced_loss".into(), f(|e| e.spliced_loss)),
+        Column::new(
+            "dead".into(),
+            evaluations
+                .iter()
+                .map(|e| e.density_summary.dead as u64)
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "ultra_dense".into(),
+            evaluations
+                .iter()
+                .map(|e| e.density_summary.ultra_dense as u64)
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "eval_tokens".into(),
+            evaluations.iter().map(|e| e.tokens).collect::<Vec<_>>(),
+        ),
+    ]);
+    Ok(DataFrame::new(evaluations.len(), columns)?)
+}
+
+/// Writes the summary table as parquet and CSV, and adds it to the report.
+pub fn write_summary(
+    dir: &Path,
+    report: &mut Report,
+    evaluations: &[Evaluation],
+    extra: &[(&str, Vec<String>)],
+) -> anyhow::Result<DataFrame> {
+    let mut frame = summary_frame(evaluations, extra)?;
+    write_frame(&mut frame, dir, "summary")?;
+    report.table(&frame);
+    Ok(frame)
+}
+
+/// L0–FVU and L0–delta-loss frontiers, one series per group (`group_of(evaluation)`).
+pub fn frontier_plots(
+    dir: &Path,
+    report: &mut Report,
+    evaluations: &[Evaluation],
+    group_of: &dyn Fn(&Evaluation) -> String,
+) -> anyhow::Result<()> {
+    let mut groups: Vec<String> = Vec::new();
+    for group in evaluations.iter().map(group_of) {
+        if !groups.contains(&group) {
+            groups.push(group);
+        }
+    }
+    let series = |y: fn(&Evaluation) -> f64| -> Vec<Series> {
+        groups
+            .iter()
+            .map(|g| Series {
+                name: g.clone(),
+                points: evaluations
+                    .iter()
+                    .filter(|e| &group_of(e) == g)
+                    .map(|e| (e.mean_l0, y(e)))
+                    .collect(),
+            })
+            .collect()
+    };
+    for (stem, y_label, y) in [
+        (
+            "l0_vs_fvu",
+            "fraction of variance unexplained",
+            (|e: &Evaluation| e.fvu) as fn(&Evaluation) -> f64,
+        ),
+        (
+            "l0_vs_delta_loss",
+            "delta LM loss (nats)",
+            |e: &Evaluation| e.delta_loss,
+        ),
+    ] {
+        let spec = ChartSpec {
+            title: format!("L0 vs {y_label}"),
+            x_label: "mean L0 (log scale)".into(),
+            y_label: y_label.into(),
+            log_x: true,
+        };
+        let files = line_chart(&dir.join(stem), &spec, &series(y))?;
+        report.plot(&spec.title, &files);
+    }
+    Ok(())
+}
+
+/// The log-density histogram of one evaluation.
+pub fn density_plot(
+    dir: &Path,
+    report: &mut Report,
+    evaluation: &Evaluation,
+) -> anyhow::Result<()> {
+    let bars: Vec<(f64, f64, f64)> = evaluation
+        .density_summary
+        .log10_histogram
+        .iter()
+        .map(|b| (b.lower, b.upper, b.count as f64))
+        .collect();
+    let spec = ChartSpec {
+        title: format!(
+            "{}: feature density ({} dead, {} ultra-dense)",
+            evaluation.sae, evaluation.density_summary.dead, evaluation.density_summary.ultra_dense
+        ),
+        x_label: "log10(fraction of tokens the latent fires on)".into(),
+        y_label: "latents".into(),
+        log_x: false,
+    };
+    let files = bar_chart(
+        &dir.join(format!("density_{}", evaluation.sae)),
+        &spec,
+        &bars,
+    )?;
+    report.plot(&spec.title, &files);
+    Ok(())
+}
+
+/// Clean and spliced loss by context position for one evaluation.
+pub fn position_plot(
+    dir: &Path,
+    report: &mut Report,
+    evaluation: &Evaluation,
+) -> anyhow::Result<()> {
+    let points = |get: fn(&analysis::evaluate::PositionLoss) -> f64| {
+        evaluation
+            .loss_by_position
+            .iter()
+            .map(|p| (p.position as f64, get(p)))
+            .collect::<Vec<_>>()
+    };
+    let series = [
+        Series {
+            name: "clean".into(),
+            points: points(|p| p.clean),
+        },
+        Series {
+            name: "SAE spliced in".into(),
+            points: points(|p| p.spliced),
+        },
+    ];
+    let spec = ChartSpec {
+        title: format!("{}: next-token loss by context position", evaluation.sae),
+        x_label: "position in context".into(),
+        y_label: "loss (nats)".into(),
+        log_x: false,
+    };
+    let files = line_chart(
+        &dir.join(format!("loss_by_position_{}", evaluation.sae)),
+        &spec,
+        &series,
+    )?;
+    report.plot(&spec.title, &files);
+    Ok(())
+}

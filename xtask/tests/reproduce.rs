@@ -1,0 +1,158 @@
+//! `cargo xtask reproduce quickstart` and `frontier` end to end on the embedded model at a
+//! small budget: the reports hold the tables, plots and latents, a re-run resumes to the same
+//! results, and a manual label wins over the automatic one.
+
+use std::path::Path;
+use std::process::Command;
+
+fn reproduce(experiment: &str, out: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "reproduce",
+            experiment,
+            "--budget",
+            "4096",
+            "--quiet",
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .expect("running xtask");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "reproduce {experiment} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn assert_plot(path: &Path, texts: &[&str]) {
+    let png = std::fs::read(path.with_extension("png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    let svg = std::fs::read_to_string(path.with_extension("svg")).unwrap();
+    for text in texts {
+        assert!(svg.contains(text), "{} lacks {text}", path.display());
+    }
+}
+
+/// The numbers of a Markdown table row whose first cell is `first`.
+fn row<'a>(report: &'a str, first: &str) -> Vec<&'a str> {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&format!("| {first} |")))
+        .unwrap_or_else(|| panic!("no row `{first}` in the report"));
+    line.trim_matches('|').split('|').map(str::trim).collect()
+}
+
+#[test]
+fn quickstart_reports_metrics_plots_and_labelled_latents_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("quickstart");
+    let stdout = reproduce("quickstart", &out);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+
+    assert!(report.contains("| sae | hook | l0 | fvu | delta_loss | ce_loss_recovered |"));
+    let cells = row(&report, "jumprelu");
+    assert_eq!(cells[1], "blocks.9.hook_resid_post");
+    let l0: f64 = cells[2].parse().unwrap();
+    let fvu: f64 = cells[3].parse().unwrap();
+    let delta: f64 = cells[4].parse().unwrap();
+    assert!(l0 > 0.0 && l0 < 4096.0, "L0 {l0}");
+    assert!(fvu.is_finite() && fvu > 0.0, "FVU {fvu}");
+    assert!(delta.is_finite(), "delta loss {delta}");
+    assert!(
+        stdout.contains(&format!("blocks.9.hook_resid_post: L0 {l0:.1}")),
+        "{stdout}"
+    );
+
+    assert!(report.contains("![jumprelu: feature density"));
+    assert_plot(
+        &out.join("density_jumprelu"),
+        &["feature density", "latents"],
+    );
+    assert_plot(
+        &out.join("loss_by_position_jumprelu"),
+        &["clean", "SAE spliced in"],
+    );
+
+    let latents: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("## latent "))
+        .collect();
+    assert_eq!(latents.len(), 10, "ten latents shown");
+    assert!(latents.iter().all(|l| l.contains("[Automatic]")));
+    assert!(
+        report.matches('⟦').count() >= 10,
+        "top contexts mark the firing token"
+    );
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert!(summary.starts_with("sae,hook,l0,fvu,delta_loss"));
+    let saebench: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("saebench/jumprelu.json")).unwrap())
+            .unwrap();
+    assert_eq!(saebench["eval_type_id"], "core");
+
+    // A manual label for the first shown latent, then a re-run: it resumes (same numbers)
+    // and the manual label wins.
+    let first: usize = latents[0]
+        .trim_start_matches("## latent ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::fs::write(
+        out.join("labels.toml"),
+        format!("[jumprelu]\n{first} = \"my own label\"\n"),
+    )
+    .unwrap();
+    reproduce("quickstart", &out);
+    let rerun = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert_eq!(row(&rerun, "jumprelu"), cells);
+    assert!(
+        rerun.contains(&format!("## latent {first} — my own label [Manual]")),
+        "{rerun}"
+    );
+}
+
+#[test]
+fn frontier_compares_four_architectures_from_one_harvest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("frontier");
+    reproduce("frontier", &out);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| sae | architecture | knob | hook | l0 | fvu | delta_loss |"));
+    for (name, architecture) in [
+        ("jumprelu-3e-4", "jumprelu"),
+        ("topk-64", "topk"),
+        ("relu-2e-1", "standard"),
+        ("gated-1e-2", "gated"),
+    ] {
+        let cells = row(&report, name);
+        assert_eq!(cells[1], architecture);
+        let l0: f64 = cells[4].parse().unwrap();
+        assert!(l0.is_finite() && l0 >= 0.0, "{name}: L0 {l0}");
+    }
+    let topk = row(&report, "topk-32");
+    let l0: f64 = topk[4].parse().unwrap();
+    assert!(l0 <= 32.0 + 1e-9, "TopK k = 32 has L0 ≤ 32, got {l0}");
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("| ")).count(),
+        1 + 12
+    );
+    assert_plot(
+        &out.join("l0_vs_fvu"),
+        &["jumprelu", "topk", "standard", "gated", "L0 vs"],
+    );
+    assert_plot(&out.join("l0_vs_delta_loss"), &["delta LM loss"]);
+    assert!(report.contains("(l0_vs_fvu.png)") && report.contains("(l0_vs_delta_loss.png)"));
+    // One harvest fed all twelve SAEs.
+    assert_eq!(
+        std::fs::read_dir(out.join("train"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().join("cfg.json").exists())
+            .count(),
+        12
+    );
+}
