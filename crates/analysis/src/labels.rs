@@ -38,6 +38,8 @@ pub enum LabelSource {
     Manual,
     /// Computed from the evidence by [`automatic_label`].
     Automatic,
+    /// Written by an LLM explainer ([`crate::explainer`]).
+    Llm,
 }
 
 /// A latent's label and its source.
@@ -154,15 +156,25 @@ impl ManualLabels {
 
     /// The label shown for `latent`: the manual one if set, else `automatic`.
     pub fn resolve(&self, sae: &str, latent: usize, automatic: &str) -> Label {
-        match self.get(sae, latent) {
-            Some(text) => Label {
-                text: text.to_string(),
-                source: LabelSource::Manual,
-            },
-            None => Label {
-                text: automatic.to_string(),
-                source: LabelSource::Automatic,
-            },
+        self.resolve_with_llm(sae, latent, None, automatic)
+    }
+
+    /// The label shown for `latent`: manual if set, else the LLM's if any, else `automatic`.
+    pub fn resolve_with_llm(
+        &self,
+        sae: &str,
+        latent: usize,
+        llm: Option<&str>,
+        automatic: &str,
+    ) -> Label {
+        let (text, source) = match (self.get(sae, latent), llm) {
+            (Some(text), _) => (text, LabelSource::Manual),
+            (None, Some(text)) => (text, LabelSource::Llm),
+            (None, None) => (automatic, LabelSource::Automatic),
+        };
+        Label {
+            text: text.to_string(),
+            source,
         }
     }
 }

@@ -8,7 +8,8 @@
 //! - [`evidence`]: each latent's top-k activating examples (streaming, bounded memory) and
 //!   activation histogram; [`logit_effects`]: the tokens its decoder direction promotes and
 //!   suppresses; [`labels`]: deterministic automatic labels and manual labels that win;
-//!   [`dashboard`]: all of it per latent, cached as JSON for reports and the explorer;
+//!   [`explainer`]: an LLM explainer with a detection score when an OpenAI-compatible
+//!   endpoint is configured; [`dashboard`]: all of it per latent, cached as JSON for reports and the explorer;
 //! - [`stats`] and [`density`]: the streaming sums and summaries behind the metrics;
 //! - [`tables`] and [`plots`]: parquet/CSV/JSON/Markdown output and SVG/PNG charts.
 //!
@@ -33,6 +34,7 @@ pub mod density;
 mod error;
 pub mod evaluate;
 pub mod evidence;
+pub mod explainer;
 pub mod labels;
 pub mod logit_effects;
 pub mod plots;

@@ -4,9 +4,12 @@
 //! latents with their labels and top contexts.
 
 use activation_cache::{ShuffleConfig, StoreSource};
+use std::collections::BTreeMap;
+
 use analysis::ManualLabels;
 use analysis::dashboard::{LatentDashboard, dashboards, example_text, showcase};
 use analysis::evidence::{EvidenceConfig, collect_from_store};
+use analysis::explainer::{LlmConfig, LlmExplanation, explain};
 use analysis::tables::{format_number, read_json, write_frame, write_json};
 use gemma_hooks::HookPoint;
 use polars::prelude::*;
@@ -78,8 +81,8 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
     report.paragraph(
         "Chosen evenly over the density ranking of the latents that are alive and not \
          ultra-dense. Labels: manual from `labels.toml` in this folder (table `[jumprelu]`, \
-         latent = \"label\"; they win and survive re-runs), else automatic (see the analysis \
-         crate's `labels` module). The firing token is marked ⟦…⟧.",
+         latent = \"label\"; they win and survive re-runs), else the LLM explainer's when \
+         `SAE_EXPLAINER_URL` is set, else automatic (see the analysis crate's `labels` module). The firing token is marked ⟦…⟧.",
     );
 
     println!();
@@ -94,9 +97,16 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
         evaluation.density_summary.dead,
         evaluation.density_summary.ultra_dense,
     );
+    let explanations = llm_explanations(&lab, &dashboards, &shown)?;
     for &latent in &shown {
         let dashboard = &dashboards[latent];
-        let label = labels.resolve("jumprelu", latent, &dashboard.automatic_label);
+        let llm = explanations.get(&latent);
+        let label = labels.resolve_with_llm(
+            "jumprelu",
+            latent,
+            llm.map(|e| e.explanation.as_str()),
+            &dashboard.automatic_label,
+        );
         let heading = format!(
             "latent {latent} — {} [{:?}] — density {}, max {}",
             label.text,
@@ -128,6 +138,12 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
             .map(|e| format!("«{}»", token_text(e.token)))
             .collect();
         lines.push(format!("- promotes {}", promoted.join(" ")));
+        if let Some(llm) = llm {
+            lines.push(format!(
+                "- LLM explanation ({}): {} — detection score {:.2}",
+                llm.model, llm.explanation, llm.detection_score
+            ));
+        }
         report.paragraph(&lines.join("\n"));
     }
     let path = report.write(&lab.out)?;
@@ -135,7 +151,48 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Dashboards of every latent (cached in `latents.json`).
+/// LLM explanations of the shown latents when `SAE_EXPLAINER_URL` is set (see
+/// `analysis::explainer`), cached in `llm_explanations.json`; a failing endpoint is reported
+/// and skipped.
+fn llm_explanations(
+    lab: &Lab,
+    dashboards: &[LatentDashboard],
+    shown: &[usize],
+) -> anyhow::Result<BTreeMap<usize, LlmExplanation>> {
+    let Some(config) = LlmConfig::from_env() else {
+        return Ok(BTreeMap::new());
+    };
+    let path = lab.out.join("llm_explanations.json");
+    let mut explanations: BTreeMap<usize, LlmExplanation> = if path.exists() {
+        read_json(&path)?
+    } else {
+        BTreeMap::new()
+    };
+    let token_text = |t: u32| lab.token_text(t);
+    for &latent in shown {
+        if explanations.contains_key(&latent) {
+            continue;
+        }
+        let negatives: Vec<_> = shown
+            .iter()
+            .filter(|&&other| other != latent)
+            .flat_map(|&other| dashboards[other].evidence.top.iter().take(2).cloned())
+            .collect();
+        match explain(&config, &dashboards[latent], &negatives, &token_text) {
+            Ok(explanation) => {
+                explanations.insert(latent, explanation);
+                write_json(&path, &explanations)?;
+            }
+            Err(e) => {
+                eprintln!("LLM explainer skipped for latent {latent}: {e}");
+                break;
+            }
+        }
+    }
+    Ok(explanations)
+}
+
+/// Dashboards of every latent (cached in `dashboards_<sae>.json`).
 pub fn latent_dashboards(
     lab: &Lab,
     store: &std::path::Path,
