@@ -96,16 +96,6 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
         &[("architecture", architectures.clone()), ("knob", knobs)],
     )?;
     report.heading("Frontiers");
-    let group = |e: &analysis::Evaluation| {
-        let index = evaluations.iter().position(|x| x.sae == e.sae).unwrap_or(0);
-        architectures[index].clone()
-    };
-    frontier_plots(&lab.out, &mut report, &evaluations, &group)?;
-    let path = report.write(&lab.out)?;
-    println!(
-        "{}\nreport: {}",
-        analysis::tables::markdown(&frame),
-        path.display()
-    );
-    Ok(())
+    frontier_plots(&lab.out, &mut report, &evaluations, &architectures)?;
+    report.publish(&lab.out, &frame)
 }

@@ -205,16 +205,6 @@ pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
         &[("release_average_l0", expected)],
     )?;
     let sites: Vec<String> = releases.iter().map(|r| r.site.clone()).collect();
-    let group = |e: &analysis::Evaluation| {
-        let index = evaluations.iter().position(|x| x.sae == e.sae).unwrap_or(0);
-        sites[index].clone()
-    };
-    frontier_plots(&lab.out, &mut report, &evaluations, &group)?;
-    let path = report.write(&lab.out)?;
-    println!(
-        "{}\nreport: {}",
-        analysis::tables::markdown(&frame),
-        path.display()
-    );
-    Ok(())
+    frontier_plots(&lab.out, &mut report, &evaluations, &sites)?;
+    report.publish(&lab.out, &frame)
 }

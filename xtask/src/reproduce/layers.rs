@@ -92,11 +92,5 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
         let files = line_chart(&lab.out.join(stem), &spec, &series)?;
         report.plot(&spec.title, &files);
     }
-    let path = report.write(&lab.out)?;
-    println!(
-        "{}\nreport: {}",
-        analysis::tables::markdown(&frame),
-        path.display()
-    );
-    Ok(())
+    report.publish(&lab.out, &frame)
 }

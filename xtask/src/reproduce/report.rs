@@ -55,6 +55,13 @@ impl Report {
         ));
     }
 
+    /// Writes the report and prints the summary table and where the report is.
+    pub fn publish(&self, dir: &Path, summary: &DataFrame) -> anyhow::Result<()> {
+        let path = self.write(dir)?;
+        println!("{}\nreport: {}", markdown(summary), path.display());
+        Ok(())
+    }
+
     /// Writes `dir/report.md` and returns its path.
     pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         let path = dir.join("report.md");
@@ -128,28 +135,29 @@ pub fn write_summary(
     Ok(frame)
 }
 
-/// L0–FVU and L0–delta-loss frontiers, one series per group (`group_of(evaluation)`).
+/// L0–FVU and L0–delta-loss frontiers, one series per group (`groups[i]` is evaluation i's).
 pub fn frontier_plots(
     dir: &Path,
     report: &mut Report,
     evaluations: &[Evaluation],
-    group_of: &dyn Fn(&Evaluation) -> String,
+    groups: &[String],
 ) -> anyhow::Result<()> {
-    let mut groups: Vec<String> = Vec::new();
-    for group in evaluations.iter().map(group_of) {
-        if !groups.contains(&group) {
-            groups.push(group);
+    let mut names: Vec<&String> = Vec::new();
+    for group in groups {
+        if !names.contains(&group) {
+            names.push(group);
         }
     }
     let series = |y: fn(&Evaluation) -> f64| -> Vec<Series> {
-        groups
+        names
             .iter()
-            .map(|g| Series {
-                name: g.clone(),
+            .map(|&name| Series {
+                name: name.clone(),
                 points: evaluations
                     .iter()
-                    .filter(|e| &group_of(e) == g)
-                    .map(|e| (e.mean_l0, y(e)))
+                    .zip(groups)
+                    .filter(|(_, g)| *g == name)
+                    .map(|(e, _)| (e.mean_l0, y(e)))
                     .collect(),
             })
             .collect()

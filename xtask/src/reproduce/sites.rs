@@ -104,11 +104,5 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
             "not the most in this run"
         }
     ));
-    let path = report.write(&lab.out)?;
-    println!(
-        "{}\nreport: {}",
-        analysis::tables::markdown(&frame),
-        path.display()
-    );
-    Ok(())
+    report.publish(&lab.out, &frame)
 }
