@@ -156,3 +156,96 @@ fn frontier_compares_four_architectures_from_one_harvest() {
         12
     );
 }
+
+/// `gemma-scope` on a stand-in: the tiny random Gemma fixture as the model and a JumpReLU SAE
+/// saved as a release `params.npz` under Gemma Scope's folder layout.
+#[test]
+fn gemma_scope_evaluates_a_release_file_and_explains_missing_files() {
+    use candle_core::{DType, Device, Tensor};
+    use sae_core::arch::{AffineSae, JumpReluSae, ThresholdParametrisation};
+    use sae_core::format::{NpzCompression, save_gemma_scope_npz};
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/gemma-hooks/tests/fixtures/tiny-gemma3");
+    let release = dir
+        .path()
+        .join("gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_5");
+    std::fs::create_dir_all(&release).unwrap();
+    let (d, m) = (32, 64);
+    let random = |shape: (usize, usize)| Tensor::randn(0f32, 0.3, shape, &Device::Cpu).unwrap();
+    let affine = AffineSae::new(
+        random((d, m)),
+        Tensor::zeros(m, DType::F32, &Device::Cpu).unwrap(),
+        random((m, d)),
+        Tensor::zeros(d, DType::F32, &Device::Cpu).unwrap(),
+        false,
+    )
+    .unwrap();
+    let threshold = Tensor::full(0.05f32, m, &Device::Cpu).unwrap();
+    let sae = JumpReluSae::new(
+        affine,
+        threshold,
+        ThresholdParametrisation::Raw,
+        Default::default(),
+    )
+    .unwrap();
+    save_gemma_scope_npz(&sae, &release.join("params.npz"), NpzCompression::Stored).unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(corpus.join("a.txt"), "the cat sat on the mat. ".repeat(8)).unwrap();
+    std::fs::write(
+        corpus.join("b.txt"),
+        "a dog ran in the fog, and then it sat. ".repeat(8),
+    )
+    .unwrap();
+
+    let out = dir.path().join("run");
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "reproduce",
+            "gemma-scope",
+            "--context",
+            "16",
+            "--budget",
+            "60",
+            "--quiet",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .arg("--sae")
+        .arg(&release)
+        .arg("--corpus")
+        .arg(&corpus)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let cells = row(&report, "layer_3-res-16k-l0_5");
+    assert_eq!(
+        cells[1], "5",
+        "the release's average_l0 from the folder name"
+    );
+    assert_eq!(cells[2], "blocks.3.hook_resid_post");
+    let l0: f64 = cells[3].parse().unwrap();
+    assert!(l0 > 0.0 && l0 <= 64.0, "measured L0 {l0}");
+    assert_eq!(cells[11], "60", "four contexts of 15 tokens: {cells:?}");
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["reproduce", "gemma-scope", "--sae", "nowhere/params.npz"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("huggingface-cli download google/gemma-scope-2b-pt-res"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing: nowhere/params.npz"), "{stderr}");
+}
