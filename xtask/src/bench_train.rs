@@ -24,6 +24,14 @@ pub struct BenchTrainArgs {
     /// Timed steps (after two warm-up steps).
     #[arg(long, default_value_t = 5)]
     pub steps: u64,
+    /// Initial threshold θ₀ (inputs are Gaussian with E‖x‖² = 1, so pre-activations have
+    /// σ ≈ 1/√d_in): 0.001 gives the random-init L0 ≈ d_sae/2; ≈ 2.5/√d_in gives L0 ≈ 100.
+    #[arg(long, default_value_t = 0.001)]
+    pub threshold_init: f64,
+    /// Force the dense autograd step (default: the trainer's choice, sparse when few latents
+    /// are active).
+    #[arg(long)]
+    pub dense: bool,
 }
 
 /// Endless standard-normal rows (candle's unseeded generator: fine for timing).
@@ -78,14 +86,17 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     config.steps = args.steps + 2;
     config.batch_size = args.batch;
     config.checkpoint_every = u64::MAX;
-    config.metrics_every = u64::MAX;
+    config.metrics_every = 1;
     config.scaling_batches = 1;
-    config.saes = vec![SaeConfig::new(
+    let mut sae = SaeConfig::new(
         "bench",
         "blocks.0.hook_resid_post",
         Architecture::JumpRelu,
         args.d_sae,
-    )];
+    );
+    sae.threshold_init = Some(args.threshold_init);
+    sae.sparse_step = Some(!args.dense);
+    config.saes = vec![sae];
     let dir = tempfile::tempdir()?;
     let mut trainer = Trainer::new(config, source, dir.path())?;
     trainer.step()?;
@@ -95,11 +106,17 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
         trainer.step()?;
     }
     let seconds = start.elapsed().as_secs_f64() / args.steps as f64;
+    let l0 = trainer.metrics.last().map_or(f64::NAN, |m| m.l0);
     println!(
-        "JumpReLU d_in {} × d_sae {}, batch {}: {:.2} s/step, {:.0} tokens/s ({} threads)",
+        "JumpReLU d_in {} × d_sae {}, batch {}, L0 {l0:.0}, {} step: {:.2} s/step, {:.0} tokens/s ({} threads)",
         args.d_in,
         args.d_sae,
         args.batch,
+        if args.dense {
+            "dense"
+        } else {
+            "default (sparse when L0 is low)"
+        },
         seconds,
         args.batch as f64 / seconds,
         std::thread::available_parallelism()

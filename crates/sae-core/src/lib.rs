@@ -51,6 +51,7 @@ pub mod init;
 pub mod loss;
 pub mod penalty;
 pub mod scaling;
+pub mod sparse;
 pub mod ste;
 pub mod topk;
 

@@ -111,6 +111,9 @@ pub struct SaeConfig {
     pub pre_encoder_bias: Option<bool>,
     /// How b_dec starts: zeros (Gemma Scope) or the mean input (SAELens' `mean`).
     pub decoder_bias_init: Option<DecoderBiasInit>,
+    /// JumpReLU with L0 penalties: use the sparsity-aware step when few latents are active
+    /// (`sae_core::sparse`; equal to the dense step to f32 rounding). Default true.
+    pub sparse_step: Option<bool>,
     /// Divide inputs by C with E‖x/C‖² = 1.
     pub normalise_inputs: Option<bool>,
     /// Initialisation seed.
@@ -160,6 +163,8 @@ pub struct ResolvedSaeConfig {
     pub pre_encoder_bias: bool,
     /// b_dec initialisation.
     pub decoder_bias_init: DecoderBiasInit,
+    /// Sparsity-aware JumpReLU step.
+    pub sparse_step: bool,
     /// Input normalisation.
     pub normalise_inputs: bool,
     /// Seed.
@@ -190,6 +195,7 @@ impl SaeConfig {
             decoder_init_norm: None,
             pre_encoder_bias: None,
             decoder_bias_init: None,
+            sparse_step: None,
             normalise_inputs: None,
             seed: None,
         }
@@ -299,6 +305,7 @@ impl SaeConfig {
             decoder_init_norm: self.decoder_init_norm.unwrap_or(init_norm),
             pre_encoder_bias: self.pre_encoder_bias.unwrap_or(pre_bias),
             decoder_bias_init: self.decoder_bias_init.unwrap_or_default(),
+            sparse_step: self.sparse_step.unwrap_or(true),
             normalise_inputs: self.normalise_inputs.unwrap_or(true),
             seed: self.seed.unwrap_or(0),
         }

@@ -473,12 +473,11 @@ impl SaeRun {
                 coefficient: c.coefficient() * if c.warms_up() { warm } else { 1.0 },
             })
             .collect();
-        let (out, loss) = sae_core::training_loss(self.sae.as_ref(), x, &weighted, &context)?;
-        let grads = loss.total.backward()?;
+        let step = self.gradients(x, &weighted, &context)?;
         self.adam.tick();
         let decoder = self.sae.decoder_var().as_tensor().clone();
         for (name, var) in self.sae.vars() {
-            let Some(grad) = grads.get(var.as_tensor()) else {
+            let Some((_, grad)) = step.gradients.iter().find(|(n, _)| *n == name) else {
                 continue;
             };
             let grad = if name == "W_dec" && self.config.decoder_constraint {
@@ -491,15 +490,12 @@ impl SaeRun {
         if self.config.decoder_constraint {
             sae_core::constraint::renormalise_rows(self.sae.decoder_var())?;
         }
-        self.sae.after_step(&out)?;
+        if let Some(out) = &step.forward {
+            self.sae.after_step(out)?;
+        }
 
         let tokens = x.dims()[0] as u64;
-        let fires: Vec<f32> = out
-            .latents
-            .ne(0f32)?
-            .to_dtype(DType::F32)?
-            .sum(0)?
-            .to_vec1()?;
+        let fires = &step.fires;
         for (j, &f) in fires.iter().enumerate() {
             let f = f as u64;
             self.since_fired[j] = if f > 0 {
@@ -515,15 +511,10 @@ impl SaeRun {
         if !record {
             return Ok(None);
         }
+        let l0 = fires.iter().map(|&f| f as f64).sum::<f64>() / tokens as f64;
+        let variance = x.broadcast_sub(&x.mean_keepdim(0)?)?.sqr()?.sum_all()?;
         let scalar =
             |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
-        let mut penalty = 0.0;
-        for (_, term) in &loss.penalties {
-            penalty += scalar(term)?;
-        }
-        let l0 = fires.iter().map(|&f| f as f64).sum::<f64>() / tokens as f64;
-        let error = (x - &out.reconstruction)?.sqr()?.sum_all()?;
-        let variance = x.broadcast_sub(&x.mean_keepdim(0)?)?.sqr()?.sum_all()?;
         let (threshold_min, threshold_mean, threshold_max) = match self.sae.threshold()? {
             Some(t) => (
                 scalar(&t.min_all()?)?,
@@ -541,17 +532,12 @@ impl SaeRun {
             step: 0,
             sae: self.config.name.clone(),
             tokens: 0,
-            loss: scalar(&loss.total)?,
-            mse: scalar(&loss.reconstruction)?,
-            penalty,
-            auxiliary: loss
-                .auxiliary
-                .as_ref()
-                .map(scalar)
-                .transpose()?
-                .unwrap_or(0.0),
+            loss: step.total,
+            mse: step.reconstruction,
+            penalty: step.penalty,
+            auxiliary: step.auxiliary,
             l0,
-            fvu: scalar(&error)? / scalar(&variance)?.max(f64::MIN_POSITIVE),
+            fvu: step.squared_error / scalar(&variance)?.max(f64::MIN_POSITIVE),
             dead_fraction: self
                 .since_fired
                 .iter()
@@ -573,6 +559,95 @@ impl SaeRun {
         self.window_fires.iter_mut().for_each(|f| *f = 0);
         self.window_tokens = 0;
         Ok(Some(row))
+    }
+}
+
+/// Above this fraction of (token, latent) pairs active or in the STE band, the dense autograd
+/// step is faster than the sparse one (early in training, from the initial θ).
+const MAX_SPARSE_FRACTION: f64 = 0.05;
+
+/// What one step computed: gradients by parameter name and the numbers metrics need.
+struct StepResult {
+    gradients: Vec<(&'static str, Tensor)>,
+    fires: Vec<u32>,
+    total: f64,
+    reconstruction: f64,
+    penalty: f64,
+    auxiliary: f64,
+    squared_error: f64,
+    /// The dense forward pass, when the dense step ran.
+    forward: Option<sae_core::TrainOutput>,
+}
+
+impl SaeRun {
+    /// The loss and its gradients: the sparse JumpReLU step when it applies (a JumpReLU SAE
+    /// trained with L0 penalties only, few active pairs), else candle's autograd.
+    fn gradients(
+        &self,
+        x: &Tensor,
+        weighted: &[WeightedPenalty<'_>],
+        context: &PenaltyContext,
+    ) -> Result<StepResult> {
+        let only_l0 = self
+            .penalties
+            .iter()
+            .all(|(_, c)| matches!(c, PenaltyConfig::L0 { .. }));
+        if let Some(jumprelu) = self
+            .sae
+            .as_jumprelu()
+            .filter(|_| self.config.sparse_step && only_l0)
+        {
+            let lambda: f64 = weighted.iter().map(|w| w.coefficient).sum();
+            if let Some(step) =
+                sae_core::sparse::jumprelu_sparse_step(jumprelu, x, lambda, MAX_SPARSE_FRACTION)?
+            {
+                return Ok(StepResult {
+                    gradients: step.gradients,
+                    fires: step.fires,
+                    total: step.total as f64,
+                    reconstruction: step.reconstruction as f64,
+                    penalty: step.l0 as f64,
+                    auxiliary: 0.0,
+                    squared_error: step.squared_error as f64,
+                    forward: None,
+                });
+            }
+        }
+        let (out, loss) = sae_core::training_loss(self.sae.as_ref(), x, weighted, context)?;
+        let grads = loss.total.backward()?;
+        let gradients = self
+            .sae
+            .vars()
+            .into_iter()
+            .filter_map(|(name, var)| grads.get(var.as_tensor()).map(|g| (name, g.clone())))
+            .collect();
+        let scalar =
+            |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+        let mut penalty = 0.0;
+        for (_, term) in &loss.penalties {
+            penalty += scalar(term)?;
+        }
+        let fires = out
+            .latents
+            .ne(0f32)?
+            .to_dtype(DType::U32)?
+            .sum(0)?
+            .to_vec1::<u32>()?;
+        Ok(StepResult {
+            gradients,
+            fires,
+            total: scalar(&loss.total)?,
+            reconstruction: scalar(&loss.reconstruction)?,
+            penalty,
+            auxiliary: loss
+                .auxiliary
+                .as_ref()
+                .map(scalar)
+                .transpose()?
+                .unwrap_or(0.0),
+            squared_error: scalar(&(x - &out.reconstruction)?.sqr()?.sum_all()?)?,
+            forward: Some(out),
+        })
     }
 }
 

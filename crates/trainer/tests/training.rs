@@ -328,6 +328,53 @@ fn decoder_rows_stay_unit_norm_after_every_step() {
 }
 
 #[test]
+fn sparse_jumprelu_step_trains_like_the_dense_step() {
+    let run = |sparse: bool| {
+        let mut sae = SaeConfig::new("sae", HOOK, Architecture::JumpRelu, 512);
+        sae.lr = Some(1e-3);
+        sae.lr_warmup_steps = Some(0);
+        sae.penalties = Some(vec![PenaltyConfig::L0 { coefficient: 0.01 }]);
+        sae.bandwidth = Some(0.05);
+        sae.threshold_init = Some(0.25); // few active pairs from the start: the sparse path runs
+        sae.sparse_step = Some(sparse);
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer =
+            Trainer::new(config(vec![sae], 20), Synthetic::new(), dir.path()).unwrap();
+        trainer.run(&RunOptions::default()).unwrap();
+        let tensors = trainer.runs[0].sae.tensors().unwrap();
+        let metrics = trainer.metrics.last().unwrap().clone();
+        (tensors, metrics)
+    };
+    let (sparse, sparse_metrics) = run(true);
+    let (dense, dense_metrics) = run(false);
+    let mut identical = true;
+    for ((name, a), (_, b)) in sparse.iter().zip(&dense) {
+        let difference = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        let difference = difference.to_scalar::<f32>().unwrap();
+        identical &= difference == 0.0;
+        assert!(
+            difference < 1e-3,
+            "{name} differs by {difference} after 20 steps"
+        );
+    }
+    assert!(
+        !identical,
+        "the sparse path did not run (the weights are bit-identical)"
+    );
+    assert!((sparse_metrics.l0 - dense_metrics.l0).abs() < 0.5);
+    assert!(
+        (sparse_metrics.loss - dense_metrics.loss).abs() < 1e-3 * dense_metrics.loss.abs().max(1.0)
+    );
+}
+
+#[test]
 fn decoder_bias_starts_at_the_scaled_mean_input_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let mut zeros = SaeConfig::new("zeros", HOOK, Architecture::JumpRelu, 32);

@@ -152,4 +152,7 @@ impl TrainableSae for JumpReluSae {
     fn decoder_var(&self) -> &Var {
         &self.affine.w_dec
     }
+    fn as_jumprelu(&self) -> Option<&JumpReluSae> {
+        Some(self)
+    }
 }

@@ -143,6 +143,10 @@ pub trait TrainableSae: Sae {
     fn auxiliary_loss(&self, _out: &TrainOutput) -> Result<Option<Tensor>> {
         Ok(None)
     }
+    /// The SAE as a JumpReLU SAE, for steps specialised to it ([`crate::sparse`]).
+    fn as_jumprelu(&self) -> Option<&JumpReluSae> {
+        None
+    }
     /// Updates running statistics after an optimiser step (BatchTopK's inference threshold).
     fn after_step(&mut self, _out: &TrainOutput) -> Result<()> {
         Ok(())
