@@ -10,6 +10,9 @@ fn main() -> candle_core::Result<()> {
         let _ = x.matmul(&w)?;
     }
     let seconds = start.elapsed().as_secs_f64() / 3.0;
-    println!("[{b}x{d}]x[{d}x{m}]: {:.1} GFLOP/s", 2.0 * (b * d * m) as f64 / seconds / 1e9);
+    println!(
+        "[{b}x{d}]x[{d}x{m}]: {:.1} GFLOP/s",
+        2.0 * (b * d * m) as f64 / seconds / 1e9
+    );
     Ok(())
 }

@@ -2,12 +2,14 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
+use rayon::prelude::*;
 
-use crate::Result;
+use crate::{Result, TrainError};
 
 /// Adam (Kingma & Ba) without weight decay; β₁ = 0 gives Gemma Scope's RMSProp-like variant
-/// with bias correction.
+/// with bias correction. f32 parameters; the update is one fused, parallel pass over each
+/// parameter (no temporaries beyond a copy of the weights and the gradient).
 #[derive(Debug)]
 pub struct Adam {
     /// β₁, β₂, ε.
@@ -18,8 +20,15 @@ pub struct Adam {
     pub eps: f64,
     /// Steps taken.
     pub t: u64,
-    first: HashMap<String, Tensor>,
-    second: HashMap<String, Tensor>,
+    moments: HashMap<String, Moments>,
+}
+
+/// First and second moment estimates of one parameter.
+#[derive(Debug, Clone)]
+struct Moments {
+    shape: Vec<usize>,
+    first: Vec<f32>,
+    second: Vec<f32>,
 }
 
 impl Adam {
@@ -30,34 +39,48 @@ impl Adam {
             beta2,
             eps,
             t: 0,
-            first: HashMap::new(),
-            second: HashMap::new(),
+            moments: HashMap::new(),
         }
     }
 
     /// One update of `var` (named `name`) with gradient `grad` and learning rate `lr`.
     /// Call [`Adam::tick`] once per step before the updates.
     pub fn update(&mut self, name: &str, var: &Var, grad: &Tensor, lr: f64) -> Result<()> {
-        // Gradients carry the backward graph (they are computed from tensors that track ops);
-        // keeping them in the moments would chain every step's graph to the next and retain
-        // all of its activations.
-        let grad = grad.detach().to_dtype(var.dtype())?;
-        let m = match self.first.get(name) {
-            Some(m) if self.beta1 != 0.0 => ((m * self.beta1)? + (&grad * (1.0 - self.beta1))?)?,
-            _ => (&grad * (1.0 - self.beta1))?,
-        };
-        let g2 = grad.sqr()?;
-        let v = match self.second.get(name) {
-            Some(v) => ((v * self.beta2)? + (g2 * (1.0 - self.beta2))?)?,
-            None => (g2 * (1.0 - self.beta2))?,
-        };
+        if var.dtype() != DType::F32 || grad.dims() != var.dims() {
+            return Err(TrainError::Invalid(format!(
+                "Adam: `{name}` is {:?} {:?} with a {:?} gradient; f32 and equal shapes are required",
+                var.dtype(),
+                var.dims(),
+                grad.dims()
+            )));
+        }
+        // The gradient is copied out, so no backward graph is kept alive by the optimiser.
+        let gradient = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut weights = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let moments = self
+            .moments
+            .entry(name.to_string())
+            .or_insert_with(|| Moments {
+                shape: var.dims().to_vec(),
+                first: vec![0.0; gradient.len()],
+                second: vec![0.0; gradient.len()],
+            });
         let t = self.t.max(1) as i32;
-        let m_hat = (&m / (1.0 - self.beta1.powi(t)))?;
-        let v_hat = (&v / (1.0 - self.beta2.powi(t)))?;
-        let step = (m_hat / (v_hat.sqrt()? + self.eps)?)?;
-        var.set(&(var.as_tensor() - (step * lr)?)?)?;
-        self.first.insert(name.to_string(), m.detach());
-        self.second.insert(name.to_string(), v.detach());
+        let (beta1, beta2) = (self.beta1 as f32, self.beta2 as f32);
+        let correction1 = (1.0 - self.beta1.powi(t)) as f32;
+        let correction2 = (1.0 - self.beta2.powi(t)) as f32;
+        let (lr, eps) = (lr as f32, self.eps as f32);
+        weights
+            .par_iter_mut()
+            .zip(moments.first.par_iter_mut())
+            .zip(moments.second.par_iter_mut())
+            .zip(gradient.par_iter())
+            .for_each(|(((w, m), v), &g)| {
+                *m = beta1 * *m + (1.0 - beta1) * g;
+                *v = beta2 * *v + (1.0 - beta2) * g * g;
+                *w -= lr * (*m / correction1) / ((*v / correction2).sqrt() + eps);
+            });
+        var.set(&Tensor::from_vec(weights, var.dims(), var.device())?)?;
         Ok(())
     }
 
@@ -68,31 +91,47 @@ impl Adam {
 
     /// The moment estimates as named tensors (`m.<var>`, `v.<var>`).
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = self
-            .first
+        let tensor = |values: &[f32], shape: &[usize]| {
+            Tensor::from_slice(values, shape, &candle_core::Device::Cpu)
+                .expect("moments have their parameter's shape")
+        };
+        self.moments
             .iter()
-            .map(|(k, t)| (format!("m.{k}"), t.clone()))
-            .collect();
-        out.extend(
-            self.second
-                .iter()
-                .map(|(k, t)| (format!("v.{k}"), t.clone())),
-        );
-        out
+            .flat_map(|(name, m)| {
+                [
+                    (format!("m.{name}"), tensor(&m.first, &m.shape)),
+                    (format!("v.{name}"), tensor(&m.second, &m.shape)),
+                ]
+            })
+            .collect()
     }
 
     /// Restores moments saved by [`Adam::state`] and the step counter.
-    pub fn load_state(&mut self, t: u64, state: &HashMap<String, Tensor>) {
+    pub fn load_state(&mut self, t: u64, state: &HashMap<String, Tensor>) -> Result<()> {
         self.t = t;
-        self.first.clear();
-        self.second.clear();
-        for (key, tensor) in state {
-            if let Some(name) = key.strip_prefix("m.") {
-                self.first.insert(name.to_string(), tensor.clone());
-            } else if let Some(name) = key.strip_prefix("v.") {
-                self.second.insert(name.to_string(), tensor.clone());
-            }
+        self.moments.clear();
+        for (key, first) in state {
+            let Some(name) = key.strip_prefix("m.") else {
+                continue;
+            };
+            let second = state.get(&format!("v.{name}")).ok_or_else(|| {
+                TrainError::Invalid(format!(
+                    "the optimiser state has `m.{name}` but no `v.{name}`"
+                ))
+            })?;
+            let values = |t: &Tensor| -> Result<Vec<f32>> {
+                Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+            };
+            self.moments.insert(
+                name.to_string(),
+                Moments {
+                    shape: first.dims().to_vec(),
+                    first: values(first)?,
+                    second: values(second)?,
+                },
+            );
         }
+        Ok(())
     }
 }
 

@@ -433,7 +433,7 @@ impl<S: ActivationSource> Trainer<S> {
             run.adam.load_state(
                 saved.adam_t,
                 &load(format!("{}.adam.safetensors", saved.name))?,
-            );
+            )?;
             run.scale = saved.scale;
             run.since_fired = saved.since_fired;
             run.window_fires = saved.window_fires;
