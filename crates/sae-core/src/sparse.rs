@@ -67,13 +67,32 @@ pub fn jumprelu_sparse_step(
         )));
     }
     let epsilon = sae.ste.bandwidth as f32;
+    let pre = sae.pre_activations(x)?.to_vec2::<f32>()?;
+    let theta = sae.theta()?.to_vec1::<f32>()?;
+    // Per token: its active and band pairs. Counted first, so a dense fallback costs no more.
+    let token_pairs: Vec<Pairs> = pre
+        .par_iter()
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .filter_map(|(j, &p)| {
+                    let active = p > theta[j];
+                    let band = (p - theta[j]).abs() < epsilon / 2.0;
+                    (active || band).then_some((j as u32, p, active, band))
+                })
+                .collect()
+        })
+        .collect();
+    drop(pre);
+    let pairs: usize = token_pairs.iter().map(Vec::len).sum();
+    if pairs as f64 > max_active_fraction * (tokens * d_sae) as f64 {
+        return Ok(None);
+    }
     let centred = if sae.apply_b_dec_to_input() {
         x.broadcast_sub(&sae.affine.b_dec)?
     } else {
         x.clone()
     };
-    let pre = sae.pre_activations(x)?.to_vec2::<f32>()?;
-    let theta = sae.theta()?.to_vec1::<f32>()?;
     let w_dec = sae
         .affine
         .w_dec
@@ -85,20 +104,11 @@ pub fn jumprelu_sparse_step(
     let centred = centred.flatten_all()?.to_vec1::<f32>()?;
     let scale = 2.0 / tokens as f32;
 
-    // Per token: its pairs, the reconstruction and g = 2(x̂ − x)/B.
-    let per_token: Vec<(Pairs, Vec<f32>, f32)> = pre
-        .par_iter()
+    // Per token: its pairs, the reconstruction's g = 2(x̂ − x)/B and its squared error.
+    let per_token: Vec<(Pairs, Vec<f32>, f32)> = token_pairs
+        .into_par_iter()
         .enumerate()
-        .map(|(i, row)| {
-            let pairs: Pairs = row
-                .iter()
-                .enumerate()
-                .filter_map(|(j, &p)| {
-                    let active = p > theta[j];
-                    let band = (p - theta[j]).abs() < epsilon / 2.0;
-                    (active || band).then_some((j as u32, p, active, band))
-                })
-                .collect();
+        .map(|(i, pairs)| {
             let mut reconstruction = b_dec.clone();
             for &(j, p, active, _) in &pairs {
                 if active {
@@ -122,10 +132,6 @@ pub fn jumprelu_sparse_step(
             (pairs, g, error)
         })
         .collect();
-    let pairs: usize = per_token.iter().map(|t| t.0.len()).sum();
-    if pairs as f64 > max_active_fraction * (tokens * d_sae) as f64 {
-        return Ok(None);
-    }
     let squared_error = per_token.iter().map(|t| t.2 as f64).sum::<f64>();
     let reconstruction = squared_error / tokens as f64;
     let active_pairs: usize = per_token
