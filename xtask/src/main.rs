@@ -3,6 +3,7 @@
 //! | command | what it does |
 //! |---|---|
 //! | `reproduce <experiment>` | the project's results: `quickstart` (the main job), `frontier`, `sites`, `layers`, `gemma-scope` (see `reproduce/mod.rs`) |
+//! | `explore` | a local web page: latents firing on your text, feature dashboards, manual labels, steering (see `explore/mod.rs`) |
 //! | `demo` | builds every SAE architecture on the embedded model's activations, folds the scaling constant, saves each in SAELens format, reloads it and checks the outputs are unchanged |
 //! | `inspect <path>` | summarises an SAE file: a SAELens directory or a Gemma Scope `params.npz` |
 //! | `bench-forward` | forward-pass tokens/s of a model (full pass and harvest to the middle layer), f32 and bf16 |
@@ -16,6 +17,7 @@ mod bench_train;
 mod cache;
 mod demo;
 mod dump;
+mod explore;
 mod inspect;
 mod reproduce;
 mod train;
@@ -37,6 +39,8 @@ struct Cli {
 enum Command {
     /// Reproduce a result: quickstart, frontier, sites, layers, gemma-scope.
     Reproduce(reproduce::ReproduceArgs),
+    /// Serve the interactive explorer: latents on your text, dashboards, labels, steering.
+    Explore(explore::ExploreArgs),
     /// Every SAE architecture end to end on real model activations (init, C, fold, save, load).
     Demo(demo::DemoArgs),
     /// Summarise an SAE: a SAELens directory, a params.npz, or a directory holding one.
@@ -56,6 +60,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Reproduce(args) => reproduce::run(&args),
+        Command::Explore(args) => explore::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::DumpActivations(args) => dump::run(&args),

@@ -39,6 +39,7 @@ pub mod labels;
 pub mod logit_effects;
 pub mod plots;
 pub mod stats;
+pub mod steering;
 pub mod tables;
 
 pub use dashboard::{LatentDashboard, dashboards};

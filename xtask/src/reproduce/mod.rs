@@ -18,6 +18,8 @@ mod quickstart;
 mod report;
 mod sites;
 
+pub use gemma_scope::ReleaseSae;
+
 use std::path::PathBuf;
 
 use clap::Subcommand;

@@ -13,7 +13,10 @@ use candle_core::{DType, Device, Tensor};
 
 pub use atomic::{write_dir_atomically, write_file_atomically};
 pub use npz::{NpzCompression, load_gemma_scope_npz, read_npz, save_gemma_scope_npz};
-pub use saelens::{LoadedSae, SAE_LENS_FORMAT_VERSION, SaeLensConfig, load_saelens, save_saelens};
+pub use saelens::{
+    CONFIG_FILE, LoadedSae, SAE_LENS_FORMAT_VERSION, SaeLensConfig, WEIGHTS_FILE, load_saelens,
+    save_saelens,
+};
 
 use crate::arch::TrainableSae;
 use crate::{Result, SaeError};

@@ -20,8 +20,10 @@ use crate::arch::{Architecture, NamedTensors, Sae, ThresholdOptions, TrainableSa
 use crate::format::{atomic, check_finite};
 use crate::{Result, SaeError};
 
-pub(crate) const CONFIG_FILE: &str = "cfg.json";
-const WEIGHTS_FILE: &str = "sae_weights.safetensors";
+/// The config file of a SAELens directory.
+pub const CONFIG_FILE: &str = "cfg.json";
+/// The weights file of a SAELens directory.
+pub const WEIGHTS_FILE: &str = "sae_weights.safetensors";
 const SPARSITY_FILE: &str = "sparsity.safetensors";
 
 /// The `sae_lens_version` written into `metadata`: the config layout of SAELens 6.

@@ -1,0 +1,368 @@
+//! The explorer's JSON API, endpoint by endpoint, against the real binary serving a tiny model
+//! and SAE: answers, status codes and error messages, labels that persist, concurrent label
+//! saves that all survive, and a corrupt labels file reported and left intact.
+
+mod common;
+
+use common::{D_SAE, Fixture};
+use serde_json::{Value, json};
+
+/// Status and JSON body of a request (error statuses included).
+fn call(method: &str, url: &str, body: Option<&[u8]>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("POST", Some(b)) => agent.post(url).content_type("application/json").send(b),
+        ("PUT", Some(b)) => agent.put(url).content_type("application/json").send(b),
+        _ => panic!("unsupported request {method}"),
+    }
+    .unwrap();
+    let status = response.status().as_u16();
+    let text = response.into_body().read_to_string().unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+fn get(url: &str) -> (u16, Value) {
+    call("GET", url, None)
+}
+
+fn send(method: &str, url: &str, body: Value) -> (u16, Value) {
+    call(method, url, Some(body.to_string().as_bytes()))
+}
+
+fn assert_error(answer: (u16, Value), status: u16, mentions: &str) {
+    assert_eq!(answer.0, status, "{answer:?}");
+    let message = answer.1["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no JSON error: {answer:?}"));
+    assert!(message.contains(mentions), "`{message}` lacks `{mentions}`");
+}
+
+#[test]
+fn every_endpoint_answers_and_rejects_bad_input_clearly() {
+    let fixture = Fixture::new();
+    let server = fixture.serve();
+    let base = &server.url;
+    let api = format!("{base}/api/saes/tiny");
+
+    // The page and its assets; nothing else is served as a file.
+    let agent = ureq::agent();
+    let page = agent
+        .get(&format!("{base}/"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(page.contains("<script src=\"/assets/app.js\">"));
+    let script = agent.get(&format!("{base}/assets/app.js")).call().unwrap();
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert_error(
+        get(&format!("{base}/assets/..%2FCargo.toml")),
+        404,
+        "no asset",
+    );
+    assert_error(get(&format!("{base}/assets/../../Cargo.toml")), 404, "");
+    assert_error(get(&format!("{base}/etc/passwd")), 404, "no such page");
+
+    // Info.
+    let (status, info) = get(&format!("{base}/api/info"));
+    assert_eq!(status, 200);
+    assert_eq!(info["saes"][0]["id"], "tiny");
+    assert_eq!(info["saes"][0]["hook"], "blocks.3.hook_resid_post");
+    assert_eq!(info["saes"][0]["site"], "residual");
+    assert_eq!(info["saes"][0]["d_sae"], D_SAE);
+    assert!(info["saes"][0]["evidence_tokens"].as_u64().unwrap() > 100);
+    assert!(info["labels_problem"].is_null());
+
+    // Activations: one entry per token but BOS, latents sorted by activation, all firing.
+    let (status, text) = send(
+        "POST",
+        &format!("{api}/activations"),
+        json!({"text": "the cat sat"}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let tokens = text["tokens"].as_array().unwrap();
+    assert!(!tokens.is_empty());
+    assert_eq!(tokens[0]["position"], 1);
+    let mut any_firing = false;
+    for token in tokens {
+        let top: Vec<f64> = token["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["activation"].as_f64().unwrap())
+            .collect();
+        assert!(top.windows(2).all(|w| w[0] >= w[1]), "{token}");
+        assert!(top.iter().all(|&a| a > 0.0));
+        any_firing |= !top.is_empty();
+    }
+    assert!(any_firing, "{text}");
+    assert_error(
+        send(
+            "POST",
+            &format!("{api}/activations"),
+            json!({"text": "   "}),
+        ),
+        400,
+        "empty",
+    );
+    assert_error(
+        send(
+            "POST",
+            &format!("{api}/activations"),
+            json!({"text": "x".repeat(5000)}),
+        ),
+        413,
+        "limit",
+    );
+    assert_error(
+        send("POST", &format!("{api}/activations"), json!({"words": "x"})),
+        400,
+        "JSON",
+    );
+    assert_error(
+        call(
+            "POST",
+            &format!("{api}/activations"),
+            Some(b"{\"text\": \"\xff\xfe\"}"),
+        ),
+        400,
+        "UTF-8",
+    );
+    assert_error(
+        send(
+            "POST",
+            &format!("{base}/api/saes/nope/activations"),
+            json!({"text": "a"}),
+        ),
+        404,
+        "no SAE `nope`",
+    );
+
+    // A latent's dashboard.
+    let latent = tokens
+        .iter()
+        .find_map(|t| t["top"][0]["latent"].as_u64())
+        .unwrap();
+    let (status, view) = get(&format!("{api}/latents/{latent}"));
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["latent"], latent);
+    assert_eq!(view["label"]["source"], "automatic");
+    assert!(view["fires"].as_u64().unwrap() > 0);
+    let example = &view["examples"][0];
+    let focus = example["focus"].as_u64().unwrap() as usize;
+    assert_eq!(
+        example["tokens"][focus]["activation"],
+        example["activation"]
+    );
+    assert_eq!(view["promoted"].as_array().unwrap().len(), 10);
+    let histogram_total: u64 = view["histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(histogram_total, view["fires"].as_u64().unwrap());
+    assert_error(get(&format!("{api}/latents/{D_SAE}")), 404, "no latent 64");
+    assert_error(
+        get(&format!("{api}/latents/seven")),
+        400,
+        "not a latent index",
+    );
+
+    // Search: every latent once, ordered by density; filters.
+    let (status, all) = get(&format!("{api}/latents?limit=200"));
+    assert_eq!(status, 200);
+    assert_eq!(all["total"], D_SAE);
+    let densities: Vec<f64> = all["latents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["density"].as_f64().unwrap())
+        .collect();
+    assert!(densities.windows(2).all(|w| w[0] >= w[1]));
+    let (_, by_index) = get(&format!("{api}/latents?sort=latent&limit=3&offset=2"));
+    let indices: Vec<u64> = by_index["latents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["latent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, [2, 3, 4]);
+    let top_token = &example["tokens"][focus]["text"];
+    let (_, by_token) = get(&format!(
+        "{api}/latents?limit=200&token={}",
+        top_token.as_str().unwrap().trim()
+    ));
+    assert!(
+        by_token["latents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["latent"] == latent),
+        "{by_token}"
+    );
+    assert!(by_token["total"].as_u64().unwrap() <= D_SAE as u64);
+    assert_error(get(&format!("{api}/latents?limit=0")), 400, "limit");
+    assert_error(get(&format!("{api}/latents?sort=sideways")), 400, "sort");
+
+    // Labels: set, found by search, survive a restart, removed by an empty text.
+    let (status, label) = send(
+        "PUT",
+        &format!("{api}/latents/{latent}/label"),
+        json!({"text": "cats on mats"}),
+    );
+    assert_eq!(
+        (status, &label["source"]),
+        (200, &json!("manual")),
+        "{label}"
+    );
+    let (_, found) = get(&format!("{api}/latents?q=CATS%20on"));
+    assert_eq!(found["total"], 1);
+    assert_eq!(found["latents"][0]["latent"], latent);
+    assert_error(
+        send(
+            "PUT",
+            &format!("{api}/latents/{latent}/label"),
+            json!({"text": "a\nb"}),
+        ),
+        400,
+        "one line",
+    );
+    assert_error(
+        send(
+            "PUT",
+            &format!("{api}/latents/{latent}/label"),
+            json!({"text": "x".repeat(501)}),
+        ),
+        413,
+        "limit",
+    );
+    assert_error(
+        send(
+            "PUT",
+            &format!("{api}/latents/999/label"),
+            json!({"text": "x"}),
+        ),
+        404,
+        "no latent",
+    );
+
+    // Concurrent saves all survive.
+    std::thread::scope(|scope| {
+        for l in 0..8 {
+            let api = &api;
+            scope.spawn(move || {
+                let answer = send(
+                    "PUT",
+                    &format!("{api}/latents/{}/label", 20 + l),
+                    json!({"text": format!("label {l}")}),
+                );
+                assert_eq!(answer.0, 200, "{answer:?}");
+            });
+        }
+    });
+    let saved = analysis::ManualLabels::load(&fixture.labels).unwrap();
+    for l in 0..8 {
+        assert_eq!(
+            saved.get("tiny", 20 + l),
+            Some(format!("label {l}").as_str())
+        );
+    }
+    assert_eq!(saved.get("tiny", latent as usize), Some("cats on mats"));
+
+    // Steering: greedy, so reproducible; a strong direction changes the continuation.
+    let steer = |strength: f64| {
+        send(
+            "POST",
+            &format!("{api}/latents/{latent}/steer"),
+            json!({"prompt": "the cat", "strength": strength, "max_new_tokens": 8}),
+        )
+    };
+    let (status, first) = steer(200.0);
+    assert_eq!(status, 200, "{first}");
+    let (_, again) = steer(200.0);
+    assert_eq!(first, again);
+    assert_ne!(first["steered"], first["unsteered"], "{first}");
+    let (_, zero) = steer(0.0);
+    assert_eq!(zero["steered"], zero["unsteered"]);
+    assert_error(
+        send(
+            "POST",
+            &format!("{api}/latents/{latent}/steer"),
+            json!({"prompt": "a", "strength": 1.0, "max_new_tokens": 0}),
+        ),
+        400,
+        "max_new_tokens",
+    );
+    assert_error(
+        send(
+            "POST",
+            &format!("{api}/latents/{latent}/steer"),
+            json!({"prompt": "", "strength": 1.0}),
+        ),
+        400,
+        "empty",
+    );
+    assert_error(
+        send(
+            "POST",
+            &format!("{api}/latents/{D_SAE}/steer"),
+            json!({"prompt": "a", "strength": 1.0}),
+        ),
+        404,
+        "no latent",
+    );
+
+    drop(server);
+    let restarted = fixture.serve();
+    let (_, view) = get(&format!("{}/api/saes/tiny/latents/{latent}", restarted.url));
+    assert_eq!(
+        view["label"],
+        json!({"text": "cats on mats", "source": "manual"})
+    );
+    let (_, cleared) = send(
+        "PUT",
+        &format!("{}/api/saes/tiny/latents/{latent}/label", restarted.url),
+        json!({"text": ""}),
+    );
+    assert_eq!(cleared["source"], "automatic");
+}
+
+#[test]
+fn a_corrupt_labels_file_is_reported_and_never_overwritten() {
+    let fixture = Fixture::new();
+    let corrupt = "[tiny]\n12 = \"unterminated\n";
+    std::fs::write(&fixture.labels, corrupt).unwrap();
+    let server = fixture.serve();
+    let (_, info) = get(&format!("{}/api/info", server.url));
+    let problem = info["labels_problem"]
+        .as_str()
+        .expect("the problem is reported");
+    assert!(problem.contains("labels.toml"), "{problem}");
+    assert_error(
+        send(
+            "PUT",
+            &format!("{}/api/saes/tiny/latents/3/label", server.url),
+            json!({"text": "x"}),
+        ),
+        409,
+        "left as it is",
+    );
+    let (status, view) = get(&format!("{}/api/saes/tiny/latents/3", server.url));
+    assert_eq!(
+        (status, &view["label"]["source"]),
+        (200, &json!("automatic"))
+    );
+    assert_eq!(std::fs::read_to_string(&fixture.labels).unwrap(), corrupt);
+}
