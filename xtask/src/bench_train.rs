@@ -73,52 +73,117 @@ impl ActivationSource for Gaussian {
     }
 }
 
-/// Times the steps and prints tokens/s.
-pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
+/// One training-throughput measurement's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainBench {
+    /// Input width.
+    pub d_in: usize,
+    /// Latents.
+    pub d_sae: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Timed steps (after two warm-up steps).
+    pub steps: u64,
+    /// The architecture (JumpReLU with the L0 penalty, or TopK/BatchTopK).
+    pub architecture: Architecture,
+    /// JumpReLU's initial threshold.
+    pub threshold_init: f64,
+    /// Force the dense autograd step.
+    pub dense: bool,
+}
+
+/// What a [`TrainBench`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainMeasure {
+    /// Median seconds per step.
+    pub seconds_per_step: f64,
+    /// Training tokens per second (batch / median step).
+    pub tokens_per_s: f64,
+    /// L0 of the last timed step.
+    pub l0: f64,
+}
+
+/// Times the trainer's full step (forward, backward, Adam, decoder constraint, statistics).
+pub fn measure(bench: &TrainBench) -> anyhow::Result<TrainMeasure> {
     let source = Gaussian {
         hooks: vec![HookSpec {
             name: "blocks.0.hook_resid_post".into(),
-            width: args.d_in,
+            width: bench.d_in,
         }],
         emitted: 0,
     };
     let mut config = TrainConfig::from_value(serde_json::json!({ "saes": [] }), &[])?;
-    config.steps = args.steps + 2;
-    config.batch_size = args.batch;
+    config.steps = bench.steps + 2;
+    config.batch_size = bench.batch;
     config.checkpoint_every = u64::MAX;
     config.metrics_every = 1;
     config.scaling_batches = 1;
     let mut sae = SaeConfig::new(
         "bench",
         "blocks.0.hook_resid_post",
-        Architecture::JumpRelu,
-        args.d_sae,
+        bench.architecture,
+        bench.d_sae,
     );
-    sae.threshold_init = Some(args.threshold_init);
-    sae.sparse_step = Some(!args.dense);
+    if bench.architecture == Architecture::JumpRelu {
+        sae.threshold_init = Some(bench.threshold_init);
+    }
+    sae.sparse_step = Some(!bench.dense);
     config.saes = vec![sae];
     let dir = tempfile::tempdir()?;
     let mut trainer = Trainer::new(config, source, dir.path())?;
     trainer.step()?;
     trainer.step()?;
-    let start = Instant::now();
-    for _ in 0..args.steps {
+    let mut times = Vec::new();
+    for _ in 0..bench.steps {
+        let start = Instant::now();
         trainer.step()?;
+        times.push(start.elapsed().as_secs_f64());
     }
-    let seconds = start.elapsed().as_secs_f64() / args.steps as f64;
-    let l0 = trainer.metrics.last().map_or(f64::NAN, |m| m.l0);
+    let seconds_per_step = median(&mut times);
+    Ok(TrainMeasure {
+        seconds_per_step,
+        tokens_per_s: bench.batch as f64 / seconds_per_step,
+        l0: trainer.metrics.last().map_or(f64::NAN, |m| m.l0),
+    })
+}
+
+/// The median of `values` (reorders them).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Times the steps and prints tokens/s.
+pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
+    let measured = measure(&TrainBench {
+        d_in: args.d_in,
+        d_sae: args.d_sae,
+        batch: args.batch,
+        steps: args.steps,
+        architecture: Architecture::JumpRelu,
+        threshold_init: args.threshold_init,
+        dense: args.dense,
+    })?;
     println!(
-        "JumpReLU d_in {} × d_sae {}, batch {}, L0 {l0:.0}, {} step: {:.2} s/step, {:.0} tokens/s ({} threads)",
+        "JumpReLU d_in {} × d_sae {}, batch {}, L0 {:.0}, {} step: {:.2} s/step, {:.0} tokens/s ({} threads)",
         args.d_in,
         args.d_sae,
         args.batch,
+        measured.l0,
         if args.dense {
             "dense"
         } else {
             "default (sparse when L0 is low)"
         },
-        seconds,
-        args.batch as f64 / seconds,
+        measured.seconds_per_step,
+        measured.tokens_per_s,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)

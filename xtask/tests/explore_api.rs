@@ -213,6 +213,39 @@ fn every_endpoint_answers_and_rejects_bad_input_clearly() {
         "{by_token}"
     );
     assert!(by_token["total"].as_u64().unwrap() <= D_SAE as u64);
+    let dense: Vec<u64> = all["latents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["ultra_dense"] == true)
+        .map(|r| r["latent"].as_u64().unwrap())
+        .collect();
+    assert!(!dense.is_empty(), "the random SAE has ultra-dense latents");
+    let (_, hidden) = send(
+        "POST",
+        &format!("{api}/activations"),
+        json!({"text": "the cat sat", "hide_ultra_dense": true}),
+    );
+    let shown: Vec<u64> = hidden["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| {
+            t["top"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["latent"].as_u64().unwrap())
+        })
+        .collect();
+    assert!(shown.iter().all(|l| !dense.contains(l)), "{hidden}");
+    assert!(tokens.iter().any(|t| {
+        t["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| dense.contains(&l["latent"].as_u64().unwrap()))
+    }));
     assert_error(get(&format!("{api}/latents?limit=0")), 400, "limit");
     assert_error(get(&format!("{api}/latents?sort=sideways")), 400, "sort");
 

@@ -165,11 +165,17 @@ fn a_researcher_analyses_labels_reloads_and_steers_in_chromium() {
             let kept = client.find(Locator::Id("label-input")).await.unwrap().prop("value").await.unwrap();
             assert_eq!(kept.as_deref(), Some("sits on mats"));
             assert_eq!(text_of(&client, "#label-source").await, "manual");
-            let listed = client
-                .execute("return document.getElementById('search-results').textContent;", vec![])
-                .await
-                .unwrap();
-            assert!(listed.as_str().unwrap().contains("sits on mats"), "{listed}");
+            // Search by label finds it.
+            let search = client.find(Locator::Id("search-q")).await.unwrap();
+            search.send_keys("sits on").await.unwrap();
+            client.find(Locator::Id("search-button")).await.unwrap().click().await.unwrap();
+            wait_until(
+                &client,
+                "document.getElementById('search-total').textContent === '1 latents match'",
+                "the label search",
+            )
+            .await;
+            assert!(text_of(&client, "#search-results").await.contains("sits on mats"));
 
             // Steer: two different continuations side by side.
             let strength = client.find(Locator::Id("steer-strength")).await.unwrap();

@@ -5,7 +5,7 @@
 //! | `GET /` | | the page |
 //! | `GET /assets/NAME` | | an embedded asset (`app.js`, `style.css`) |
 //! | `GET /api/info` | | model depth, SAEs (`id`, `hook`, `site`, `d_sae`, dead and ultra-dense counts), limits, labels file and its problem if any |
-//! | `POST /api/saes/SAE/activations` | `{"text"}` | per token (BOS left out): `position`, `token`, `text`, `top` latents (`latent`, `activation`, `label`); `max_activation` |
+//! | `POST /api/saes/SAE/activations` | `{"text", "hide_ultra_dense"?}` (default false) | per token (BOS left out): `position`, `token`, `text`, `top` latents (`latent`, `activation`, `label`); `max_activation` |
 //! | `GET /api/saes/SAE/latents?q=&token=&sort=&offset=&limit=` | | `total` and a page of `latents` (`latent`, `label {text, source}`, `density`, `max_activation`, `dead`, `ultra_dense`); `q` searches labels, `token` the tokens a latent fires on in its top examples or promotes/suppresses; `sort` = `density` (default), `density_ascending` or `latent`; `limit` ≤ 200 (default 50) |
 //! | `GET /api/saes/SAE/latents/N` | | the dashboard: `label`, `automatic_label`, `density`, `fires`, `tokens`, `dead`, `ultra_dense`, `max_activation`, `histogram` (`lower`, `upper`, `count`), `examples` (`activation`, `focus`, `tokens` with `text` and `activation`), `promoted`, `suppressed` (`token`, `text`, `value`) |
 //! | `PUT /api/saes/SAE/latents/N/label` | `{"text"}` (empty removes it) | the label now shown (`text`, `source`), saved before the answer |
@@ -162,13 +162,23 @@ struct TextBody {
     text: String,
 }
 
+#[derive(Deserialize)]
+struct ActivationsBody {
+    text: String,
+    #[serde(default)]
+    hide_ultra_dense: bool,
+}
+
 async fn activations(
     State(explorer): State<Shared>,
     Path(sae): Path<String>,
     body: Bytes,
 ) -> ApiAnswer {
-    let TextBody { text } = parse_body(&body)?;
-    json(blocking(move || explorer.activations(&sae, &text)).await?)
+    let request: ActivationsBody = parse_body(&body)?;
+    json(
+        blocking(move || explorer.activations(&sae, &request.text, request.hide_ultra_dense))
+            .await?,
+    )
 }
 
 async fn search(

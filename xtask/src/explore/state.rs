@@ -420,8 +420,14 @@ impl Explorer {
         Ok(ids)
     }
 
-    /// The strongest latents of SAE `sae_id` on each token of `text` (BOS left out).
-    pub fn activations(&self, sae_id: &str, text: &str) -> ApiResult<Activations> {
+    /// The strongest latents of SAE `sae_id` on each token of `text` (BOS left out), leaving
+    /// out ultra-dense latents (which fire nearly everywhere) when `hide_ultra_dense`.
+    pub fn activations(
+        &self,
+        sae_id: &str,
+        text: &str,
+        hide_ultra_dense: bool,
+    ) -> ApiResult<Activations> {
         let sae = self.sae(sae_id)?;
         let ids = self.tokens_of(text, "text")?;
         let input = Tensor::new(ids.as_slice(), &Device::Cpu)?
@@ -447,7 +453,11 @@ impl Explorer {
                     .iter()
                     .copied()
                     .enumerate()
-                    .filter(|&(_, a)| a > 0.0)
+                    .filter(|&(latent, a)| {
+                        a > 0.0
+                            && !(hide_ultra_dense
+                                && sae.dashboards[latent].evidence.density() > ULTRA_DENSE)
+                    })
                     .collect();
                 firing.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                 firing.truncate(TOP_LATENTS_PER_TOKEN);

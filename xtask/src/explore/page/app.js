@@ -72,7 +72,7 @@ function saveHash() {
 
 async function analyse() {
   const text = $("text-input").value;
-  const result = await api("POST", `${saePath()}/activations`, { text });
+  const result = await api("POST", `${saePath()}/activations`, { text, hide_ultra_dense: $("hide-dense").checked });
   state.analysed = result;
   state.analysedText = text;
   saveHash();
@@ -89,7 +89,10 @@ async function analyse() {
     span.addEventListener("click", () => showToken(token, span));
     box.append(span);
   }
-  $("token-detail").replaceChildren(el("p", { class: "muted" }, "Click a token to see its latents."));
+  // Start with the token whose strongest latent is strongest; any token can be clicked.
+  const strongest = result.tokens.reduce((best, t, i) =>
+    (t.top[0]?.activation ?? 0) > (result.tokens[best].top[0]?.activation ?? 0) ? i : best, 0);
+  if (result.tokens.length) showToken(result.tokens[strongest], box.children[strongest]);
 }
 
 function showToken(token, span) {
@@ -140,6 +143,7 @@ async function openLatent(latent) {
   state.latent = latent;
   saveHash();
   $("dashboard").hidden = false;
+  $("dashboard-hint").hidden = true;
   $("latent-title").textContent = `${state.sae} · latent ${latent}`;
   const flags = $("latent-flags");
   flags.replaceChildren();
@@ -164,7 +168,8 @@ async function openLatent(latent) {
   const effects = (id, list) => $(id).replaceChildren(...list.map((e) => el("li", {}, el("span", { class: "tok" }, shown(e.text)), el("span", {}, fmt(e.value)))));
   effects("promoted", view.promoted);
   effects("suppressed", view.suppressed);
-  $("steer-strength").value = fmt(Math.max(1, 4 * view.max_activation));
+  // Adding the direction at the latent's largest seen activation is a strong but readable push.
+  $("steer-strength").value = Math.max(1, Math.round(view.max_activation));
   $("steer-unsteered").textContent = "";
   $("steer-steered").textContent = "";
 }
@@ -223,6 +228,7 @@ function selectSae(id) {
   const sae = state.info.saes.find((s) => s.id === id);
   $("sae-summary").textContent = `${sae.hook} (${sae.site}) · ${sae.architecture} · ${sae.d_sae} latents · ${sae.dead} dead, ${sae.ultra_dense} ultra-dense on ${sae.evidence_tokens} tokens`;
   $("dashboard").hidden = true;
+  $("dashboard-hint").hidden = false;
   state.latent = null;
   state.analysed = null;
   saveHash();
@@ -247,6 +253,7 @@ async function start() {
   $("search-more").addEventListener("click", () => busy($("search-more"), () => search(true)));
   for (const id of ["search-q", "search-token"]) $(id).addEventListener("keydown", (e) => { if (e.key === "Enter") $("search-button").click(); });
   $("search-sort").addEventListener("change", () => $("search-button").click());
+  $("hide-dense").addEventListener("change", () => { if (state.analysed) $("analyse-button").click(); });
   $("label-save").addEventListener("click", () => busy($("label-save"), saveLabel));
   $("label-input").addEventListener("keydown", (e) => { if (e.key === "Enter") $("label-save").click(); });
   $("steer-button").addEventListener("click", () => busy($("steer-button"), steer));
