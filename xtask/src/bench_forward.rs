@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
-use gemma_hooks::{HookPoint, Hooks, load_model};
+use gemma_hooks::{GemmaModel, HookPoint, Hooks, load_model};
 
 /// Arguments of `bench-forward`.
 #[derive(Debug, clap::Args)]
@@ -23,6 +23,37 @@ pub struct BenchForwardArgs {
     pub repeats: usize,
 }
 
+/// Forward tokens/s of `model` on `batch` × `context` synthetic token ids, best of `repeats`
+/// after one warm-up: the full pass with the LM head, or (`harvest`) the pass stopped after
+/// the middle layer's residual stream.
+pub fn forward_tokens_per_s(
+    model: &GemmaModel,
+    batch: usize,
+    context: usize,
+    harvest: bool,
+    repeats: usize,
+) -> anyhow::Result<f64> {
+    let ids: Vec<u32> = (0..batch * context)
+        .map(|i| 2 + (i as u32 * 7919) % 20_000)
+        .collect();
+    let ids = Tensor::from_vec(ids, (batch, context), &Device::Cpu)?;
+    let middle = HookPoint::ResidPost(model.config().num_layers / 2);
+    let mut best = f64::INFINITY;
+    for repeat in 0..=repeats {
+        let mut hooks = Hooks::observing([middle]);
+        if harvest {
+            hooks.stop_after_deepest_hook();
+        }
+        let start = Instant::now();
+        model.forward(&ids, &mut hooks)?;
+        hooks.take(middle).context("middle layer not reached")?;
+        if repeat > 0 {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok((batch * context) as f64 / best)
+}
+
 /// Measures full-pass and harvest (stop after the middle layer) throughput in f32 and bf16.
 pub fn run(args: &BenchForwardArgs) -> anyhow::Result<()> {
     let cpu = std::thread::available_parallelism()
@@ -34,33 +65,19 @@ pub fn run(args: &BenchForwardArgs) -> anyhow::Result<()> {
     );
     for dtype in [DType::F32, DType::BF16] {
         let loaded = load_model(&args.model, &Device::Cpu, dtype)?;
-        let config = loaded.model.config();
-        let ids: Vec<u32> = (0..args.batch * args.context)
-            .map(|i| 2 + (i as u32 * 7919) % 20_000)
-            .collect();
-        let ids = Tensor::from_vec(ids, (args.batch, args.context), &Device::Cpu)?;
-        let middle = HookPoint::ResidPost(config.num_layers / 2);
         for (label, harvest) in [
             ("full pass + LM head", false),
             ("harvest to middle layer", true),
         ] {
-            let mut best = f64::INFINITY;
-            for repeat in 0..=args.repeats {
-                let mut hooks = Hooks::observing([middle]);
-                if harvest {
-                    hooks.stop_after_deepest_hook();
-                }
-                let start = Instant::now();
-                loaded.model.forward(&ids, &mut hooks)?;
-                hooks.take(middle).context("middle layer not reached")?;
-                if repeat > 0 {
-                    best = best.min(start.elapsed().as_secs_f64());
-                }
-            }
-            let tokens = (args.batch * args.context) as f64;
+            let rate = forward_tokens_per_s(
+                &loaded.model,
+                args.batch,
+                args.context,
+                harvest,
+                args.repeats,
+            )?;
             println!(
-                "{dtype:?} {label:<24} {:>8.0} tokens/s (best of {})",
-                tokens / best,
+                "{dtype:?} {label:<24} {rate:>8.0} tokens/s (best of {})",
                 args.repeats
             );
         }

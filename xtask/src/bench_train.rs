@@ -25,7 +25,7 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value_t = 5)]
     pub steps: u64,
     /// Initial threshold θ₀ (inputs are Gaussian with E‖x‖² = 1, so pre-activations have
-    /// σ ≈ 1/√d_in): 0.001 gives the random-init L0 ≈ d_sae/2; ≈ 2.5/√d_in gives L0 ≈ 100.
+    /// σ ≈ 1/√d_in): 0.001 gives the random-init L0 ≈ d_sae/2; Φ⁻¹(1 − 100/d_sae)/√d_in (≈ 2.5/√d_in at 16k latents) gives L0 ≈ 100.
     #[arg(long, default_value_t = 0.001)]
     pub threshold_init: f64,
     /// Force the dense autograd step (default: the trainer's choice, sparse when few latents
@@ -82,7 +82,9 @@ pub struct TrainBench {
     pub d_sae: usize,
     /// Batch size.
     pub batch: usize,
-    /// Timed steps (after two warm-up steps).
+    /// Untimed warm-up steps (the sparse step needs two: the first fixes the scaling).
+    pub warmup: u64,
+    /// Timed steps.
     pub steps: u64,
     /// The architecture (JumpReLU with the L0 penalty, or TopK/BatchTopK).
     pub architecture: Architecture,
@@ -113,7 +115,7 @@ pub fn measure(bench: &TrainBench) -> anyhow::Result<TrainMeasure> {
         emitted: 0,
     };
     let mut config = TrainConfig::from_value(serde_json::json!({ "saes": [] }), &[])?;
-    config.steps = bench.steps + 2;
+    config.steps = bench.steps + bench.warmup;
     config.batch_size = bench.batch;
     config.checkpoint_every = u64::MAX;
     config.metrics_every = 1;
@@ -131,8 +133,9 @@ pub fn measure(bench: &TrainBench) -> anyhow::Result<TrainMeasure> {
     config.saes = vec![sae];
     let dir = tempfile::tempdir()?;
     let mut trainer = Trainer::new(config, source, dir.path())?;
-    trainer.step()?;
-    trainer.step()?;
+    for _ in 0..bench.warmup {
+        trainer.step()?;
+    }
     let mut times = Vec::new();
     for _ in 0..bench.steps {
         let start = Instant::now();
@@ -166,6 +169,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
         d_in: args.d_in,
         d_sae: args.d_sae,
         batch: args.batch,
+        warmup: 2,
         steps: args.steps,
         architecture: Architecture::JumpRelu,
         threshold_init: args.threshold_init,

@@ -68,8 +68,37 @@ pub fn corpus_of(name: &str, field: &str) -> anyhow::Result<Corpus> {
     })
 }
 
+impl CacheArgs {
+    /// The settings `cargo xtask bench` harvests with: the middle residual stream of `model`
+    /// (block 9 of the embedded model), `tokens` rows of the Gutenberg corpus into `out`.
+    pub fn for_benchmark(model: &str, out: &std::path::Path, tokens: u64) -> Self {
+        Self {
+            model: model.into(),
+            hooks: vec!["blocks.9.hook_resid_post".into()],
+            tokens,
+            out: out.to_path_buf(),
+            dtype: "f32".into(),
+            context: 1024,
+            contexts_per_shard: 16,
+            batch: 2,
+            corpus: "gutenberg".into(),
+            field: "text".into(),
+        }
+    }
+}
+
 /// Harvests, then reports read throughput.
 pub fn run(args: &CacheArgs) -> anyhow::Result<()> {
+    harvest_store(args)?;
+    let (sequential, shuffled) = read_throughput(&args.out)?;
+    println!(
+        "read back into f32 tensors: sequential {sequential:.2} GB/s, shuffled {shuffled:.2} GB/s (stored bytes)"
+    );
+    Ok(())
+}
+
+/// Harvests (or resumes) the store `args` describe and prints the harvest rate.
+pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
     let loaded = load_model(&args.model, &Device::Cpu, DType::F32)?;
     let tokenizer = loaded
         .tokenizer
@@ -130,13 +159,20 @@ pub fn run(args: &CacheArgs) -> anyhow::Result<()> {
         harvested as f64 / started.elapsed().as_secs_f64()
     );
 
+    Ok(())
+}
+
+/// Read throughput of the store at `dir` in GB/s of stored bytes, into f32 tensors: sequential
+/// reads of 4,096 rows, then one shuffled epoch in batches of 4,096.
+pub fn read_throughput(dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
+    let manifest = activation_cache::store::Manifest::read(dir)?;
     let bytes_per_row: usize = manifest
         .spec
         .hooks
         .iter()
         .map(|h| h.width * manifest.spec.dtype.size())
         .sum();
-    let source = StoreSource::open(&args.out, ShuffleConfig::default(), true)?;
+    let source = StoreSource::open(dir, ShuffleConfig::default(), true)?;
     let rows = source.rows();
     let started = Instant::now();
     let mut start = 0;
@@ -146,7 +182,7 @@ pub fn run(args: &CacheArgs) -> anyhow::Result<()> {
     }
     let sequential = (rows as usize * bytes_per_row) as f64 / started.elapsed().as_secs_f64() / 1e9;
     let mut shuffled_source = StoreSource::open(
-        &args.out,
+        dir,
         ShuffleConfig {
             seed: 1,
             bucket_rows: 1 << 16,
@@ -157,8 +193,5 @@ pub fn run(args: &CacheArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     while shuffled_source.next_batch(4096)?.is_some() {}
     let shuffled = (rows as usize * bytes_per_row) as f64 / started.elapsed().as_secs_f64() / 1e9;
-    println!(
-        "read back into f32 tensors: sequential {sequential:.2} GB/s, shuffled {shuffled:.2} GB/s (stored bytes)"
-    );
-    Ok(())
+    Ok((sequential, shuffled))
 }

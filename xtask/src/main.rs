@@ -6,12 +6,14 @@
 //! | `explore` | a local web page: latents firing on your text, feature dashboards, manual labels, steering (see `explore/mod.rs`) |
 //! | `demo` | builds every SAE architecture on the embedded model's activations, folds the scaling constant, saves each in SAELens format, reloads it and checks the outputs are unchanged |
 //! | `inspect <path>` | summarises an SAE file: a SAELens directory or a Gemma Scope `params.npz` |
+//! | `bench` | the speed table: SAE training (JumpReLU sparse/dense, TopK), encode, forward, store reads; `--peers` adds SAELens, PyTorch and transformers side by side with ratios (writes `BENCHMARKS.md`) |
 //! | `bench-forward` | forward-pass tokens/s of a model (full pass and harvest to the middle layer), f32 and bf16 |
 //! | `cache` | harvests activations over a corpus into a store (resumable), then measures read throughput |
 //! | `train` | trains one or many SAEs from a store or a stream, with checkpoints, metrics and export |
 //! | `bench-train` | JumpReLU training tokens/s at a given shape |
 //! | `dump-activations` | a model's activations at hook points, logits and loss, to safetensors |
 
+mod bench;
 mod bench_forward;
 mod bench_train;
 mod cache;
@@ -47,6 +49,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Run a model and write activations at hook points, logits and per-token loss.
     DumpActivations(dump::DumpArgs),
+    /// The speed table (BENCHMARKS.md), optionally side by side with the Python peers.
+    Bench(bench::BenchArgs),
     /// Forward-pass throughput of a model, f32 and bf16.
     BenchForward(bench_forward::BenchForwardArgs),
     /// Harvest activations over a corpus into a sharded store (re-running resumes it).
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::DumpActivations(args) => dump::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::BenchForward(args) => bench_forward::run(&args),
         Command::Cache(args) => cache::run(&args),
         Command::Train(args) => train::run(&args),
