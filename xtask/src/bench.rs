@@ -112,8 +112,8 @@ impl Machine {
         shape: &str,
         l0: Option<f64>,
         value: f64,
-        unit: &'static str,
     ) -> Record {
+        let unit = if group == "store" { "GB/s" } else { "tokens/s" };
         let record = Record {
             group,
             what: what.into(),
@@ -291,7 +291,6 @@ fn train_benchmarks(machine: &Machine, shape: &Shape) -> anyhow::Result<Vec<Reco
             &shape.label(),
             Some(measured.l0),
             measured.tokens_per_s,
-            "tokens/s",
         ));
     }
     Ok(records)
@@ -352,7 +351,6 @@ fn peer_train_benchmarks(
                 &shape.label(),
                 l0,
                 rate,
-                "tokens/s",
             ));
         }
     }
@@ -430,7 +428,6 @@ fn encode_benchmark(machine: &Machine, shape: &Shape) -> anyhow::Result<Record> 
         &shape.label(),
         None,
         shape.batch as f64 / median(&mut times),
-        "tokens/s",
     ))
 }
 
@@ -450,15 +447,7 @@ fn forward_benchmarks(
     ] {
         let rate =
             crate::bench_forward::forward_tokens_per_s(&loaded.model, batch, context, harvest, 3)?;
-        records.push(machine.record(
-            "forward",
-            what,
-            "gemma-scope-rs",
-            &shape,
-            None,
-            rate,
-            "tokens/s",
-        ));
+        records.push(machine.record("forward", what, "gemma-scope-rs", &shape, None, rate));
     }
     if args.peers && args.model == gemma_hooks::EMBEDDED_MODEL {
         let gguf = gemma_hooks::assets::gemma3_270m()?.gguf;
@@ -492,7 +481,6 @@ fn forward_benchmarks(
                 &shape,
                 None,
                 rate,
-                "tokens/s",
             ));
         }
     }
@@ -515,7 +503,6 @@ fn store_benchmarks(machine: &Machine, args: &BenchArgs) -> anyhow::Result<Vec<R
             &shape,
             None,
             sequential,
-            "GB/s",
         ),
         machine.record(
             "store",
@@ -524,7 +511,6 @@ fn store_benchmarks(machine: &Machine, args: &BenchArgs) -> anyhow::Result<Vec<R
             &shape,
             None,
             shuffled,
-            "GB/s",
         ),
     ])
 }

@@ -2,6 +2,8 @@
 //! small budget: the reports hold the tables, plots and latents, a re-run resumes to the same
 //! results, and a manual label wins over the automatic one.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -161,44 +163,18 @@ fn frontier_compares_four_architectures_from_one_harvest() {
 /// saved as a release `params.npz` under Gemma Scope's folder layout.
 #[test]
 fn gemma_scope_evaluates_a_release_file_and_explains_missing_files() {
-    use candle_core::{DType, Device, Tensor};
-    use sae_core::arch::{AffineSae, JumpReluSae, ThresholdParametrisation};
     use sae_core::format::{NpzCompression, save_gemma_scope_npz};
 
     let dir = tempfile::tempdir().unwrap();
-    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../crates/gemma-hooks/tests/fixtures/tiny-gemma3");
+    let model = common::Fixture::model();
     let release = dir
         .path()
         .join("gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_5");
     std::fs::create_dir_all(&release).unwrap();
-    let (d, m) = (32, 64);
-    let random = |shape: (usize, usize)| Tensor::randn(0f32, 0.3, shape, &Device::Cpu).unwrap();
-    let affine = AffineSae::new(
-        random((d, m)),
-        Tensor::zeros(m, DType::F32, &Device::Cpu).unwrap(),
-        random((m, d)),
-        Tensor::zeros(d, DType::F32, &Device::Cpu).unwrap(),
-        false,
-    )
-    .unwrap();
-    let threshold = Tensor::full(0.05f32, m, &Device::Cpu).unwrap();
-    let sae = JumpReluSae::new(
-        affine,
-        threshold,
-        ThresholdParametrisation::Raw,
-        Default::default(),
-    )
-    .unwrap();
+    let sae = common::random_jumprelu(32, 64, 0.5, 0.05, 7);
     save_gemma_scope_npz(&sae, &release.join("params.npz"), NpzCompression::Stored).unwrap();
     let corpus = dir.path().join("corpus");
-    std::fs::create_dir_all(&corpus).unwrap();
-    std::fs::write(corpus.join("a.txt"), "the cat sat on the mat. ".repeat(8)).unwrap();
-    std::fs::write(
-        corpus.join("b.txt"),
-        "a dog ran in the fog, and then it sat. ".repeat(8),
-    )
-    .unwrap();
+    common::write_corpus(&corpus, 8);
 
     let out = dir.path().join("run");
     let output = Command::new(env!("CARGO_BIN_EXE_xtask"))

@@ -3,7 +3,7 @@
 //! labels are not stored here: they are resolved when shown ([`crate::ManualLabels::resolve`]),
 //! so they always win and a re-run never loses them.
 
-use gemma_hooks::GemmaModel;
+use gemma_hooks::{GemmaModel, HookPoint};
 use sae_core::Sae;
 use serde::{Deserialize, Serialize};
 
@@ -38,16 +38,26 @@ impl LatentDashboard {
     }
 }
 
-/// Dashboards of every latent of `sae` read through `model`'s final norm and unembedding.
+/// Dashboards of every latent of `sae`, which reads hook point `hook`, with logit effects read
+/// through `model`'s final norm and unembedding. Decoder rows of an attention SAE
+/// (`attn.hook_z`) are first mapped to the residual stream through W_O and the post-attention
+/// norm's gain ([`GemmaModel::attention_output_directions`]).
 pub fn dashboards(
     model: &GemmaModel,
     sae: &dyn Sae,
+    hook: HookPoint,
     evidence: Vec<LatentEvidence>,
     token_text: &dyn Fn(u32) -> String,
 ) -> Result<Vec<LatentDashboard>> {
     let latents: Vec<usize> = evidence.iter().map(|e| e.latent).collect();
+    let residual_directions = match hook {
+        HookPoint::AttnZ(layer) => {
+            model.attention_output_directions(layer, sae.decoder_weight())?
+        }
+        _ => sae.decoder_weight().clone(),
+    };
     let effects = logit_effects(
-        sae.decoder_weight(),
+        &residual_directions,
         model.final_norm_gain(),
         model.embedding(),
         &latents,

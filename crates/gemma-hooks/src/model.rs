@@ -223,6 +223,25 @@ impl GemmaModel {
         &self.final_norm.gain
     }
 
+    /// Maps directions in block `layer`'s `attn.hook_z` space (rows of `z`, `[n, heads ×
+    /// head_dim]`) to the residual stream: through the output projection W_O, then scaled by
+    /// the post-attention norm's gain (the norm's division by the RMS is left out, so this is
+    /// the direction, not the exact contribution). For the logit effects of attention SAEs.
+    pub fn attention_output_directions(&self, layer: usize, z: &Tensor) -> Result<Tensor> {
+        let block = self.blocks.get(layer).ok_or_else(|| {
+            GemmaError::Invalid(format!(
+                "layer {layer} does not exist: the model has {} layers",
+                self.blocks.len()
+            ))
+        })?;
+        let residual = block
+            .attention
+            .o
+            .forward(&z.to_dtype(self.dtype)?)?
+            .to_dtype(DType::F32)?;
+        Ok(residual.broadcast_mul(&block.post_attention_norm.gain.to_dtype(DType::F32)?)?)
+    }
+
     /// Runs the model on `input_ids` `[batch, pos]` (u32; rows of equal length, no padding)
     /// with `hooks`. Returns the logits `[batch, pos, vocab]` in f32 (after the final
     /// soft-cap), or `None` when the hooks stop early.

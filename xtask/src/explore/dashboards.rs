@@ -95,7 +95,7 @@ pub fn load_or_compute(
     let evidence = collect_from_store(&source, 0, sae, config, 2048, options.progress)?;
     drop(source);
     let token_text = |t: u32| tokenizer.decode(&[t]).unwrap_or_default();
-    let computed = dashboards(model, sae, evidence, &token_text)?;
+    let computed = dashboards(model, sae, hook, evidence, &token_text)?;
     write_json(&cached, &computed)?;
     // The activations were only needed for the dashboards, which are now saved.
     std::fs::remove_dir_all(&store)

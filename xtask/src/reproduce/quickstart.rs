@@ -216,7 +216,13 @@ pub fn latent_dashboards(
         lab.progress(),
     )?;
     let token_text = |t: u32| lab.token_text(t);
-    let dashboards = dashboards(&lab.model, trained.sae.as_ref(), evidence, &token_text)?;
+    let dashboards = dashboards(
+        &lab.model,
+        trained.sae.as_ref(),
+        trained.hook,
+        evidence,
+        &token_text,
+    )?;
     write_json(&path, &dashboards)?;
     Ok(dashboards)
 }

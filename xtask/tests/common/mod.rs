@@ -14,12 +14,61 @@ use sae_core::arch::{AffineSae, JumpReluSae, ThresholdParametrisation};
 /// Latents of the test SAE.
 pub const D_SAE: usize = 64;
 
+/// A JumpReLU SAE with weights uniform in ±`scale` (seeded), zero biases and threshold
+/// `threshold` on every latent.
+pub fn random_jumprelu(
+    d_in: usize,
+    d_sae: usize,
+    scale: f32,
+    threshold: f32,
+    seed: u64,
+) -> JumpReluSae {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut random = |shape: (usize, usize)| {
+        let values: Vec<f32> = (0..shape.0 * shape.1)
+            .map(|_| rng.random_range(-scale..scale))
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    };
+    let affine = AffineSae::new(
+        random((d_in, d_sae)),
+        Tensor::zeros(d_sae, DType::F32, &Device::Cpu).unwrap(),
+        random((d_sae, d_in)),
+        Tensor::zeros(d_in, DType::F32, &Device::Cpu).unwrap(),
+        false,
+    )
+    .unwrap();
+    JumpReluSae::new(
+        affine,
+        Tensor::full(threshold, d_sae, &Device::Cpu).unwrap(),
+        ThresholdParametrisation::Raw,
+        Default::default(),
+    )
+    .unwrap()
+}
+
+/// A two-book corpus folder at `folder`, each book one sentence repeated `repeats` times.
+pub fn write_corpus(folder: &Path, repeats: usize) {
+    std::fs::create_dir_all(folder).unwrap();
+    let books = [
+        ("a.txt", "the cat sat on the mat. "),
+        ("b.txt", "a dog ran in the fog, and then it sat. "),
+    ];
+    for (name, sentence) in books {
+        std::fs::write(folder.join(name), sentence.repeat(repeats)).unwrap();
+    }
+}
+
 /// The files a test explorer serves.
 pub struct Fixture {
     /// Keeps the files alive.
     pub dir: tempfile::TempDir,
-    /// The SAE's SAELens directory.
+    /// The residual-stream SAE's SAELens directory (its `cfg.json` names the hook).
     pub sae: PathBuf,
+    /// An attention SAE (`blocks.2.attn.hook_z`, 4 heads × 16) whose `cfg.json` names no hook:
+    /// served as `PATH@HOOK`.
+    pub attention_sae: PathBuf,
     /// The labels file.
     pub labels: PathBuf,
 }
@@ -28,46 +77,19 @@ impl Fixture {
     /// Writes the SAE and corpus into a new temporary directory.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let d = 32;
-        let random = |shape: (usize, usize), seed: u64| {
-            use rand::{Rng, SeedableRng};
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let values: Vec<f32> = (0..shape.0 * shape.1)
-                .map(|_| rng.random_range(-0.6f32..0.6))
-                .collect();
-            Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-        };
-        let affine = AffineSae::new(
-            random((d, D_SAE), 1),
-            Tensor::zeros(D_SAE, DType::F32, &Device::Cpu).unwrap(),
-            random((D_SAE, d), 2),
-            Tensor::zeros(d, DType::F32, &Device::Cpu).unwrap(),
-            false,
-        )
-        .unwrap();
-        let threshold = Tensor::full(0.3f32, D_SAE, &Device::Cpu).unwrap();
-        let sae = JumpReluSae::new(
-            affine,
-            threshold,
-            ThresholdParametrisation::Raw,
-            Default::default(),
-        )
-        .unwrap();
+        let sae = random_jumprelu(32, D_SAE, 0.6, 0.3, 1);
         let sae_dir = dir.path().join("saes").join("tiny");
         let mut metadata = serde_json::Map::new();
         metadata.insert("hook_name".into(), "blocks.3.hook_resid_post".into());
         sae_core::format::save_saelens(&sae, &sae_dir, metadata, None).unwrap();
-        let corpus = dir.path().join("corpus");
-        std::fs::create_dir_all(&corpus).unwrap();
-        std::fs::write(corpus.join("a.txt"), "the cat sat on the mat. ".repeat(20)).unwrap();
-        std::fs::write(
-            corpus.join("b.txt"),
-            "a dog ran in the fog, and then it sat. ".repeat(20),
-        )
-        .unwrap();
+        let attention_sae = dir.path().join("saes").join("attn");
+        let sae = random_jumprelu(64, 48, 0.5, 0.2, 2);
+        sae_core::format::save_saelens(&sae, &attention_sae, Default::default(), None).unwrap();
+        write_corpus(&dir.path().join("corpus"), 20);
         Self {
             labels: dir.path().join("labels.toml"),
             sae: sae_dir,
+            attention_sae,
             dir,
         }
     }
@@ -94,7 +116,11 @@ impl Fixture {
             .arg("--model")
             .arg(Self::model())
             .arg("--sae")
-            .arg(&self.sae)
+            .arg(format!(
+                "{},{}@blocks.2.attn.hook_z",
+                self.sae.display(),
+                self.attention_sae.display()
+            ))
             .arg("--labels")
             .arg(&self.labels)
             .arg("--corpus")
