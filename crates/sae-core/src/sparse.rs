@@ -18,7 +18,7 @@
 //! so no accumulator is shared. The result equals candle's autograd of the dense loss to f32
 //! rounding (test `sparse_step.rs`).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::arch::{JumpReluSae, Sae, ThresholdParametrisation};
@@ -67,22 +67,32 @@ pub fn jumprelu_sparse_step(
         )));
     }
     let epsilon = sae.ste.bandwidth as f32;
-    let pre = sae.pre_activations(x)?.to_vec2::<f32>()?;
+    let pre = sae.pre_activations(x)?.contiguous()?;
     let theta = sae.theta()?.to_vec1::<f32>()?;
-    // Per token: its active and band pairs. Counted first, so a dense fallback costs no more.
-    let token_pairs: Vec<Pairs> = pre
-        .par_iter()
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .filter_map(|(j, &p)| {
-                    let active = p > theta[j];
-                    let band = (p - theta[j]).abs() < epsilon / 2.0;
-                    (active || band).then_some((j as u32, p, active, band))
-                })
-                .collect()
-        })
-        .collect();
+    // Per token: its active and band pairs, read in place from the pre-activations (no copy of
+    // the [tokens × d_sae] matrix). Counted first, so a dense fallback costs no more.
+    let token_pairs: Vec<Pairs> = {
+        let (storage, layout) = pre.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
+        else {
+            return Err(SaeError::Config(
+                "the sparse step needs contiguous CPU pre-activations".into(),
+            ));
+        };
+        cpu.as_slice::<f32>()?[start..end]
+            .par_chunks(d_sae)
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .filter_map(|(j, &p)| {
+                        let active = p > theta[j];
+                        let band = (p - theta[j]).abs() < epsilon / 2.0;
+                        (active || band).then_some((j as u32, p, active, band))
+                    })
+                    .collect()
+            })
+            .collect()
+    };
     drop(pre);
     let pairs: usize = token_pairs.iter().map(Vec::len).sum();
     if pairs as f64 > max_active_fraction * (tokens * d_sae) as f64 {
@@ -147,14 +157,17 @@ pub fn jumprelu_sparse_step(
         }
     }
     let l0_gradient = -(lambda as f32) / (epsilon * tokens as f32);
-    // Per latent: its W_enc column gradient, W_dec row gradient, b_enc and θ gradients.
-    let per_latent: Vec<(Vec<f32>, Vec<f32>, f32, f32)> = by_latent
-        .par_iter()
+    // Per latent (threads own whole rows, written in place): its W_enc column gradient (a row
+    // of Wᵀ_enc), W_dec row gradient, b_enc and θ gradients.
+    let mut encoder_t = vec![0f32; d_sae * d_in];
+    let mut decoder = vec![0f32; d_sae * d_in];
+    let (b_enc, threshold): (Vec<f32>, Vec<f32>) = encoder_t
+        .par_chunks_mut(d_in)
+        .zip(decoder.par_chunks_mut(d_in))
+        .zip(by_latent.par_iter())
         .enumerate()
-        .map(|(j, pairs)| {
+        .map(|(j, ((encoder, decoder), pairs))| {
             let w = &w_dec[j * d_in..(j + 1) * d_in];
-            let mut encoder = vec![0f32; if pairs.is_empty() { 0 } else { d_in }];
-            let mut decoder = encoder.clone();
             let (mut b_enc, mut threshold) = (0f32, 0f32);
             for &(i, p, active, band) in pairs {
                 let g = &per_token[i as usize].1;
@@ -169,26 +182,13 @@ pub fn jumprelu_sparse_step(
                     threshold += g_f * (-theta[j] / epsilon) + l0_gradient;
                 }
             }
-            (encoder, decoder, b_enc, threshold)
+            (b_enc, threshold)
         })
-        .collect();
-
-    let mut encoder_t = vec![0f32; d_sae * d_in];
-    let mut decoder = vec![0f32; d_sae * d_in];
-    let mut b_enc = vec![0f32; d_sae];
-    let mut threshold = vec![0f32; d_sae];
+        .unzip();
     let fires: Vec<u32> = by_latent
         .iter()
         .map(|pairs| pairs.iter().filter(|p| p.2).count() as u32)
         .collect();
-    for (j, (e, d, b, t)) in per_latent.into_iter().enumerate() {
-        if !e.is_empty() {
-            encoder_t[j * d_in..(j + 1) * d_in].copy_from_slice(&e);
-            decoder[j * d_in..(j + 1) * d_in].copy_from_slice(&d);
-        }
-        b_enc[j] = b;
-        threshold[j] = t;
-    }
     let device = Device::Cpu;
     let b_enc = Tensor::from_vec(b_enc, d_sae, &device)?;
     let mut b_dec = vec![0f32; d_in];
