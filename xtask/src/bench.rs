@@ -340,7 +340,12 @@ fn peer_train_benchmarks(
     for (implementation, script, extra) in peers {
         let mut script_args: Vec<&str> = common.to_vec();
         script_args.extend(extra);
-        for line in run_python(python, &args.peers_dir.join(script), &script_args)? {
+        for line in run_python(
+            python,
+            &args.peers_dir.join(script),
+            &script_args,
+            machine.threads,
+        )? {
             let (Some(rate), l0) = (line["tokens_per_s"].as_f64(), line["last_l0"].as_f64()) else {
                 continue;
             };
@@ -357,12 +362,17 @@ fn peer_train_benchmarks(
     Ok(records)
 }
 
-/// JSON lines a Python script prints.
-fn run_python(python: &Path, script: &Path, args: &[&str]) -> anyhow::Result<Vec<Value>> {
+/// JSON lines a Python script prints, run with `threads` OpenMP threads.
+fn run_python(
+    python: &Path,
+    script: &Path,
+    args: &[&str],
+    threads: usize,
+) -> anyhow::Result<Vec<Value>> {
     let output = Command::new(python)
         .arg(script)
         .args(args)
-        .env("OMP_NUM_THREADS", args_threads(args))
+        .env("OMP_NUM_THREADS", threads.to_string())
         .output()
         .with_context(|| format!("running {} {}", python.display(), script.display()))?;
     if !output.status.success() {
@@ -377,13 +387,6 @@ fn run_python(python: &Path, script: &Path, args: &[&str]) -> anyhow::Result<Vec
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect())
-}
-
-fn args_threads(args: &[&str]) -> String {
-    args.iter()
-        .position(|a| *a == "--threads")
-        .and_then(|i| args.get(i + 1))
-        .map_or_else(|| "2".into(), |t| t.to_string())
 }
 
 fn peer_python() -> PathBuf {
@@ -468,6 +471,7 @@ fn forward_benchmarks(
                 "--threads",
                 &threads,
             ],
+            machine.threads,
         )?;
         for line in lines {
             let (Some(what), Some(rate)) = (line["what"].as_str(), line["tokens_per_s"].as_f64())

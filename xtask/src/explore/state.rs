@@ -1,6 +1,7 @@
 //! The explorer's state and every question the page asks of it, independent of HTTP: each
 //! method returns a serialisable answer or an [`ApiError`] saying what was wrong.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -344,15 +345,7 @@ impl Explorer {
     }
 
     fn label(&self, sae: &ExplorerSae, dashboard: &LatentDashboard) -> Label {
-        match &*self.lock_labels() {
-            LabelsState::Loaded(labels) => {
-                labels.resolve(&sae.id, dashboard.latent(), &dashboard.automatic_label)
-            }
-            LabelsState::Unusable { .. } => Label {
-                text: dashboard.automatic_label.clone(),
-                source: analysis::LabelSource::Automatic,
-            },
-        }
+        resolve_label(&self.lock_labels(), sae, dashboard)
     }
 
     /// The model's depth, the SAEs, the limits and the labels file.
@@ -548,18 +541,27 @@ impl Explorer {
             .as_deref()
             .map(|q| q.trim().to_lowercase())
             .filter(|q| !q.is_empty());
-        let token = query
+        // The vocabulary ids whose text is the searched token, found once per search.
+        let token_ids: Option<HashSet<u32>> = query
             .token
             .as_deref()
             .map(normalise_token)
-            .filter(|t| !t.is_empty());
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                (0u32..)
+                    .zip(&self.token_texts)
+                    .filter(|(_, text)| normalise_token(text) == t)
+                    .map(|(id, _)| id)
+                    .collect()
+            });
+        let labels = self.lock_labels();
         let mut rows: Vec<LatentRow> = sae
             .dashboards
             .iter()
-            .filter(|d| token.as_deref().is_none_or(|t| self.involves_token(d, t)))
+            .filter(|d| token_ids.as_ref().is_none_or(|ids| involves_token(d, ids)))
             .map(|d| LatentRow {
                 latent: d.latent(),
-                label: self.label(sae, d),
+                label: resolve_label(&labels, sae, d),
                 density: d.evidence.density(),
                 max_activation: d.max_activation(),
                 dead: d.evidence.fires == 0,
@@ -571,6 +573,7 @@ impl Explorer {
                     .is_none_or(|n| row.label.text.to_lowercase().contains(n))
             })
             .collect();
+        drop(labels);
         match query.sort {
             SortOrder::Density => rows.sort_by(|a, b| {
                 b.density
@@ -589,22 +592,6 @@ impl Explorer {
             total,
             latents: rows.into_iter().skip(query.offset).take(limit).collect(),
         })
-    }
-
-    /// Whether a latent's top examples fire on `token` or its logit effects involve it.
-    fn involves_token(&self, dashboard: &LatentDashboard, token: &str) -> bool {
-        let matches = |id: u32| normalise_token(&self.token_text(id)) == token;
-        dashboard
-            .evidence
-            .top
-            .iter()
-            .any(|e| e.tokens.get(e.focus).is_some_and(|&t| matches(t)))
-            || dashboard
-                .logit_effects
-                .promoted
-                .iter()
-                .chain(&dashboard.logit_effects.suppressed)
-                .any(|e| matches(e.token))
     }
 
     /// Sets (or, with an empty text, removes) the manual label of a latent and saves the
@@ -676,6 +663,34 @@ impl Explorer {
             steered: self.tokenizer.decode(&steered)?,
         })
     }
+}
+
+/// The label shown for a latent: manual if the labels are usable and hold one, else automatic.
+fn resolve_label(labels: &LabelsState, sae: &ExplorerSae, dashboard: &LatentDashboard) -> Label {
+    match labels {
+        LabelsState::Loaded(labels) => {
+            labels.resolve(&sae.id, dashboard.latent(), &dashboard.automatic_label)
+        }
+        LabelsState::Unusable { .. } => Label {
+            text: dashboard.automatic_label.clone(),
+            source: analysis::LabelSource::Automatic,
+        },
+    }
+}
+
+/// Whether a latent's top examples fire on one of `tokens` or its logit effects involve one.
+fn involves_token(dashboard: &LatentDashboard, tokens: &HashSet<u32>) -> bool {
+    dashboard
+        .evidence
+        .top
+        .iter()
+        .any(|e| e.tokens.get(e.focus).is_some_and(|t| tokens.contains(t)))
+        || dashboard
+            .logit_effects
+            .promoted
+            .iter()
+            .chain(&dashboard.logit_effects.suppressed)
+            .any(|e| tokens.contains(&e.token))
 }
 
 /// A token as searched: trimmed and lower-cased.
