@@ -73,6 +73,8 @@ struct Record {
     unit: &'static str,
     cpu: String,
     threads: usize,
+    /// The sparse step's encoder-product kernel (`openblas` or `gemm`).
+    matmul: &'static str,
     load_average: f64,
 }
 
@@ -83,6 +85,8 @@ struct Machine {
     /// AMX or AVX-512 BF16: without either, bf16 matmuls are emulated and SAELens's bf16
     /// autocast is not worth timing (it is skipped).
     native_bf16: bool,
+    /// The sparse step's encoder-product kernel ([`sae_core::blas::backend`]).
+    matmul: &'static str,
 }
 
 impl Machine {
@@ -101,6 +105,7 @@ impl Machine {
             cpu,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             native_bf16,
+            matmul: sae_core::blas::backend(),
         }
     }
 
@@ -124,6 +129,7 @@ impl Machine {
             unit,
             cpu: self.cpu.clone(),
             threads: self.threads,
+            matmul: self.matmul,
             load_average: load_average(),
         };
         eprintln!(
@@ -590,8 +596,8 @@ fn table(records: &[Record], machine: &Machine, stamp: &str, args: &BenchArgs) -
         .map(|r| format!("{:.2}", r.load_average))
         .collect();
     format!(
-        "# Benchmarks\n\n`cargo xtask bench{}{}` at {stamp}: {} with {} threads; 1-minute load average per \
-         measurement {} (JSON lines in `{}`). Peer cells: the peer's figure (its L0) → our ratio to it.\n\n\
+        "# Benchmarks\n\n`cargo xtask bench{}{}` at {stamp}: {} with {} threads, the sparse step's encoder product on \
+         {}; 1-minute load average per measurement {} (JSON lines in `{}`). Peer cells: the peer's figure (its L0) → our ratio to it.\n\n\
          Training: the full step (forward, backward, Adam, decoder constraint) on Gaussian inputs; \
          JumpReLU's realistic L0 (≈ 100) comes from θ₀ = Φ⁻¹(1 − 100/d_sae)/√d_in, random-init L0 from \
          θ₀ = 0.001. The peers get the same θ₀ but their initialisation reaches another L0 (shown); \
@@ -602,6 +608,7 @@ fn table(records: &[Record], machine: &Machine, stamp: &str, args: &BenchArgs) -
         if args.peers { " --peers" } else { "" },
         machine.cpu,
         machine.threads,
+        machine.matmul,
         load.join(", "),
         args.results.display(),
         if machine.native_bf16 || !args.peers {
@@ -646,6 +653,7 @@ mod tests {
             unit: "tokens/s",
             cpu: "test".into(),
             threads: 2,
+            matmul: "gemm",
             load_average: 0.0,
         }
     }
@@ -666,6 +674,7 @@ mod tests {
             cpu: "test".into(),
             threads: 2,
             native_bf16: false,
+            matmul: "gemm",
         };
         let args = BenchArgs {
             quick: true,

@@ -57,8 +57,18 @@ impl Linear {
         })
     }
 
+    /// One `[tokens, in] × [in, out]` product over all leading dimensions (a batched product
+    /// per sequence runs the kernel on smaller, slower blocks).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_matmul(&self.weight_t)?)
+        let dims = x.dims();
+        let (lead, input) = dims.split_at(dims.len().saturating_sub(1));
+        let tokens = lead.iter().product::<usize>();
+        let y = x
+            .reshape((tokens, input.iter().product::<usize>()))?
+            .matmul(&self.weight_t)?;
+        let mut shape = lead.to_vec();
+        shape.push(y.dim(1)?);
+        Ok(y.reshape(shape)?)
     }
 }
 

@@ -44,10 +44,12 @@
 //! ```
 
 pub mod arch;
+pub mod blas;
 pub mod constraint;
 mod error;
 pub mod format;
 pub mod init;
+pub mod kernels;
 pub mod loss;
 pub mod penalty;
 pub mod scaling;
