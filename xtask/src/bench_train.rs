@@ -53,9 +53,11 @@ impl ActivationSource for Gaussian {
     fn next_batch(&mut self, rows: usize) -> activation_cache::Result<Option<ActivationBatch>> {
         let call = (self.emitted / rows.max(1) as u64) as usize;
         self.emitted += rows as u64;
-        if self.pool.len() < GAUSSIAN_POOL || self.pool[0].dim(0)? != rows {
+        if self.pool.first().is_some_and(|x| x.dims()[0] != rows) {
+            self.pool.clear();
+        }
+        if self.pool.len() < GAUSSIAN_POOL {
             let x = Tensor::randn(0f32, 1.0, (rows, self.hooks[0].width), &Device::Cpu)?;
-            self.pool.retain(|x| x.dims()[0] == rows);
             self.pool.push(x);
         }
         let x = self.pool[call % self.pool.len()].clone();

@@ -34,6 +34,16 @@ fn send(method: &str, url: &str, body: Value) -> (u16, Value) {
     call(method, url, Some(body.to_string().as_bytes()))
 }
 
+/// The number under `key` in every element of a JSON array.
+fn floats(array: &Value, key: &str) -> Vec<f64> {
+    array
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[key].as_f64().unwrap())
+        .collect()
+}
+
 fn assert_error(answer: (u16, Value), status: u16, mentions: &str) {
     assert_eq!(answer.0, status, "{answer:?}");
     let message = answer.1["error"]
@@ -116,12 +126,7 @@ fn every_endpoint_answers_and_rejects_bad_input_clearly() {
     );
     // Its logit effects go through W_O: ten promoted tokens, largest first.
     let (_, attn_view) = get(&format!("{attn}/latents/{attn_latent}"));
-    let promoted: Vec<f64> = attn_view["promoted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["value"].as_f64().unwrap())
-        .collect();
+    let promoted = floats(&attn_view["promoted"], "value");
     assert_eq!(promoted.len(), 10, "{attn_view}");
     assert!(promoted.windows(2).all(|w| w[0] >= w[1]));
     let (_, attn_all) = get(&format!("{attn}/latents?limit=200"));
@@ -227,12 +232,7 @@ fn every_endpoint_answers_and_rejects_bad_input_clearly() {
     let (status, all) = get(&format!("{api}/latents?limit=200"));
     assert_eq!(status, 200);
     assert_eq!(all["total"], D_SAE);
-    let densities: Vec<f64> = all["latents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["density"].as_f64().unwrap())
-        .collect();
+    let densities = floats(&all["latents"], "density");
     assert!(densities.windows(2).all(|w| w[0] >= w[1]));
     let (_, by_index) = get(&format!("{api}/latents?sort=latent&limit=3&offset=2"));
     let indices: Vec<u64> = by_index["latents"]

@@ -43,10 +43,8 @@ pub fn renormalise_rows(w_dec: &Var) -> Result<()> {
 
 /// A contiguous f32 CPU matrix's elements and row width, or `None`.
 fn cpu_rows<'a>(storage: &'a Storage, layout: &Layout) -> Option<(&'a [f32], usize)> {
-    match (storage, layout.contiguous_offsets(), layout.dims()) {
-        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end)), &[_, width]) => {
-            Some((&data[start..end], width))
-        }
+    match layout.dims() {
+        &[_, width] => Some((kernels::cpu_f32(storage, layout)?, width)),
         _ => None,
     }
 }

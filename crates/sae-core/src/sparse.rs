@@ -63,12 +63,11 @@ struct Pair {
 
 /// A CPU f32 tensor's elements, read in place (no copy); `what` names it in errors.
 fn contiguous_f32<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(cpu), Some((start, end))) => Ok(&cpu.as_slice::<f32>()?[start..end]),
-        _ => Err(SaeError::Config(format!(
+    kernels::cpu_f32(storage, layout).ok_or_else(|| {
+        SaeError::Config(format!(
             "the sparse step needs {what} as a contiguous f32 CPU tensor"
-        ))),
-    }
+        ))
+    })
 }
 
 /// (x − b_dec)·W_enc, contiguous: OpenBLAS where the system has it ([`blas`]), else candle.
