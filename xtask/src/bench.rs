@@ -5,7 +5,7 @@
 //! Measured: SAE training tokens/s (the trainer's full step: forward, backward, Adam, decoder
 //! constraint) for JumpReLU at the random-init L0 (θ₀ = 0.001, about d_sae/2) and at a realistic
 //! L0 (θ₀ = 2.5/√d_in, L0 ≈ 100), with the default step (sparse where it is chosen) and the
-//! dense one, and for TopK (k = 64), at the small shape (512 × 4096, batch 1024) and the
+//! dense one, for TopK (k = 64, sparse and dense steps) and BatchTopK (k = 64), at the small shape (512 × 4096, batch 1024) and the
 //! Gemma 2 2B shape (2304 × 16384, batch 4096); SAE encode-only tokens/s; the embedded model's
 //! forward tokens/s (full pass and harvest to the middle layer); store read GB/s.
 //!
@@ -281,9 +281,28 @@ fn train_benchmarks(machine: &Machine, shape: &Shape) -> anyhow::Result<Vec<Reco
         ),
         ("JumpReLU, random-init L0, default step", base),
         (
-            "TopK k=64 (dense step)",
+            "TopK k=64, default (sparse) step",
             TrainBench {
                 architecture: Architecture::TopK { k: 64 },
+                warmup: 2,
+                steps: shape.steps,
+                ..base
+            },
+        ),
+        (
+            "TopK k=64, dense step",
+            TrainBench {
+                architecture: Architecture::TopK { k: 64 },
+                dense: true,
+                ..base
+            },
+        ),
+        (
+            "BatchTopK k=64, default (sparse) step",
+            TrainBench {
+                architecture: Architecture::BatchTopK { k: 64 },
+                warmup: 2,
+                steps: shape.steps,
                 ..base
             },
         ),
@@ -666,7 +685,7 @@ mod tests {
                 "gemma-scope-rs",
                 1000.0,
             ),
-            record("TopK k=64 (dense step)", "gemma-scope-rs", 300.0),
+            record("TopK k=64, dense step", "gemma-scope-rs", 300.0),
             record("JumpReLU", "saelens", 250.0),
             record("JumpReLU", "torch-manual", 500.0),
         ];

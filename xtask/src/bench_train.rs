@@ -1,5 +1,6 @@
-//! `cargo xtask bench-train`: JumpReLU training throughput at a given shape (the trainer's
-//! full step: forward, backward, Adam, decoder constraint, statistics) on Gaussian inputs.
+//! `cargo xtask bench-train`: JumpReLU, TopK or BatchTopK training throughput at a given shape
+//! (the trainer's full step: forward, backward, Adam, decoder constraint, statistics) on
+//! Gaussian inputs.
 
 use std::time::Instant;
 
@@ -32,6 +33,33 @@ pub struct BenchTrainArgs {
     /// are active).
     #[arg(long)]
     pub dense: bool,
+    /// The architecture (JumpReLU with the L0 penalty; TopK and BatchTopK with AuxK).
+    #[arg(long, value_enum, default_value_t = BenchArchitecture::Jumprelu)]
+    pub architecture: BenchArchitecture,
+    /// k of TopK and BatchTopK.
+    #[arg(long, default_value_t = 64)]
+    pub k: usize,
+}
+
+/// The architectures `bench-train` can time.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BenchArchitecture {
+    /// JumpReLU (threshold from `--threshold-init`).
+    Jumprelu,
+    /// TopK with `--k`.
+    Topk,
+    /// BatchTopK with `--k`.
+    Batchtopk,
+}
+
+impl BenchArchitecture {
+    fn with_k(self, k: usize) -> Architecture {
+        match self {
+            BenchArchitecture::Jumprelu => Architecture::JumpRelu,
+            BenchArchitecture::Topk => Architecture::TopK { k },
+            BenchArchitecture::Batchtopk => Architecture::BatchTopK { k },
+        }
+    }
 }
 
 /// Standard-normal batches, generated once and then cycled (as the peers' scripts do), so
@@ -186,12 +214,13 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
         batch: args.batch,
         warmup: 2,
         steps: args.steps,
-        architecture: Architecture::JumpRelu,
+        architecture: args.architecture.with_k(args.k),
         threshold_init: args.threshold_init,
         dense: args.dense,
     })?;
     println!(
-        "JumpReLU d_in {} × d_sae {}, batch {}, L0 {:.0}, {} step: {:.2} s/step, {:.0} tokens/s ({} threads)",
+        "{} d_in {} × d_sae {}, batch {}, L0 {:.0}, {} step: {:.2} s/step, {:.0} tokens/s ({} threads)",
+        args.architecture.with_k(args.k).name(),
         args.d_in,
         args.d_sae,
         args.batch,

@@ -1,37 +1,91 @@
-//! The sparse JumpReLU step equals candle's autograd of the dense loss (L0 penalty), on
-//! random data with many (token, latent) pairs inside the straight-through band.
+//! The sparse step equals candle's autograd of the dense loss, on random data: JumpReLU with
+//! the L0 penalty (many (token, latent) pairs inside the straight-through band), TopK and
+//! BatchTopK, each also with AuxK over a dead-latent mask that overlaps the active latents.
+
+mod common;
 
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
-use sae_core::arch::{AffineSae, JumpReluSae, ThresholdParametrisation};
-use sae_core::penalty::{L0Ste, PenaltyContext};
-use sae_core::sparse::jumprelu_sparse_step;
+use sae_core::arch::{AffineSae, BatchTopKSae, JumpReluSae, ThresholdParametrisation, TopKSae};
+use sae_core::penalty::{AuxK, L0Ste, PenaltyContext};
+use sae_core::sparse::{AuxKTerm, SparsePenalties, SparseStep, sparse_step};
 use sae_core::{SteConfig, TrainableSae, WeightedPenalty, training_loss};
 
-fn sae(parametrisation: ThresholdParametrisation, bandwidth: f64) -> JumpReluSae {
-    let (d, m) = (24, 96);
+use common::{max_abs, max_abs_diff};
+
+const D_IN: usize = 24;
+const D_SAE: usize = 96;
+const TOKENS: usize = 256;
+
+fn affine() -> AffineSae {
     let device = Device::Cpu;
-    let affine = AffineSae::new(
-        Tensor::randn(0f32, 0.3, (d, m), &device).unwrap(),
-        Tensor::randn(0f32, 0.05, m, &device).unwrap(),
-        Tensor::randn(0f32, 0.3, (m, d), &device).unwrap(),
-        Tensor::randn(0f32, 0.1, d, &device).unwrap(),
+    AffineSae::new(
+        Tensor::randn(0f32, 0.3, (D_IN, D_SAE), &device).unwrap(),
+        Tensor::randn(0f32, 0.05, D_SAE, &device).unwrap(),
+        Tensor::randn(0f32, 0.3, (D_SAE, D_IN), &device).unwrap(),
+        Tensor::randn(0f32, 0.1, D_IN, &device).unwrap(),
         true,
     )
-    .unwrap();
-    // Thresholds spread over the pre-activations' range: many pairs sit in the ε band.
-    let threshold = Tensor::rand(0.05f32, 0.6, m, &device).unwrap();
-    JumpReluSae::new(affine, threshold, parametrisation, SteConfig { bandwidth }).unwrap()
+    .unwrap()
 }
 
-fn dense_gradients(sae: &JumpReluSae, x: &Tensor, lambda: f64) -> (f32, BTreeMap<String, Tensor>) {
-    let penalty = L0Ste { ste: sae.ste };
-    let weighted = [WeightedPenalty {
-        penalty: &penalty,
-        coefficient: lambda,
-    }];
-    let (_, terms) = training_loss(sae, x, &weighted, &PenaltyContext::default()).unwrap();
+fn jumprelu(parametrisation: ThresholdParametrisation, bandwidth: f64) -> JumpReluSae {
+    // Thresholds spread over the pre-activations' range: many pairs sit in the ε band.
+    let threshold = Tensor::rand(0.05f32, 0.6, D_SAE, &Device::Cpu).unwrap();
+    JumpReluSae::new(
+        affine(),
+        threshold,
+        parametrisation,
+        SteConfig { bandwidth },
+    )
+    .unwrap()
+}
+
+fn inputs() -> Tensor {
+    Tensor::randn(0f32, 1.0, (TOKENS, D_IN), &Device::Cpu).unwrap()
+}
+
+/// Every third latent is dead: some of them are also among a token's active latents.
+fn dead_latents() -> Vec<bool> {
+    (0..D_SAE).map(|j| j % 3 == 0).collect()
+}
+
+/// The dense loss and gradients by parameter name, from candle's autograd.
+fn dense_gradients(
+    sae: &dyn TrainableSae,
+    x: &Tensor,
+    penalties: &SparsePenalties,
+) -> (f32, BTreeMap<String, Tensor>) {
+    let l0 = L0Ste {
+        ste: SteConfig { bandwidth: 0.0 },
+    };
+    let l0 = match sae.sparse_form().unwrap().unwrap().rule {
+        sae_core::sparse::SelectionRule::Threshold { bandwidth, .. } => L0Ste {
+            ste: SteConfig {
+                bandwidth: bandwidth as f64,
+            },
+        },
+        _ => l0,
+    };
+    let auxk = penalties.auxk.as_ref().map(|a| AuxK { k_aux: a.k_aux });
+    let mut weighted = Vec::new();
+    if penalties.l0 != 0.0 {
+        weighted.push(WeightedPenalty {
+            penalty: &l0,
+            coefficient: penalties.l0,
+        });
+    }
+    let mut context = PenaltyContext::default();
+    if let (Some(auxk), Some(term)) = (&auxk, &penalties.auxk) {
+        weighted.push(WeightedPenalty {
+            penalty: auxk,
+            coefficient: term.coefficient,
+        });
+        let mask: Vec<f32> = term.dead.iter().map(|&d| d as u8 as f32).collect();
+        context.dead_latents = Some(Tensor::new(mask, &Device::Cpu).unwrap());
+    }
+    let (_, terms) = training_loss(sae, x, &weighted, &context).unwrap();
     let grads = terms.total.backward().unwrap();
     let by_name = sae
         .vars()
@@ -41,73 +95,155 @@ fn dense_gradients(sae: &JumpReluSae, x: &Tensor, lambda: f64) -> (f32, BTreeMap
     (terms.total.to_scalar::<f32>().unwrap(), by_name)
 }
 
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+/// Runs the sparse step and checks its loss and every gradient against the dense step's.
+fn assert_equals_dense(
+    sae: &dyn TrainableSae,
+    penalties: &SparsePenalties,
+    what: &str,
+) -> SparseStep {
+    let x = inputs();
+    let sparse = sparse_step(sae, &x, penalties, 1.0).unwrap().unwrap();
+    let (total, dense) = dense_gradients(sae, &x, penalties);
+    assert!(
+        (sparse.total - total).abs() <= 1e-5 * total.abs().max(1.0),
+        "{what}: loss {} vs {total}",
+        sparse.total
+    );
+    assert!(
+        sparse.active_pairs > 0 && sparse.active_pairs < TOKENS * D_SAE,
+        "{what}: {} active pairs",
+        sparse.active_pairs
+    );
+    assert_eq!(sparse.gradients.len(), dense.len(), "{what}");
+    for (name, gradient) in &sparse.gradients {
+        let reference = &dense[*name];
+        assert_eq!(gradient.dims(), reference.dims(), "{what}: {name}");
+        // f32 sums in a different order: relative to the gradient's scale.
+        let scale = max_abs(reference).max(1e-6);
+        let error = max_abs_diff(gradient, reference);
+        assert!(
+            error <= 1e-4 * scale,
+            "{what}: {name} differs by {error} (scale {scale})"
+        );
+        if *name == "threshold" || *name == "log_threshold" {
+            assert!(scale > 1e-6, "{what}: pairs in the band give θ a gradient");
+        }
+    }
+    sparse
+}
+
+fn with_auxk(l0: f64) -> SparsePenalties {
+    SparsePenalties {
+        l0,
+        auxk: Some(AuxKTerm {
+            k_aux: 12,
+            coefficient: 1.0 / 32.0,
+            dead: dead_latents(),
+        }),
+    }
 }
 
 #[test]
-fn sparse_step_equals_the_dense_autograd_step() {
+fn jumprelu_sparse_step_equals_the_dense_autograd_step() {
     for (parametrisation, bandwidth) in [
         (ThresholdParametrisation::Raw, 0.05),
         (ThresholdParametrisation::Log, 0.05),
         (ThresholdParametrisation::Raw, 1e-3),
     ] {
-        let sae = sae(parametrisation, bandwidth);
-        let x = Tensor::randn(0f32, 1.0, (256, 24), &Device::Cpu).unwrap();
-        let lambda = 0.02;
-        let sparse = jumprelu_sparse_step(&sae, &x, lambda, 1.0)
-            .unwrap()
-            .unwrap();
+        let sae = jumprelu(parametrisation, bandwidth);
+        let what = format!("JumpReLU {parametrisation:?} ε {bandwidth}");
+        let penalties = SparsePenalties {
+            l0: 0.02,
+            auxk: None,
+        };
+        assert_equals_dense(&sae, &penalties, &what);
         assert!(
-            jumprelu_sparse_step(&sae, &x, lambda, 1e-4)
+            sparse_step(&sae, &inputs(), &penalties, 1e-4)
                 .unwrap()
                 .is_none(),
-            "dense fallback"
+            "{what}: dense fallback above the active fraction"
         );
-        let (total, dense) = dense_gradients(&sae, &x, lambda);
-        assert!(
-            (sparse.total - total).abs() <= 1e-5 * total.abs().max(1.0),
-            "{} vs {total}",
-            sparse.total
-        );
-        assert!(
-            sparse.active_pairs > 0 && sparse.active_pairs < 256 * 96,
-            "{}",
-            sparse.active_pairs
-        );
-        assert_eq!(sparse.gradients.len(), dense.len());
-        for (name, gradient) in &sparse.gradients {
-            let reference = &dense[*name];
-            assert_eq!(gradient.dims(), reference.dims(), "{name}");
-            // f32 sums in a different order: relative to the gradient's scale.
-            let scale = max_abs(reference).max(1e-6);
-            let error = max_abs(&(gradient - reference).unwrap());
-            assert!(
-                error <= 1e-4 * scale,
-                "{parametrisation:?} ε {bandwidth}: {name} differs by {error} (scale {scale})"
-            );
-            if *name == "threshold" || *name == "log_threshold" {
-                assert!(
-                    scale > 0.0,
-                    "some pairs are in the band, so θ has a gradient"
-                );
-            }
-        }
     }
+    let sae = jumprelu(ThresholdParametrisation::Raw, 0.05);
+    let step = assert_equals_dense(&sae, &with_auxk(0.02), "JumpReLU with AuxK");
+    assert!(step.auxk > 0.0);
 }
 
 #[test]
-fn sparse_step_rejects_inputs_of_the_wrong_width_or_dtype() {
-    let sae = sae(ThresholdParametrisation::Raw, 0.05);
+fn topk_sparse_step_equals_the_dense_autograd_step() {
+    let sae = TopKSae::new(affine(), 8).unwrap();
+    let step = assert_equals_dense(&sae, &SparsePenalties::default(), "TopK");
+    assert_eq!(step.auxk, 0.0);
+    assert!(step.active_pairs <= 8 * TOKENS);
+    let step = assert_equals_dense(&sae, &with_auxk(0.0), "TopK with AuxK");
+    assert!(step.auxk > 0.0, "AuxK term {}", step.auxk);
+    // Two dead latents: many tokens have neither above zero, so no AuxK pair (ê = 0).
+    let mut few_dead = with_auxk(0.0);
+    few_dead.auxk.as_mut().unwrap().dead = (0..D_SAE).map(|j| j < 2).collect();
+    let step = assert_equals_dense(&sae, &few_dead, "TopK, AuxK with two dead latents");
+    assert!(step.auxk > 0.0);
+    // No dead latent: AuxK contributes nothing, as in the dense penalty.
+    let mut none_dead = with_auxk(0.0);
+    none_dead.auxk.as_mut().unwrap().dead = vec![false; D_SAE];
+    let step = assert_equals_dense(&sae, &none_dead, "TopK, AuxK without dead latents");
+    assert_eq!(step.auxk, 0.0);
+}
+
+#[test]
+fn batch_topk_sparse_step_equals_the_dense_autograd_step() {
+    let sae = BatchTopKSae::new(affine(), 8, None).unwrap();
+    assert_equals_dense(&sae, &SparsePenalties::default(), "BatchTopK");
+    assert_equals_dense(&sae, &with_auxk(0.0), "BatchTopK with AuxK");
+}
+
+#[test]
+fn batch_topk_threshold_statistic_matches_the_dense_step() {
+    let x = inputs();
+    let mut dense_sae = BatchTopKSae::new(affine(), 8, None).unwrap();
+    let mut sparse_sae = dense_sae.clone();
+    let out = dense_sae.train_forward(&x).unwrap();
+    dense_sae.after_step(&out).unwrap();
+    let step = sparse_step(&sparse_sae, &x, &SparsePenalties::default(), 1.0)
+        .unwrap()
+        .unwrap();
+    sparse_sae.after_sparse_step(&step).unwrap();
+    let (dense, sparse) = (
+        dense_sae.global_threshold().unwrap(),
+        sparse_sae.global_threshold().unwrap(),
+    );
+    assert!(
+        dense > 0.0 && (dense - sparse).abs() <= 1e-6 * dense,
+        "{dense} vs {sparse}"
+    );
+}
+
+#[test]
+fn l0_without_a_threshold_is_left_to_the_dense_step() {
+    let sae = TopKSae::new(affine(), 8).unwrap();
+    let penalties = SparsePenalties {
+        l0: 0.1,
+        auxk: None,
+    };
+    assert!(
+        sparse_step(&sae, &inputs(), &penalties, 1.0)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn sparse_step_rejects_bad_inputs() {
+    let sae = jumprelu(ThresholdParametrisation::Raw, 0.05);
+    let penalties = SparsePenalties {
+        l0: 0.1,
+        auxk: None,
+    };
     let wrong = Tensor::zeros((4, 7), DType::F32, &Device::Cpu).unwrap();
-    assert!(jumprelu_sparse_step(&sae, &wrong, 0.1, 1.0).is_err());
-    let half = Tensor::zeros((4, 24), DType::F64, &Device::Cpu).unwrap();
-    assert!(jumprelu_sparse_step(&sae, &half, 0.1, 1.0).is_err());
+    assert!(sparse_step(&sae, &wrong, &penalties, 1.0).is_err());
+    let double = Tensor::zeros((4, D_IN), DType::F64, &Device::Cpu).unwrap();
+    assert!(sparse_step(&sae, &double, &penalties, 1.0).is_err());
+    let mut short_mask = with_auxk(0.1);
+    short_mask.auxk.as_mut().unwrap().dead = vec![true; D_SAE - 1];
+    let error = sparse_step(&sae, &inputs(), &short_mask, 1.0).unwrap_err();
+    assert!(error.to_string().contains("dead-latent mask"), "{error}");
 }

@@ -111,8 +111,9 @@ pub struct SaeConfig {
     pub pre_encoder_bias: Option<bool>,
     /// How b_dec starts: zeros (Gemma Scope) or the mean input (SAELens' `mean`).
     pub decoder_bias_init: Option<DecoderBiasInit>,
-    /// JumpReLU with L0 penalties: use the sparsity-aware step when few latents are active
-    /// (`sae_core::sparse`; equal to the dense step to f32 rounding). Default true.
+    /// JumpReLU, TopK and BatchTopK with L0 and AuxK penalties only: use the sparsity-aware
+    /// step when few latents are active (`sae_core::sparse`; equal to the dense step to f32
+    /// rounding). Default true.
     pub sparse_step: Option<bool>,
     /// Divide inputs by C with E‖x/C‖² = 1.
     pub normalise_inputs: Option<bool>,

@@ -8,6 +8,7 @@ use activation_cache::{ActivationSource, Cursor};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::format::{save_saelens, write_dir_atomically};
+use sae_core::sparse::{AuxKTerm, SparsePenalties};
 use sae_core::{
     AuxK, DecoderNormL1, InitConfig, L0Ste, L1, PenaltyContext, SaeShape, SparsityPenalty,
     SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
@@ -457,13 +458,10 @@ impl SaeRun {
     ) -> Result<Option<MetricsRow>> {
         let lr = learning_rate(&self.config, step, total);
         let warm = lambda_factor(&self.config, step);
-        let dead: Vec<f32> = self
-            .since_fired
-            .iter()
-            .map(|&s| if s >= dead_window { 1.0 } else { 0.0 })
-            .collect();
+        let dead: Vec<bool> = self.since_fired.iter().map(|&s| s >= dead_window).collect();
+        let dead_mask: Vec<f32> = dead.iter().map(|&d| if d { 1.0 } else { 0.0 }).collect();
         let context = PenaltyContext {
-            dead_latents: Some(Tensor::new(dead, x.device())?),
+            dead_latents: Some(Tensor::new(dead_mask, x.device())?),
         };
         let weighted: Vec<WeightedPenalty> = self
             .penalties
@@ -473,7 +471,7 @@ impl SaeRun {
                 coefficient: c.coefficient() * if c.warms_up() { warm } else { 1.0 },
             })
             .collect();
-        let step = self.gradients(x, &weighted, &context)?;
+        let step = self.gradients(x, &weighted, &context, &dead)?;
         self.adam.tick();
         let decoder = self.sae.decoder_var().as_tensor().clone();
         for (name, var) in self.sae.vars() {
@@ -490,8 +488,10 @@ impl SaeRun {
         if self.config.decoder_constraint {
             sae_core::constraint::renormalise_rows(self.sae.decoder_var())?;
         }
-        if let Some(out) = &step.forward {
-            self.sae.after_step(out)?;
+        match (&step.forward, &step.sparse) {
+            (Some(out), _) => self.sae.after_step(out)?,
+            (None, Some(sparse)) => self.sae.after_sparse_step(sparse)?,
+            (None, None) => {}
         }
 
         let tokens = x.dims()[0] as u64;
@@ -569,6 +569,8 @@ const MAX_SPARSE_FRACTION: f64 = 0.05;
 /// What one step computed: gradients by parameter name and the numbers metrics need.
 struct StepResult {
     gradients: Vec<(&'static str, Tensor)>,
+    /// The sparse step's statistics, when it ran (its gradients are moved to `gradients`).
+    sparse: Option<sae_core::sparse::SparseStep>,
     fires: Vec<u32>,
     total: f64,
     reconstruction: f64,
@@ -580,38 +582,65 @@ struct StepResult {
 }
 
 impl SaeRun {
-    /// The loss and its gradients: the sparse JumpReLU step when it applies (a JumpReLU SAE
-    /// trained with L0 penalties only, few active pairs), else candle's autograd.
+    /// The penalties as the sparse step takes them, or `None` when one of them needs the
+    /// dense forward pass (L1 terms, or more than one AuxK term).
+    fn sparse_penalties(
+        &self,
+        weighted: &[WeightedPenalty<'_>],
+        dead: &[bool],
+    ) -> Option<SparsePenalties> {
+        let mut sparse = SparsePenalties::default();
+        for ((_, config), weighted) in self.penalties.iter().zip(weighted) {
+            match config {
+                PenaltyConfig::L0 { .. } => sparse.l0 += weighted.coefficient,
+                PenaltyConfig::Auxk { k_aux, .. } if sparse.auxk.is_none() => {
+                    sparse.auxk = Some(AuxKTerm {
+                        k_aux: *k_aux,
+                        coefficient: weighted.coefficient,
+                        dead: dead.to_vec(),
+                    });
+                }
+                _ => return None,
+            }
+        }
+        Some(sparse)
+    }
+
+    /// The loss and its gradients: the sparsity-aware step when it applies (JumpReLU, TopK or
+    /// BatchTopK with L0 and AuxK penalties only, few active pairs), else candle's autograd.
     fn gradients(
         &self,
         x: &Tensor,
         weighted: &[WeightedPenalty<'_>],
         context: &PenaltyContext,
+        dead: &[bool],
     ) -> Result<StepResult> {
-        let only_l0 = self
-            .penalties
-            .iter()
-            .all(|(_, c)| matches!(c, PenaltyConfig::L0 { .. }));
-        if let Some(jumprelu) = self
-            .sae
-            .as_jumprelu()
-            .filter(|_| self.config.sparse_step && only_l0)
+        let sparse_inputs = x.dtype() == DType::F32 && x.device().is_cpu();
+        if let Some(penalties) = self
+            .sparse_penalties(weighted, dead)
+            .filter(|_| self.config.sparse_step && sparse_inputs)
+            && let Some(mut step) = sae_core::sparse::sparse_step(
+                self.sae.as_ref(),
+                x,
+                &penalties,
+                MAX_SPARSE_FRACTION,
+            )?
         {
-            let lambda: f64 = weighted.iter().map(|w| w.coefficient).sum();
-            if let Some(step) =
-                sae_core::sparse::jumprelu_sparse_step(jumprelu, x, lambda, MAX_SPARSE_FRACTION)?
-            {
-                return Ok(StepResult {
-                    gradients: step.gradients,
-                    fires: step.fires,
-                    total: step.total as f64,
-                    reconstruction: step.reconstruction as f64,
-                    penalty: step.l0 as f64,
-                    auxiliary: 0.0,
-                    squared_error: step.squared_error as f64,
-                    forward: None,
-                });
-            }
+            let has_l0 = self
+                .penalties
+                .iter()
+                .any(|(_, c)| matches!(c, PenaltyConfig::L0 { .. }));
+            return Ok(StepResult {
+                gradients: std::mem::take(&mut step.gradients),
+                fires: std::mem::take(&mut step.fires),
+                total: step.total as f64,
+                reconstruction: step.reconstruction as f64,
+                penalty: if has_l0 { step.l0 as f64 } else { 0.0 } + step.auxk as f64,
+                auxiliary: 0.0,
+                squared_error: step.squared_error as f64,
+                forward: None,
+                sparse: Some(step),
+            });
         }
         let (out, loss) = sae_core::training_loss(self.sae.as_ref(), x, weighted, context)?;
         let grads = loss.total.backward()?;
@@ -647,6 +676,7 @@ impl SaeRun {
                 .unwrap_or(0.0),
             squared_error: scalar(&(x - &out.reconstruction)?.sqr()?.sum_all()?)?,
             forward: Some(out),
+            sparse: None,
         })
     }
 }

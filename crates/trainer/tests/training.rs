@@ -327,24 +327,28 @@ fn decoder_rows_stay_unit_norm_after_every_step() {
     }
 }
 
-#[test]
-fn sparse_jumprelu_step_trains_like_the_dense_step() {
+/// Trains the same SAE with the sparse and the dense step and checks that the weights and
+/// metrics agree to f32 rounding (and that the sparse path ran: they are not bit-identical).
+fn assert_sparse_trains_like_dense(
+    architecture: Architecture,
+    steps: u64,
+    tweak: impl Fn(&mut SaeConfig),
+) {
     let run = |sparse: bool| {
-        let mut sae = SaeConfig::new("sae", HOOK, Architecture::JumpRelu, 512);
+        let mut sae = SaeConfig::new("sae", HOOK, architecture, 512);
         sae.lr = Some(1e-3);
         sae.lr_warmup_steps = Some(0);
-        sae.penalties = Some(vec![PenaltyConfig::L0 { coefficient: 0.01 }]);
-        sae.bandwidth = Some(0.05);
-        sae.threshold_init = Some(0.25); // few active pairs from the start: the sparse path runs
         sae.sparse_step = Some(sparse);
+        tweak(&mut sae);
         let dir = tempfile::tempdir().unwrap();
         let mut trainer =
-            Trainer::new(config(vec![sae], 20), Synthetic::new(), dir.path()).unwrap();
+            Trainer::new(config(vec![sae], steps), Synthetic::new(), dir.path()).unwrap();
         trainer.run(&RunOptions::default()).unwrap();
         let tensors = trainer.runs[0].sae.tensors().unwrap();
         let metrics = trainer.metrics.last().unwrap().clone();
         (tensors, metrics)
     };
+    let what = architecture.name();
     let (sparse, sparse_metrics) = run(true);
     let (dense, dense_metrics) = run(false);
     let mut identical = true;
@@ -361,17 +365,51 @@ fn sparse_jumprelu_step_trains_like_the_dense_step() {
         identical &= difference == 0.0;
         assert!(
             difference < 1e-3,
-            "{name} differs by {difference} after 20 steps"
+            "{what}: {name} differs by {difference} after {steps} steps"
         );
     }
     assert!(
         !identical,
-        "the sparse path did not run (the weights are bit-identical)"
+        "{what}: the sparse path did not run (the weights are bit-identical)"
     );
-    assert!((sparse_metrics.l0 - dense_metrics.l0).abs() < 0.5);
     assert!(
-        (sparse_metrics.loss - dense_metrics.loss).abs() < 1e-3 * dense_metrics.loss.abs().max(1.0)
+        (sparse_metrics.l0 - dense_metrics.l0).abs() < 0.5,
+        "{what}: L0 {} vs {}",
+        sparse_metrics.l0,
+        dense_metrics.l0
     );
+    assert!(
+        (sparse_metrics.loss - dense_metrics.loss).abs() < 1e-3 * dense_metrics.loss.abs().max(1.0),
+        "{what}: loss {} vs {}",
+        sparse_metrics.loss,
+        dense_metrics.loss
+    );
+}
+
+#[test]
+fn sparse_jumprelu_step_trains_like_the_dense_step() {
+    assert_sparse_trains_like_dense(Architecture::JumpRelu, 20, |sae| {
+        sae.penalties = Some(vec![PenaltyConfig::L0 { coefficient: 0.01 }]);
+        sae.bandwidth = Some(0.05);
+        sae.threshold_init = Some(0.25); // few active pairs from the start: the sparse path runs
+    });
+}
+
+/// TopK and BatchTopK with their default AuxK penalty; after 20 steps (5,120 tokens) latents
+/// that never fired are dead (window 5,000), so the last steps have an AuxK term.
+#[test]
+fn sparse_topk_steps_with_auxk_train_like_the_dense_step() {
+    for architecture in [
+        Architecture::TopK { k: 8 },
+        Architecture::BatchTopK { k: 8 },
+    ] {
+        assert_sparse_trains_like_dense(architecture, 30, |sae| {
+            sae.penalties = Some(vec![PenaltyConfig::Auxk {
+                coefficient: 1.0 / 32.0,
+                k_aux: 16,
+            }]);
+        });
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@ use candle_core::{DType, Tensor, Var};
 
 use super::affine::AffineSae;
 use super::{Architecture, Sae, TrainOutput, TrainableSae};
+use crate::sparse::{SelectionRule, SparseForm, SparseStep};
 use crate::topk::top_k_mask_flat;
 use crate::{Result, SaeError};
 
@@ -57,6 +58,19 @@ impl BatchTopKSae {
 
     fn set_threshold(&self, value: f64) {
         *self.threshold.write().expect("threshold lock poisoned") = Some(value);
+    }
+
+    /// Moves the inference threshold towards the smallest latent kept in a training batch
+    /// (sets it from the first batch); `None` when the batch kept nothing.
+    fn record_smallest_kept(&self, smallest: Option<f32>) {
+        let Some(smallest) = smallest.map(f64::from) else {
+            return;
+        };
+        let updated = match self.global_threshold() {
+            Some(theta) => (1.0 - THRESHOLD_EMA_RATE) * theta + THRESHOLD_EMA_RATE * smallest,
+            None => smallest,
+        };
+        self.set_threshold(updated);
     }
 
     fn threshold_or_error(&self) -> Result<f64> {
@@ -143,16 +157,20 @@ impl TrainableSae for BatchTopKSae {
         let kept = latents.gt(0.0)?;
         let candidates =
             kept.where_cond(&latents, &latents.ones_like()?.affine(0.0, big as f64)?)?;
-        let smallest = candidates.min_all()?.to_scalar::<f32>()? as f64;
-        if smallest >= big as f64 {
-            return Ok(()); // nothing was kept in this batch
-        }
-        let updated = match self.global_threshold() {
-            Some(theta) => (1.0 - THRESHOLD_EMA_RATE) * theta + THRESHOLD_EMA_RATE * smallest,
-            None => smallest,
-        };
-        self.set_threshold(updated);
+        let smallest = candidates.min_all()?.to_scalar::<f32>()?;
+        // Nothing was kept in this batch when every candidate is the placeholder.
+        self.record_smallest_kept((smallest < big).then_some(smallest));
         Ok(())
+    }
+    fn after_sparse_step(&mut self, step: &SparseStep) -> Result<()> {
+        self.record_smallest_kept(step.smallest_active.filter(|&v| v > 0.0));
+        Ok(())
+    }
+    fn sparse_form(&self) -> Result<Option<SparseForm<'_>>> {
+        Ok(Some(SparseForm {
+            affine: &self.affine,
+            rule: SelectionRule::BatchTopK { k: self.k },
+        }))
     }
     fn decoder_var(&self) -> &Var {
         &self.affine.w_dec

@@ -4,6 +4,7 @@ use candle_core::{Tensor, Var};
 
 use super::affine::{AffineSae, expect_shape, update_f32};
 use super::{Architecture, Sae, TrainOutput, TrainableSae};
+use crate::sparse::{SelectionRule, SparseForm};
 use crate::ste::{self, SteConfig};
 use crate::{Result, SaeError};
 
@@ -152,7 +153,14 @@ impl TrainableSae for JumpReluSae {
     fn decoder_var(&self) -> &Var {
         &self.affine.w_dec
     }
-    fn as_jumprelu(&self) -> Option<&JumpReluSae> {
-        Some(self)
+    fn sparse_form(&self) -> Result<Option<SparseForm<'_>>> {
+        Ok(Some(SparseForm {
+            affine: &self.affine,
+            rule: SelectionRule::Threshold {
+                theta: self.theta()?.to_dtype(candle_core::DType::F32)?.to_vec1()?,
+                bandwidth: self.ste.bandwidth as f32,
+                parametrisation: self.parametrisation,
+            },
+        }))
     }
 }

@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::Result;
+use crate::sparse::{SparseForm, SparseStep};
 
 /// Which architecture an SAE has, with the settings that change its forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -143,12 +144,17 @@ pub trait TrainableSae: Sae {
     fn auxiliary_loss(&self, _out: &TrainOutput) -> Result<Option<Tensor>> {
         Ok(None)
     }
-    /// The SAE as a JumpReLU SAE, for steps specialised to it ([`crate::sparse`]).
-    fn as_jumprelu(&self) -> Option<&JumpReluSae> {
-        None
+    /// The SAE's affine part and selection rule, for architectures the sparsity-aware step
+    /// ([`crate::sparse`]) can train; `None` (the default) keeps them on the dense step.
+    fn sparse_form(&self) -> Result<Option<SparseForm<'_>>> {
+        Ok(None)
     }
     /// Updates running statistics after an optimiser step (BatchTopK's inference threshold).
     fn after_step(&mut self, _out: &TrainOutput) -> Result<()> {
+        Ok(())
+    }
+    /// [`TrainableSae::after_step`] for a step taken by [`crate::sparse::sparse_step`].
+    fn after_sparse_step(&mut self, _step: &SparseStep) -> Result<()> {
         Ok(())
     }
     /// The decoder variable (for the unit-norm constraint).

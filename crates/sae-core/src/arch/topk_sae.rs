@@ -4,6 +4,7 @@ use candle_core::{Tensor, Var};
 
 use super::affine::AffineSae;
 use super::{Architecture, Sae, TrainOutput, TrainableSae};
+use crate::sparse::{SelectionRule, SparseForm};
 use crate::topk::top_k_mask;
 use crate::{Result, SaeError};
 
@@ -67,5 +68,11 @@ impl TrainableSae for TopKSae {
     }
     fn decoder_var(&self) -> &Var {
         &self.affine.w_dec
+    }
+    fn sparse_form(&self) -> Result<Option<SparseForm<'_>>> {
+        Ok(Some(SparseForm {
+            affine: &self.affine,
+            rule: SelectionRule::TopK { k: self.k },
+        }))
     }
 }

@@ -1,0 +1,417 @@
+//! The sparsity-aware training step: the loss and every gradient of `training_loss` for
+//! JumpReLU (L0 penalty), TopK and BatchTopK SAEs (each optionally with AuxK), computed
+//! without a dense decoder.
+//!
+//! Only the encoder forward π = (x − b_dec)·W_enc + b_enc is a dense matrix product. Everything
+//! else runs over the (token, latent) pairs that matter ([`select`]): the active ones (π > θ
+//! for JumpReLU, the k largest for TopK, the k·batch largest for BatchTopK), JumpReLU's
+//! straight-through band (|π − θ| < ε/2) and AuxK's dead latents; about L0 + a few per token
+//! instead of d_sae:
+//!
+//! | quantity | over |
+//! |---|---|
+//! | x̂ = b_dec + Σ_active f·W_dec[j] | active pairs |
+//! | ∂/∂W_dec[j] = Σ f·g, g = 2(x̂ − x)/B | active pairs |
+//! | ∂/∂π = g·W_dec[j] (the z-gradient H(π − θ), or ReLU′) | active pairs |
+//! | ∂/∂W_enc[:, j] = Σ (x − b_dec)·∂/∂π, ∂/∂b_enc | active and AuxK pairs |
+//! | ∂/∂θ = Σ (g·W_dec[j])·(−θ/ε) − λ/(εB) | band pairs |
+//! | AuxK: ê = Σ_aux f·W_dec[j], h = 2α(ê − e)/Σ‖e − ē‖², e = x − x̂ (no gradient) | AuxK pairs |
+//! | ∂/∂b_dec = Σ g − W_enc·∂/∂b_enc | dense, d_in |
+//!
+//! Passes: the encoder product (OpenBLAS when the system has it, see [`blas`], else candle's
+//! gemm) read once in place to collect each token's pairs; per token, x̂, g and every pair's
+//! g·W_dec[j] (the decoder rows are still in cache), then AuxK's ê and h; per latent, the
+//! gradient rows (each thread owns whole rows of the W_enc and W_dec gradients, so no
+//! accumulator is shared). Row loops use [`kernels`]' vectorised dot and axpy. The result
+//! equals candle's autograd of the dense loss to f32 rounding (test `sparse_step.rs`).
+
+mod select;
+
+use candle_core::{DType, Device, Layout, Storage, Tensor};
+use rayon::prelude::*;
+
+use self::select::Pair;
+use crate::arch::{AffineSae, ThresholdParametrisation, TrainableSae};
+use crate::{Result, SaeError, blas, kernels};
+
+/// How an architecture picks each token's active latents from the pre-activations π.
+#[derive(Debug, Clone)]
+pub enum SelectionRule {
+    /// JumpReLU: π > θ per latent; pairs within ε/2 of θ carry θ's straight-through gradient.
+    Threshold {
+        /// θ, `[d_sae]`.
+        theta: Vec<f32>,
+        /// The straight-through estimators' bandwidth ε.
+        bandwidth: f32,
+        /// How θ is stored (its gradient is taken with respect to the stored variable).
+        parametrisation: ThresholdParametrisation,
+    },
+    /// TopK: ReLU of each token's `k` largest π.
+    TopK {
+        /// Latents kept per token.
+        k: usize,
+    },
+    /// BatchTopK (training): the `k · tokens` largest ReLU(π) of the whole batch. Values tied
+    /// with the smallest one kept are all kept.
+    BatchTopK {
+        /// Mean latents kept per token.
+        k: usize,
+    },
+}
+
+/// What the sparse step needs of an SAE: its affine part and how it selects latents
+/// (see [`TrainableSae::sparse_form`]).
+#[derive(Debug, Clone)]
+pub struct SparseForm<'a> {
+    /// Encoder and decoder.
+    pub affine: &'a AffineSae,
+    /// How latents become active.
+    pub rule: SelectionRule,
+}
+
+/// The AuxK term for dead latents ([`crate::AuxK`]) as the sparse step takes it.
+#[derive(Debug, Clone)]
+pub struct AuxKTerm {
+    /// Dead latents reconstructing the residual, per token.
+    pub k_aux: usize,
+    /// The term's coefficient α.
+    pub coefficient: f64,
+    /// Which latents are dead, `[d_sae]`.
+    pub dead: Vec<bool>,
+}
+
+/// The penalties of a sparse step, with this step's coefficients.
+#[derive(Debug, Clone, Default)]
+pub struct SparsePenalties {
+    /// λ of the L0 penalty ([`crate::L0Ste`]); needs [`SelectionRule::Threshold`]. 0 for none.
+    pub l0: f64,
+    /// The AuxK term, if the SAE is trained with one.
+    pub auxk: Option<AuxKTerm>,
+}
+
+/// Loss terms and gradients of one sparse step, by parameter name (the SAE's `vars` names).
+#[derive(Debug, Clone)]
+pub struct SparseStep {
+    /// Reconstruction term (Σ over d_in, mean over tokens).
+    pub reconstruction: f32,
+    /// Mean number of active latents per token (the unscaled L0 term).
+    pub l0: f32,
+    /// The unscaled AuxK term (0 without one, or when no latent is dead).
+    pub auxk: f32,
+    /// reconstruction + λ·l0 + α·auxk.
+    pub total: f32,
+    /// Gradients, one per trainable tensor, shaped like it.
+    pub gradients: Vec<(&'static str, Tensor)>,
+    /// Σ over tokens of ‖x − x̂‖² (for FVU).
+    pub squared_error: f32,
+    /// Active (token, latent) pairs; the latents `[tokens, d_sae]` are never materialised.
+    pub active_pairs: usize,
+    /// Tokens on which each latent was non-zero.
+    pub fires: Vec<u32>,
+    /// The smallest non-zero latent value of the batch (BatchTopK's threshold statistic).
+    pub smallest_active: Option<f32>,
+}
+
+/// A CPU f32 tensor's elements, read in place (no copy); `what` names it in errors.
+fn contiguous_f32<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    kernels::cpu_f32(storage, layout).ok_or_else(|| {
+        SaeError::Config(format!(
+            "the sparse step needs {what} as a contiguous f32 CPU tensor"
+        ))
+    })
+}
+
+/// (x − b_dec)·W_enc, contiguous: OpenBLAS where the system has it ([`blas`]), else candle.
+fn encoder_product(centred: &Tensor, w_enc: &Tensor) -> Result<Tensor> {
+    let ((tokens, d_in), d_sae) = (centred.dims2()?, w_enc.dim(1)?);
+    let product = {
+        let (a_storage, a_layout) = centred.storage_and_layout();
+        let (b_storage, b_layout) = w_enc.storage_and_layout();
+        let a = contiguous_f32(&a_storage, a_layout, "the encoder input")?;
+        let b = contiguous_f32(&b_storage, b_layout, "W_enc")?;
+        blas::matmul(a, b, tokens, d_in, d_sae)
+    };
+    match product {
+        Some(product) => Ok(Tensor::from_vec(product, (tokens, d_sae), &Device::Cpu)?),
+        None => Ok(centred.matmul(w_enc)?.contiguous()?),
+    }
+}
+
+/// One token's share of the step: its pairs, g = 2(x̂ − x)/B, ‖x − x̂‖², and AuxK's h.
+struct TokenTerms {
+    pairs: Vec<Pair>,
+    g: Vec<f32>,
+    squared_error: f32,
+    aux: Vec<f32>,
+}
+
+/// The sparse step of `sae` on inputs `x` `[tokens, d_in]` (already scaled), f32 on the CPU.
+///
+/// `Ok(None)` when the SAE has no sparse form ([`TrainableSae::sparse_form`]), when an L0
+/// penalty is asked of an SAE without a threshold (the dense step reports that), or when more
+/// than `max_active_fraction` of the (token, latent) pairs take part (early in JumpReLU
+/// training, when the dense step is faster).
+///
+/// The `W_enc` gradient comes back as a transposed view of a `[d_sae, d_in]` buffer (each
+/// latent's column is written as one row); [`Tensor::contiguous`] lays it out if needed.
+pub fn sparse_step(
+    sae: &dyn TrainableSae,
+    x: &Tensor,
+    penalties: &SparsePenalties,
+    max_active_fraction: f64,
+) -> Result<Option<SparseStep>> {
+    let Some(SparseForm { affine, rule }) = sae.sparse_form()? else {
+        return Ok(None);
+    };
+    let (tokens, d_in) = x.dims2()?;
+    let d_sae = sae.d_sae();
+    if d_in != sae.d_in() || x.dtype() != DType::F32 || !matches!(x.device(), Device::Cpu) {
+        return Err(SaeError::Config(format!(
+            "the sparse step takes f32 CPU inputs [tokens, {}], got {:?} {:?}",
+            sae.d_in(),
+            x.dims(),
+            x.dtype()
+        )));
+    }
+    if penalties.l0 != 0.0 && !matches!(rule, SelectionRule::Threshold { .. }) {
+        return Ok(None);
+    }
+    let auxk = penalties
+        .auxk
+        .as_ref()
+        .filter(|a| a.k_aux > 0 && a.coefficient != 0.0 && a.dead.iter().any(|&d| d));
+    if let Some(auxk) = auxk
+        && auxk.dead.len() != d_sae
+    {
+        return Err(SaeError::Config(format!(
+            "the AuxK dead-latent mask has {} entries for {d_sae} latents",
+            auxk.dead.len()
+        )));
+    }
+    let x = x.contiguous()?;
+    let centred = affine.encoder_input(&x)?.contiguous()?;
+    // π without b_enc: the bias is added while the pairs are read, which saves a pass over
+    // (and a second copy of) the [tokens × d_sae] matrix.
+    let product = encoder_product(&centred, affine.w_enc.as_tensor())?;
+    let b_enc = affine.b_enc.as_tensor().to_vec1::<f32>()?;
+    let token_pairs = {
+        let (storage, layout) = product.storage_and_layout();
+        let rows = contiguous_f32(&storage, layout, "the pre-activations")?;
+        select::token_pairs(rows, &b_enc, &rule, auxk)
+    };
+    drop(product);
+    let pairs: usize = token_pairs.iter().map(Vec::len).sum();
+    if pairs as f64 > max_active_fraction * (tokens * d_sae) as f64 {
+        return Ok(None);
+    }
+    let w_dec_tensor = affine.w_dec.as_tensor();
+    let (w_dec_storage, w_dec_layout) = w_dec_tensor.storage_and_layout();
+    let w_dec = contiguous_f32(&w_dec_storage, w_dec_layout, "W_dec")?;
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let x_rows = contiguous_f32(&x_storage, x_layout, "the input")?;
+    let (centred_storage, centred_layout) = centred.storage_and_layout();
+    let centred = contiguous_f32(&centred_storage, centred_layout, "the encoder input")?;
+    let decoder_row = |j: u32| &w_dec[j as usize * d_in..(j as usize + 1) * d_in];
+
+    // Per token: the reconstruction's g = 2(x̂ − x)/B, its squared error, and each pair's
+    // ∂loss/∂f = g·W_dec[j] (the decoder rows are still in cache from the reconstruction).
+    let b_dec = affine.b_dec.as_tensor().to_vec1::<f32>()?;
+    let scale = 2.0 / tokens as f32;
+    let mut per_token: Vec<TokenTerms> = token_pairs
+        .into_par_iter()
+        .zip(x_rows.par_chunks(d_in))
+        .map(|(mut pairs, x)| {
+            let mut g = b_dec.clone();
+            for pair in pairs.iter().filter(|p| p.active) {
+                kernels::axpy(pair.pre, decoder_row(pair.index), &mut g);
+            }
+            let mut squared_error = 0f32;
+            for (g, x) in g.iter_mut().zip(x) {
+                let difference = *g - x;
+                squared_error += difference * difference;
+                *g = scale * difference;
+            }
+            for pair in pairs.iter_mut().filter(|p| p.active || p.band) {
+                pair.output_gradient = kernels::dot(&g, decoder_row(pair.index));
+            }
+            TokenTerms {
+                pairs,
+                g,
+                squared_error,
+                aux: Vec::new(),
+            }
+        })
+        .collect();
+    let auxk_term = match auxk {
+        Some(auxk) => aux_terms(&mut per_token, auxk.coefficient as f32, scale, &decoder_row),
+        None => 0.0,
+    };
+    let squared_error = per_token
+        .iter()
+        .map(|t| t.squared_error as f64)
+        .sum::<f64>();
+    let reconstruction = squared_error / tokens as f64;
+    let active = per_token
+        .iter()
+        .flat_map(|t| t.pairs.iter().filter(|p| p.active));
+    let active_pairs = active.clone().count();
+    let smallest_active = active
+        .filter(|p| p.pre != 0.0)
+        .map(|p| p.pre)
+        .min_by(f32::total_cmp);
+
+    // Regroup the pairs by latent (the index becomes the token).
+    let mut by_latent: Vec<Vec<Pair>> = vec![Vec::new(); d_sae];
+    for (i, token) in per_token.iter().enumerate() {
+        for pair in &token.pairs {
+            by_latent[pair.index as usize].push(Pair {
+                index: i as u32,
+                ..*pair
+            });
+        }
+    }
+    let (theta, bandwidth) = match &rule {
+        SelectionRule::Threshold {
+            theta, bandwidth, ..
+        } => (theta.as_slice(), *bandwidth),
+        _ => (&[][..], 1.0),
+    };
+    let l0_gradient = -(penalties.l0 as f32) / (bandwidth * tokens as f32);
+    // Per latent (threads own whole rows, written in place): its W_enc column gradient (a row
+    // of Wᵀ_enc), W_dec row gradient, b_enc and θ gradients.
+    let mut encoder_t = vec![0f32; d_sae * d_in];
+    let mut decoder = vec![0f32; d_sae * d_in];
+    let (b_enc, threshold): (Vec<f32>, Vec<f32>) = encoder_t
+        .par_chunks_mut(d_in)
+        .zip(decoder.par_chunks_mut(d_in))
+        .zip(by_latent.par_iter())
+        .enumerate()
+        .map(|(j, ((encoder, decoder), pairs))| {
+            let (mut b_enc, mut threshold) = (0f32, 0f32);
+            for pair in pairs {
+                let token = &per_token[pair.index as usize];
+                if pair.active || pair.aux {
+                    let i = pair.index as usize;
+                    let pre_gradient = pair.pre_gradient();
+                    kernels::axpy(pre_gradient, &centred[i * d_in..(i + 1) * d_in], encoder);
+                    b_enc += pre_gradient;
+                }
+                if pair.active {
+                    kernels::axpy(pair.pre, &token.g, decoder);
+                }
+                if pair.aux {
+                    kernels::axpy(pair.pre, &token.aux, decoder);
+                }
+                if pair.band {
+                    threshold += pair.output_gradient * (-theta[j] / bandwidth) + l0_gradient;
+                }
+            }
+            (b_enc, threshold)
+        })
+        .unzip();
+    let fires: Vec<u32> = by_latent
+        .iter()
+        .map(|pairs| pairs.iter().filter(|p| p.active && p.pre != 0.0).count() as u32)
+        .collect();
+    let device = Device::Cpu;
+    let b_enc = Tensor::from_vec(b_enc, d_sae, &device)?;
+    let mut b_dec = vec![0f32; d_in];
+    for token in &per_token {
+        b_dec.iter_mut().zip(&token.g).for_each(|(b, g)| *b += g);
+    }
+    let mut b_dec = Tensor::from_vec(b_dec, d_in, &device)?;
+    if affine.apply_b_dec_to_input {
+        let through_encoder = affine.w_enc.as_tensor().matmul(&b_enc.unsqueeze(1)?)?;
+        b_dec = (b_dec - through_encoder.squeeze(1)?)?;
+    }
+    let mut gradients = vec![
+        (
+            "W_enc",
+            Tensor::from_vec(encoder_t, (d_sae, d_in), &device)?.t()?,
+        ),
+        ("b_enc", b_enc),
+        ("W_dec", Tensor::from_vec(decoder, (d_sae, d_in), &device)?),
+        ("b_dec", b_dec),
+    ];
+    if let SelectionRule::Threshold {
+        theta,
+        parametrisation,
+        ..
+    } = rule
+    {
+        let threshold = Tensor::from_vec(threshold, d_sae, &device)?;
+        gradients.push(match parametrisation {
+            ThresholdParametrisation::Raw => ("threshold", threshold),
+            ThresholdParametrisation::Log => (
+                "log_threshold",
+                (threshold * Tensor::from_vec(theta, d_sae, &device)?)?,
+            ),
+        });
+    }
+    let l0 = active_pairs as f64 / tokens as f64;
+    let auxk_coefficient = auxk.map_or(0.0, |a| a.coefficient);
+    Ok(Some(SparseStep {
+        reconstruction: reconstruction as f32,
+        squared_error: squared_error as f32,
+        fires,
+        l0: l0 as f32,
+        auxk: auxk_term as f32,
+        total: (reconstruction + penalties.l0 * l0 + auxk_coefficient * auxk_term) as f32,
+        gradients,
+        active_pairs,
+        smallest_active,
+    }))
+}
+
+/// AuxK over the tokens' AuxK pairs: each token's ê − e, the term Σ‖ê − e‖² / Σ‖e − ē‖²
+/// (returned), h = 2α(ê − e)/Σ‖e − ē‖² (stored in the token) and each pair's h·W_dec[j].
+/// The residual e = x − x̂ = −g/scale carries no gradient, as in [`crate::AuxK`].
+fn aux_terms<'w>(
+    per_token: &mut [TokenTerms],
+    coefficient: f32,
+    scale: f32,
+    decoder_row: &(impl Fn(u32) -> &'w [f32] + Sync),
+) -> f64 {
+    let d_in = per_token.first().map_or(0, |t| t.g.len());
+    let tokens = per_token.len() as f64;
+    let mut mean = vec![0f64; d_in];
+    for token in per_token.iter() {
+        mean.iter_mut()
+            .zip(&token.g)
+            .for_each(|(m, g)| *m -= *g as f64 / scale as f64 / tokens);
+    }
+    let variance: f64 = per_token
+        .par_iter()
+        .map(|token| {
+            token
+                .g
+                .iter()
+                .zip(&mean)
+                .map(|(g, m)| (-*g as f64 / scale as f64 - m).powi(2))
+                .sum::<f64>()
+        })
+        .sum();
+    let error: f64 = per_token
+        .par_iter_mut()
+        .map(|token| {
+            // ê − e = ê + g/scale; a token without AuxK pairs has ê = 0 and adds ‖e‖².
+            let mut difference: Vec<f32> = token.g.iter().map(|g| g / scale).collect();
+            let error_of = |d: &[f32]| d.iter().map(|d| (*d as f64).powi(2)).sum::<f64>();
+            if !token.pairs.iter().any(|p| p.aux) {
+                return error_of(&difference);
+            }
+            for pair in token.pairs.iter().filter(|p| p.aux) {
+                kernels::axpy(pair.pre, decoder_row(pair.index), &mut difference);
+            }
+            let error = error_of(&difference);
+            let factor = (2.0 * coefficient as f64 / variance) as f32;
+            difference.iter_mut().for_each(|d| *d *= factor);
+            for pair in token.pairs.iter_mut().filter(|p| p.aux) {
+                pair.aux_gradient = kernels::dot(&difference, decoder_row(pair.index));
+            }
+            token.aux = difference;
+            error
+        })
+        .sum();
+    error / variance
+}
