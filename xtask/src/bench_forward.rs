@@ -21,6 +21,12 @@ pub struct BenchForwardArgs {
     /// Timed repetitions (after one warm-up).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Only f32 (default: f32 and bf16).
+    #[arg(long)]
+    pub f32_only: bool,
+    /// Only the harvest (default: the full pass too).
+    #[arg(long)]
+    pub harvest_only: bool,
 }
 
 /// Forward tokens/s of `model` on `batch` × `context` synthetic token ids, best of `repeats`
@@ -63,12 +69,22 @@ pub fn run(args: &BenchForwardArgs) -> anyhow::Result<()> {
         "model {}, batch {} × context {}, {cpu} threads",
         args.model, args.batch, args.context
     );
-    for dtype in [DType::F32, DType::BF16] {
-        let loaded = load_model(&args.model, &Device::Cpu, dtype)?;
-        for (label, harvest) in [
+    let dtypes: &[DType] = if args.f32_only {
+        &[DType::F32]
+    } else {
+        &[DType::F32, DType::BF16]
+    };
+    let passes: &[(&str, bool)] = if args.harvest_only {
+        &[("harvest to middle layer", true)]
+    } else {
+        &[
             ("full pass + LM head", false),
             ("harvest to middle layer", true),
-        ] {
+        ]
+    };
+    for &dtype in dtypes {
+        let loaded = load_model(&args.model, &Device::Cpu, dtype)?;
+        for &(label, harvest) in passes {
             let rate = forward_tokens_per_s(
                 &loaded.model,
                 args.batch,

@@ -34,6 +34,7 @@
 //! # }
 //! ```
 
+mod activation;
 pub mod assets;
 pub mod config;
 mod error;

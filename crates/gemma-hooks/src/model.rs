@@ -5,7 +5,7 @@ use candle_core::{D, DType, Device, Tensor};
 
 use crate::config::{AttentionKind, Family, GemmaConfig, Rope};
 use crate::weights::Weights;
-use crate::{GemmaError, HookPoint, Hooks, Result};
+use crate::{GemmaError, HookPoint, Hooks, Result, activation};
 
 /// Gemma's RMSNorm: x / √(mean(x²) + ε) · (1 + w), computed in f32 and cast back.
 #[derive(Debug, Clone)]
@@ -47,25 +47,29 @@ impl RmsNorm {
 /// A bias-free linear map y = x·Wᵀ with W `[out, in]`.
 #[derive(Debug, Clone)]
 struct Linear {
-    weight_t: Tensor,
+    /// `[out, in]`, as stored.
+    weight: Tensor,
 }
 
 impl Linear {
     fn new(weights: &mut Weights, name: &str, out: usize, input: usize) -> Result<Self> {
         Ok(Self {
-            weight_t: weights.take(name, &[out, input])?.t()?,
+            weight: weights.take(name, &[out, input])?,
         })
     }
 
     /// One `[tokens, in] × [in, out]` product over all leading dimensions (a batched product
-    /// per sequence runs the kernel on smaller, slower blocks).
+    /// per sequence runs the kernel on smaller, slower blocks): on the system's OpenBLAS for
+    /// f32 on the CPU ([`cpu_blas::linear`]), else candle's matmul.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let (lead, input) = dims.split_at(dims.len().saturating_sub(1));
         let tokens = lead.iter().product::<usize>();
-        let y = x
-            .reshape((tokens, input.iter().product::<usize>()))?
-            .matmul(&self.weight_t)?;
+        let x = x.reshape((tokens, input.iter().product::<usize>()))?;
+        let y = match cpu_blas::linear(&x.contiguous()?, &self.weight)? {
+            Some(y) => y,
+            None => x.matmul(&self.weight.t()?)?,
+        };
         let mut shape = lead.to_vec();
         shape.push(y.dim(1)?);
         Ok(y.reshape(shape)?)
@@ -339,7 +343,8 @@ impl GemmaModel {
             block.pre_feedforward_norm.normalize(&resid_mid)?,
         )?;
         let mlp_in = block.pre_feedforward_norm.scale(&normalized, self.dtype)?;
-        let hidden = (block.gate.forward(&mlp_in)?.gelu()? * block.up.forward(&mlp_in)?)?;
+        let hidden =
+            activation::gelu_mul(&block.gate.forward(&mlp_in)?, &block.up.forward(&mlp_in)?)?;
         let hidden = hooks.apply(HookPoint::MlpPost(layer), hidden)?;
         let mlp_out = block
             .post_feedforward_norm

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, D, DType, InplaceOp1, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::{Result, kernels};
+use crate::{Result, blas, kernels};
 
 /// ‖dᵢ‖₂ for every row of `w_dec` `[d_sae, d_in]`, as f32 `[d_sae]`.
 pub fn row_norms(w_dec: &Tensor) -> Result<Tensor> {
@@ -44,7 +44,7 @@ pub fn renormalise_rows(w_dec: &Var) -> Result<()> {
 /// A contiguous f32 CPU matrix's elements and row width, or `None`.
 fn cpu_rows<'a>(storage: &'a Storage, layout: &Layout) -> Option<(&'a [f32], usize)> {
     match layout.dims() {
-        &[_, width] => Some((kernels::cpu_f32(storage, layout)?, width)),
+        &[_, width] => Some((blas::cpu_f32(storage, layout)?, width)),
         _ => None,
     }
 }

@@ -5,17 +5,7 @@
 //! has at run time, so binaries stay portable (no `target-cpu=native`). Sixteen partial sums
 //! per lane make the dot product's result independent of the SIMD width chosen.
 
-use candle_core::{CpuStorage, Layout, Storage};
 use multiversion::multiversion;
-
-/// A contiguous f32 CPU tensor's elements, read in place (no copy), or `None` for any other
-/// device, dtype or layout.
-pub(crate) fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Some(&data[start..end]),
-        _ => None,
-    }
-}
 
 /// Lanes summed independently: the reduction tree is fixed, whatever the instruction set.
 const LANES: usize = 16;

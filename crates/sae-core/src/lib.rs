@@ -44,7 +44,8 @@
 //! ```
 
 pub mod arch;
-pub mod blas;
+/// The f32 products on the system's OpenBLAS ([`cpu_blas`]), as the sparse step uses them.
+pub use cpu_blas as blas;
 pub mod constraint;
 mod error;
 pub mod format;

@@ -114,7 +114,7 @@ pub struct SparseStep {
 
 /// A CPU f32 tensor's elements, read in place (no copy); `what` names it in errors.
 fn contiguous_f32<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    kernels::cpu_f32(storage, layout).ok_or_else(|| {
+    blas::cpu_f32(storage, layout).ok_or_else(|| {
         SaeError::Config(format!(
             "the sparse step needs {what} as a contiguous f32 CPU tensor"
         ))
