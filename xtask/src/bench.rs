@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// Model of the forward-pass benchmark.
     #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
     pub model: String,
+    /// Where our training rows run: cpu, cuda[:N] or metal[:N] (xtask built with the `cuda` or
+    /// `metal` feature); off the CPU the trainer takes candle's dense step.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// One measurement.
@@ -225,7 +229,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .collect();
     let mut records = Vec::new();
     for shape in &shapes {
-        records.extend(train_benchmarks(&machine, shape)?);
+        records.extend(train_benchmarks(&machine, shape, &args.device)?);
         if args.peers {
             records.extend(peer_train_benchmarks(&machine, shape, &python, args)?);
         }
@@ -248,8 +252,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn train_benchmarks(machine: &Machine, shape: &Shape) -> anyhow::Result<Vec<Record>> {
+fn train_benchmarks(machine: &Machine, shape: &Shape, device: &str) -> anyhow::Result<Vec<Record>> {
     let mut records = Vec::new();
+    let device: &'static str = device.to_string().leak();
     let base = TrainBench {
         d_in: shape.d_in,
         d_sae: shape.d_sae,
@@ -259,6 +264,7 @@ fn train_benchmarks(machine: &Machine, shape: &Shape) -> anyhow::Result<Vec<Reco
         architecture: Architecture::JumpRelu,
         threshold_init: RANDOM_INIT_THRESHOLD,
         dense: false,
+        device,
     };
     let realistic = shape.realistic_threshold();
     let runs = [
@@ -309,9 +315,13 @@ fn train_benchmarks(machine: &Machine, shape: &Shape) -> anyhow::Result<Vec<Reco
     ];
     for (what, bench) in runs {
         let measured = measure(&bench)?;
+        let what = match device {
+            "cpu" => what.to_string(),
+            device => format!("{what} on {device}"),
+        };
         records.push(machine.record(
             "train",
-            what,
+            &what,
             "gemma-scope-rs",
             &shape.label(),
             Some(measured.l0),
@@ -702,6 +712,7 @@ mod tests {
             out: PathBuf::new(),
             results: PathBuf::from("r"),
             model: "m".into(),
+            device: "cpu".into(),
         };
         let text = table(&records, &machine, "now", &args);
         let jumprelu = text

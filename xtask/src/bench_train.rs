@@ -39,6 +39,10 @@ pub struct BenchTrainArgs {
     /// k of TopK and BatchTopK.
     #[arg(long, default_value_t = 64)]
     pub k: usize,
+    /// Where to train: cpu, cuda[:N] or metal[:N] (GPU backends need xtask's `cuda` or
+    /// `metal` feature). Off the CPU the trainer takes candle's dense step.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// The architectures `bench-train` can time.
@@ -134,6 +138,8 @@ pub struct TrainBench {
     pub threshold_init: f64,
     /// Force the dense autograd step.
     pub dense: bool,
+    /// The trainer's device (`cpu`, `cuda:0`, …).
+    pub device: &'static str,
 }
 
 /// What a [`TrainBench`] measured.
@@ -163,6 +169,7 @@ pub fn measure(bench: &TrainBench) -> anyhow::Result<TrainMeasure> {
     config.checkpoint_every = u64::MAX;
     config.metrics_every = 1;
     config.scaling_batches = 1;
+    config.device = bench.device.into();
     let mut sae = SaeConfig::new(
         "bench",
         "blocks.0.hook_resid_post",
@@ -217,6 +224,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
         architecture: args.architecture.with_k(args.k),
         threshold_init: args.threshold_init,
         dense: args.dense,
+        device: args.device.clone().leak(),
     })?;
     println!(
         "{} d_in {} × d_sae {}, batch {}, L0 {:.0}, {} step: {:.2} s/step, {:.0} tokens/s ({} threads)",

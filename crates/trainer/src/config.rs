@@ -1,6 +1,7 @@
 //! Training configuration: every hyperparameter, with each architecture's published defaults,
 //! overridable from a TOML/JSON file and from `key=value` overrides.
 
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -338,11 +339,49 @@ pub struct TrainConfig {
     /// Recorded in exported configs (`model_name`, `context_size`, `dataset_path`, …).
     #[serde(default)]
     pub metadata: Map<String, Value>,
+    /// Where the SAEs train: `cpu` (the default), `cuda`, `cuda:N`, `metal` or `metal:N` (the
+    /// GPU backends need this crate's `cuda` or `metal` feature). Not part of a run's identity:
+    /// a run may resume on another device.
+    #[serde(default = "defaults::device", skip_serializing)]
+    pub device: String,
     /// The SAEs.
     pub saes: Vec<SaeConfig>,
 }
 
+impl TrainConfig {
+    /// The candle device named by [`TrainConfig::device`].
+    pub fn device(&self) -> Result<Device> {
+        let (kind, ordinal) = match self.device.split_once(':') {
+            Some((kind, ordinal)) => (
+                kind,
+                ordinal.parse::<usize>().map_err(|_| {
+                    TrainError::Invalid(format!(
+                        "device `{}`: the ordinal after `:` is not a number",
+                        self.device
+                    ))
+                })?,
+            ),
+            None => (self.device.as_str(), 0),
+        };
+        let unavailable = |e: candle_core::Error| {
+            TrainError::Invalid(format!("device `{}` is not available: {e}", self.device))
+        };
+        match kind {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Device::new_cuda(ordinal).map_err(unavailable),
+            "metal" => Device::new_metal(ordinal).map_err(unavailable),
+            _ => Err(TrainError::Invalid(format!(
+                "unknown device `{}` (expected cpu, cuda, cuda:N, metal or metal:N)",
+                self.device
+            ))),
+        }
+    }
+}
+
 mod defaults {
+    pub fn device() -> String {
+        "cpu".into()
+    }
     pub fn steps() -> u64 {
         10_000
     }

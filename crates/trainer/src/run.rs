@@ -79,6 +79,7 @@ pub struct RunOptions {
 /// Trains every SAE of a [`TrainConfig`] from one [`ActivationSource`].
 pub struct Trainer<S: ActivationSource> {
     config: TrainConfig,
+    device: Device,
     source: S,
     out: PathBuf,
     /// The SAEs.
@@ -115,6 +116,7 @@ impl<S: ActivationSource> Trainer<S> {
                 "the training config has no SAEs".into(),
             ));
         }
+        let device = config.device()?;
         let hooks = source.hooks().to_vec();
         let resolved: Vec<(ResolvedSaeConfig, usize, usize)> = config
             .saes
@@ -182,7 +184,7 @@ impl<S: ActivationSource> Trainer<S> {
                     d_in,
                     d_sae: config.d_sae,
                     dtype: DType::F32,
-                    device: Device::Cpu,
+                    device: device.clone(),
                 };
                 let ste = SteConfig {
                     bandwidth: config.bandwidth,
@@ -210,7 +212,7 @@ impl<S: ActivationSource> Trainer<S> {
                         .iter()
                         .map(|m| (m / scale) as f32)
                         .collect();
-                    set_var(sae.as_ref(), "b_dec", &Tensor::new(mean, &Device::Cpu)?)?;
+                    set_var(sae.as_ref(), "b_dec", &Tensor::new(mean, &device)?)?;
                 }
                 let penalties = config
                     .penalties
@@ -235,6 +237,7 @@ impl<S: ActivationSource> Trainer<S> {
             .collect::<Result<Vec<_>>>()?;
         let mut trainer = Self {
             config,
+            device,
             source,
             out: out.to_path_buf(),
             runs,
@@ -264,7 +267,7 @@ impl<S: ActivationSource> Trainer<S> {
             || self.step + 1 == self.config.steps;
         let elapsed = self.last_metrics_at.map(|t| t.elapsed().as_secs_f64());
         for run in &mut self.runs {
-            let x = (&batch.activations[run.hook_index] / run.scale)?;
+            let x = (batch.activations[run.hook_index].to_device(&self.device)? / run.scale)?;
             let row = run.train_step(
                 &x,
                 self.step,
@@ -426,7 +429,7 @@ impl<S: ActivationSource> Trainer<S> {
             }
             let load = |file: String| -> Result<HashMap<String, Tensor>> {
                 let path = dir.join(file);
-                candle_core::safetensors::load(&path, &Device::Cpu)
+                candle_core::safetensors::load(&path, &self.device)
                     .map_err(|e| TrainError::format(&path, e.to_string()))
             };
             run.sae

@@ -519,3 +519,31 @@ penalties = [{ kind = "l0", coefficient = 6e-4 }]
         "{err}"
     );
 }
+
+#[test]
+fn devices_are_named_plainly_and_unknown_ones_are_clear_errors() {
+    let mut config = config(vec![], 1);
+    assert_eq!(config.device, "cpu", "the default");
+    assert!(config.device().unwrap().is_cpu());
+    for (name, expected) in [
+        ("gpu", "unknown device `gpu`"),
+        ("cuda:x", "ordinal after `:` is not a number"),
+    ] {
+        config.device = name.into();
+        let error = config.device().unwrap_err().to_string();
+        assert!(error.contains(expected), "{name}: {error}");
+    }
+    // Without the `cuda` feature (or a GPU) the backend is reported unavailable, not a panic.
+    config.device = "cuda:0".into();
+    if let Err(error) = config.device() {
+        assert!(
+            error
+                .to_string()
+                .contains("device `cuda:0` is not available"),
+            "{error}"
+        );
+    }
+    // The device is not part of a run's identity (saved configs omit it).
+    let saved = serde_json::to_value(&config).unwrap();
+    assert!(saved.get("device").is_none(), "{saved}");
+}
