@@ -80,6 +80,9 @@ struct Record {
     /// The sparse step's encoder-product kernel (`openblas` or `gemm`).
     matmul: &'static str,
     load_average: f64,
+    /// Training rows: the peak heap during the timed steps and the step's own share, GB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_gb: Option<(f64, f64)>,
 }
 
 /// The machine, as each record repeats it.
@@ -135,6 +138,7 @@ impl Machine {
             threads: self.threads,
             matmul: self.matmul,
             load_average: load_average(),
+            memory_gb: None,
         };
         eprintln!(
             "[bench] {group:<7} {what:<40} {implementation:<22} {shape:<28} {}{value:>10.1} {unit}",
@@ -319,14 +323,18 @@ fn train_benchmarks(machine: &Machine, shape: &Shape, device: &str) -> anyhow::R
             "cpu" => what.to_string(),
             device => format!("{what} on {device}"),
         };
-        records.push(machine.record(
-            "train",
-            &what,
-            "gemma-scope-rs",
-            &shape.label(),
-            Some(measured.l0),
-            measured.tokens_per_s,
-        ));
+        let gb = |bytes: usize| bytes as f64 / 1e9;
+        records.push(Record {
+            memory_gb: Some((gb(measured.peak_heap_bytes), gb(measured.step_heap_bytes))),
+            ..machine.record(
+                "train",
+                &what,
+                "gemma-scope-rs",
+                &shape.label(),
+                Some(measured.l0),
+                measured.tokens_per_s,
+            )
+        });
     }
     Ok(records)
 }
@@ -594,7 +602,14 @@ fn table(records: &[Record], machine: &Machine, stamp: &str, args: &BenchArgs) -
     .into_iter()
     .filter(|p| records.iter().any(|r| r.implementation == *p))
     .collect();
-    let mut header = vec!["what", "shape", "L0", "ours", "unit"];
+    let mut header = vec![
+        "what",
+        "shape",
+        "L0",
+        "ours",
+        "unit",
+        "peak heap / step's, GB",
+    ];
     header.extend(&peers);
     let rows: Vec<Vec<String>> = ours
         .iter()
@@ -605,6 +620,8 @@ fn table(records: &[Record], machine: &Machine, stamp: &str, args: &BenchArgs) -
                 r.l0.map_or("".into(), |l| format!("{l:.0}")),
                 format!("{:.1}", r.value),
                 r.unit.to_string(),
+                r.memory_gb
+                    .map_or("".into(), |(peak, step)| format!("{peak:.2} / {step:.2}")),
             ];
             for &implementation in &peers {
                 row.push(match peer(r, implementation) {
@@ -684,6 +701,7 @@ mod tests {
             threads: 2,
             matmul: "gemm",
             load_average: 0.0,
+            memory_gb: Some((1.5, 0.5)),
         }
     }
 
@@ -720,7 +738,7 @@ mod tests {
             .find(|l| l.contains("default (sparse) step"))
             .unwrap();
         assert!(
-            jumprelu.contains("250.0 (L0 100) → **4.00×**"),
+            jumprelu.contains("250.0 (L0 100) → **4.00×**") && jumprelu.contains("1.50 / 0.50"),
             "{jumprelu}"
         );
         assert!(

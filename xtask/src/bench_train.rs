@@ -151,6 +151,11 @@ pub struct TrainMeasure {
     pub tokens_per_s: f64,
     /// L0 of the last timed step.
     pub l0: f64,
+    /// The most heap bytes live at once during the timed steps (the SAE, Adam's moments, the
+    /// input pool and the step's temporaries).
+    pub peak_heap_bytes: usize,
+    /// Of those, the step's own: the peak less the heap live before the timed steps.
+    pub step_heap_bytes: usize,
 }
 
 /// Times the trainer's full step (forward, backward, Adam, decoder constraint, statistics).
@@ -187,13 +192,17 @@ pub fn measure(bench: &TrainBench) -> anyhow::Result<TrainMeasure> {
         trainer.step()?;
     }
     let mut times = Vec::new();
+    let live_before = crate::allocator::reset_peak();
     for _ in 0..bench.steps {
         let start = Instant::now();
         trainer.step()?;
         times.push(start.elapsed().as_secs_f64());
     }
+    let peak_heap_bytes = crate::allocator::peak();
     let seconds_per_step = median(&mut times);
     Ok(TrainMeasure {
+        peak_heap_bytes,
+        step_heap_bytes: peak_heap_bytes.saturating_sub(live_before),
         seconds_per_step,
         tokens_per_s: bench.batch as f64 / seconds_per_step,
         l0: trainer.metrics.last().map_or(f64::NAN, |m| m.l0),
@@ -227,7 +236,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
         device: args.device.clone().leak(),
     })?;
     println!(
-        "{} d_in {} × d_sae {}, batch {}, L0 {:.0}, {} step: {:.2} s/step, {:.0} tokens/s ({} threads)",
+        "{} d_in {} × d_sae {}, batch {}, L0 {:.0}, {} step: {:.2} s/step, {:.0} tokens/s, peak heap {:.2} GB of which the step's {:.2} GB ({} threads)",
         args.architecture.with_k(args.k).name(),
         args.d_in,
         args.d_sae,
@@ -240,6 +249,8 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
         },
         measured.seconds_per_step,
         measured.tokens_per_s,
+        measured.peak_heap_bytes as f64 / 1e9,
+        measured.step_heap_bytes as f64 / 1e9,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)

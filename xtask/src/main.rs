@@ -10,9 +10,10 @@
 //! | `bench-forward` | forward-pass tokens/s of a model (full pass and harvest to the middle layer), f32 and bf16 |
 //! | `cache` | harvests activations over a corpus into a store (resumable), then measures read throughput |
 //! | `train` | trains one or many SAEs from a store or a stream, with checkpoints, metrics and export |
-//! | `bench-train` | JumpReLU training tokens/s at a given shape |
+//! | `bench-train` | JumpReLU, TopK or BatchTopK training tokens/s and peak heap at a given shape |
 //! | `dump-activations` | a model's activations at hook points, logits and loss, to safetensors |
 
+mod allocator;
 mod bench;
 mod bench_forward;
 mod bench_train;
@@ -61,29 +62,15 @@ enum Command {
     BenchTrain(bench_train::BenchTrainArgs),
 }
 
-/// mimalloc, which reuses freed memory without returning it to the OS (see [`keep_freed_memory`]):
-/// a training step frees and reallocates buffers of hundreds of MB, and with the system
-/// allocator every reuse costs fresh, zeroed pages (measured: ~30 % of a 2B-shape step in page
-/// faults).
+/// mimalloc, which reuses freed memory without returning it to the OS (see
+/// [`allocator::keep_freed_memory`]): a training step frees and reallocates buffers of hundreds
+/// of MB, and with the system allocator every reuse costs fresh, zeroed pages (measured: ~30 %
+/// of a 2B-shape step in page faults). It counts live bytes for the benchmarks' memory column.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in `mimalloc.h` (the same index in mimalloc 2 and 3).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Tells mimalloc never to purge freed memory: the process's footprint stays at its peak, and
-/// large buffers are reused without page faults (1.4× on the 2B-shape training step here).
-/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
-#[allow(unsafe_code)] // One C call that sets an integer option.
-fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mi_option_set only stores the value; mimalloc reads options atomically.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    }
-}
+static GLOBAL: allocator::CountingMimalloc = allocator::CountingMimalloc;
 
 fn main() -> anyhow::Result<()> {
-    keep_freed_memory();
+    allocator::keep_freed_memory();
     match Cli::parse().command {
         Command::Reproduce(args) => reproduce::run(&args),
         Command::Explore(args) => explore::run(&args),
