@@ -6,7 +6,7 @@
 # target directory of its own. Linking a binary needs the driver library (libcuda.so), which
 # only a GPU machine has: build the binary there, or here with the toolkit's stubs.
 #
-#   scripts/check-cuda.sh            # ≈ 10 min the first time (wheels, candle, kernels)
+#   scripts/check-cuda.sh            # ≈ 30 min the first time on 2 cores (wheels, kernels)
 #   CUDA_COMPUTE_CAP=80 scripts/check-cuda.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
