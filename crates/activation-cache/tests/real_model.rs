@@ -85,15 +85,18 @@ fn harvested_gutenberg_activations_equal_the_models() {
                 .to_vec1::<f32>()
                 .unwrap();
             // Batched 2 contexts per pass in the harvest vs 4 here: the same maths on the same
-            // rows, so equal up to f32 summation order in the matmuls.
+            // rows, equal up to f32 summation order in the matmuls (OpenBLAS picks its kernels
+            // by row count, so the two passes sum a row's products in different orders; 5
+            // layers of that reach ≈ 2e-5 of the row's largest value). A row stored for the
+            // wrong token or context differs by the order of the row's scale itself.
             let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
             let diff = got
                 .iter()
                 .zip(want)
                 .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(
-                diff <= 1e-5 * scale,
-                "{point} context {} position {}: {diff}",
+                diff <= 1e-4 * scale,
+                "{point} context {} position {}: {diff} (scale {scale})",
                 info.context,
                 info.position
             );
