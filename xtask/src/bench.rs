@@ -258,7 +258,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 fn train_benchmarks(machine: &Machine, shape: &Shape, device: &str) -> anyhow::Result<Vec<Record>> {
     let mut records = Vec::new();
-    let device: &'static str = device.to_string().leak();
     let base = TrainBench {
         d_in: shape.d_in,
         d_sae: shape.d_sae,

@@ -121,7 +121,7 @@ impl ActivationSource for Gaussian {
 
 /// One training-throughput measurement's settings.
 #[derive(Debug, Clone, Copy)]
-pub struct TrainBench {
+pub struct TrainBench<'a> {
     /// Input width.
     pub d_in: usize,
     /// Latents.
@@ -139,7 +139,7 @@ pub struct TrainBench {
     /// Force the dense autograd step.
     pub dense: bool,
     /// The trainer's device (`cpu`, `cuda:0`, …).
-    pub device: &'static str,
+    pub device: &'a str,
 }
 
 /// What a [`TrainBench`] measured.
@@ -159,7 +159,7 @@ pub struct TrainMeasure {
 }
 
 /// Times the trainer's full step (forward, backward, Adam, decoder constraint, statistics).
-pub fn measure(bench: &TrainBench) -> anyhow::Result<TrainMeasure> {
+pub fn measure(bench: &TrainBench<'_>) -> anyhow::Result<TrainMeasure> {
     let source = Gaussian {
         hooks: vec![HookSpec {
             name: "blocks.0.hook_resid_post".into(),
@@ -233,7 +233,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
         architecture: args.architecture.with_k(args.k),
         threshold_init: args.threshold_init,
         dense: args.dense,
-        device: args.device.clone().leak(),
+        device: &args.device,
     })?;
     println!(
         "{} d_in {} × d_sae {}, batch {}, L0 {:.0}, {} step: {:.2} s/step, {:.0} tokens/s, peak heap {:.2} GB of which the step's {:.2} GB ({} threads)",

@@ -177,13 +177,15 @@ pub fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]> {
     }
 }
 
-/// A linear layer's product x·Wᵀ for f32 CPU tensors, x `[tokens, in]` and W `[out, in]`
-/// (both contiguous), on OpenBLAS; `Ok(None)` for other dtypes, devices or layouts, or when
-/// OpenBLAS is not available (then use candle's matmul).
+/// A linear layer's product x·Wᵀ for f32 CPU tensors, x `[tokens, in]` (laid out
+/// contiguously here if it is not) and W `[out, in]` (contiguous), on OpenBLAS; `Ok(None)` for
+/// other dtypes, devices or weight layouts, or when OpenBLAS is not available (then use
+/// candle's matmul).
 pub fn linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Option<Tensor>> {
     if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || openblas().is_none() {
         return Ok(None);
     }
+    let x = x.contiguous()?;
     let ((tokens, input), (out, weight_input)) = (x.dims2()?, weight.dims2()?);
     if input != weight_input {
         return Err(candle_core::Error::Msg(format!(

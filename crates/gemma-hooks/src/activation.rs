@@ -15,36 +15,36 @@ use crate::Result;
 
 /// GELU_tanh(gate) ⊙ up, same shapes.
 pub(crate) fn gelu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    match fused_gelu_mul(gate, up)? {
+        Some(values) => Ok(Tensor::from_vec(values, gate.shape(), &Device::Cpu)?),
+        None => Ok((gate.gelu()? * up)?),
+    }
+}
+
+/// The fused pass's values for f32 CPU tensors of one shape; `None` for anything else.
+fn fused_gelu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Vec<f32>>> {
     let fused = gate.dtype() == DType::F32
         && up.dtype() == DType::F32
         && gate.device().is_cpu()
         && gate.dims() == up.dims();
     if !fused {
-        return Ok((gate.gelu()? * up)?);
+        return Ok(None);
     }
     let (gate, up) = (gate.contiguous()?, up.contiguous()?);
-    let values = {
-        let (gate_storage, gate_layout) = gate.storage_and_layout();
-        let (up_storage, up_layout) = up.storage_and_layout();
-        match (
-            cpu_blas::cpu_f32(&gate_storage, gate_layout),
-            cpu_blas::cpu_f32(&up_storage, up_layout),
-        ) {
-            (Some(gate), Some(up)) => {
-                let mut out = vec![0f32; gate.len()];
-                const CHUNK: usize = 1 << 14;
-                out.par_chunks_mut(CHUNK)
-                    .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-                    .for_each(|(out, (gate, up))| gelu_mul_rows(gate, up, out));
-                Some(out)
-            }
-            _ => None,
-        }
+    let (gate_storage, gate_layout) = gate.storage_and_layout();
+    let (up_storage, up_layout) = up.storage_and_layout();
+    let (Some(gate), Some(up)) = (
+        cpu_blas::cpu_f32(&gate_storage, gate_layout),
+        cpu_blas::cpu_f32(&up_storage, up_layout),
+    ) else {
+        return Ok(None);
     };
-    match values {
-        Some(values) => Ok(Tensor::from_vec(values, gate.shape(), &Device::Cpu)?),
-        None => Ok((gate.gelu()? * up)?),
-    }
+    let mut out = vec![0f32; gate.len()];
+    const CHUNK: usize = 1 << 14;
+    out.par_chunks_mut(CHUNK)
+        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+        .for_each(|(out, (gate, up))| gelu_mul_rows(gate, up, out));
+    Ok(Some(out))
 }
 
 /// e^x for x in [−87, 88] (clamped): 2^n · p(r), r = x − n·ln 2, Cephes' degree-6 polynomial.

@@ -66,7 +66,7 @@ impl Linear {
         let (lead, input) = dims.split_at(dims.len().saturating_sub(1));
         let tokens = lead.iter().product::<usize>();
         let x = x.reshape((tokens, input.iter().product::<usize>()))?;
-        let y = match cpu_blas::linear(&x.contiguous()?, &self.weight)? {
+        let y = match cpu_blas::linear(&x, &self.weight)? {
             Some(y) => y,
             None => x.matmul(&self.weight.t()?)?,
         };
