@@ -113,6 +113,10 @@ impl ActivationSource for Gaussian {
             ..Cursor::default()
         }
     }
+    /// Unseeded: every benchmark run is a fresh run, never resumed.
+    fn identity(&self) -> serde_json::Value {
+        serde_json::json!({ "kind": "gaussian", "hooks": self.hooks })
+    }
     fn restore(&mut self, cursor: &Cursor) -> activation_cache::Result<()> {
         self.emitted = cursor.emitted;
         Ok(())

@@ -131,6 +131,7 @@ pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
             StoreDtype::F32
         },
         contexts_per_shard: args.contexts_per_shard,
+        batch_contexts: args.batch,
         target_rows: args.tokens,
     };
     let documents = corpus.documents()?;
@@ -139,7 +140,6 @@ pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
         .map(|m| m.rows())
         .unwrap_or(0);
     let options = HarvestOptions {
-        batch_contexts: args.batch,
         ..Default::default()
     };
     let manifest = harvest(

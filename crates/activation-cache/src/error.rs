@@ -36,6 +36,19 @@ pub enum CacheError {
         /// The hook point.
         hook: String,
     },
+    /// A finite activation too large to train on ([`crate::validate::MAX_ABS_ACTIVATION`]).
+    #[error(
+        "activation {value:e} at {location}, hook `{hook}`: larger than {max:e} in magnitude, so training's squared errors would overflow f32 (corrupted data or a broken model?)",
+        max = crate::validate::MAX_ABS_ACTIVATION
+    )]
+    OutOfRange {
+        /// Shard file and row, or context and position.
+        location: String,
+        /// The hook point.
+        hook: String,
+        /// The value.
+        value: f32,
+    },
     /// Invalid settings or arguments.
     #[error("{0}")]
     Invalid(String),

@@ -10,7 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::contexts::{Context, SpecialTokens, contexts};
 use crate::corpus::Document;
-use crate::store::{Manifest, ShardBuffer, StoreDtype, StoreSpec, unlisted_files};
+use crate::store::{MANIFEST, Manifest, ShardBuffer, StoreDtype, StoreSpec, prepare_dir};
+use crate::validate::check_row;
 use crate::{CacheError, Result};
 
 /// The width of a hook point's activation per token (`attn.hook_q/k/v` flattened over heads).
@@ -26,8 +27,6 @@ pub fn hook_width(config: &GemmaConfig, point: HookPoint) -> usize {
 /// Knobs of a harvest that do not change the store's contents.
 #[derive(Debug, Clone)]
 pub struct HarvestOptions {
-    /// Contexts per forward pass.
-    pub batch_contexts: usize,
     /// Stop (incomplete) after writing this many shards in this call: a controlled interruption.
     pub stop_after_shards: Option<usize>,
     /// Show a progress bar (tokens/s, ETA).
@@ -37,7 +36,6 @@ pub struct HarvestOptions {
 impl Default for HarvestOptions {
     fn default() -> Self {
         Self {
-            batch_contexts: 4,
             stop_after_shards: None,
             progress: true,
         }
@@ -74,12 +72,9 @@ fn append_rows(
             ]);
             for (hook, values) in per_hook.iter().enumerate() {
                 let values = &values[row][position];
-                if values.iter().any(|v| !v.is_finite()) {
-                    return Err(CacheError::NonFinite {
-                        location: format!("context {} position {position}", context.index),
-                        hook: spec.hooks[hook].name.clone(),
-                    });
-                }
+                check_row(values, &spec.hooks[hook].name, || {
+                    format!("context {} position {position}", context.index)
+                })?;
                 let out = &mut buffer.activations[hook];
                 match spec.dtype {
                     StoreDtype::F32 => values
@@ -98,9 +93,10 @@ fn append_rows(
 
 /// Fills (or resumes) the store at `dir` as `spec` describes, from `documents` through `model`.
 ///
-/// Resuming: an existing manifest with the same spec continues after its last complete shard
-/// (files of an unfinished shard are discarded); a manifest with a different spec is an error;
-/// a complete store is returned as is.
+/// `dir` must be missing, empty, or a store (see [`crate::store`] for what may be deleted).
+/// Resuming: an existing manifest with the same spec and kernel continues after its last
+/// complete shard (files of an unfinished shard are discarded); a manifest with a different
+/// spec or kernel is an error naming both; a complete store is returned as is.
 pub fn harvest(
     dir: &Path,
     model: &GemmaModel,
@@ -115,6 +111,7 @@ pub fn harvest(
         .map(|h| h.name.parse().map_err(CacheError::from))
         .collect::<Result<_>>()?;
     for (point, hook) in points.iter().zip(&spec.hooks) {
+        model.config().check_hook(*point)?;
         let width = hook_width(model.config(), *point);
         if width != hook.width {
             return Err(CacheError::Invalid(format!(
@@ -123,39 +120,27 @@ pub fn harvest(
             )));
         }
     }
-    if spec.contexts_per_shard == 0 || spec.hooks.is_empty() {
+    if spec.contexts_per_shard == 0 || spec.hooks.is_empty() || spec.batch_contexts == 0 {
         return Err(CacheError::Invalid(
-            "a store needs at least one hook and one context per shard".into(),
+            "a store needs at least one hook, one context per shard and one context per forward pass".into(),
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| CacheError::io(dir, e))?;
-    let mut manifest = if dir.join(crate::store::MANIFEST).exists() {
-        let existing = Manifest::read(dir)?;
-        if existing.spec != spec {
-            return Err(CacheError::format(
-                dir.join(crate::store::MANIFEST),
-                format!(
-                    "the store was made with different settings; use another directory or the same settings\n  store: {:?}\n  asked: {spec:?}",
-                    existing.spec
-                ),
-            ));
+    let kernel = model.kernel_description();
+    let mut manifest = match prepare_dir(dir)? {
+        Some(existing) => {
+            check_resumable(dir, &existing, &spec, &kernel)?;
+            existing
         }
-        existing
-    } else {
-        let fresh = Manifest {
+        None => Manifest {
             format_version: crate::store::FORMAT_VERSION,
             spec: spec.clone(),
             shards: Vec::new(),
             complete: false,
-        };
-        fresh.write(dir)?;
-        fresh
+            kernel: Some(kernel),
+        },
     };
     if manifest.complete {
         return Ok(manifest);
-    }
-    for (_, leftover) in unlisted_files(dir, &manifest)? {
-        std::fs::remove_file(&leftover).map_err(|e| CacheError::io(&leftover, e))?;
     }
 
     let config = model.config();
@@ -174,7 +159,7 @@ pub fn harvest(
             .by_ref()
             .take(spec.contexts_per_shard)
             .collect::<Result<_>>()?;
-        for batch in shard_contexts.chunks(options.batch_contexts.max(1)) {
+        for batch in shard_contexts.chunks(spec.batch_contexts) {
             let ids: Vec<u32> = batch
                 .iter()
                 .flat_map(|c| c.tokens.iter().copied())
@@ -214,6 +199,36 @@ pub fn harvest(
     let rate = manifest.rows() as f64 / started.elapsed().as_secs_f64().max(1e-9);
     progress.finish_with_message(format!("{} rows, {rate:.0} tokens/s", manifest.rows()));
     Ok(manifest)
+}
+
+/// Refuses to resume `existing` with another spec or kernel, which would mix bytes of two
+/// computations in one store.
+fn check_resumable(dir: &Path, existing: &Manifest, spec: &StoreSpec, kernel: &str) -> Result<()> {
+    let path = dir.join(MANIFEST);
+    if existing.spec != *spec {
+        return Err(CacheError::format(
+            path,
+            format!(
+                "the store was made with different settings; use another directory or the same settings\n  store: {:?}\n  asked: {spec:?}",
+                existing.spec
+            ),
+        ));
+    }
+    if existing.complete {
+        return Ok(());
+    }
+    match &existing.kernel {
+        Some(made) if made == kernel => Ok(()),
+        made => Err(CacheError::format(
+            path,
+            format!(
+                "the store's shards were computed by `{}`, this process computes with `{kernel}`: resuming would mix activations that differ in their last bits; resume where it was made ({}), or harvest into another directory",
+                made.as_deref()
+                    .unwrap_or("an unrecorded kernel (an older version)"),
+                "SAE_MATMUL=gemm selects gemm when OpenBLAS is installed"
+            ),
+        )),
+    }
 }
 
 fn progress_bar(visible: bool, target: u64, done: u64) -> ProgressBar {

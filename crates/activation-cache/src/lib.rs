@@ -26,6 +26,7 @@
 //!     hooks: vec![HookSpec { name: "blocks.9.hook_resid_post".into(), width: 640 }],
 //!     dtype: StoreDtype::F32,
 //!     contexts_per_shard: 64,
+//!     batch_contexts: 4,
 //!     target_rows: 100_000,
 //! };
 //! let dir = std::path::Path::new("runs/cache");
@@ -43,6 +44,7 @@ mod error;
 mod harvest;
 mod source;
 pub mod store;
+pub mod validate;
 
 pub use contexts::{Context, ContextConfig, SpecialTokens};
 pub use corpus::{Corpus, Document};

@@ -15,6 +15,7 @@ use crate::contexts::{Context, ContextConfig, SpecialTokens, document_contexts};
 use crate::corpus::Document;
 use crate::harvest::{flat_activation, hook_width};
 use crate::store::{HookSpec, Manifest, StoreDtype, verify_file};
+use crate::validate::check_row;
 use crate::{CacheError, Result};
 
 /// Where a stored token came from.
@@ -63,6 +64,11 @@ pub trait ActivationSource {
     fn cursor(&self) -> Cursor;
     /// Continues from `cursor` (from this source's [`ActivationSource::cursor`]).
     fn restore(&mut self, cursor: &Cursor) -> Result<()>;
+    /// What determines the sequence of rows (the data and its order: a store's manifest digest
+    /// and shuffle seed, a stream's corpus and model): two sources with equal identities hand
+    /// out the same rows from the same cursor. Training checkpoints record it, so a run is
+    /// never resumed on other data.
+    fn identity(&self) -> serde_json::Value;
 }
 
 /// How a store is shuffled.
@@ -106,6 +112,8 @@ struct MappedShard {
 /// The on-disk store as an [`ActivationSource`].
 pub struct StoreSource {
     manifest: Manifest,
+    /// SHA-256 of the manifest file as opened (the store's identity).
+    digest: String,
     shards: Vec<MappedShard>,
     /// First global row of each shard.
     offsets: Vec<u64>,
@@ -125,9 +133,29 @@ fn mix(parts: &[u64]) -> u64 {
 }
 
 impl StoreSource {
-    /// Opens a store. With `verify`, every shard's size and SHA-256 are checked first (a
-    /// corrupted or truncated shard is an error naming it); sizes are always checked.
+    /// Opens a complete store (a harvest that did not finish is an error; see
+    /// [`StoreSource::open_incomplete`]). With `verify`, every shard's size and SHA-256 are
+    /// checked first (a corrupted or truncated shard is an error naming it); sizes are always
+    /// checked.
     pub fn open(dir: &Path, shuffle: ShuffleConfig, verify: bool) -> Result<Self> {
+        let manifest = Manifest::read(dir)?;
+        if !manifest.complete {
+            return Err(CacheError::format(
+                dir.join(crate::store::MANIFEST),
+                format!(
+                    "the harvest of this store did not finish ({} rows of {} so far): resume it with the same command, or open it explicitly as incomplete",
+                    manifest.rows(),
+                    manifest.spec.target_rows
+                ),
+            ));
+        }
+        Self::open_incomplete(dir, shuffle, verify)
+    }
+
+    /// [`StoreSource::open`] for a store whose harvest may not have finished: its complete
+    /// shards. Training on it reads a prefix of the corpus, not what the store was meant to hold.
+    pub fn open_incomplete(dir: &Path, shuffle: ShuffleConfig, verify: bool) -> Result<Self> {
+        let digest = Manifest::digest(dir)?;
         let manifest = Manifest::read(dir)?;
         if manifest.rows() == 0 {
             return Err(CacheError::format(dir, "the store holds no rows"));
@@ -192,6 +220,7 @@ impl StoreSource {
         }
         let mut source = Self {
             manifest,
+            digest,
             shards,
             offsets,
             total_rows,
@@ -294,15 +323,12 @@ impl StoreSource {
                             .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
                     ),
                 }
-                if values[start..].iter().any(|v| !v.is_finite()) {
-                    return Err(CacheError::NonFinite {
-                        location: format!(
-                            "{} row {local}",
-                            self.shards[shard].names[hook_index + 1].display()
-                        ),
-                        hook: hook.name.clone(),
-                    });
-                }
+                check_row(&values[start..], &hook.name, || {
+                    format!(
+                        "{} row {local}",
+                        self.shards[shard].names[hook_index + 1].display()
+                    )
+                })?;
             }
             activations.push(Tensor::from_vec(values, (rows.len(), width), &Device::Cpu)?);
         }
@@ -356,6 +382,15 @@ impl ActivationSource for StoreSource {
 
     fn cursor(&self) -> Cursor {
         self.cursor
+    }
+
+    fn identity(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "store",
+            "manifest_sha256": self.digest,
+            "rows": self.total_rows,
+            "shuffle": self.shuffle,
+        })
     }
 
     fn restore(&mut self, cursor: &Cursor) -> Result<()> {
@@ -485,11 +520,10 @@ impl StreamingSource {
             for position in 1..context.len {
                 let values: Vec<Vec<f32>> =
                     per_hook.iter().map(|h| h[row][position].clone()).collect();
-                if let Some(hook) = values.iter().position(|v| v.iter().any(|x| !x.is_finite())) {
-                    return Err(CacheError::NonFinite {
-                        location: format!("context {} position {position}", context.index),
-                        hook: self.hooks[hook].name.clone(),
-                    });
+                for (values, hook) in values.iter().zip(&self.hooks) {
+                    check_row(values, &hook.name, || {
+                        format!("context {} position {position}", context.index)
+                    })?;
                 }
                 let info = TokenInfo {
                     token: context.tokens[position],
@@ -557,6 +591,28 @@ impl ActivationSource for StreamingSource {
             emitted: self.emitted,
             ..Cursor::default()
         }
+    }
+
+    fn identity(&self) -> serde_json::Value {
+        use sha2::Digest;
+        let mut corpus = sha2::Sha256::new();
+        for document in &self.documents {
+            corpus.update(document.name.as_bytes());
+            corpus.update([0]);
+            corpus.update(document.text.as_bytes());
+            corpus.update([0]);
+        }
+        serde_json::json!({
+            "kind": "stream",
+            "corpus_sha256": crate::store::hex_digest(&corpus.finalize()),
+            "model": format!("{:?}", self.model.config()),
+            "kernel": self.model.kernel_description(),
+            "hooks": self.hooks,
+            "contexts": self.contexts,
+            "batch_contexts": self.batch_contexts,
+            "capacity": self.capacity,
+            "seed": self.seed,
+        })
     }
 
     /// Replays the stream from the start up to the cursor (exact, since the model and the

@@ -9,11 +9,27 @@
 //! Raw rows make reads a memory map plus pointer arithmetic (no parsing, no copies until a
 //! batch is assembled). Shard `k` holds contexts `[k·S, (k+1)·S)` (S = `contexts_per_shard`),
 //! so an interrupted harvest resumes after the last complete shard and produces the same bytes
-//! as an uninterrupted one. Every file is written under a temporary name and renamed when
-//! complete; the manifest lists a shard (with each file's SHA-256 and size) only after its files
-//! are in place, and is itself replaced atomically.
+//! as an uninterrupted one. Every file is written under a temporary name (`.partial-…`) and
+//! renamed when complete; the manifest lists a shard (with each file's SHA-256 and size) only
+//! after its files are in place, and is itself replaced atomically. The manifest is first
+//! written with the first complete shard, so a harvest that fails before it leaves no manifest
+//! that would hold the folder to its settings.
+//!
+//! **What determines the bytes.** The model's weights, the tokenizer, the corpus and every
+//! field of [`StoreSpec`] — `batch_contexts` among them: the model's products run over
+//! `batch_contexts × context_length` rows at once, and BLAS kernels choose their blocking (so
+//! the order they sum in) by row count, which moves activations by a few ulps (≤ 4e-6 relative
+//! measured). And the kernel that computes the products ([`Manifest::kernel`], e.g. OpenBLAS's
+//! core for this CPU, or gemm's AVX-512 or AVX2 code): the same spec and kernel give the same
+//! bytes bit for bit, on any number of threads; another CPU or BLAS gives values equal to float
+//! rounding, not bit-equal. A resumed harvest must match both, or it is refused.
+//!
+//! **What may be deleted.** A store folder is empty or has a manifest; anything else is refused.
+//! Only the store's own names — shard files (`shard-NNNNN.PART.bin`) the manifest does not list
+//! and `.partial-…` temporaries, both leftovers of an interrupted write — are ever removed;
+//! other files in the folder are left alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -74,6 +90,11 @@ pub struct StoreSpec {
     pub dtype: StoreDtype,
     /// Contexts per shard.
     pub contexts_per_shard: usize,
+    /// Contexts per forward pass. Part of the store's identity: it changes the products' row
+    /// count and with it the last bits of the activations (see the module docs). Absent (0) in
+    /// stores written before it was recorded, which cannot be resumed.
+    #[serde(default)]
+    pub batch_contexts: usize,
     /// Stop once at least this many rows are stored (after a whole shard).
     pub target_rows: u64,
 }
@@ -115,6 +136,10 @@ pub struct Manifest {
     pub shards: Vec<Shard>,
     /// Whether the harvest finished (target reached or corpus exhausted).
     pub complete: bool,
+    /// What computed the activations (device, dtype and matrix-product kernels, see
+    /// `GemmaModel::kernel_description`); `None` in stores written before it was recorded.
+    #[serde(default)]
+    pub kernel: Option<String>,
 }
 
 impl Manifest {
@@ -147,6 +172,14 @@ impl Manifest {
             }
         }
         Ok(manifest)
+    }
+
+    /// SHA-256 of `dir/manifest.json` as stored: the store's identity (its spec, kernel and
+    /// every shard's checksum), which training checkpoints record.
+    pub fn digest(dir: &Path) -> Result<String> {
+        let path = dir.join(MANIFEST);
+        let bytes = fs::read(&path).map_err(|e| CacheError::io(&path, e))?;
+        Ok(hex_sha256(&bytes))
     }
 
     /// Writes `dir/manifest.json` atomically.
@@ -188,10 +221,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<ShardFile> {
 
 /// SHA-256 of bytes, lower-case hex.
 pub fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex_digest(&Sha256::digest(bytes))
+}
+
+/// A digest's bytes as lower-case hex.
+pub fn hex_digest(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks a shard file's size and SHA-256 against the manifest, naming the shard on failure.
@@ -276,23 +311,121 @@ impl ShardBuffer {
     }
 }
 
-/// The files of a store directory that the manifest does not list (leftovers of an interrupted
-/// write), by name.
-pub fn unlisted_files(dir: &Path, manifest: &Manifest) -> Result<BTreeMap<String, PathBuf>> {
-    let listed: std::collections::BTreeSet<&str> = manifest
-        .shards
-        .iter()
+/// Whether `name` is one of the names a store writes: a shard file (`shard-NNNNN.PART.bin`), a
+/// `.partial-…` temporary, or the manifest.
+pub fn is_store_file_name(name: &str) -> bool {
+    if name == MANIFEST || name.starts_with(".partial-") {
+        return true;
+    }
+    name.strip_prefix("shard-")
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(index, part)| {
+            index.len() >= 5
+                && index.bytes().all(|b| b.is_ascii_digit())
+                && part.len() > 4
+                && part.ends_with(".bin")
+        })
+}
+
+/// The leftovers of interrupted writes in a store directory, by name: files with a store's own
+/// names ([`is_store_file_name`]) that the manifest (if any) does not list. Other files are
+/// never leftovers.
+pub fn leftover_files(
+    dir: &Path,
+    manifest: Option<&Manifest>,
+) -> Result<BTreeMap<String, PathBuf>> {
+    let listed: BTreeSet<&str> = manifest
+        .into_iter()
+        .flat_map(|m| &m.shards)
         .flat_map(|s| std::iter::once(&s.tokens).chain(&s.activations))
         .map(|f| f.name.as_str())
         .chain([MANIFEST])
         .collect();
+    Ok(entries(dir)?
+        .into_iter()
+        .filter(|(name, _)| is_store_file_name(name) && !listed.contains(name.as_str()))
+        .collect())
+}
+
+/// Every entry of `dir` by name.
+fn entries(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
     let mut out = BTreeMap::new();
     for entry in fs::read_dir(dir).map_err(|e| CacheError::io(dir, e))? {
         let entry = entry.map_err(|e| CacheError::io(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !listed.contains(name.as_str()) {
-            out.insert(name, entry.path());
-        }
+        out.insert(
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        );
     }
     Ok(out)
+}
+
+/// Makes `dir` ready for a harvest and returns its manifest, if it has one: a missing folder is
+/// created; a folder without a manifest must hold nothing but a store's own leftovers (removed),
+/// anything else is refused with the files named; a folder with a manifest loses only its
+/// leftovers ([`leftover_files`]).
+pub fn prepare_dir(dir: &Path) -> Result<Option<Manifest>> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(|e| CacheError::io(dir, e))?;
+        return Ok(None);
+    }
+    if !dir.is_dir() {
+        return Err(CacheError::format(dir, "is a file, not a store folder"));
+    }
+    let manifest = if dir.join(MANIFEST).exists() {
+        Some(Manifest::read(dir)?)
+    } else {
+        let foreign: Vec<String> = entries(dir)?
+            .into_keys()
+            .filter(|name| !is_store_file_name(name))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(CacheError::format(
+                dir,
+                format!(
+                    "is not an activation store (it has no {MANIFEST}) and holds other files ({}); harvest into an empty or new folder — nothing was changed",
+                    preview(&foreign)
+                ),
+            ));
+        }
+        None
+    };
+    for (_, leftover) in leftover_files(dir, manifest.as_ref())? {
+        fs::remove_file(&leftover).map_err(|e| CacheError::io(&leftover, e))?;
+    }
+    Ok(manifest)
+}
+
+/// Deletes a store: the files its manifest lists, its leftovers and the manifest, then the
+/// folder if nothing else is in it (other files are left, with the folder).
+pub fn remove_store(dir: &Path) -> Result<()> {
+    let manifest = Manifest::read(dir)?;
+    let listed = manifest
+        .shards
+        .iter()
+        .flat_map(|s| std::iter::once(&s.tokens).chain(&s.activations))
+        .map(|f| dir.join(&f.name));
+    for path in listed.chain(leftover_files(dir, Some(&manifest))?.into_values()) {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(CacheError::io(&path, e));
+            }
+            _ => {}
+        }
+    }
+    let path = dir.join(MANIFEST);
+    fs::remove_file(&path).map_err(|e| CacheError::io(&path, e))?;
+    if entries(dir)?.is_empty() {
+        fs::remove_dir(dir).map_err(|e| CacheError::io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Up to three names, and how many more.
+fn preview(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
+    match names.len().saturating_sub(3) {
+        0 => shown.join(", "),
+        more => format!("{}, and {more} more", shown.join(", ")),
+    }
 }

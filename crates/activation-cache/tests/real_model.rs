@@ -40,6 +40,7 @@ fn harvested_gutenberg_activations_equal_the_models() {
             .collect(),
         dtype: StoreDtype::F32,
         contexts_per_shard: 2,
+        batch_contexts: 2,
         target_rows: 3 * 31,
     };
     let dir = tempfile::tempdir().unwrap();

@@ -74,6 +74,61 @@ pub fn dashboards(
         .collect())
 }
 
+/// A dashboards file: the dashboards and what they were computed for, the SAE's
+/// [`sae_core::format::fingerprint`] and its hook, so they are never shown for another SAE.
+#[derive(Debug, Serialize, Deserialize)]
+struct DashboardFile {
+    sae: String,
+    hook: String,
+    dashboards: Vec<LatentDashboard>,
+}
+
+/// Writes the dashboards of `sae` at `hook` to `path` (JSON, atomically), keyed by both.
+pub fn save_dashboards(
+    path: &std::path::Path,
+    sae: &dyn Sae,
+    hook: HookPoint,
+    dashboards: &[LatentDashboard],
+) -> Result<()> {
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        sae: String,
+        hook: String,
+        dashboards: &'a [LatentDashboard],
+    }
+    crate::tables::write_json(
+        path,
+        &Borrowed {
+            sae: sae_core::format::fingerprint(sae)?,
+            hook: hook.to_string(),
+            dashboards,
+        },
+    )
+}
+
+/// The dashboards in `path` if they were computed for exactly this SAE (same weights) at this
+/// hook and cover its latents one each; `None` when they were made for another SAE or hook, or
+/// in the older format without a key (recompute them then). A file that is not JSON is an
+/// error naming it.
+pub fn load_dashboards(
+    path: &std::path::Path,
+    sae: &dyn Sae,
+    hook: HookPoint,
+) -> Result<Option<Vec<LatentDashboard>>> {
+    let value: serde_json::Value = crate::tables::read_json(path)?;
+    let Ok(file) = serde_json::from_value::<DashboardFile>(value) else {
+        return Ok(None);
+    };
+    let complete = file.dashboards.len() == sae.d_sae()
+        && file
+            .dashboards
+            .iter()
+            .enumerate()
+            .all(|(i, d)| d.latent() == i);
+    let same = file.hook == hook.to_string() && file.sae == sae_core::format::fingerprint(sae)?;
+    Ok((same && complete).then_some(file.dashboards))
+}
+
 /// An example as text with the firing token marked `⟦…⟧`.
 pub fn example_text(example: &Example, token_text: &dyn Fn(u32) -> String) -> String {
     example

@@ -10,7 +10,15 @@
 //! ```
 //!
 //! A missing file is an empty set; a corrupt one is an error naming the file (it is never
-//! overwritten). Saving is atomic.
+//! overwritten).
+//!
+//! **Sharing a file.** Any number of processes (two explorers on one run, a quickstart
+//! re-run) and hand edits can share one labels file. [`ManualLabels::set`] records an edit;
+//! [`ManualLabels::save`] takes an exclusive lock on `FILE.lock` beside it (the operating
+//! system's advisory file lock, released when the process dies), re-reads the file, applies
+//! this copy's unsaved edits to what it found and writes the result atomically, so it never
+//! drops a label another writer saved. Two edits of the same latent: the later save wins.
+//! [`ManualLabels::refresh`] picks up changes made by others.
 //!
 //! **Automatic labels** ([`automatic_label`]) are deterministic: the tokens the latent fires on
 //! in its top examples, weighted by activation (token text trimmed and lower-cased), give
@@ -56,45 +64,36 @@ pub struct Label {
 pub struct ManualLabels {
     path: PathBuf,
     labels: BTreeMap<String, BTreeMap<usize, String>>,
+    /// Edits not saved yet: (SAE, latent) → the new text (`None` removes the label).
+    pending: BTreeMap<(String, usize), Option<String>>,
+    /// The file's modification time and size when last read or written.
+    stamp: Option<(std::time::SystemTime, u64)>,
 }
 
 impl ManualLabels {
     /// Reads `path` (an absent file gives no labels).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(AnalysisError::io(path, e)),
-        };
-        let raw: BTreeMap<String, BTreeMap<String, String>> = if text.trim().is_empty() {
-            BTreeMap::new()
-        } else if is_toml(path) {
-            toml::from_str(&text).map_err(|e| {
-                AnalysisError::format(path, format!("not a labels file (TOML): {e}"))
-            })?
-        } else {
-            serde_json::from_str(&text).map_err(|e| {
-                AnalysisError::format(path, format!("not a labels file (JSON): {e}"))
-            })?
-        };
-        let mut labels = BTreeMap::new();
-        for (sae, entries) in raw {
-            let mut parsed = BTreeMap::new();
-            for (latent, label) in entries {
-                let index = latent.parse::<usize>().map_err(|_| {
-                    AnalysisError::format(
-                        path,
-                        format!("SAE `{sae}`: `{latent}` is not a latent index"),
-                    )
-                })?;
-                parsed.insert(index, label);
-            }
-            labels.insert(sae, parsed);
-        }
         Ok(Self {
             path: path.to_path_buf(),
-            labels,
+            labels: read_labels(path)?,
+            pending: BTreeMap::new(),
+            stamp: stamp(path),
         })
+    }
+
+    /// Re-reads the file if it changed since it was last read or written (another process or a
+    /// hand edit), keeping this copy's unsaved edits on top; true when it was re-read. A file
+    /// that became corrupt is an error, and the labels in memory stay as they were.
+    pub fn refresh(&mut self) -> Result<bool> {
+        let now = stamp(&self.path);
+        if now == self.stamp {
+            return Ok(false);
+        }
+        let mut labels = read_labels(&self.path)?;
+        apply(&mut labels, &self.pending);
+        self.labels = labels;
+        self.stamp = now;
+        Ok(true)
     }
 
     /// The file the labels are saved to.
@@ -115,43 +114,32 @@ impl ManualLabels {
             .flat_map(|m| m.iter().map(|(&l, t)| (l, t.as_str())))
     }
 
-    /// Sets (or, with an empty text, removes) a manual label in memory.
+    /// Sets (or, with an empty text, removes) a manual label in memory; [`ManualLabels::save`]
+    /// writes it.
     pub fn set(&mut self, sae: &str, latent: usize, text: &str) {
         let text = text.trim();
-        if text.is_empty() {
-            if let Some(entries) = self.labels.get_mut(sae) {
-                entries.remove(&latent);
-            }
-        } else {
-            self.labels
-                .entry(sae.to_string())
-                .or_default()
-                .insert(latent, text.to_string());
-        }
+        let edit = (!text.is_empty()).then(|| text.to_string());
+        let key = (sae.to_string(), latent);
+        apply(
+            &mut self.labels,
+            &BTreeMap::from([(key.clone(), edit.clone())]),
+        );
+        self.pending.insert(key, edit);
     }
 
-    /// Writes the labels to their file atomically.
-    pub fn save(&self) -> Result<()> {
-        let raw: BTreeMap<&str, BTreeMap<String, &str>> = self
-            .labels
-            .iter()
-            .filter(|(_, entries)| !entries.is_empty())
-            .map(|(sae, entries)| {
-                (
-                    sae.as_str(),
-                    entries
-                        .iter()
-                        .map(|(l, t)| (l.to_string(), t.as_str()))
-                        .collect(),
-                )
-            })
-            .collect();
-        let text = if is_toml(&self.path) {
-            toml::to_string(&raw).map_err(|e| AnalysisError::Invalid(e.to_string()))?
-        } else {
-            serde_json::to_string_pretty(&raw).map_err(|e| AnalysisError::Invalid(e.to_string()))?
-        };
-        crate::tables::write_text(&self.path, &text)
+    /// Writes this copy's edits to the file: under the file's lock, re-reads it, applies the
+    /// edits made with [`ManualLabels::set`] since the last save (the later writer wins on the
+    /// same latent; every other label in the file is kept) and replaces it atomically.
+    /// Afterwards this copy holds exactly what the file holds.
+    pub fn save(&mut self) -> Result<()> {
+        let _lock = lock(&self.path)?;
+        let mut labels = read_labels(&self.path)?;
+        apply(&mut labels, &self.pending);
+        crate::tables::write_text(&self.path, &render(&self.path, &labels)?)?;
+        self.labels = labels;
+        self.pending.clear();
+        self.stamp = stamp(&self.path);
+        Ok(())
     }
 
     /// The label shown for `latent`: the manual one if set, else `automatic`.
@@ -181,6 +169,107 @@ impl ManualLabels {
 
 fn is_toml(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "toml")
+}
+
+type LabelMap = BTreeMap<String, BTreeMap<usize, String>>;
+
+/// The labels in `path` (none when it does not exist); a corrupt file is an error naming it.
+fn read_labels(path: &Path) -> Result<LabelMap> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(AnalysisError::io(path, e)),
+    };
+    let raw: BTreeMap<String, BTreeMap<String, String>> = if text.trim().is_empty() {
+        BTreeMap::new()
+    } else if is_toml(path) {
+        toml::from_str(&text)
+            .map_err(|e| AnalysisError::format(path, format!("not a labels file (TOML): {e}")))?
+    } else {
+        serde_json::from_str(&text)
+            .map_err(|e| AnalysisError::format(path, format!("not a labels file (JSON): {e}")))?
+    };
+    let mut labels = BTreeMap::new();
+    for (sae, entries) in raw {
+        let mut parsed = BTreeMap::new();
+        for (latent, label) in entries {
+            let index = latent.parse::<usize>().map_err(|_| {
+                AnalysisError::format(
+                    path,
+                    format!("SAE `{sae}`: `{latent}` is not a latent index"),
+                )
+            })?;
+            parsed.insert(index, label);
+        }
+        labels.insert(sae, parsed);
+    }
+    Ok(labels)
+}
+
+/// The file's text for `labels` (TOML or JSON by the file's extension).
+fn render(path: &Path, labels: &LabelMap) -> Result<String> {
+    let raw: BTreeMap<&str, BTreeMap<String, &str>> = labels
+        .iter()
+        .filter(|(_, entries)| !entries.is_empty())
+        .map(|(sae, entries)| {
+            (
+                sae.as_str(),
+                entries
+                    .iter()
+                    .map(|(l, t)| (l.to_string(), t.as_str()))
+                    .collect(),
+            )
+        })
+        .collect();
+    if is_toml(path) {
+        toml::to_string(&raw).map_err(|e| AnalysisError::Invalid(e.to_string()))
+    } else {
+        serde_json::to_string_pretty(&raw).map_err(|e| AnalysisError::Invalid(e.to_string()))
+    }
+}
+
+/// Applies edits (`None` removes a label).
+fn apply(labels: &mut LabelMap, edits: &BTreeMap<(String, usize), Option<String>>) {
+    for ((sae, latent), text) in edits {
+        match text {
+            Some(text) => {
+                labels
+                    .entry(sae.clone())
+                    .or_default()
+                    .insert(*latent, text.clone());
+            }
+            None => {
+                if let Some(entries) = labels.get_mut(sae) {
+                    entries.remove(latent);
+                }
+            }
+        }
+    }
+}
+
+/// The file's modification time and size, or `None` when it does not exist.
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
+/// An exclusive lock on `PATH.lock` (created beside the labels file, never deleted: removing a
+/// lock file another process holds would let two writers in), held until dropped.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let lock_path = path.with_file_name(name);
+    if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| AnalysisError::io(parent, e))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| AnalysisError::io(&lock_path, e))?;
+    file.lock().map_err(|e| AnalysisError::io(&lock_path, e))?;
+    Ok(file)
 }
 
 /// The deterministic automatic label of a latent (method in the module docs). `token_text`

@@ -7,8 +7,12 @@
 //! answers `None` and the caller uses candle's matmul. Shared by the SAE's sparse step
 //! (`sae-core`) and the model's linear layers (`gemma-hooks`).
 //!
-//! The rows of A are split across rayon's threads, each running single-threaded OpenBLAS, so
-//! no second thread pool competes with rayon's.
+//! The rows of A are split into blocks of [`ROWS_PER_CALL`] rows spread over rayon's threads,
+//! each call running single-threaded OpenBLAS, so no second thread pool competes with rayon's.
+//! The blocks do not depend on the thread count, so a product gives the same bits on 2 cores
+//! as on 16. What does change the bits is the kernel: OpenBLAS picks its micro-kernels (and so
+//! the order it sums in) by CPU and block shape, and gemm dispatches AVX-512 or AVX2 code at run
+//! time; [`kernel_description`] names the one in use, so results can say what produced them.
 //!
 //! ```
 //! // [2, 3] · [3, 2], or None where OpenBLAS is not installed.
@@ -17,7 +21,7 @@
 //! if let Some(c) = cpu_blas::matmul(&a, &b, 2, 3, 2) {
 //!     assert_eq!(c, vec![4.0, 5.0, 10.0, 11.0]);
 //! }
-//! println!("products run on {}", cpu_blas::backend());
+//! println!("products run on {}", cpu_blas::kernel_description());
 //! ```
 #![allow(unsafe_code)] // dlopen and two C calls, with their contracts stated below.
 
@@ -53,7 +57,14 @@ const TRANS: i32 = 112;
 struct OpenBlas {
     _library: libloading::Library,
     sgemm: Sgemm,
+    /// `openblas_get_config()`'s first words and `openblas_get_corename()`, when exported.
+    version: String,
+    core: String,
 }
+
+/// Rows of A per OpenBLAS call: fixed, so the blocks (and every row's summation order) are the
+/// same whatever the thread count.
+pub const ROWS_PER_CALL: usize = 256;
 
 /// Sonames tried, most specific first.
 const LIBRARIES: [&str; 3] = ["libopenblas.so.0", "libopenblas.so", "libopenblas.dylib"];
@@ -75,9 +86,26 @@ fn openblas() -> Option<&'static OpenBlas> {
                         .get::<unsafe extern "C" fn(i32)>(b"openblas_set_num_threads\0")
                         .ok()?;
                     set_threads(1);
+                    let text = |symbol: &[u8]| -> Option<String> {
+                        let get = library
+                            .get::<unsafe extern "C" fn() -> *const std::ffi::c_char>(symbol)
+                            .ok()?;
+                        let pointer = get();
+                        (!pointer.is_null()).then(|| {
+                            std::ffi::CStr::from_ptr(pointer)
+                                .to_string_lossy()
+                                .into_owned()
+                        })
+                    };
+                    let version = text(b"openblas_get_config\0")
+                        .map(|c| c.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+                        .unwrap_or_else(|| "OpenBLAS".into());
+                    let core = text(b"openblas_get_corename\0").unwrap_or_default();
                     Some(OpenBlas {
                         _library: library,
                         sgemm,
+                        version,
+                        core,
                     })
                 }
             })
@@ -95,6 +123,43 @@ pub fn backend() -> &'static str {
     }
 }
 
+/// What computes the f32 products, precisely enough that two results with the same
+/// description and inputs are bit-identical: OpenBLAS's version and core (its kernels for this
+/// CPU) when it is in use, and the instruction set gemm (candle's kernel, used for every other
+/// product) dispatches to, e.g. `OpenBLAS 0.3.21 (core Zen) + gemm x86-64-v3 (AVX2, FMA)`.
+pub fn kernel_description() -> String {
+    let gemm = format!("gemm {}", gemm_instruction_set());
+    match openblas() {
+        Some(blas) if blas.core.is_empty() => format!("{} + {gemm}", blas.version),
+        Some(blas) => format!("{} (core {}) + {gemm}", blas.version, blas.core),
+        None => gemm,
+    }
+}
+
+/// The instruction set the gemm crate's run-time dispatch picks on this CPU.
+fn gemm_instruction_set() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            "x86-64-v4 (AVX-512)"
+        } else if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            "x86-64-v3 (AVX2, FMA)"
+        } else {
+            "x86-64 (SSE)"
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "aarch64 (NEON)"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "portable"
+    }
+}
+
 /// How B is laid out in [`product`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RightOperand {
@@ -104,7 +169,8 @@ enum RightOperand {
     Transposed,
 }
 
-/// A·B (or A·Bᵀ) into a new row-major `[m, n]` buffer, rows split across rayon's threads.
+/// A·B (or A·Bᵀ) into a new row-major `[m, n]` buffer, in blocks of [`ROWS_PER_CALL`] rows
+/// spread over rayon's threads.
 fn product(
     a: &[f32],
     b: &[f32],
@@ -120,9 +186,8 @@ fn product(
         RightOperand::Transposed => (TRANS, k),
     };
     let mut c = vec![0f32; m * n];
-    let rows_per_task = m.div_ceil(rayon::current_num_threads()).max(1);
-    c.par_chunks_mut(rows_per_task * n.max(1))
-        .zip(a.par_chunks(rows_per_task * k.max(1)))
+    c.par_chunks_mut(ROWS_PER_CALL * n.max(1))
+        .zip(a.par_chunks(ROWS_PER_CALL * k.max(1)))
         .for_each(|(c, a)| {
             let rows = c.len() / n.max(1);
             // SAFETY: A is [rows, k] (leading dimension k), B is [k, n] (ldb n) or [n, k]

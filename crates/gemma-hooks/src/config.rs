@@ -381,6 +381,19 @@ impl GemmaConfig {
     pub fn attn_z_width(&self) -> usize {
         self.num_heads * self.head_dim
     }
+
+    /// Checks that `point` exists in a model of this configuration (its layer, if it has one,
+    /// is below `num_layers`), so a typo in a layer number fails before any work is done.
+    pub fn check_hook(&self, point: crate::HookPoint) -> Result<()> {
+        match point.layer() {
+            Some(layer) if layer >= self.num_layers => Err(GemmaError::Invalid(format!(
+                "hook point `{point}` does not exist: the model has {} layers (0..{})",
+                self.num_layers,
+                self.num_layers.saturating_sub(1)
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// (global, local) RoPE from either config layout.

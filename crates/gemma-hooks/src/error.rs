@@ -53,6 +53,17 @@ pub enum GemmaError {
         got: Vec<usize>,
     },
 
+    /// A weight holds NaN or infinite values (or values whose sum overflows).
+    #[error(
+        "{source_name}: tensor `{tensor}` holds non-finite values (NaN, inf, or values so large they overflow); the weights are corrupted"
+    )]
+    NonFiniteWeight {
+        /// Where the weights came from.
+        source_name: String,
+        /// The tensor's name.
+        tensor: String,
+    },
+
     /// A hook name that does not exist.
     #[error(
         "unknown hook point `{0}` (expected e.g. hook_embed, blocks.3.hook_resid_post, blocks.3.attn.hook_z, blocks.3.hook_mlp_out, ln_final.hook_normalized)"

@@ -118,17 +118,11 @@ impl Hooks {
         self.cache.remove(&point)
     }
 
-    /// Checks that every hooked point exists in a model with `layers` blocks.
-    pub(crate) fn validate(&self, layers: usize) -> Result<()> {
-        for point in self.actions.keys() {
-            if point.layer().is_some_and(|l| l >= layers) {
-                return Err(GemmaError::Invalid(format!(
-                    "hook point `{point}` does not exist: the model has {layers} layers (0..{})",
-                    layers.saturating_sub(1)
-                )));
-            }
-        }
-        Ok(())
+    /// Checks that every hooked point exists in a model of `config`.
+    pub(crate) fn validate(&self, config: &crate::GemmaConfig) -> Result<()> {
+        self.actions
+            .keys()
+            .try_for_each(|point| config.check_hook(*point))
     }
 
     /// Runs the actions at `point` on `activation` and returns what the model continues with.

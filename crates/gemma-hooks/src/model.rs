@@ -226,6 +226,17 @@ impl GemmaModel {
         &self.device
     }
 
+    /// What computes this model's forward pass, precisely enough that two passes with the same
+    /// description and inputs give the same bits: the device, the dtype and, on the CPU, the
+    /// matrix-product kernels ([`cpu_blas::kernel_description`]).
+    pub fn kernel_description(&self) -> String {
+        let dtype = format!("{:?}", self.dtype).to_lowercase();
+        match &self.device {
+            Device::Cpu => format!("cpu {dtype}: {}", cpu_blas::kernel_description()),
+            other => format!("{other:?} {dtype}"),
+        }
+    }
+
     /// The (tied) embedding / unembedding matrix `[vocab, d_model]`.
     pub fn embedding(&self) -> &Tensor {
         &self.embed
@@ -269,7 +280,7 @@ impl GemmaModel {
         if seq == 0 {
             return Err(GemmaError::Invalid("input ids are empty".into()));
         }
-        hooks.validate(self.config.num_layers)?;
+        hooks.validate(&self.config)?;
         let ids = input_ids.to_dtype(DType::U32)?.to_device(&self.device)?;
         let max_id = ids.max_all()?.to_scalar::<u32>()?;
         if max_id as usize >= self.config.vocab_size {

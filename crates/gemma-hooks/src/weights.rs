@@ -116,7 +116,8 @@ impl Weights {
         Ok((config, Self::new(path.display().to_string(), tensors)))
     }
 
-    /// Removes and returns tensor `name`, checking its shape.
+    /// Removes and returns tensor `name`, checking its shape and that its values are finite
+    /// (one pass: the sum of a tensor with a NaN or inf is not finite).
     pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<Tensor> {
         let tensor = self
             .tensors
@@ -131,6 +132,18 @@ impl Weights {
                 tensor: name.to_string(),
                 expected: expected.to_vec(),
                 got: tensor.dims().to_vec(),
+            });
+        }
+        // f16's range is too small for a sum of many weights; f32 and bf16 share f32's.
+        let summed = match tensor.dtype() {
+            DType::F16 => tensor.to_dtype(DType::F32)?.sum_all()?,
+            _ => tensor.sum_all()?,
+        };
+        let sum = summed.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !sum.is_finite() {
+            return Err(GemmaError::NonFiniteWeight {
+                source_name: self.source.clone(),
+                tensor: name.to_string(),
             });
         }
         Ok(tensor)

@@ -12,6 +12,12 @@
 //! Both are built here with the detach trick, so they work with candle's autograd on every
 //! backend: a term `θ·c − (θ·c).detach()` is zero in the forward pass and has gradient `c` with
 //! respect to θ, where `c` is computed from detached values.
+//!
+//! **Negative thresholds.** Every gate here compares with θ⁺ = max(θ, 0) ([`non_negative`]), so
+//! z·H(z − θ⁺) = ReLU(z)·H(z − θ): latents are non-negative whatever θ a file or an optimiser
+//! step holds (SAELens applies ReLU before its mask the same way). The pseudo-derivatives use θ⁺
+//! too and pass straight through the clamp to θ, so a threshold below zero still learns (the
+//! L0 term pushes it up); the trainer also projects θ back to θ ≥ 0 after each step.
 
 use candle_core::{DType, Tensor};
 
@@ -39,6 +45,11 @@ pub fn heaviside(z: &Tensor, threshold: &Tensor) -> Result<Tensor> {
         .to_dtype(z.dtype())?)
 }
 
+/// θ⁺ = max(θ, 0), detached: the threshold every JumpReLU gate compares with.
+pub fn non_negative(threshold: &Tensor) -> Result<Tensor> {
+    Ok(threshold.detach().relu()?)
+}
+
 /// The rectangle kernel K((z − θ)/ε) = 1{|z − θ| < ε/2} as 0/1 in `z`'s dtype. Carries no gradient.
 pub fn rectangle_kernel(z: &Tensor, threshold: &Tensor, bandwidth: f64) -> Result<Tensor> {
     let distance = z.detach().broadcast_sub(&threshold.detach())?.abs()?;
@@ -58,22 +69,25 @@ fn pseudo_gradient_term(threshold: &Tensor, coefficient: &Tensor) -> Result<Tens
     Ok((&term - term.detach())?)
 }
 
-/// JumpReLU_θ(z) = z·H(z − θ) with the paper's gradients: H(z − θ) to `z`, and the
-/// pseudo-derivative −(θ/ε)·K((z − θ)/ε) to `threshold`.
+/// JumpReLU_θ(z) = z·H(z − θ⁺) = ReLU(z)·H(z − θ) with the paper's gradients: H(z − θ⁺) to
+/// `z`, and the pseudo-derivative −(θ⁺/ε)·K((z − θ⁺)/ε) to `threshold`.
 pub fn jumprelu(z: &Tensor, threshold: &Tensor, ste: SteConfig) -> Result<Tensor> {
-    let gate = heaviside(z, threshold)?;
-    let kernel = rectangle_kernel(z, threshold, ste.bandwidth)?;
+    let gated = non_negative(threshold)?;
+    let gate = heaviside(z, &gated)?;
+    let kernel = rectangle_kernel(z, &gated, ste.bandwidth)?;
     let coefficient = kernel
-        .broadcast_mul(&threshold.detach())?
+        .broadcast_mul(&gated)?
         .affine(-1.0 / ste.bandwidth, 0.0)?;
     Ok(((z * gate)? + pseudo_gradient_term(threshold, &coefficient)?)?)
 }
 
-/// The step H(z − θ) with no gradient to `z` and the pseudo-derivative −(1/ε)·K((z − θ)/ε)
-/// to `threshold`: the per-element L0 count of the JumpReLU paper's sparsity term.
+/// The step H(z − θ⁺) with no gradient to `z` and the pseudo-derivative −(1/ε)·K((z − θ⁺)/ε)
+/// to `threshold`: the per-element L0 count of the JumpReLU paper's sparsity term (it counts
+/// exactly the non-zero latents of [`jumprelu`]).
 pub fn step(z: &Tensor, threshold: &Tensor, ste: SteConfig) -> Result<Tensor> {
-    let gate = heaviside(z, threshold)?;
+    let gated = non_negative(threshold)?;
+    let gate = heaviside(z, &gated)?;
     let coefficient =
-        rectangle_kernel(z, threshold, ste.bandwidth)?.affine(-1.0 / ste.bandwidth, 0.0)?;
+        rectangle_kernel(z, &gated, ste.bandwidth)?.affine(-1.0 / ste.bandwidth, 0.0)?;
     Ok((gate + pseudo_gradient_term(threshold, &coefficient)?)?)
 }

@@ -117,6 +117,37 @@ proptest! {
         }
     }
 
+    /// Thresholds of either sign (a raw θ an optimiser pushed below zero, or a file's): the
+    /// latents of `encode` and of the training forward pass are equal and never negative, a
+    /// latent is non-zero exactly where π > max(θ, 0), and the L0 term counts exactly the
+    /// non-zero latents. BatchTopK's inference form with a negative global θ too.
+    #[test]
+    fn jumprelu_latents_are_non_negative_whatever_the_threshold(
+        seed in 0u64..10_000, d_in in 1usize..8, d_sae in 1usize..24, tokens in 1usize..12,
+        shift in -1.5f64..0.5,
+    ) {
+        let theta = (tensor(seed + 4, &[d_sae], 0.6, DType::F64) + shift).unwrap();
+        let sae = JumpReluSae::new(affine(seed, d_in, d_sae, true, DType::F64), theta.clone(), ThresholdParametrisation::Raw, SteConfig { bandwidth: 0.01 }).unwrap();
+        let x = tensor(seed + 7, &[tokens, d_in], 1.0, DType::F64);
+        let latents = values(&sae.encode(&x).unwrap());
+        let out = sae.train_forward(&x).unwrap();
+        prop_assert_eq!(&values(&out.latents), &latents);
+        let pre = values(&sae.pre_activations(&x).unwrap());
+        let theta = values(&theta);
+        for (i, (&f, &p)) in latents.iter().zip(&pre).enumerate() {
+            prop_assert!(f >= 0.0, "latent {} = {} with θ = {}", i, f, theta[i % d_sae]);
+            let open = p > theta[i % d_sae].max(0.0);
+            prop_assert_eq!(f, if open { p } else { 0.0 });
+        }
+        let l0 = L0Ste { ste: sae.ste }.loss(&sae, &out, &PenaltyContext::default()).unwrap();
+        let non_zero = latents.iter().filter(|f| **f != 0.0).count() as f64 / tokens as f64;
+        // The penalty averages in f32: a count over `tokens` rounds to ~1e-7 relative.
+        prop_assert!((l0.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap() - non_zero).abs() <= 1e-6 * non_zero.max(1.0));
+
+        let batch = BatchTopKSae::new(affine(seed, d_in, d_sae, true, DType::F64), 1, Some(shift.min(0.0) - 0.1)).unwrap();
+        prop_assert!(values(&batch.encode(&x).unwrap()).iter().all(|f| *f >= 0.0));
+    }
+
     #[test]
     fn topk_has_at_most_k_active_latents_per_token(
         seed in 0u64..10_000, d_in in 1usize..8, d_sae in 1usize..24, tokens in 1usize..12, k in 1usize..24,

@@ -10,9 +10,10 @@ use candle_core::{DType, Device, Tensor};
 use sae_core::arch::{AffineSae, BatchTopKSae, JumpReluSae, ThresholdParametrisation, TopKSae};
 use sae_core::penalty::{AuxK, L0Ste, PenaltyContext};
 use sae_core::sparse::{AuxKTerm, SparsePenalties, SparseStep, sparse_step};
-use sae_core::{SteConfig, TrainableSae, WeightedPenalty, training_loss};
+use sae_core::{Sae, SteConfig, TrainableSae, WeightedPenalty, training_loss};
 
-use common::{max_abs, max_abs_diff};
+use common::{max_abs, max_abs_diff, seeded_normal};
+use proptest::prelude::*;
 
 const D_IN: usize = 24;
 const D_SAE: usize = 96;
@@ -167,6 +168,69 @@ fn jumprelu_sparse_step_equals_the_dense_autograd_step() {
     let sae = jumprelu(ThresholdParametrisation::Raw, 0.05);
     let step = assert_equals_dense(&sae, &with_auxk(0.02), "JumpReLU with AuxK");
     assert!(step.auxk > 0.0);
+}
+
+/// Thresholds of both signs (a raw θ can be pushed below zero, a file can hold one): the sparse
+/// step still equals the dense one, whose latents are ReLU(π)·H(π − θ).
+#[test]
+fn jumprelu_sparse_step_equals_the_dense_step_with_negative_thresholds() {
+    let threshold = Tensor::rand(-0.6f32, 0.4, D_SAE, &Device::Cpu).unwrap();
+    let sae = JumpReluSae::new(
+        affine(),
+        threshold,
+        ThresholdParametrisation::Raw,
+        SteConfig { bandwidth: 0.05 },
+    )
+    .unwrap();
+    let penalties = SparsePenalties {
+        l0: 0.02,
+        auxk: None,
+    };
+    assert_equals_dense(&sae, &penalties, "JumpReLU, θ of both signs");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(32),
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5ae),
+        ..ProptestConfig::default()
+    })]
+
+    /// For arbitrary thresholds, negative ones included, the sparse step reconstructs from the
+    /// same non-negative latents as `encode`: its squared error is ‖x − decode(encode(x))‖² and
+    /// it counts exactly the latents `encode` makes non-zero. Cases with a pre-activation within
+    /// 1e-4 of max(θ, 0) are skipped: the step's encoder product may run on another kernel
+    /// (OpenBLAS) than candle's, and f32 rounding (~1e-6 here) could open a gate in one only.
+    #[test]
+    fn jumprelu_sparse_step_uses_non_negative_latents_whatever_the_threshold(
+        seed in 0u64..10_000, shift in -1.0f32..0.5, tokens in 1usize..48,
+    ) {
+        let affine = AffineSae::new(
+            seeded_normal(seed, &[D_IN, D_SAE], 0.3),
+            seeded_normal(seed + 1, &[D_SAE], 0.05),
+            seeded_normal(seed + 2, &[D_SAE, D_IN], 0.3),
+            seeded_normal(seed + 3, &[D_IN], 0.1),
+            true,
+        ).unwrap();
+        let theta = (seeded_normal(seed + 4, &[D_SAE], 0.4) + shift as f64).unwrap();
+        let sae = JumpReluSae::new(affine, theta.clone(), ThresholdParametrisation::Raw, SteConfig { bandwidth: 1e-3 }).unwrap();
+        let x = seeded_normal(seed + 5, &[tokens, D_IN], 1.0);
+        let pre = sae.pre_activations(&x).unwrap().to_vec2::<f32>().unwrap();
+        let theta = theta.to_vec1::<f32>().unwrap();
+        let margin = pre.iter().flat_map(|row| row.iter().zip(&theta).map(|(p, t)| (p - t.max(0.0)).abs())).fold(f32::INFINITY, f32::min);
+        prop_assume!(margin > 1e-4);
+
+        let latents = sae.encode(&x).unwrap();
+        let values = latents.to_vec2::<f32>().unwrap();
+        prop_assert!(values.iter().flatten().all(|f| *f >= 0.0));
+        let step = sparse_step(&sae, &x, &SparsePenalties { l0: 1e-3, auxk: None }, 1.0).unwrap().unwrap();
+        let expected = (&x - sae.decode(&latents).unwrap()).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        // Σ over tokens·d_in squares of O(1) values, summed in another order: f32 rounding.
+        prop_assert!((step.squared_error - expected).abs() <= 1e-4 * expected.max(1.0), "{} vs {}", step.squared_error, expected);
+        let fires: Vec<u32> = (0..D_SAE).map(|j| values.iter().filter(|row| row[j] > 0.0).count() as u32).collect();
+        prop_assert_eq!(&step.fires, &fires);
+    }
 }
 
 #[test]

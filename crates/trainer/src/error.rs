@@ -34,6 +34,20 @@ pub enum TrainError {
         /// What is wrong.
         detail: String,
     },
+    /// Training produced NaN or inf: it stops, and nothing non-finite is written.
+    #[error(
+        "training stopped at step {step}: SAE `{sae}` on `{hook}`: {problem} (the last checkpoint, if any, is intact; check the activations, or lower the learning rate)"
+    )]
+    NonFinite {
+        /// The step (1-based) whose loss, gradients or state were not finite.
+        step: u64,
+        /// The SAE.
+        sae: String,
+        /// The hook it reads.
+        hook: String,
+        /// What was not finite.
+        problem: String,
+    },
     /// Invalid settings.
     #[error("{0}")]
     Invalid(String),

@@ -29,6 +29,7 @@
 //! ```
 
 mod adam;
+pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod metrics;

@@ -54,9 +54,6 @@ pub struct MetricsRow {
     /// Current coefficient of the first warmed-up penalty (λ).
     #[serde(deserialize_with = "nan_from_null")]
     pub lambda: f64,
-    /// Training throughput since the previous row (wall clock; differs between runs).
-    #[serde(deserialize_with = "nan_from_null")]
-    pub tokens_per_second: f64,
 }
 
 /// JSON has no NaN: serde_json writes it as `null`; read `null` back as NaN.
@@ -90,7 +87,6 @@ pub fn to_frame(rows: &[MetricsRow]) -> Result<DataFrame> {
         Column::new("threshold_max".into(), f(|r| r.threshold_max)),
         Column::new("lr".into(), f(|r| r.lr)),
         Column::new("lambda".into(), f(|r| r.lambda)),
-        Column::new("tokens_per_second".into(), f(|r| r.tokens_per_second)),
     ];
     Ok(DataFrame::new(rows.len(), columns)?)
 }

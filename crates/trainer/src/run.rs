@@ -1,28 +1,26 @@
 //! The training loop: one activation stream, many SAEs, checkpoints with exact resume.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use activation_cache::{ActivationSource, Cursor};
+use crate::adam::Adam;
+use crate::checkpoint::{
+    self, CHECKPOINT, CheckpointState, DONE, EFFECTIVE_CONFIG, RunState, RunTensors, read_json,
+    write_json,
+};
+use crate::config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig, TrainConfig};
+use crate::metrics::{self, MetricsRow};
+use crate::schedule::{lambda_factor, learning_rate};
+use crate::{Result, TrainError};
+use activation_cache::ActivationSource;
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use sae_core::format::{save_saelens, write_dir_atomically};
+use sae_core::format::save_saelens_with_files;
 use sae_core::sparse::{AuxKTerm, SparsePenalties};
 use sae_core::{
     AuxK, DecoderNormL1, InitConfig, L0Ste, L1, PenaltyContext, SaeShape, SparsityPenalty,
     SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
 };
-use serde::{Deserialize, Serialize};
-
-use crate::adam::Adam;
-use crate::config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig, TrainConfig};
-use crate::metrics::{self, MetricsRow};
-use crate::schedule::{lambda_factor, learning_rate};
-use crate::{Result, TrainError};
-
-/// Tensors by name, as checkpoints store them.
-type NamedTensors = HashMap<String, Tensor>;
 
 /// One SAE being trained.
 pub struct SaeRun {
@@ -41,28 +39,6 @@ pub struct SaeRun {
     window_fires: Vec<u64>,
     window_tokens: u64,
     /// Firings per latent over the whole run, and tokens.
-    total_fires: Vec<u64>,
-    total_tokens: u64,
-}
-
-/// What a checkpoint records besides tensors.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CheckpointState {
-    step: u64,
-    tokens: u64,
-    cursor: Cursor,
-    runs: Vec<RunState>,
-    metrics: Vec<MetricsRow>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct RunState {
-    name: String,
-    scale: f64,
-    adam_t: u64,
-    since_fired: Vec<u64>,
-    window_fires: Vec<u64>,
-    window_tokens: u64,
     total_fires: Vec<u64>,
     total_tokens: u64,
 }
@@ -102,9 +78,8 @@ fn penalty_of(config: &PenaltyConfig, ste: SteConfig) -> Box<dyn SparsityPenalty
     }
 }
 
-const CHECKPOINT: &str = "checkpoint";
-const EFFECTIVE_CONFIG: &str = "config.json";
-const DONE: &str = "DONE";
+/// The wall-clock log (the one output that differs between identical runs).
+const TIMING: &str = "timing.csv";
 
 impl<S: ActivationSource> Trainer<S> {
     /// A trainer writing into `out`. Resumes from `out/checkpoint` when present (the saved
@@ -139,29 +114,39 @@ impl<S: ActivationSource> Trainer<S> {
         if names.len() != resolved.len() {
             return Err(TrainError::Invalid("SAE names must be unique".into()));
         }
-        std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+        checkpoint::claim_run_folder(out)?;
         let effective = serde_json::json!({
             "train": &config,
             "saes": resolved.iter().map(|(r, ..)| r).collect::<Vec<_>>(),
+            "source": source.identity(),
+            "kernel": kernel_description(&device),
         });
+        let names: Vec<&str> = resolved.iter().map(|(r, ..)| r.name.as_str()).collect();
+        let saved = checkpoint::load(out, &effective, &names, &device)?;
         let config_path = out.join(EFFECTIVE_CONFIG);
-        let checkpoint = out.join(CHECKPOINT);
-        if checkpoint.join("state.json").exists() {
-            let saved: serde_json::Value = read_json(&config_path)?;
-            if saved != effective {
-                return Err(TrainError::format(
-                    &config_path,
-                    "the run in this directory used a different configuration; use another directory or the same configuration",
-                ));
+        if saved.is_some() {
+            let recorded = read_json(&config_path)?;
+            if let Some(problem) = checkpoint::identity_mismatch(&recorded, &effective) {
+                return Err(TrainError::format(&config_path, problem));
             }
         } else {
+            let orphans = checkpoint::outputs_without_checkpoint(out);
+            if let Some(orphan) = orphans.first() {
+                return Err(TrainError::format(
+                    orphan,
+                    format!(
+                        "exists but {} does not: the run folder is incomplete (was its checkpoint deleted?); restore it, or train into another folder",
+                        out.join(CHECKPOINT).display()
+                    ),
+                ));
+            }
             write_json(&config_path, &effective)?;
         }
 
         let start = source.cursor();
         let mut scales = vec![1.0; hooks.len()];
         let mut means = vec![Vec::new(); hooks.len()];
-        if !checkpoint.join("state.json").exists() {
+        if saved.is_none() {
             let mut estimators = vec![sae_core::scaling::ScalingEstimator::new(); hooks.len()];
             for _ in 0..config.scaling_batches.max(1) {
                 let Some(batch) = source.next_batch(config.batch_size)? else {
@@ -246,8 +231,8 @@ impl<S: ActivationSource> Trainer<S> {
             metrics: Vec::new(),
             last_metrics_at: None,
         };
-        if checkpoint.join("state.json").exists() {
-            trainer.load_checkpoint()?;
+        if let Some((state, tensors)) = saved {
+            trainer.restore(state, tensors)?;
         }
         Ok(trainer)
     }
@@ -265,7 +250,6 @@ impl<S: ActivationSource> Trainer<S> {
         let rows = batch.tokens.len() as u64;
         let record = (self.step + 1).is_multiple_of(self.config.metrics_every)
             || self.step + 1 == self.config.steps;
-        let elapsed = self.last_metrics_at.map(|t| t.elapsed().as_secs_f64());
         for run in &mut self.runs {
             let x = (batch.activations[run.hook_index].to_device(&self.device)? / run.scale)?;
             let row = run.train_step(
@@ -278,13 +262,11 @@ impl<S: ActivationSource> Trainer<S> {
             if let Some(mut row) = row {
                 row.step = self.step + 1;
                 row.tokens = self.tokens + rows;
-                let window = (self.config.metrics_every * self.config.batch_size as u64) as f64;
-                row.tokens_per_second = elapsed.map_or(f64::NAN, |s| window / s.max(1e-9));
                 self.metrics.push(row);
             }
         }
         if record {
-            self.last_metrics_at = Some(Instant::now());
+            self.log_timing(self.step + 1, self.tokens + rows)?;
         }
         self.step += 1;
         self.tokens += rows;
@@ -351,11 +333,14 @@ impl<S: ActivationSource> Trainer<S> {
             let sparsity = Tensor::new(density, &Device::Cpu)?;
             run.sae.fold_scaling(run.scale)?;
             let dir = self.out.join(&run.config.name);
-            save_saelens(run.sae.as_ref(), &dir, metadata, Some(&sparsity))?;
-            write_json(
-                &dir.join("training_config.json"),
-                &serde_json::to_value(&run.config)
-                    .map_err(|e| TrainError::Invalid(e.to_string()))?,
+            let training_config = serde_json::to_vec_pretty(&run.config)
+                .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            save_saelens_with_files(
+                run.sae.as_ref(),
+                &dir,
+                metadata,
+                Some(&sparsity),
+                &[("training_config.json", training_config)],
             )?;
         }
         std::fs::write(self.out.join(DONE), b"")
@@ -383,61 +368,35 @@ impl<S: ActivationSource> Trainer<S> {
                     total_tokens: r.total_tokens,
                 })
                 .collect(),
+            identity: read_json(&self.out.join(EFFECTIVE_CONFIG))?,
+            files: Default::default(),
         };
-        let tensors: Vec<(String, NamedTensors, NamedTensors)> = self
+        let tensors = self
             .runs
             .iter()
             .map(|r| {
                 Ok((
                     r.config.name.clone(),
-                    r.sae.training_state()?.into_iter().collect(),
-                    r.adam.state().into_iter().collect(),
+                    r.config.hook.clone(),
+                    RunTensors {
+                        sae: r.sae.training_state()?.into_iter().collect(),
+                        adam: r.adam.state().into_iter().collect(),
+                    },
                 ))
             })
-            .collect::<Result<_>>()?;
-        write_dir_atomically(&self.out.join(CHECKPOINT), |dir| {
-            for (name, sae, adam) in &tensors {
-                candle_core::safetensors::save(sae, dir.join(format!("{name}.sae.safetensors")))?;
-                candle_core::safetensors::save(adam, dir.join(format!("{name}.adam.safetensors")))?;
-            }
-            let json = serde_json::to_vec(&state)
-                .map_err(|e| sae_core::SaeError::Config(e.to_string()))?;
-            std::fs::write(dir.join("state.json"), json)
-                .map_err(|e| sae_core::SaeError::io(dir.join("state.json"), e))?;
-            Ok(())
-        })?;
-        Ok(())
+            .collect::<Result<Vec<_>>>()?;
+        checkpoint::save(&self.out, state, &tensors)
     }
 
-    fn load_checkpoint(&mut self) -> Result<()> {
-        let dir = self.out.join(CHECKPOINT);
-        let state: CheckpointState = serde_json::from_value(read_json(&dir.join("state.json"))?)
-            .map_err(|e| TrainError::format(dir.join("state.json"), e.to_string()))?;
+    /// Continues from a verified checkpoint.
+    fn restore(&mut self, state: CheckpointState, tensors: Vec<RunTensors>) -> Result<()> {
         self.step = state.step;
         self.tokens = state.tokens;
         self.metrics = state.metrics;
         self.source.restore(&state.cursor)?;
-        for (run, saved) in self.runs.iter_mut().zip(state.runs) {
-            if run.config.name != saved.name {
-                return Err(TrainError::format(
-                    &dir,
-                    format!(
-                        "checkpoint holds `{}` where the config has `{}`",
-                        saved.name, run.config.name
-                    ),
-                ));
-            }
-            let load = |file: String| -> Result<HashMap<String, Tensor>> {
-                let path = dir.join(file);
-                candle_core::safetensors::load(&path, &self.device)
-                    .map_err(|e| TrainError::format(&path, e.to_string()))
-            };
-            run.sae
-                .load_training_state(&load(format!("{}.sae.safetensors", saved.name))?)?;
-            run.adam.load_state(
-                saved.adam_t,
-                &load(format!("{}.adam.safetensors", saved.name))?,
-            )?;
+        for ((run, saved), tensors) in self.runs.iter_mut().zip(state.runs).zip(tensors) {
+            run.sae.load_training_state(&tensors.sae)?;
+            run.adam.load_state(saved.adam_t, &tensors.adam)?;
             run.scale = saved.scale;
             run.since_fired = saved.since_fired;
             run.window_fires = saved.window_fires;
@@ -447,6 +406,45 @@ impl<S: ActivationSource> Trainer<S> {
         }
         Ok(())
     }
+
+    /// Appends the throughput since the previous metrics row to `timing.csv` (wall clock, so
+    /// it differs between runs and is kept out of the metrics and the checkpoint; a resumed
+    /// run appends again from its checkpoint's step).
+    fn log_timing(&mut self, step: u64, tokens: u64) -> Result<()> {
+        use std::io::Write;
+        let now = Instant::now();
+        let rate = self.last_metrics_at.map(|t| {
+            let window = (self.config.metrics_every * self.config.batch_size as u64) as f64;
+            window / now.duration_since(t).as_secs_f64().max(1e-9)
+        });
+        self.last_metrics_at = Some(now);
+        let path = self.out.join(TIMING);
+        let new = !path.exists();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        let mut line = String::new();
+        if new {
+            line.push_str("step,tokens,tokens_per_second\n");
+        }
+        line.push_str(&format!(
+            "{step},{tokens},{}\n",
+            rate.map_or(String::new(), |r| format!("{r:.1}"))
+        ));
+        file.write_all(line.as_bytes())
+            .map_err(|e| TrainError::io(&path, e))
+    }
+}
+
+/// What computes the training steps on `device`: the CPU's matrix-product kernels
+/// ([`sae_core::blas::kernel_description`]), or the device.
+fn kernel_description(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu: {}", sae_core::blas::kernel_description()),
+        other => format!("{other:?}"),
+    }
 }
 
 impl SaeRun {
@@ -454,13 +452,13 @@ impl SaeRun {
     fn train_step(
         &mut self,
         x: &Tensor,
-        step: u64,
+        step_index: u64,
         total: u64,
         dead_window: u64,
         record: bool,
     ) -> Result<Option<MetricsRow>> {
-        let lr = learning_rate(&self.config, step, total);
-        let warm = lambda_factor(&self.config, step);
+        let lr = learning_rate(&self.config, step_index, total);
+        let warm = lambda_factor(&self.config, step_index);
         let dead: Vec<bool> = self.since_fired.iter().map(|&s| s >= dead_window).collect();
         let dead_mask: Vec<f32> = dead.iter().map(|&d| if d { 1.0 } else { 0.0 }).collect();
         let context = PenaltyContext {
@@ -475,6 +473,7 @@ impl SaeRun {
             })
             .collect();
         let step = self.gradients(x, &weighted, &context, &dead)?;
+        self.check_finite(&step, step_index)?;
         self.adam.tick();
         let decoder = self.sae.decoder_var().as_tensor().clone();
         for (name, var) in self.sae.vars() {
@@ -488,6 +487,7 @@ impl SaeRun {
             };
             self.adam.update(name, var, &grad, lr)?;
         }
+        self.sae.project_parameters()?;
         if self.config.decoder_constraint {
             sae_core::constraint::renormalise_rows(self.sae.decoder_var())?;
         }
@@ -557,11 +557,46 @@ impl SaeRun {
                 .iter()
                 .find(|(_, c)| c.warms_up())
                 .map_or(0.0, |(_, c)| c.coefficient() * warm),
-            tokens_per_second: f64::NAN,
         };
         self.window_fires.iter_mut().for_each(|f| *f = 0);
         self.window_tokens = 0;
         Ok(Some(row))
+    }
+}
+
+impl SaeRun {
+    /// Stops training at the first non-finite loss or gradient: an update with it would make
+    /// every later step, checkpoint and export NaN.
+    fn check_finite(&self, step: &StepResult, step_index: u64) -> Result<()> {
+        let problem = if !step.total.is_finite() {
+            Some(format!(
+                "the loss is {} (reconstruction {}, penalties {})",
+                step.total, step.reconstruction, step.penalty
+            ))
+        } else {
+            let mut found = None;
+            for (name, gradient) in &step.gradients {
+                // One pass: a sum over values with a NaN or inf is not finite.
+                let sum = gradient
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
+                if !sum.is_finite() {
+                    found = Some(format!("the gradient of `{name}` holds NaN or inf"));
+                    break;
+                }
+            }
+            found
+        };
+        match problem {
+            None => Ok(()),
+            Some(problem) => Err(TrainError::NonFinite {
+                step: step_index + 1,
+                sae: self.config.name.clone(),
+                hook: self.config.hook.clone(),
+                problem,
+            }),
+        }
     }
 }
 
@@ -692,21 +727,5 @@ fn set_var(sae: &dyn TrainableSae, name: &str, value: &Tensor) -> Result<()> {
         .find(|(n, _)| *n == name)
         .ok_or_else(|| TrainError::Invalid(format!("the SAE has no parameter `{name}`")))?;
     var.set(value)?;
-    Ok(())
-}
-
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::format(path, format!("invalid JSON: {e}")))
-}
-
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text =
-        serde_json::to_string_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
-    sae_core::format::write_file_atomically(path, |file| {
-        use std::io::Write;
-        file.write_all(text.as_bytes())
-            .map_err(|e| sae_core::SaeError::io(path, e))
-    })?;
     Ok(())
 }

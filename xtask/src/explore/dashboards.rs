@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use activation_cache::store::remove_store;
 use activation_cache::store::{HookSpec, StoreDtype, StoreSpec};
 use activation_cache::{ContextConfig, HarvestOptions, ShuffleConfig, StoreSource, harvest};
-use analysis::dashboard::{LatentDashboard, dashboards};
+use analysis::dashboard::{LatentDashboard, dashboards, load_dashboards, save_dashboards};
 use analysis::evidence::{EvidenceConfig, collect_from_store};
-use analysis::tables::{read_json, write_json};
-use anyhow::{Context, ensure};
+use anyhow::Context;
 use gemma_hooks::{GemmaModel, GemmaTokenizer, HookPoint};
 use sae_core::Sae;
 use sha2::{Digest, Sha256};
@@ -32,8 +32,10 @@ pub struct EvidenceOptions {
 const TOP_K: usize = 10;
 
 /// The dashboards of the SAE at `path`: its reproduce run's (`RUN/dashboards_NAME.json` for
-/// `RUN/train/NAME`), a cached computation, or a new one (harvest, top examples, logit
-/// effects), cached.
+/// `RUN/train/NAME`) when they were computed for exactly this SAE and hook, else a cached
+/// computation, else a new one (harvest, top examples, logit effects), cached. Every saved set is
+/// keyed by the SAE's weights and hook ([`analysis::dashboard::load_dashboards`]), so an `@HOOK`
+/// override or a re-trained SAE never shows another SAE's dashboards.
 pub fn load_or_compute(
     model: &GemmaModel,
     tokenizer: &GemmaTokenizer,
@@ -43,24 +45,27 @@ pub fn load_or_compute(
     options: &EvidenceOptions,
 ) -> anyhow::Result<Vec<LatentDashboard>> {
     if let Some(run_file) = reproduce_run_dashboards(path) {
-        let saved: Vec<LatentDashboard> = read_json(&run_file)?;
-        ensure!(
-            saved.len() == sae.d_sae(),
-            "{} holds {} dashboards but the SAE has {} latents (delete it to recompute)",
-            run_file.display(),
-            saved.len(),
-            sae.d_sae()
-        );
-        eprintln!("[explore] dashboards from {}", run_file.display());
-        return Ok(saved);
+        match load_dashboards(&run_file, sae, hook)? {
+            Some(saved) => {
+                eprintln!("[explore] dashboards from {}", run_file.display());
+                return Ok(saved);
+            }
+            None => eprintln!(
+                "[explore] {} was computed for another SAE or hook than {} at {hook}: computing them",
+                run_file.display(),
+                path.display()
+            ),
+        }
     }
     let folder = gemma_hooks::assets::cache_dir()
         .join("explorer")
-        .join(cache_key(path, hook, options)?);
+        .join(cache_key(sae, hook, options)?);
     let cached = folder.join("dashboards.json");
-    if cached.exists() {
+    if cached.exists()
+        && let Some(saved) = load_dashboards(&cached, sae, hook)?
+    {
         eprintln!("[explore] dashboards from the cache {}", cached.display());
-        return Ok(read_json(&cached)?);
+        return Ok(saved);
     }
     let store = folder.join("store");
     let corpus = crate::cache::corpus_of(&options.corpus, "text")?;
@@ -79,10 +84,10 @@ pub fn load_or_compute(
         }],
         dtype: StoreDtype::F32,
         contexts_per_shard: 16,
+        batch_contexts: 4,
         target_rows: options.tokens,
     };
     let harvest_options = HarvestOptions {
-        batch_contexts: 4,
         stop_after_shards: None,
         progress: options.progress,
     };
@@ -96,9 +101,9 @@ pub fn load_or_compute(
     drop(source);
     let token_text = |t: u32| tokenizer.decode(&[t]).unwrap_or_default();
     let computed = dashboards(model, sae, hook, evidence, &token_text)?;
-    write_json(&cached, &computed)?;
+    save_dashboards(&cached, sae, hook, &computed)?;
     // The activations were only needed for the dashboards, which are now saved.
-    std::fs::remove_dir_all(&store)
+    remove_store(&store)
         .with_context(|| format!("removing the temporary store {}", store.display()))?;
     eprintln!("[explore] dashboards cached in {}", cached.display());
     Ok(computed)
@@ -115,26 +120,11 @@ fn reproduce_run_dashboards(sae: &Path) -> Option<PathBuf> {
     file.exists().then_some(file)
 }
 
-/// A digest of the SAE's files and every setting the dashboards depend on.
-fn cache_key(path: &Path, hook: HookPoint, options: &EvidenceOptions) -> anyhow::Result<String> {
+/// A digest of the SAE's weights ([`sae_core::format::fingerprint`]), its hook and every
+/// setting the dashboards depend on.
+fn cache_key(sae: &dyn Sae, hook: HookPoint, options: &EvidenceOptions) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
-    let files: Vec<PathBuf> = if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|e| e == "safetensors" || e == "npz" || e == "json")
-            })
-            .collect();
-        files.sort();
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
-    for file in files {
-        hasher.update(gemma_hooks::assets::sha256_of(&file)?.as_bytes());
-    }
+    hasher.update(sae_core::format::fingerprint(sae)?.as_bytes());
     hasher.update(
         format!(
             "{hook}|{}|{}|{}|{}|{TOP_K}",

@@ -14,11 +14,16 @@
 //!   `cargo xtask reproduce` (`RUN/train/NAME`) the run's `RUN/dashboards_NAME.json` is used;
 //!   otherwise they are computed on first use — `--evidence-tokens` tokens of the corpus are
 //!   harvested and each latent's top examples collected, with a progress bar — and cached under
-//!   the project cache (`explorer/`), keyed by the SAE's weights and the settings.
+//!   the project cache (`explorer/`), keyed by the SAE's weights and the settings. Every saved
+//!   set records the SAE's weights and hook, so a run's dashboards are used only for that very
+//!   SAE at that hook (an `@HOOK` override or a re-trained SAE gets its own).
 //! - **Labels** (`--labels`): the manual labels file (see [`analysis::labels`]); by default
 //!   `labels.toml` of the reproduce run the first SAE comes from, else beside it. Edits in the
-//!   page are saved at once, atomically, one at a time. A corrupt file is reported in the page
-//!   and never overwritten (labelling is refused until it is fixed).
+//!   page are saved at once: under the file's lock, merged with what the file holds now, and
+//!   written atomically, so several explorers and hand edits can share one file (the later
+//!   edit of the same latent wins). A corrupt file is reported in the page and never
+//!   overwritten (labelling is refused until it is fixed).
+//! - SAEs whose hook the model lacks (a layer past its last) are refused at start-up.
 //! - The server binds `127.0.0.1` (`--bind` to choose another address) on `--port` (0 picks a
 //!   free one) and prints the page's URL; the page and its assets are compiled into the binary.
 //!
@@ -111,6 +116,11 @@ pub fn run(args: &ExploreArgs) -> anyhow::Result<()> {
             Some(hook) => hook,
             None => hook_of(&path)?,
         };
+        loaded
+            .model
+            .config()
+            .check_hook(hook)
+            .with_context(|| format!("--sae {spec}"))?;
         let width = activation_cache::hook_width(loaded.model.config(), hook);
         if width != sae.d_in() {
             bail!(

@@ -12,8 +12,11 @@
 //! | `POST /api/saes/SAE/latents/N/steer` | `{"prompt", "strength", "max_new_tokens"?}` (default 24) | `unsteered` and `steered` greedy continuations |
 //!
 //! Every error is `{"error": "…"}` with status 400 (malformed: not UTF-8, not JSON, empty,
-//! out of range), 404 (unknown SAE, latent, asset or route), 409 (labels file unusable), 413
-//! (over a limit in [`super::state`]) or 500.
+//! out of range, a path that is not valid percent-encoded UTF-8), 404 (unknown SAE, latent,
+//! asset or route), 405 (a method the path does not take; `Allow` lists those it does), 409
+//! (labels file unusable), 413 (over a limit in [`super::state`], or a body over 2 MB) or 500.
+//! Errors that the HTTP framework produces itself are rewritten into that form too
+//! ([`json_errors`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,7 +91,45 @@ pub fn router(explorer: Explorer) -> Router {
         .fallback(|uri: Uri| async move {
             ApiError::NotFound(format!("no such page or endpoint: {}", uri.path()))
         })
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(Arc::new(explorer))
+}
+
+/// Rewrites every error answer that is not JSON yet — those axum makes itself: a wrong method
+/// (405, empty), a body over the limit (413), a path that does not decode (400) — into the
+/// documented `{"error": "…"}`, keeping the status and the `Allow` header.
+async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match (status, &allow) {
+        (StatusCode::METHOD_NOT_ALLOWED, Some(allow)) => format!(
+            "{method} is not allowed on {path} (allowed: {})",
+            allow.to_str().unwrap_or("?")
+        ),
+        _ if !body.is_empty() => format!("{body} ({method} {path})"),
+        _ => format!(
+            "{} ({method} {path})",
+            status.canonical_reason().unwrap_or("error")
+        ),
+    };
+    let mut answer = (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+    if let Some(allow) = allow {
+        answer.headers_mut().insert(header::ALLOW, allow);
+    }
+    answer
 }
 
 /// Serves `explorer` on `address` until Ctrl-C, printing the page's URL first.

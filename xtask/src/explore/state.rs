@@ -118,6 +118,42 @@ enum LabelsState {
     Unusable { path: PathBuf, problem: String },
 }
 
+impl LabelsState {
+    /// The labels in `path`, or why they cannot be used (a corrupt file is left as it is).
+    fn open(path: &Path) -> Self {
+        match ManualLabels::load(path) {
+            Ok(labels) => Self::Loaded(labels),
+            Err(e) => Self::unusable(path, e),
+        }
+    }
+
+    fn unusable(path: &Path, error: analysis::AnalysisError) -> Self {
+        Self::Unusable {
+            path: path.to_path_buf(),
+            problem: format!(
+                "{error} — manual labels are off until the file is fixed (it was left as it is)"
+            ),
+        }
+    }
+
+    /// Picks up what other processes and hand edits changed in the file: a file that became
+    /// unreadable turns labelling off, and fixing it turns it back on.
+    fn refresh(&mut self) {
+        match self {
+            Self::Loaded(labels) => {
+                if let Err(e) = labels.refresh() {
+                    let path = labels.path().to_path_buf();
+                    *self = Self::unusable(&path, e);
+                }
+            }
+            Self::Unusable { path, .. } => {
+                let path = path.clone();
+                *self = Self::open(&path);
+            }
+        }
+    }
+}
+
 /// Everything the explorer serves.
 pub struct Explorer {
     model: GemmaModel,
@@ -294,15 +330,7 @@ impl Explorer {
         saes: Vec<ExplorerSae>,
         labels_path: &Path,
     ) -> Self {
-        let labels = match ManualLabels::load(labels_path) {
-            Ok(labels) => LabelsState::Loaded(labels),
-            Err(e) => LabelsState::Unusable {
-                path: labels_path.to_path_buf(),
-                problem: format!(
-                    "{e} — manual labels are off until the file is fixed (it was left as it is)"
-                ),
-            },
-        };
+        let labels = LabelsState::open(labels_path);
         let token_texts = (0..tokenizer.vocab_size() as u32)
             .map(|t| tokenizer.decode(&[t]).unwrap_or_else(|_| format!("<{t}>")))
             .collect();
@@ -323,11 +351,15 @@ impl Explorer {
         }
     }
 
+    /// The labels, re-read first if the file changed (another explorer's save, a hand edit).
     fn lock_labels(&self) -> std::sync::MutexGuard<'_, LabelsState> {
         // A panic while holding the lock leaves the labels as they were saved.
-        self.labels
+        let mut state = self
+            .labels
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.refresh();
+        state
     }
 
     fn token_text(&self, token: u32) -> String {
@@ -595,7 +627,8 @@ impl Explorer {
     }
 
     /// Sets (or, with an empty text, removes) the manual label of a latent and saves the
-    /// labels file before answering. Saves are serialised, so concurrent edits all survive.
+    /// labels file before answering. Saves lock the file and merge with what is in it
+    /// ([`ManualLabels::save`]), so edits from other explorers and by hand all survive.
     pub fn set_label(&self, sae_id: &str, latent: usize, text: &str) -> ApiResult<Label> {
         let sae = self.sae(sae_id)?;
         let dashboard = sae.dashboard(latent)?;

@@ -202,10 +202,10 @@ impl Lab {
                 .collect(),
             dtype: StoreDtype::F32,
             contexts_per_shard: 16,
+            batch_contexts: 4,
             target_rows: tokens,
         };
         let options = HarvestOptions {
-            batch_contexts: 4,
             stop_after_shards: None,
             progress: self.progress,
         };

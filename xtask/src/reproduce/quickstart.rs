@@ -7,7 +7,9 @@ use activation_cache::{ShuffleConfig, StoreSource};
 use std::collections::BTreeMap;
 
 use analysis::ManualLabels;
-use analysis::dashboard::{LatentDashboard, dashboards, example_text, showcase};
+use analysis::dashboard::{
+    LatentDashboard, dashboards, example_text, load_dashboards, save_dashboards, showcase,
+};
 use analysis::evidence::{EvidenceConfig, collect_from_store};
 use analysis::explainer::{LlmConfig, LlmExplanation, explain};
 use analysis::tables::{format_number, read_json, write_frame, write_json};
@@ -192,15 +194,18 @@ fn llm_explanations(
     Ok(explanations)
 }
 
-/// Dashboards of every latent (cached in `dashboards_<sae>.json`).
+/// Dashboards of every latent (cached in `dashboards_<sae>.json`, keyed by the SAE's weights
+/// and hook: a re-trained SAE gets new ones).
 pub fn latent_dashboards(
     lab: &Lab,
     store: &std::path::Path,
     trained: &TrainedSae,
 ) -> anyhow::Result<Vec<LatentDashboard>> {
     let path = lab.out.join(format!("dashboards_{}.json", trained.name));
-    if path.exists() {
-        return Ok(read_json(&path)?);
+    if path.exists()
+        && let Some(saved) = load_dashboards(&path, trained.sae.as_ref(), trained.hook)?
+    {
+        return Ok(saved);
     }
     let source = StoreSource::open(store, ShuffleConfig::default(), false)?;
     let config = EvidenceConfig {
@@ -223,7 +228,7 @@ pub fn latent_dashboards(
         evidence,
         &token_text,
     )?;
-    write_json(&path, &dashboards)?;
+    save_dashboards(&path, trained.sae.as_ref(), trained.hook, &dashboards)?;
     Ok(dashboards)
 }
 

@@ -107,7 +107,8 @@ impl Sae for BatchTopKSae {
     super::delegate_to_affine!();
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         let pre = self.pre_activations(x)?;
-        let theta = self.threshold_or_error()?;
+        // θ⁺ = max(θ, 0), as for JumpReLU: latents stay non-negative for any stored θ.
+        let theta = self.threshold_or_error()?.max(0.0);
         let gate = pre.gt(theta)?.to_dtype(pre.dtype())?;
         Ok((pre * gate)?)
     }

@@ -26,7 +26,9 @@ pub enum ThresholdParametrisation {
     Log,
 }
 
-/// A JumpReLU SAE: f = π·H(π − θ) with a learned per-latent threshold θ and a strict `>`.
+/// A JumpReLU SAE: f = π·H(π − θ⁺) = ReLU(π)·H(π − θ) with a learned per-latent threshold θ
+/// and a strict `>` (θ⁺ = max(θ, 0), see [`crate::ste`]): latents are never negative, even for a
+/// file whose thresholds are below zero.
 #[derive(Debug, Clone)]
 pub struct JumpReluSae {
     /// Encoder and decoder.
@@ -99,7 +101,7 @@ impl Sae for JumpReluSae {
     super::delegate_to_affine!();
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         let pre = self.pre_activations(x)?;
-        let gate = ste::heaviside(&pre, &self.theta()?)?;
+        let gate = ste::heaviside(&pre, &ste::non_negative(&self.theta()?)?)?;
         Ok((pre * gate)?)
     }
     fn tensors(&self) -> Result<Vec<(&'static str, Tensor)>> {
@@ -150,6 +152,13 @@ impl TrainableSae for JumpReluSae {
     fn threshold(&self) -> Result<Option<Tensor>> {
         Ok(Some(self.theta()?))
     }
+    fn project_parameters(&self) -> Result<()> {
+        match self.parametrisation {
+            // A log-parametrised θ = exp(τ) is positive by construction.
+            ThresholdParametrisation::Log => Ok(()),
+            ThresholdParametrisation::Raw => update_f32(&self.threshold, |t| Ok(t.relu()?)),
+        }
+    }
     fn decoder_var(&self) -> &Var {
         &self.affine.w_dec
     }
@@ -157,7 +166,9 @@ impl TrainableSae for JumpReluSae {
         Ok(Some(SparseForm {
             affine: &self.affine,
             rule: SelectionRule::Threshold {
-                theta: self.theta()?.to_dtype(candle_core::DType::F32)?.to_vec1()?,
+                theta: ste::non_negative(&self.theta()?)?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1()?,
                 bandwidth: self.ste.bandwidth as f32,
                 parametrisation: self.parametrisation,
             },

@@ -6,9 +6,9 @@
 //!
 //! | architecture | latents | file name (SAELens `architecture`) |
 //! |---|---|---|
-//! | [`JumpReluSae`] | π·H(π − θ), per-latent threshold θ, strict `>` | `jumprelu` |
+//! | [`JumpReluSae`] | ReLU(π)·H(π − θ), per-latent threshold θ, strict `>` | `jumprelu` |
 //! | [`TopKSae`] | ReLU of the k largest π of each token | `topk` |
-//! | [`BatchTopKSae`] | training: the k·batch largest ReLU(π) of the batch; inference: π·H(π − θ_global) | `batchtopk` |
+//! | [`BatchTopKSae`] | training: the k·batch largest ReLU(π) of the batch; inference: ReLU(π)·H(π − θ_global) | `batchtopk` |
 //! | [`ReluSae`] | ReLU(π) (the standard SAE) | `standard` |
 //! | [`GatedSae`] | H(π_gate)·ReLU(π_mag), with W_mag = W_enc ⊙ exp(r_mag) | `gated` |
 //!
@@ -148,6 +148,11 @@ pub trait TrainableSae: Sae {
     /// ([`crate::sparse`]) can train; `None` (the default) keeps them on the dense step.
     fn sparse_form(&self) -> Result<Option<SparseForm<'_>>> {
         Ok(None)
+    }
+    /// Restores the parameters' invariants after an optimiser step: a raw JumpReLU threshold is
+    /// projected back to θ ≥ 0 (as SAELens does before each step). The default has none.
+    fn project_parameters(&self) -> Result<()> {
+        Ok(())
     }
     /// Updates running statistics after an optimiser step (BatchTopK's inference threshold).
     fn after_step(&mut self, _out: &TrainOutput) -> Result<()> {

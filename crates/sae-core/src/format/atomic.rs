@@ -32,17 +32,46 @@ pub fn write_file_atomically<E: From<SaeError>>(
 
 /// Writes a directory atomically: `fill` populates a fresh temporary sibling directory, which
 /// then replaces `dir` (an existing `dir` is moved aside first and removed afterwards).
-pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+///
+/// An existing `dir` is only replaced when everything in it is something this writer makes:
+/// a name `fill` wrote, or one of `may_replace` (files a writer makes only sometimes, such as
+/// an optional `sparsity.safetensors`). Any other entry — a user's note, another tool's files —
+/// is an error naming it, and nothing is changed.
+pub fn write_dir_atomically(
+    dir: &Path,
+    may_replace: &[&str],
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let parent = dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|e| SaeError::io(parent, e))?;
+    if dir.exists() && !dir.is_dir() {
+        return Err(SaeError::format(
+            dir,
+            "is a file; refusing to replace it with a folder",
+        ));
+    }
     let temp = tempfile::Builder::new()
         .prefix(".partial-")
         .tempdir_in(parent)
         .map_err(|e| SaeError::io(parent, e))?;
     fill(temp.path())?;
+    if dir.exists() {
+        let written = names(temp.path())?;
+        if let Some(foreign) = names(dir)?
+            .into_iter()
+            .find(|name| !written.contains(name) && !may_replace.contains(&name.as_str()))
+        {
+            return Err(SaeError::format(
+                dir,
+                format!(
+                    "holds `{foreign}`, which this writer does not produce: refusing to replace the folder (move that file, or write to another folder)"
+                ),
+            ));
+        }
+    }
     let staged = temp.keep();
     let displaced = if dir.exists() {
         let aside = parent.join(format!(
@@ -62,4 +91,14 @@ pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) 
         fs::remove_dir_all(&aside).map_err(|e| SaeError::io(aside, e))?;
     }
     Ok(())
+}
+
+/// The names of a directory's entries.
+fn names(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| SaeError::io(dir, e))? {
+        let entry = entry.map_err(|e| SaeError::io(dir, e))?;
+        out.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    Ok(out)
 }

@@ -15,7 +15,7 @@ pub use atomic::{write_dir_atomically, write_file_atomically};
 pub use npz::{NpzCompression, load_gemma_scope_npz, read_npz, save_gemma_scope_npz};
 pub use saelens::{
     CONFIG_FILE, LoadedSae, SAE_LENS_FORMAT_VERSION, SaeLensConfig, WEIGHTS_FILE, load_saelens,
-    save_saelens,
+    save_saelens, save_saelens_with_files,
 };
 
 use crate::arch::TrainableSae;
@@ -36,6 +36,31 @@ pub fn check_finite(tensor: &Tensor, array: &str, path: Option<&Path>) -> Result
         });
     }
     Ok(())
+}
+
+/// A SHA-256 (lower-case hex) of what an SAE computes: its architecture, whether it applies the
+/// pre-encoder bias, and every parameter's name, shape and f32 values in their inference form.
+/// Independent of the file it came from (a SAELens folder and a `params.npz` of the same SAE
+/// agree), so results cached for an SAE can be keyed by it and never shown for another.
+pub fn fingerprint(sae: &dyn crate::Sae) -> Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(format!("{:?}|{}", sae.architecture(), sae.apply_b_dec_to_input()).as_bytes());
+    for (name, tensor) in sae.tensors()? {
+        hasher.update(format!("|{name}{:?}", tensor.dims()).as_bytes());
+        for value in tensor
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+        {
+            hasher.update(value.to_le_bytes());
+        }
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Loads an SAE from a SAELens directory (`cfg.json` + `sae_weights.safetensors`), a Gemma

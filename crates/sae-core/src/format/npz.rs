@@ -154,6 +154,9 @@ pub fn save_gemma_scope_npz(
         .compression_method(method)
         .large_file(true);
     let tensors = sae.tensors()?;
+    for (name, tensor) in &tensors {
+        super::check_finite(tensor, name, Some(path))?;
+    }
     super::atomic::write_file_atomically(path, |file| {
         let mut zip = zip::ZipWriter::new(BufWriter::new(file));
         let io = |e: std::io::Error| SaeError::io(path, e);

@@ -353,17 +353,39 @@ fn read_safetensors(
 /// Writes `sae` as a SAELens directory, atomically (a crash leaves the old directory or none).
 ///
 /// `metadata` carries what SAELens records about the SAE's use (`model_name`, `hook_name`,
-/// `context_size`, …); `sparsity` is written to `sparsity.safetensors` when given.
+/// `context_size`, …); `sparsity` is written to `sparsity.safetensors` when given. Every tensor
+/// is checked finite first (a NaN or inf is an error naming the array; nothing is written). An
+/// existing `dir` is replaced only if it holds nothing but SAELens files.
 pub fn save_saelens(
     sae: &dyn Sae,
     dir: &Path,
     metadata: Map<String, Value>,
     sparsity: Option<&Tensor>,
 ) -> Result<SaeLensConfig> {
+    save_saelens_with_files(sae, dir, metadata, sparsity, &[])
+}
+
+/// [`save_saelens`] with `extra` files (name, bytes) written into the same atomic directory,
+/// such as a trainer's `training_config.json`.
+pub fn save_saelens_with_files(
+    sae: &dyn Sae,
+    dir: &Path,
+    metadata: Map<String, Value>,
+    sparsity: Option<&Tensor>,
+    extra: &[(&str, Vec<u8>)],
+) -> Result<SaeLensConfig> {
     let tensors = sae.tensors()?;
+    for (name, tensor) in &tensors {
+        check_finite(tensor, name, Some(dir))?;
+    }
+    if let Some(sparsity) = sparsity {
+        check_finite(sparsity, "sparsity", Some(dir))?;
+    }
     let dtype = tensors[0].1.dtype();
     let config = SaeLensConfig::for_sae(sae, dtype, metadata);
-    atomic::write_dir_atomically(dir, |staging| {
+    let mut may_replace = vec![SPARSITY_FILE];
+    may_replace.extend(extra.iter().map(|(name, _)| *name));
+    atomic::write_dir_atomically(dir, &may_replace, |staging| {
         let weights: HashMap<String, Tensor> = tensors
             .iter()
             .map(|(name, t)| Ok(((*name).to_string(), t.contiguous()?)))
@@ -381,6 +403,10 @@ pub fn save_saelens(
             serde_json::to_string_pretty(&config).map_err(|e| SaeError::Config(e.to_string()))?;
         let config_path = staging.join(CONFIG_FILE);
         std::fs::write(&config_path, json).map_err(|e| SaeError::io(&config_path, e))?;
+        for (name, bytes) in extra {
+            let path = staging.join(name);
+            std::fs::write(&path, bytes).map_err(|e| SaeError::io(&path, e))?;
+        }
         Ok(())
     })?;
     Ok(config)

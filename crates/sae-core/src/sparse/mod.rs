@@ -39,7 +39,8 @@ use crate::{Result, SaeError, blas, kernels};
 pub enum SelectionRule {
     /// JumpReLU: π > θ per latent; pairs within ε/2 of θ carry θ's straight-through gradient.
     Threshold {
-        /// θ, `[d_sae]`.
+        /// The gating threshold θ⁺ = max(θ, 0), `[d_sae]` (see [`crate::ste`]: with it the
+        /// selected latents are never negative); its gradient passes straight to θ.
         theta: Vec<f32>,
         /// The straight-through estimators' bandwidth ε.
         bandwidth: f32,

@@ -1,0 +1,345 @@
+//! The run folder and its checkpoint: what the trainer writes, how it recognises its own, and
+//! how a resume checks that it continues the same run.
+//!
+//! **Run folder.** `config.json` (the run's identity: the effective training config, the
+//! activation source's identity and the matrix-product kernel), `checkpoint/`, `metrics.parquet`
+//! and `metrics.csv`, one exported SAELens folder per SAE, `timing.csv` (wall-clock throughput,
+//! the one file that differs between two identical runs) and `DONE`. A folder is claimed only
+//! when it is missing, empty, or already a training run (its `config.json` says so); anything
+//! else is refused, so the trainer never writes over a folder it did not make.
+//!
+//! **Checkpoint.** `checkpoint/` holds each SAE's `NAME.sae.safetensors` and
+//! `NAME.adam.safetensors`, `state.json` (step, data cursor, statistics, metrics, the run's
+//! identity and every tensor file's SHA-256) and `state.json.sha256`. It is written atomically
+//! (a fresh folder renamed into place) and only with finite tensors. Loading verifies every
+//! checksum and the identity: a changed or missing file, another configuration, another store
+//! or shuffle seed, or another kernel is an error that names it, never a silent restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use activation_cache::Cursor;
+use activation_cache::store::hex_sha256;
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::metrics::MetricsRow;
+use crate::{Result, TrainError};
+
+/// The checkpoint folder's name in a run folder.
+pub const CHECKPOINT: &str = "checkpoint";
+/// The run's identity, in the run folder.
+pub const EFFECTIVE_CONFIG: &str = "config.json";
+/// Written last, when every SAE is exported.
+pub const DONE: &str = "DONE";
+const STATE: &str = "state.json";
+const STATE_DIGEST: &str = "state.json.sha256";
+
+/// What a checkpoint records besides tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CheckpointState {
+    pub step: u64,
+    pub tokens: u64,
+    pub cursor: Cursor,
+    pub runs: Vec<RunState>,
+    pub metrics: Vec<MetricsRow>,
+    /// The run's identity when the checkpoint was written (see [`identity_mismatch`]).
+    pub identity: Value,
+    /// SHA-256 of every tensor file, by name.
+    pub files: BTreeMap<String, String>,
+}
+
+/// One SAE's statistics and optimiser step count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RunState {
+    pub name: String,
+    pub scale: f64,
+    pub adam_t: u64,
+    pub since_fired: Vec<u64>,
+    pub window_fires: Vec<u64>,
+    pub window_tokens: u64,
+    pub total_fires: Vec<u64>,
+    pub total_tokens: u64,
+}
+
+/// One SAE's tensors: its training state and its optimiser's moments.
+pub(crate) struct RunTensors {
+    pub sae: HashMap<String, Tensor>,
+    pub adam: HashMap<String, Tensor>,
+}
+
+fn sae_file(name: &str) -> String {
+    format!("{name}.sae.safetensors")
+}
+
+fn adam_file(name: &str) -> String {
+    format!("{name}.adam.safetensors")
+}
+
+/// Makes `out` the folder of this run, or refuses: a missing folder is created; an existing one
+/// must be empty or hold a training run's `config.json`.
+pub(crate) fn claim_run_folder(out: &Path) -> Result<()> {
+    if !out.exists() {
+        return std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e));
+    }
+    if !out.is_dir() {
+        return Err(TrainError::format(out, "is a file, not a run folder"));
+    }
+    let config = out.join(EFFECTIVE_CONFIG);
+    if config.exists() {
+        let saved = read_json(&config)?;
+        if saved.get("train").is_none() || saved.get("saes").is_none() {
+            return Err(TrainError::format(
+                &config,
+                "is not a training run's configuration (another tool's folder?): train into an empty or new folder",
+            ));
+        }
+        return Ok(());
+    }
+    let mut foreign: Vec<String> = std::fs::read_dir(out)
+        .map_err(|e| TrainError::io(out, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with(".partial-"))
+        .collect();
+    if !foreign.is_empty() {
+        foreign.sort();
+        foreign.truncate(3);
+        return Err(TrainError::format(
+            out,
+            format!(
+                "is not a training run folder (no {EFFECTIVE_CONFIG}) and is not empty ({}…): train into an empty or new folder; nothing was changed",
+                foreign.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What differs between the identity a run was started with and this process's, or `None`.
+///
+/// The message names the first differing entry (`train.lr`, `source.shuffle.seed`, …) with both
+/// values, and says what it means for the source and the kernel.
+pub(crate) fn identity_mismatch(saved: &Value, now: &Value) -> Option<String> {
+    let (path, was, is) = first_difference(saved, now, String::new())?;
+    let hint = match path.split('.').next() {
+        Some("source") => {
+            "the run read another activation source (another store, a store that changed, or another shuffle seed)"
+        }
+        Some("kernel") => {
+            "the run computed with another matrix-product kernel, so resuming would not give the bits of an uninterrupted run (SAE_MATMUL=gemm selects gemm where OpenBLAS is installed)"
+        }
+        _ => "the run in this directory used a different configuration",
+    };
+    Some(format!(
+        "{hint}: `{path}` was {was}, now {is}; use another directory or the same settings"
+    ))
+}
+
+fn first_difference(a: &Value, b: &Value, path: String) -> Option<(String, String, String)> {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .find_map(|key| match (x.get(key), y.get(key)) {
+                    (Some(u), Some(v)) => first_difference(u, v, join(key)),
+                    (u, v) => Some((join(key), show(u), show(v))),
+                })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (u, v))| first_difference(u, v, join(&i.to_string()))),
+        _ if a == b => None,
+        _ => Some((path, a.to_string(), b.to_string())),
+    }
+}
+
+fn show(value: Option<&Value>) -> String {
+    value.map_or_else(|| "absent".into(), Value::to_string)
+}
+
+/// Writes the checkpoint folder atomically, refusing non-finite tensors (named, with the step).
+pub(crate) fn save(
+    out: &Path,
+    mut state: CheckpointState,
+    tensors: &[(String, String, RunTensors)],
+) -> Result<()> {
+    for (name, hook, run) in tensors {
+        for (kind, map) in [("SAE", &run.sae), ("Adam", &run.adam)] {
+            for (tensor_name, tensor) in map {
+                sae_core::format::check_finite(tensor, tensor_name, None).map_err(|_| {
+                    TrainError::NonFinite {
+                        step: state.step,
+                        sae: name.clone(),
+                        hook: hook.clone(),
+                        problem: format!(
+                            "{kind} tensor `{tensor_name}` holds NaN or inf; no checkpoint was written"
+                        ),
+                    }
+                })?;
+            }
+        }
+    }
+    sae_core::format::write_dir_atomically(&out.join(CHECKPOINT), &[], |dir| {
+        for (name, _, run) in tensors {
+            for (file, map) in [(sae_file(name), &run.sae), (adam_file(name), &run.adam)] {
+                let path = dir.join(&file);
+                candle_core::safetensors::save(map, &path)?;
+                let bytes = std::fs::read(&path).map_err(|e| sae_core::SaeError::io(&path, e))?;
+                state.files.insert(file, hex_sha256(&bytes));
+            }
+        }
+        let json =
+            serde_json::to_vec(&state).map_err(|e| sae_core::SaeError::Config(e.to_string()))?;
+        for (file, bytes) in [
+            (STATE, json.clone()),
+            (STATE_DIGEST, hex_sha256(&json).into()),
+        ] {
+            let path = dir.join(file);
+            std::fs::write(&path, bytes).map_err(|e| sae_core::SaeError::io(&path, e))?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Reads and verifies `out/checkpoint`: `None` when there is none; an error when any piece is
+/// missing or damaged, or when it belongs to another run (`identity` differs).
+pub(crate) fn load(
+    out: &Path,
+    identity: &Value,
+    names: &[&str],
+    device: &Device,
+) -> Result<Option<(CheckpointState, Vec<RunTensors>)>> {
+    let dir = out.join(CHECKPOINT);
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let incomplete = |what: &Path| {
+        TrainError::format(
+            what,
+            "is missing: the checkpoint is incomplete (was the folder edited?); restore it, or delete the checkpoint folder to train again from step 0",
+        )
+    };
+    let state_path = dir.join(STATE);
+    let digest_path = dir.join(STATE_DIGEST);
+    for path in [&state_path, &digest_path] {
+        if !path.exists() {
+            return Err(incomplete(path));
+        }
+    }
+    let bytes = std::fs::read(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+    let recorded =
+        std::fs::read_to_string(&digest_path).map_err(|e| TrainError::io(&digest_path, e))?;
+    if recorded.trim() != hex_sha256(&bytes) {
+        return Err(TrainError::format(
+            &state_path,
+            format!(
+                "does not match its checksum in {STATE_DIGEST}: the checkpoint was changed or damaged"
+            ),
+        ));
+    }
+    let state: CheckpointState = serde_json::from_slice(&bytes)
+        .map_err(|e| TrainError::format(&state_path, format!("invalid checkpoint state: {e}")))?;
+    if let Some(problem) = identity_mismatch(&state.identity, identity) {
+        return Err(TrainError::format(&state_path, problem));
+    }
+    let saved: Vec<&str> = state.runs.iter().map(|r| r.name.as_str()).collect();
+    if saved != names {
+        return Err(TrainError::format(
+            &state_path,
+            format!("holds the SAEs {saved:?} where the config has {names:?}"),
+        ));
+    }
+    let read = |file: String| -> Result<HashMap<String, Tensor>> {
+        let path = dir.join(&file);
+        if !path.exists() {
+            return Err(incomplete(&path));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+        if state.files.get(&file) != Some(&hex_sha256(&bytes)) {
+            return Err(TrainError::format(
+                &path,
+                "does not match the checksum in state.json: the checkpoint was changed or damaged",
+            ));
+        }
+        candle_core::safetensors::load_buffer(&bytes, device)
+            .map_err(|e| TrainError::format(&path, e.to_string()))
+    };
+    let tensors = names
+        .iter()
+        .map(|name| {
+            Ok(RunTensors {
+                sae: read(sae_file(name))?,
+                adam: read(adam_file(name))?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some((state, tensors)))
+}
+
+/// Parses a JSON file, naming it on failure.
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::format(path, format!("invalid JSON: {e}")))
+}
+
+/// Writes a JSON file atomically.
+pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    sae_core::format::write_file_atomically(path, |file| {
+        use std::io::Write;
+        file.write_all(text.as_bytes())
+            .map_err(|e| sae_core::SaeError::io(path, e))
+    })?;
+    Ok(())
+}
+
+/// The trainer's outputs in `out` that only a run with a checkpoint can have made.
+pub(crate) fn outputs_without_checkpoint(out: &Path) -> Vec<PathBuf> {
+    [DONE, "metrics.parquet", "metrics.csv"]
+        .iter()
+        .map(|name| out.join(name))
+        .filter(|path| path.exists())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_differences_are_named_with_both_values() {
+        let saved = serde_json::json!({"train": {"lr": 1e-3}, "source": {"shuffle": {"seed": 0}}});
+        let mut now = saved.clone();
+        assert_eq!(identity_mismatch(&saved, &now), None);
+        now["source"]["shuffle"]["seed"] = 1.into();
+        let message = identity_mismatch(&saved, &now).unwrap();
+        assert!(
+            message.contains("`source.shuffle.seed` was 0, now 1")
+                && message.contains("another activation source"),
+            "{message}"
+        );
+        let mut now = saved.clone();
+        now["train"]["lr"] = 2e-3.into();
+        let message = identity_mismatch(&saved, &now).unwrap();
+        assert!(message.contains("different configuration") && message.contains("train.lr"));
+        let mut now = saved.clone();
+        now["kernel"] = "gemm".into();
+        let message = identity_mismatch(&saved, &now).unwrap();
+        assert!(message.contains("`kernel` was absent"), "{message}");
+    }
+}
