@@ -251,7 +251,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .map(serde_json::to_string)
         .collect::<Result<_, _>>()?;
     write_text(&jsonl, &(lines.join("\n") + "\n"))?;
-    write_text(&args.out, &table(&records, &machine, &stamp, args))?;
+    crate::output::write_marked_text(
+        &args.out,
+        &table(&records, &machine, &stamp, args),
+        "`cargo xtask bench",
+    )?;
     println!("{}\nresults: {}", args.out.display(), jsonl.display());
     Ok(())
 }
@@ -641,7 +645,7 @@ fn table(records: &[Record], machine: &Machine, stamp: &str, args: &BenchArgs) -
         .map(|r| format!("{:.2}", r.load_average))
         .collect();
     format!(
-        "# Benchmarks\n\n`cargo xtask bench{}{}` at {stamp}: {} with {} threads, the sparse step's encoder product on \
+        "# Benchmarks\n\n`cargo xtask bench{}{}` at {stamp}: {} with {} threads, f32 products on \
          {}; 1-minute load average per measurement {} (JSON lines in `{}`). Peer cells: the peer's figure (its L0) → our ratio to it.\n\n\
          Training: the full step (forward, backward, Adam, decoder constraint) on Gaussian inputs; \
          JumpReLU's realistic L0 (≈ 100) comes from θ₀ = Φ⁻¹(1 − 100/d_sae)/√d_in, random-init L0 from \
@@ -653,7 +657,7 @@ fn table(records: &[Record], machine: &Machine, stamp: &str, args: &BenchArgs) -
         if args.peers { " --peers" } else { "" },
         machine.cpu,
         machine.threads,
-        machine.matmul,
+        sae_core::blas::kernel_description(),
         load.join(", "),
         args.results.display(),
         if machine.native_bf16 || !args.peers {

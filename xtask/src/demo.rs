@@ -130,7 +130,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         );
     }
     let probe_path = args.out.join("probe.safetensors");
-    candle_core::safetensors::save(&probe.into_iter().collect(), &probe_path)?;
+    crate::output::write_safetensors(&probe_path, &probe.into_iter().collect())?;
     println!(
         "every architecture folded, saved in SAELens format and reloaded with identical outputs"
     );

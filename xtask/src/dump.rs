@@ -24,7 +24,7 @@ pub struct DumpArgs {
     /// Hook names (`blocks.3.hook_resid_post` …) or `all`.
     #[arg(long, num_args = 1.., required = true)]
     pub hooks: Vec<String>,
-    /// Output safetensors file.
+    /// Output safetensors file (an existing file is replaced only if this tool wrote it).
     #[arg(long)]
     pub out: PathBuf,
     /// Activation dtype of the forward pass (the file is always f32).
@@ -114,13 +114,15 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<()> {
     if ids.dims()[1] >= 2 {
         out.insert("loss".into(), next_token_loss(&logits, &ids)?);
     }
-    out.insert("input_ids".into(), ids.to_dtype(DType::I64)?);
     out.insert("logits".into(), logits.contiguous()?);
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
+    // A forward pass that overflowed (bf16) or a model that slipped past the load checks: an
+    // error naming the tensor, never a file of NaN reported as success.
+    for (name, tensor) in &out {
+        sae_core::format::check_finite(tensor, name, None)
+            .with_context(|| format!("the model's `{name}` is not finite; nothing was written"))?;
     }
-    candle_core::safetensors::save(&out, &args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    out.insert("input_ids".into(), ids.to_dtype(DType::I64)?);
+    crate::output::write_safetensors(&args.out, &out)?;
     println!(
         "wrote {} tensors ({} hook points) to {}",
         out.len(),

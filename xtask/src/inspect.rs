@@ -78,7 +78,7 @@ fn write_probe(
         (format!("{name}.latents"), latents),
         (format!("{name}.recon"), recon),
     ]);
-    candle_core::safetensors::save(&tensors, out)?;
+    crate::output::write_safetensors(out, &tensors)?;
     println!(
         "probe                 {} (16 inputs, latents, reconstruction)",
         out.display()

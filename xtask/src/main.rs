@@ -22,6 +22,7 @@ mod demo;
 mod dump;
 mod explore;
 mod inspect;
+mod output;
 mod reproduce;
 mod train;
 

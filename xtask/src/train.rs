@@ -39,6 +39,9 @@ pub struct TrainArgs {
     /// Shuffle seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Train on a store whose harvest did not finish (its complete shards only).
+    #[arg(long, conflicts_with = "stream")]
+    pub allow_incomplete_store: bool,
 }
 
 /// Trains and exports.
@@ -83,8 +86,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             epochs: None,
             ..Default::default()
         };
-        let source = StoreSource::open(&args.store, shuffle, true)
-            .with_context(|| format!("opening the store {}", args.store.display()))?;
+        let source = if args.allow_incomplete_store {
+            StoreSource::open_incomplete(&args.store, shuffle, true)
+        } else {
+            StoreSource::open(&args.store, shuffle, true)
+        }
+        .with_context(|| format!("opening the store {}", args.store.display()))?;
         Trainer::new(config, source, &args.out)?.run(&options)?;
     }
     println!(

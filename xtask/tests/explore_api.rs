@@ -17,6 +17,7 @@ fn call(method: &str, url: &str, body: Option<&[u8]>) -> (u16, Value) {
         ("GET", _) => agent.get(url).call(),
         ("POST", Some(b)) => agent.post(url).content_type("application/json").send(b),
         ("PUT", Some(b)) => agent.put(url).content_type("application/json").send(b),
+        ("DELETE", _) => agent.delete(url).call(),
         _ => panic!("unsupported request {method}"),
     }
     .unwrap();
@@ -441,4 +442,117 @@ fn a_corrupt_labels_file_is_reported_and_never_overwritten() {
         (200, &json!("automatic"))
     );
     assert_eq!(std::fs::read_to_string(&fixture.labels).unwrap(), corrupt);
+}
+
+/// Errors that axum itself produces — a wrong method, a body over its limit, a path that does
+/// not decode — are the documented JSON too.
+#[test]
+fn framework_errors_are_json_like_every_other_error() {
+    let fixture = Fixture::new();
+    let server = fixture.serve();
+    let api = format!("{}/api/saes/tiny", server.url);
+    assert_error(call("DELETE", &format!("{}/api/info", server.url), None), 405, "DELETE is not allowed");
+    assert_error(get(&format!("{api}/latents/3/label")), 405, "GET is not allowed");
+    assert_error(get(&format!("{}/api/saes/%FF/latents", server.url)), 400, "/api/saes/%FF/latents");
+    let huge = vec![b' '; 3 << 20];
+    assert_error(call("POST", &format!("{api}/activations"), Some(&huge)), 413, "activations");
+}
+
+/// Two explorers on one labels file, and a label typed into it by hand while they run: no save
+/// erases another's label, and each explorer shows the others' labels.
+#[test]
+fn explorers_sharing_a_labels_file_never_erase_each_others_labels() {
+    let fixture = Fixture::new();
+    let first = fixture.serve();
+    let second = fixture.serve();
+    let label = |server: &common::Server, latent: usize, text: &str| {
+        let answer = send(
+            "PUT",
+            &format!("{}/api/saes/tiny/latents/{latent}/label", server.url),
+            json!({ "text": text }),
+        );
+        assert_eq!(answer.0, 200, "{answer:?}");
+    };
+    label(&first, 1, "from the first");
+    label(&second, 2, "from the second");
+    let mut text = std::fs::read_to_string(&fixture.labels).unwrap();
+    text.push_str("5 = \"typed by hand\"\n");
+    std::fs::write(&fixture.labels, text).unwrap();
+    label(&first, 3, "first again");
+    label(&second, 4, "second again");
+    let saved = analysis::ManualLabels::load(&fixture.labels).unwrap();
+    for (latent, text) in [
+        (1, "from the first"),
+        (2, "from the second"),
+        (3, "first again"),
+        (4, "second again"),
+        (5, "typed by hand"),
+    ] {
+        assert_eq!(saved.get("tiny", latent), Some(text), "latent {latent}");
+    }
+    let (_, view) = get(&format!("{}/api/saes/tiny/latents/3", second.url));
+    assert_eq!(view["label"], json!({"text": "first again", "source": "manual"}));
+}
+
+/// A hook the model lacks is refused at start-up, naming it, instead of a server that answers
+/// 500 to everything.
+#[test]
+fn a_hook_the_model_lacks_is_refused_at_start_up() {
+    let fixture = Fixture::new();
+    let output = fixture
+        .command(&format!("{}@blocks.99.hook_resid_post", fixture.sae.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("blocks.99.hook_resid_post") && stderr.contains("layers"),
+        "{stderr}"
+    );
+}
+
+/// A reproduce run's dashboards are used for that very SAE at that hook only: served with an
+/// `@HOOK` override, or after the SAE was re-trained, the explorer computes the SAE's own.
+#[test]
+fn run_dashboards_are_used_only_for_the_sae_and_hook_they_were_made_for() {
+    let fixture = Fixture::new();
+    // A reproduce-run layout: RUN/train/tiny and RUN/dashboards_tiny.json.
+    let run = fixture.dir.path().join("run");
+    let sae = run.join("train").join("tiny");
+    std::fs::create_dir_all(&sae).unwrap();
+    for file in ["cfg.json", "sae_weights.safetensors"] {
+        std::fs::copy(fixture.sae.join(file), sae.join(file)).unwrap();
+    }
+    // Dashboards made for it (computed once through the cache), labelled so they are known.
+    drop(fixture.serve_saes(&sae.display().to_string()));
+    let cached = walk(&fixture.dir.path().join("cache"))
+        .into_iter()
+        .find(|p| p.ends_with("dashboards.json"))
+        .expect("computed dashboards are cached");
+    let mut file: Value = serde_json::from_slice(&std::fs::read(cached).unwrap()).unwrap();
+    for dashboard in file["dashboards"].as_array_mut().unwrap() {
+        dashboard["automatic_label"] = "from the run".into();
+    }
+    std::fs::write(run.join("dashboards_tiny.json"), file.to_string()).unwrap();
+    let label_of = |server: &common::Server| {
+        get(&format!("{}/api/saes/tiny/latents/0", server.url)).1["label"]["text"].clone()
+    };
+    let same = fixture.serve_saes(&sae.display().to_string());
+    assert_eq!(label_of(&same), "from the run");
+    drop(same);
+    let other_hook = fixture.serve_saes(&format!("{}@blocks.2.hook_resid_post", sae.display()));
+    assert_ne!(label_of(&other_hook), "from the run");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

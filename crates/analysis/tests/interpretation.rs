@@ -181,6 +181,63 @@ fn manual_labels_override_automatic_ones_and_survive_a_rerun() {
     }
 }
 
+/// Two explorers on one file, and a hand edit while they run: every save merges with what the
+/// file holds, so no one's label is lost; the same latent edited twice keeps the later text.
+#[test]
+fn labels_saved_by_several_writers_and_by_hand_are_all_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("labels.toml");
+    let mut first = ManualLabels::load(&path).unwrap();
+    let mut second = ManualLabels::load(&path).unwrap();
+    first.set("residual", 1, "from the first explorer");
+    first.save().unwrap();
+    second.set("attention", 2, "from the second explorer");
+    second.save().unwrap();
+    // A label typed into the file by hand while both run.
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[manual]\n7 = \"typed by hand\"\n");
+    std::fs::write(&path, text).unwrap();
+    first.set("residual", 3, "another one");
+    first.save().unwrap();
+    second.set("residual", 1, "renamed by the second");
+    second.save().unwrap();
+
+    let saved = ManualLabels::load(&path).unwrap();
+    assert_eq!(saved.get("attention", 2), Some("from the second explorer"));
+    assert_eq!(saved.get("manual", 7), Some("typed by hand"));
+    assert_eq!(saved.get("residual", 3), Some("another one"));
+    assert_eq!(saved.get("residual", 1), Some("renamed by the second"));
+    // The first copy sees the others' labels once it refreshes.
+    assert!(first.refresh().unwrap());
+    assert_eq!(first.get("residual", 1), Some("renamed by the second"));
+    assert_eq!(first.get("manual", 7), Some("typed by hand"));
+    assert!(!first.refresh().unwrap(), "nothing changed since");
+
+    // Many writers at once (each its own copy, as separate processes would be): the lock
+    // serialises the read-merge-write, so all 64 labels are in the file.
+    std::thread::scope(|scope| {
+        for writer in 0..8 {
+            let path = &path;
+            scope.spawn(move || {
+                let mut labels = ManualLabels::load(path).unwrap();
+                for i in 0..8 {
+                    labels.set("many", writer * 8 + i, &format!("writer {writer}, label {i}"));
+                    labels.save().unwrap();
+                }
+            });
+        }
+    });
+    let saved = ManualLabels::load(&path).unwrap();
+    assert_eq!(saved.of("many").count(), 64);
+    assert_eq!(saved.get("manual", 7), Some("typed by hand"));
+
+    // A file made corrupt by a hand edit: saving refuses and leaves it as it is.
+    std::fs::write(&path, "[broken").unwrap();
+    first.set("residual", 9, "x");
+    assert!(first.save().unwrap_err().to_string().contains("labels.toml"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "[broken");
+}
+
 #[test]
 fn a_corrupt_labels_file_is_reported_and_left_intact() {
     let dir = tempfile::tempdir().unwrap();

@@ -92,10 +92,31 @@ impl Weights {
     /// `dtype`, renamed to Hugging Face names. GGUF norm weights include Gemma's +1 (the gain
     /// is stored as 1 + w); it is removed here so every source shares one convention.
     pub fn from_gguf(path: &Path, device: &Device, dtype: DType) -> Result<(GemmaConfig, Self)> {
+        // candle's GGUF reader bounds every length by the file's size, but a few header values
+        // still reach arithmetic that panics (an alignment of 0, dimensions whose product
+        // overflows): a damaged file is an error naming it, never a crash.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::read_gguf(path, device, dtype)
+        }))
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(GemmaError::format(
+                path,
+                format!("not a readable GGUF file (its header is inconsistent: {why})"),
+            ))
+        })
+    }
+
+    fn read_gguf(path: &Path, device: &Device, dtype: DType) -> Result<(GemmaConfig, Self)> {
         let file = File::open(path).map_err(|e| GemmaError::io(path, e))?;
         let mut reader = BufReader::new(file);
         let content = gguf_file::Content::read(&mut reader)
             .map_err(|e| GemmaError::format(path, format!("not a readable GGUF file: {e}")))?;
+        check_tensor_infos(&content, path)?;
         let config = config_from_gguf(&content, path)?;
         let mut tensors = HashMap::new();
         for name in content.tensor_infos.keys() {
@@ -160,6 +181,25 @@ impl Weights {
         names.sort();
         names
     }
+}
+
+/// Refuses tensor entries that candle's reader would turn into a crash rather than an error:
+/// an empty tensor (its data pointer would be unaligned), or dimensions whose product overflows.
+fn check_tensor_infos(content: &gguf_file::Content, path: &Path) -> Result<()> {
+    for (name, info) in &content.tensor_infos {
+        let dims = info.shape.dims();
+        let elements = dims
+            .iter()
+            .try_fold(1usize, |product, &d| product.checked_mul(d))
+            .filter(|&n| n > 0);
+        if dims.is_empty() || elements.is_none() {
+            return Err(GemmaError::format(
+                path,
+                format!("GGUF tensor `{name}` has the impossible shape {dims:?}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// llama.cpp's Gemma tensor names → Hugging Face names.

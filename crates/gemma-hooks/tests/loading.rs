@@ -147,3 +147,32 @@ fn presets_are_consistent() {
     assert_eq!(GemmaConfig::gemma2_9b().attn_z_width(), 4096);
     assert_eq!(GemmaConfig::gemma2_27b().query_pre_attn_scalar, 144.0);
 }
+
+#[test]
+fn a_non_finite_weight_is_an_error_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("tiny-gemma3"), tmp.path());
+    let path = tmp.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    for bad in [f32::NAN, f32::INFINITY] {
+        let weight = &tensors[name];
+        let mut values = weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values[5] = bad;
+        let poisoned = candle_core::Tensor::from_vec(values, weight.dims(), &Device::Cpu)
+            .unwrap()
+            .to_dtype(weight.dtype())
+            .unwrap();
+        let original = tensors.insert(name.to_string(), poisoned).unwrap();
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        tensors.insert(name.to_string(), original);
+        let error = load_hf_dir(tmp.path(), &Device::Cpu, DType::F32)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains(name) && error.contains("non-finite"),
+            "{bad}: {error}"
+        );
+    }
+}

@@ -368,3 +368,47 @@ fn npz_writer_refuses_unfolded_sae_and_round_trips_through_generic_load() {
     ));
     assert!(text.contains("fold_scaling"), "{text}");
 }
+
+/// The writers never write a NaN or inf (an error names the array, nothing is written), and
+/// never replace a folder holding files they do not produce.
+#[test]
+fn writers_refuse_non_finite_weights_and_folders_they_did_not_make() {
+    let sae = load_gemma_scope_npz(
+        &fixtures().join("gemma_scope_stored.npz"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broken = sae.clone();
+    let threshold = broken.theta().unwrap();
+    let mut values = threshold.to_vec1::<f32>().unwrap();
+    values[1] = f32::NAN;
+    broken = sae_core::JumpReluSae::new(
+        broken.affine.clone(),
+        Tensor::new(values, &Device::Cpu).unwrap(),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
+    let saelens = dir.path().join("sae");
+    let text = error_text(save_saelens(&broken, &saelens, Default::default(), None));
+    assert!(text.contains("threshold") && text.contains("non-finite"), "{text}");
+    assert!(!saelens.exists());
+    let npz = dir.path().join("params.npz");
+    let text = error_text(save_gemma_scope_npz(&broken, &npz, NpzCompression::Stored));
+    assert!(text.contains("threshold"), "{text}");
+    assert!(!npz.exists());
+
+    // An SAE folder can be rewritten (sparsity.safetensors may come and go)…
+    let sparsity = Tensor::zeros(sae.d_sae(), DType::F32, &Device::Cpu).unwrap();
+    save_saelens(&sae, &saelens, Default::default(), Some(&sparsity)).unwrap();
+    save_saelens(&sae, &saelens, Default::default(), None).unwrap();
+    assert!(!saelens.join("sparsity.safetensors").exists());
+    // …but not a folder with someone else's file in it, which is left as it was.
+    fs::write(saelens.join("notes.md"), "mine").unwrap();
+    let text = error_text(save_saelens(&sae, &saelens, Default::default(), None));
+    assert!(text.contains("notes.md") && text.contains("refusing"), "{text}");
+    assert_eq!(fs::read(saelens.join("notes.md")).unwrap(), b"mine");
+    assert!(saelens.join("cfg.json").exists());
+}

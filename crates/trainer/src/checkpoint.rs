@@ -95,6 +95,8 @@ pub(crate) fn claim_run_folder(out: &Path) -> Result<()> {
                 "is not a training run's configuration (another tool's folder?): train into an empty or new folder",
             ));
         }
+        // A process killed while writing a checkpoint or an export left its temporaries.
+        sae_core::format::recover_interrupted(out)?;
         return Ok(());
     }
     let mut foreign: Vec<String> = std::fs::read_dir(out)
@@ -114,14 +116,17 @@ pub(crate) fn claim_run_folder(out: &Path) -> Result<()> {
             ),
         ));
     }
+    sae_core::format::recover_interrupted(out)?;
     Ok(())
 }
 
-/// What differs between the identity a run was started with and this process's, or `None`.
+/// What differs between the identity a run was started with and this process's (two JSON
+/// values, such as a run folder's `config.json` and the one this process would write), or
+/// `None` when they are equal.
 ///
 /// The message names the first differing entry (`train.lr`, `source.shuffle.seed`, …) with both
 /// values, and says what it means for the source and the kernel.
-pub(crate) fn identity_mismatch(saved: &Value, now: &Value) -> Option<String> {
+pub fn identity_mismatch(saved: &Value, now: &Value) -> Option<String> {
     let (path, was, is) = first_difference(saved, now, String::new())?;
     let hint = match path.split('.').next() {
         Some("source") => {

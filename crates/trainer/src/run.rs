@@ -237,6 +237,11 @@ impl<S: ActivationSource> Trainer<S> {
         Ok(trainer)
     }
 
+    /// The activation source, at the position training has reached.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
     /// Whether every step has been taken.
     pub fn finished(&self) -> bool {
         self.step >= self.config.steps

@@ -537,3 +537,206 @@ fn devices_are_named_plainly_and_unknown_ones_are_clear_errors() {
     let saved = serde_json::to_value(&config).unwrap();
     assert!(saved.get("device").is_none(), "{saved}");
 }
+
+/// [`Synthetic`] with one row replaced by `value` (NaN, inf, or a finite but absurd number), and
+/// an identity of its own choosing: a source that does not check its rows, as a researcher's
+/// own might not.
+struct Poisoned {
+    inner: Synthetic,
+    row: u64,
+    value: f32,
+    identity: u64,
+}
+
+impl ActivationSource for Poisoned {
+    fn hooks(&self) -> &[HookSpec] {
+        self.inner.hooks()
+    }
+    fn next_batch(&mut self, rows: usize) -> activation_cache::Result<Option<ActivationBatch>> {
+        let first = self.inner.emitted;
+        let mut batch = self.inner.next_batch(rows)?.unwrap();
+        if (first..first + rows as u64).contains(&self.row) {
+            let mut values = batch.activations[0].to_vec2::<f32>()?;
+            values[(self.row - first) as usize][3] = self.value;
+            batch.activations[0] = Tensor::new(values, &Device::Cpu)?;
+        }
+        Ok(Some(batch))
+    }
+    fn cursor(&self) -> Cursor {
+        self.inner.cursor()
+    }
+    fn restore(&mut self, cursor: &Cursor) -> activation_cache::Result<()> {
+        self.inner.restore(cursor)
+    }
+    fn identity(&self) -> serde_json::Value {
+        serde_json::json!({ "kind": "poisoned", "seed": self.identity })
+    }
+}
+
+fn poisoned(row: u64, value: f32) -> Poisoned {
+    Poisoned {
+        inner: Synthetic::new(),
+        row,
+        value,
+        identity: 0,
+    }
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_and_nothing_non_finite_is_written() {
+    for value in [f32::NAN, f32::INFINITY, 1e30] {
+        let dir = tempfile::tempdir().unwrap();
+        // Row 256·150 + 7 is in step 151's batch, after the checkpoint of step 100.
+        let mut trainer =
+            Trainer::new(config(two_saes(), 250), poisoned(256 * 150 + 7, value), dir.path())
+                .unwrap();
+        let error = trainer.run(&RunOptions::default()).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            matches!(error, trainer::TrainError::NonFinite { step: 151, .. })
+                && message.contains("step 151")
+                && message.contains("`jump`")
+                && message.contains(HOOK),
+            "{value}: {message}"
+        );
+        assert_eq!(trainer.step, 150, "the bad step was not applied");
+        assert!(!dir.path().join("DONE").exists() && !dir.path().join("jump").exists());
+        // The checkpoint is the one of step 100, finite, and resumable.
+        let resumed = Trainer::new(config(two_saes(), 250), Synthetic::new(), dir.path());
+        let message = resumed.err().unwrap().to_string();
+        assert!(message.contains("another activation source"), "{message}");
+        let state: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("checkpoint/state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(state["step"], 100);
+        let again = Trainer::new(config(two_saes(), 250), poisoned(0, 1.0), dir.path()).unwrap();
+        assert_eq!(again.step, 100);
+        for run in &again.runs {
+            for (name, tensor) in run.sae.training_state().unwrap() {
+                sae_core::format::check_finite(&tensor, &name, None).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_resume_checks_the_source_the_checkpoint_and_its_files() {
+    let stop = RunOptions {
+        stop_after_steps: Some(120),
+        progress: false,
+    };
+    let fresh = || {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer =
+            Trainer::new(config(two_saes(), 250), Synthetic::new(), dir.path()).unwrap();
+        trainer.run(&stop).unwrap();
+        dir
+    };
+    let error = |dir: &std::path::Path| {
+        Trainer::new(config(two_saes(), 250), Synthetic::new(), dir)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no error".into())
+    };
+
+    // Another source (another store, another shuffle seed): refused, naming what differs.
+    let dir = fresh();
+    let other = Poisoned {
+        identity: 5,
+        ..poisoned(u64::MAX, 0.0)
+    };
+    let message = Trainer::new(config(two_saes(), 250), other, dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("another activation source") && message.contains("source.kind"),
+        "{message}"
+    );
+
+    // A tensor file changed by one bit: refused, naming the file.
+    let dir = fresh();
+    let path = dir.path().join("checkpoint/jump.sae.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let message = error(dir.path());
+    assert!(
+        message.contains("jump.sae.safetensors") && message.contains("changed or damaged"),
+        "{message}"
+    );
+
+    // state.json edited (the step moved back): refused.
+    let dir = fresh();
+    let path = dir.path().join("checkpoint/state.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"step\":100", "\"step\":50");
+    std::fs::write(&path, text).unwrap();
+    let message = error(dir.path());
+    assert!(message.contains("state.json") && message.contains("checksum"), "{message}");
+
+    // A piece missing: an error, not a silent restart from step 0.
+    for missing in ["state.json", "batchtopk.adam.safetensors"] {
+        let dir = fresh();
+        std::fs::remove_file(dir.path().join("checkpoint").join(missing)).unwrap();
+        let message = error(dir.path());
+        assert!(
+            message.contains(missing) && message.contains("missing"),
+            "{missing}: {message}"
+        );
+    }
+
+    // A finished run whose checkpoint was deleted: an error, not a new run over its outputs.
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(config(two_saes(), 150), Synthetic::new(), dir.path())
+        .unwrap()
+        .run(&RunOptions::default())
+        .unwrap();
+    std::fs::remove_dir_all(dir.path().join("checkpoint")).unwrap();
+    let message = Trainer::new(config(two_saes(), 150), Synthetic::new(), dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("incomplete"), "{message}");
+}
+
+#[test]
+fn training_never_writes_into_a_folder_it_did_not_make() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("thesis.txt"), "mine").unwrap();
+    let message = Trainer::new(config(two_saes(), 20), Synthetic::new(), dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("not a training run folder"), "{message}");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["thesis.txt"]);
+
+    // A note inside an exported SAE folder of an unfinished run: the export refuses to
+    // replace that folder, and the note survives.
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(config(two_saes(), 20), Synthetic::new(), dir.path()).unwrap();
+    trainer
+        .run(&RunOptions {
+            stop_after_steps: Some(10),
+            progress: false,
+        })
+        .unwrap();
+    std::fs::create_dir(dir.path().join("jump")).unwrap();
+    std::fs::write(dir.path().join("jump/notes.md"), "looks good").unwrap();
+    let message = trainer
+        .run(&RunOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("notes.md"), "{message}");
+    assert_eq!(
+        std::fs::read(dir.path().join("jump/notes.md")).unwrap(),
+        b"looks good"
+    );
+}

@@ -119,6 +119,9 @@ async fn json_errors(request: axum::extract::Request, next: axum::middleware::Ne
             "{method} is not allowed on {path} (allowed: {})",
             allow.to_str().unwrap_or("?")
         ),
+        (StatusCode::METHOD_NOT_ALLOWED, None) => {
+            format!("{method} is not allowed on {path} (see the API table in the docs)")
+        }
         _ if !body.is_empty() => format!("{body} ({method} {path})"),
         _ => format!(
             "{} ({method} {path})",

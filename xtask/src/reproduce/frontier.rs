@@ -7,7 +7,7 @@ use sae_core::Architecture;
 use trainer::{PenaltyConfig, SaeConfig};
 
 use super::lab::{Budget, Lab, Outcome};
-use super::report::{Report, frontier_plots, write_summary};
+use super::report::{frontier_plots, write_summary};
 use super::{CommonArgs, short_run};
 
 /// Default training tokens per SAE: 200 steps of 1,024.
@@ -78,7 +78,7 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
     let Outcome { evaluations, .. } =
         lab.train_and_evaluate(&[hook], CONTEXT_LENGTH, &budget, saes)?;
 
-    let mut report = Report::new("Frontier: JumpReLU vs TopK vs ReLU vs Gated");
+    let mut report = lab.report("Frontier: JumpReLU vs TopK vs ReLU vs Gated");
     report.paragraph(&format!(
         "{D_SAE}-latent SAEs on `{hook}`, all trained from one harvest of {} tokens for {} \
          steps of {} and evaluated on {} held-out tokens. Lower is better on both axes; at equal \

@@ -18,6 +18,48 @@ use serde::{Deserialize, Serialize};
 use trainer::{RunOptions, SaeConfig, TrainConfig, Trainer};
 
 use super::CommonArgs;
+use super::report::Report;
+
+/// A run folder's configuration file.
+const RUN_CONFIG: &str = "config.json";
+
+/// Makes `out` an experiment's run folder, or refuses: a missing folder is created; an existing
+/// one must be empty or an experiment's run folder (its `config.json` has an `experiment`),
+/// so an experiment never writes into, or over, a folder it did not make.
+fn claim_run_folder(out: &Path) -> anyhow::Result<()> {
+    if !out.exists() {
+        return std::fs::create_dir_all(out)
+            .with_context(|| format!("creating {}", out.display()));
+    }
+    ensure!(out.is_dir(), "{} is a file, not a run folder", out.display());
+    let config = out.join(RUN_CONFIG);
+    if config.exists() {
+        let saved: serde_json::Value = analysis::tables::read_json(&config)?;
+        ensure!(
+            saved.get("experiment").is_some(),
+            "{} is not an experiment's configuration: use another --out",
+            config.display()
+        );
+        // A run killed while writing a file left its temporary.
+        sae_core::format::recover_interrupted(out)?;
+        return Ok(());
+    }
+    let mut entries: Vec<String> = std::fs::read_dir(out)
+        .with_context(|| format!("reading {}", out.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with(".partial-"))
+        .collect();
+    entries.sort();
+    ensure!(
+        entries.is_empty(),
+        "{} is not an experiment's run folder (no {RUN_CONFIG}) and is not empty ({}): use an empty or new --out; nothing was changed",
+        out.display(),
+        entries.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+    );
+    sae_core::format::recover_interrupted(out)?;
+    Ok(())
+}
 
 /// How many tokens each stage of an experiment uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +134,7 @@ impl Lab {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs/reproduce").join(experiment));
-        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        claim_run_folder(&out)?;
         eprintln!("[{experiment}] run folder {}", out.display());
         let loaded = load_model(&args.model, &Device::Cpu, DType::F32)?;
         let tokenizer = loaded
@@ -127,20 +169,37 @@ impl Lab {
         self.progress
     }
 
+    /// What computes the run (device, dtype, matrix-product kernels): recorded in its config
+    /// and report, because another kernel gives results that differ in their last bits.
+    pub fn kernel(&self) -> String {
+        self.model.kernel_description()
+    }
+
+    /// A report with the run's title and the kernel that computed it.
+    pub fn report(&self, title: &str) -> Report {
+        let mut report = Report::new(title);
+        report.paragraph(&format!(
+            "Computed with {} (same code, settings and kernel give the same bytes; another kernel or CPU gives results equal to float rounding).",
+            self.kernel()
+        ));
+        report
+    }
+
     /// Saves `config` as the run's effective configuration, or checks that it equals the one
-    /// saved by an earlier run in this folder (a resumed run must not mix settings).
+    /// saved by an earlier run in this folder (a resumed run must not mix settings or kernels).
     pub fn pin_config(&self, config: &serde_json::Value) -> anyhow::Result<()> {
-        let path = self.out.join("config.json");
+        let path = self.out.join(RUN_CONFIG);
         let config = serde_json::json!({
             "model": self.model_name,
             "corpus": self.corpus,
+            "kernel": self.kernel(),
             "experiment": config,
         });
         if path.exists() {
             let saved: serde_json::Value = analysis::tables::read_json(&path)?;
-            if saved != config {
+            if let Some(problem) = trainer::checkpoint::identity_mismatch(&saved, &config) {
                 bail!(
-                    "{} holds a run with other settings; re-run with the same settings, or use another --out (or delete the folder)",
+                    "{}: {problem} (or delete the run folder to start over)",
                     path.display()
                 );
             }

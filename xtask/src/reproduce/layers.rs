@@ -6,7 +6,7 @@ use sae_core::Architecture;
 use trainer::SaeConfig;
 
 use super::lab::{Budget, Lab, Outcome};
-use super::report::{Report, write_summary};
+use super::report::{write_summary};
 use super::sites::sites;
 use super::{CommonArgs, short_run};
 
@@ -40,7 +40,7 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
     let Outcome { evaluations, .. } =
         lab.train_and_evaluate(&hooks, CONTEXT_LENGTH, &budget, saes)?;
 
-    let mut report = Report::new("Layers: one SAE per layer and site");
+    let mut report = lab.report("Layers: one SAE per layer and site");
     report.paragraph(&format!(
         "TopK SAEs (k = {K}, {D_SAE} latents) on the residual stream, MLP output and attention \
          (`hook_z`) of all {layers} layers: {} SAEs trained from one harvest of {} tokens for {} \

@@ -19,7 +19,7 @@ use sae_core::Architecture;
 use trainer::{PenaltyConfig, SaeConfig};
 
 use super::lab::{Budget, Lab, Outcome, TrainedSae};
-use super::report::{Report, density_plot, position_plot, write_summary};
+use super::report::{density_plot, position_plot, write_summary};
 use super::{CommonArgs, short_run};
 
 /// Default training tokens: 300 steps of 1,024.
@@ -59,7 +59,7 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
     let labels = ManualLabels::load(&lab.out.join("labels.toml"))?;
 
     let evaluation = &evaluations[0];
-    let mut report = Report::new("Quickstart: a JumpReLU SAE on Gemma 3 270M");
+    let mut report = lab.report("Quickstart: a JumpReLU SAE on Gemma 3 270M");
     report.paragraph(&format!(
         "Hook `{hook}`, {} training tokens ({} steps of {}) from a store of {} harvested tokens \
          (Gutenberg, all books but the last, contexts of {CONTEXT_LENGTH}); evaluated on {} \
@@ -88,6 +88,7 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
     );
 
     println!();
+    println!("computed with {}", lab.kernel());
     println!(
         "{hook}: L0 {:.1}  FVU {:.3}  delta loss {:+.4} nats ({:.3} → {:.3})  CE recovered {:.3}  dead {}  ultra-dense {}",
         evaluation.mean_l0,

@@ -8,7 +8,7 @@ use sae_core::Architecture;
 use trainer::SaeConfig;
 
 use super::lab::{Budget, Lab, Outcome};
-use super::report::{Report, write_summary};
+use super::report::{write_summary};
 use super::{CommonArgs, short_run};
 
 /// Default training tokens per SAE: 200 steps of 1,024.
@@ -47,7 +47,7 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
     let Outcome { evaluations, .. } =
         lab.train_and_evaluate(&hooks, CONTEXT_LENGTH, &budget, saes)?;
 
-    let mut report = Report::new(&format!(
+    let mut report = lab.report(&format!(
         "Sites: residual vs MLP vs attention SAEs of layer {layer}"
     ));
     report.paragraph(&format!(

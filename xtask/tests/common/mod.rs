@@ -100,9 +100,11 @@ impl Fixture {
             .join("../crates/gemma-hooks/tests/fixtures/tiny-gemma3")
     }
 
-    /// Starts `xtask explore` on these files.
-    pub fn serve(&self) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    /// `xtask explore` on the tiny model, this fixture's corpus, labels and cache, serving
+    /// `saes` (the `--sae` argument).
+    pub fn command(&self, saes: &str) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        command
             .args([
                 "explore",
                 "--port",
@@ -116,16 +118,28 @@ impl Fixture {
             .arg("--model")
             .arg(Self::model())
             .arg("--sae")
-            .arg(format!(
-                "{},{}@blocks.2.attn.hook_z",
-                self.sae.display(),
-                self.attention_sae.display()
-            ))
+            .arg(saes)
             .arg("--labels")
             .arg(&self.labels)
             .arg("--corpus")
             .arg(self.dir.path().join("corpus"))
-            .env("GEMMA_SCOPE_CACHE", self.dir.path().join("cache"))
+            .env("GEMMA_SCOPE_CACHE", self.dir.path().join("cache"));
+        command
+    }
+
+    /// Starts `xtask explore` on these files (both SAEs).
+    pub fn serve(&self) -> Server {
+        self.serve_saes(&format!(
+            "{},{}@blocks.2.attn.hook_z",
+            self.sae.display(),
+            self.attention_sae.display()
+        ))
+    }
+
+    /// Starts `xtask explore` serving `saes` (the `--sae` argument).
+    pub fn serve_saes(&self, saes: &str) -> Server {
+        let mut child = self
+            .command(saes)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,4 +1,9 @@
 //! Atomic writes: a reader sees the old file or the complete new one, never a partial one.
+//!
+//! A write in progress lives under a `.partial-…` name beside its target; a directory being
+//! replaced is first moved aside to `.replaced-NAME-PID`. A process killed in the middle leaves
+//! those names behind, and [`recover_interrupted`] tidies them: the writer's own temporaries go,
+//! and a directory moved aside whose replacement never arrived is put back.
 
 use std::fs;
 use std::io::Write;
@@ -91,6 +96,41 @@ pub fn write_dir_atomically(
         fs::remove_dir_all(&aside).map_err(|e| SaeError::io(aside, e))?;
     }
     Ok(())
+}
+
+/// Undoes what writes killed in the middle left in `dir` (see the module docs): every
+/// `.partial-…` entry is removed, and a `.replaced-NAME-PID` directory is renamed back to `NAME`
+/// when `NAME` is missing (the kill came between the two renames), else removed. Only those
+/// names, which these writers alone make, are touched.
+pub fn recover_interrupted(dir: &Path) -> Result<()> {
+    for name in names(dir)? {
+        let path = dir.join(&name);
+        if name.starts_with(".partial-") {
+            remove_any(&path)?;
+        } else if let Some(rest) = name.strip_prefix(".replaced-") {
+            let original = rest
+                .rsplit_once('-')
+                .filter(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+                .map(|(original, _)| dir.join(original));
+            match original {
+                Some(original) if !original.exists() => {
+                    fs::rename(&path, &original).map_err(|e| SaeError::io(&path, e))?
+                }
+                Some(_) => remove_any(&path)?,
+                None => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    let removed = if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    removed.map_err(|e| SaeError::io(path, e))
 }
 
 /// The names of a directory's entries.

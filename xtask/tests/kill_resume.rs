@@ -1,0 +1,187 @@
+//! Same inputs, same bytes, and kill -9 at any point: `xtask cache` then `xtask train` on the
+//! tiny Gemma 3 fixture, run twice uninterrupted (every file equal, bit for bit), then again
+//! killed with SIGKILL at seeded random moments and resumed until done (every file equal to
+//! the uninterrupted run's). `timing.csv`, the wall-clock log, is the one file that may differ.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+/// The files under `dir` (relative path → bytes), the wall-clock log left out.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n != "timing.csv") {
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn assert_same_files(a: &Path, b: &Path, what: &str) {
+    let (a, b) = (files(a), files(b));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}: different files"
+    );
+    for (name, bytes) in &a {
+        assert!(bytes == &b[name], "{what}: {name} differs");
+    }
+}
+
+/// The two commands, writing into `root/store` and `root/train`.
+struct Pipeline {
+    corpus: PathBuf,
+    config: PathBuf,
+}
+
+impl Pipeline {
+    fn new(dir: &Path) -> Self {
+        let corpus = dir.join("corpus");
+        common::write_corpus(&corpus, 120);
+        let config = dir.join("train.toml");
+        std::fs::write(
+            &config,
+            r#"
+steps = 400
+batch_size = 64
+checkpoint_every = 7
+metrics_every = 10
+dead_window_tokens = 2000
+scaling_batches = 2
+
+[[saes]]
+name = "jumprelu"
+hook = "blocks.2.hook_resid_post"
+architecture = { kind = "jump_relu" }
+d_sae = 64
+lr = 3e-3
+lambda_warmup_steps = 20
+decoder_bias_init = "mean"
+penalties = [{ kind = "l0", coefficient = 1e-3 }]
+
+[[saes]]
+name = "topk"
+hook = "blocks.1.attn.hook_z"
+architecture = { kind = "top_k", k = 4 }
+d_sae = 96
+"#,
+        )
+        .unwrap();
+        Self { corpus, config }
+    }
+
+    fn cache(&self, root: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        command
+            .args(["cache", "--hooks", "blocks.2.hook_resid_post", "blocks.1.attn.hook_z"])
+            .args(["--tokens", "20000", "--context", "32", "--contexts-per-shard", "8"])
+            .args(["--batch", "3"])
+            .arg("--model")
+            .arg(common::Fixture::model())
+            .arg("--corpus")
+            .arg(&self.corpus)
+            .arg("--out")
+            .arg(root.join("store"));
+        command
+    }
+
+    fn train(&self, root: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        command
+            .arg("train")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--store")
+            .arg(root.join("store"))
+            .arg("--out")
+            .arg(root.join("train"));
+        command
+    }
+}
+
+/// Runs `command` to completion and returns how long it took.
+fn run(mut command: Command, what: &str) -> Duration {
+    let started = Instant::now();
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    started.elapsed()
+}
+
+/// Starts `make()` and kills it with SIGKILL after each of `delays` (a fresh start each time;
+/// a run that finishes first just finishes), then runs it to completion. Returns how many runs
+/// were killed before finishing.
+fn kill_and_resume(make: impl Fn() -> Command, delays: &[Duration], what: &str) -> usize {
+    let mut killed = 0;
+    for delay in delays {
+        let mut child = make()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(*delay);
+        match child.try_wait().unwrap() {
+            Some(status) => assert!(status.success(), "{what} failed before the kill"),
+            None => {
+                child.kill().unwrap(); // SIGKILL on Unix: no cleanup runs.
+                child.wait().unwrap();
+                killed += 1;
+            }
+        }
+    }
+    run(make(), what);
+    killed
+}
+
+#[test]
+fn harvest_and_training_give_the_same_bytes_twice_and_after_kill_9_at_random_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::new(dir.path());
+
+    // Twice uninterrupted: the same code, seed, settings and kernel give the same bytes.
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let harvest_time = run(pipeline.cache(&a), "cache");
+    let train_time = run(pipeline.train(&a), "train");
+    run(pipeline.cache(&b), "cache");
+    run(pipeline.train(&b), "train");
+    assert_same_files(&a, &b, "two uninterrupted runs");
+    assert!(a.join("train/jumprelu/sae_weights.safetensors").exists());
+    assert!(a.join("train/DONE").exists());
+
+    // Killed at seeded random moments within the first 60 % of an uninterrupted run (a resumed
+    // run has less left to do), six times each, then resumed to the end.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    let mut delays = |total: Duration| -> Vec<Duration> {
+        (0..6)
+            .map(|_| total.mul_f64(rng.random_range(0.02..0.6)))
+            .collect()
+    };
+    let killed = dir.path().join("killed");
+    let harvest_kills = kill_and_resume(|| pipeline.cache(&killed), &delays(harvest_time), "cache");
+    let train_kills = kill_and_resume(|| pipeline.train(&killed), &delays(train_time), "train");
+    eprintln!(
+        "killed the harvest {harvest_kills} and the training {train_kills} times (uninterrupted: {harvest_time:?}, {train_time:?})"
+    );
+    assert_same_files(&a, &killed, "killed and resumed");
+    assert!(
+        harvest_kills + train_kills > 0,
+        "no kill landed inside a run (harvest {harvest_time:?}, training {train_time:?})"
+    );
+}
