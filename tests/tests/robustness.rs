@@ -43,15 +43,18 @@ enum Damage {
     /// Flip one bit at a position (taken modulo the length, or the header's length).
     FlipBit { at: usize, bit: u8, in_header: bool },
     /// Overwrite 8 bytes with a lying value: huge, zero, negative, all ones.
-    Lie { at: usize, value: u64, in_header: bool },
+    Lie {
+        at: usize,
+        value: u64,
+        in_header: bool,
+    },
 }
 
 fn damage() -> impl Strategy<Value = Damage> {
     prop_oneof![
         (0.0f64..1.0).prop_map(Damage::Truncate),
-        (any::<usize>(), 0u8..8, any::<bool>()).prop_map(|(at, bit, in_header)| {
-            Damage::FlipBit { at, bit, in_header }
-        }),
+        (any::<usize>(), 0u8..8, any::<bool>())
+            .prop_map(|(at, bit, in_header)| { Damage::FlipBit { at, bit, in_header } }),
         (
             any::<usize>(),
             prop_oneof![
@@ -101,7 +104,9 @@ fn apply(bytes: &[u8], damage: &Damage, header: usize) -> Vec<u8> {
 }
 
 fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates")
+        .join(path)
 }
 
 fn tensors_of(sae: &dyn Sae) -> Vec<(&'static str, Vec<f32>)> {
@@ -347,7 +352,10 @@ fn tiny_gguf() -> &'static (Vec<u8>, usize) {
             })
             .collect();
         let metadata: Vec<(&str, gguf_file::Value)> = vec![
-            ("general.architecture", gguf_file::Value::String("gemma3".into())),
+            (
+                "general.architecture",
+                gguf_file::Value::String("gemma3".into()),
+            ),
             ("gemma3.embedding_length", gguf_file::Value::U32(32)),
             ("gemma3.block_count", gguf_file::Value::U32(7)),
             ("gemma3.attention.head_count", gguf_file::Value::U32(4)),
@@ -461,8 +469,8 @@ fn tiny_store() -> &'static Made<Rows> {
             },
         )
         .unwrap();
-        let rows = read_all(&StoreSource::open(&path, ShuffleConfig::default(), true).unwrap())
-            .unwrap();
+        let rows =
+            read_all(&StoreSource::open(&path, ShuffleConfig::default(), true).unwrap()).unwrap();
         Made {
             _dir: dir,
             path,
@@ -544,5 +552,8 @@ fn tiny_checkpoint() -> &'static Made<Resumed> {
 #[test]
 fn the_undamaged_files_read_back() {
     assert!(!tiny_store().expected.is_empty());
-    assert_eq!(resume(&tiny_checkpoint().path).unwrap(), tiny_checkpoint().expected);
+    assert_eq!(
+        resume(&tiny_checkpoint().path).unwrap(),
+        tiny_checkpoint().expected
+    );
 }

@@ -20,7 +20,8 @@ pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> anyh
         );
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     let metadata = HashMap::from([(CREATED_BY.0.to_string(), CREATED_BY.1.to_string())]);
     let bytes = safetensors::serialize(tensors, Some(metadata))
@@ -77,7 +78,9 @@ mod tests {
         let theirs = dir.path().join("theirs.safetensors");
         candle_core::safetensors::save(&tensors, &theirs).unwrap();
         let before = std::fs::read(&theirs).unwrap();
-        let error = write_safetensors(&theirs, &tensors).unwrap_err().to_string();
+        let error = write_safetensors(&theirs, &tensors)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("refusing to overwrite"), "{error}");
         assert_eq!(std::fs::read(&theirs).unwrap(), before);
         let text = dir.path().join("notes.md");

@@ -451,11 +451,27 @@ fn framework_errors_are_json_like_every_other_error() {
     let fixture = Fixture::new();
     let server = fixture.serve();
     let api = format!("{}/api/saes/tiny", server.url);
-    assert_error(call("DELETE", &format!("{}/api/info", server.url), None), 405, "DELETE is not allowed");
-    assert_error(get(&format!("{api}/latents/3/label")), 405, "GET is not allowed");
-    assert_error(get(&format!("{}/api/saes/%FF/latents", server.url)), 400, "/api/saes/%FF/latents");
+    assert_error(
+        call("DELETE", &format!("{}/api/info", server.url), None),
+        405,
+        "DELETE is not allowed",
+    );
+    assert_error(
+        get(&format!("{api}/latents/3/label")),
+        405,
+        "GET is not allowed",
+    );
+    assert_error(
+        get(&format!("{}/api/saes/%FF/latents", server.url)),
+        400,
+        "/api/saes/%FF/latents",
+    );
     let huge = vec![b' '; 3 << 20];
-    assert_error(call("POST", &format!("{api}/activations"), Some(&huge)), 413, "activations");
+    assert_error(
+        call("POST", &format!("{api}/activations"), Some(&huge)),
+        413,
+        "activations",
+    );
 }
 
 /// Two explorers on one labels file, and a label typed into it by hand while they run: no save
@@ -491,7 +507,10 @@ fn explorers_sharing_a_labels_file_never_erase_each_others_labels() {
         assert_eq!(saved.get("tiny", latent), Some(text), "latent {latent}");
     }
     let (_, view) = get(&format!("{}/api/saes/tiny/latents/3", second.url));
-    assert_eq!(view["label"], json!({"text": "first again", "source": "manual"}));
+    assert_eq!(
+        view["label"],
+        json!({"text": "first again", "source": "manual"})
+    );
 }
 
 /// A hook the model lacks is refused at start-up, naming it, instead of a server that answers
@@ -500,7 +519,10 @@ fn explorers_sharing_a_labels_file_never_erase_each_others_labels() {
 fn a_hook_the_model_lacks_is_refused_at_start_up() {
     let fixture = Fixture::new();
     let output = fixture
-        .command(&format!("{}@blocks.99.hook_resid_post", fixture.sae.display()))
+        .command(&format!(
+            "{}@blocks.99.hook_resid_post",
+            fixture.sae.display()
+        ))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

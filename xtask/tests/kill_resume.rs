@@ -87,8 +87,20 @@ d_sae = 96
     fn cache(&self, root: &Path) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
         command
-            .args(["cache", "--hooks", "blocks.2.hook_resid_post", "blocks.1.attn.hook_z"])
-            .args(["--tokens", "20000", "--context", "32", "--contexts-per-shard", "8"])
+            .args([
+                "cache",
+                "--hooks",
+                "blocks.2.hook_resid_post",
+                "blocks.1.attn.hook_z",
+            ])
+            .args([
+                "--tokens",
+                "20000",
+                "--context",
+                "32",
+                "--contexts-per-shard",
+                "8",
+            ])
             .args(["--batch", "3"])
             .arg("--model")
             .arg(common::Fixture::model())

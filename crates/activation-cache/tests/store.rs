@@ -220,6 +220,15 @@ fn interrupted_and_truncated_harvests_resume_to_an_identical_store() {
     assert!(err.contains("different settings"), "{err}");
 }
 
+/// Harvests the default f32 spec into `dir` with the tiny model.
+fn harvest_default(
+    dir: &Path,
+    model: &LoadedModel,
+    options: &HarvestOptions,
+) -> activation_cache::Result<activation_cache::store::Manifest> {
+    harvest_into(dir, model, spec(model, StoreDtype::F32, u64::MAX), options)
+}
+
 /// Harvests `spec` into `dir` with the tiny model.
 fn harvest_into(
     dir: &Path,
@@ -239,13 +248,7 @@ fn a_resumed_harvest_must_have_the_same_batch_and_kernel() {
         stop_after_shards: Some(1),
         ..quiet()
     };
-    let partial = harvest_into(
-        dir.path(),
-        &model,
-        spec(&model, StoreDtype::F32, u64::MAX),
-        &stop,
-    )
-    .unwrap();
+    let partial = harvest_default(dir.path(), &model, &stop).unwrap();
     assert_eq!(
         partial.kernel.as_deref(),
         Some(model.model.kernel_description().as_str())
@@ -266,14 +269,9 @@ fn a_resumed_harvest_must_have_the_same_batch_and_kernel() {
         serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     manifest["kernel"] = "cpu f32: OpenBLAS 0.3.99 (core Elsewhere)".into();
     fs::write(&path, manifest.to_string()).unwrap();
-    let err = harvest_into(
-        dir.path(),
-        &model,
-        spec(&model, StoreDtype::F32, u64::MAX),
-        &quiet(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = harvest_default(dir.path(), &model, &quiet())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("core Elsewhere") && err.contains(&model.model.kernel_description()),
         "{err}"
@@ -286,14 +284,9 @@ fn a_harvest_never_deletes_files_it_did_not_write() {
     // A folder with someone's file and no manifest is refused and left as it was.
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("thesis.txt"), "years of work").unwrap();
-    let err = harvest_into(
-        dir.path(),
-        &model,
-        spec(&model, StoreDtype::F32, u64::MAX),
-        &quiet(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = harvest_default(dir.path(), &model, &quiet())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("thesis.txt") && err.contains("not an activation store"),
         "{err}"
@@ -310,22 +303,10 @@ fn a_harvest_never_deletes_files_it_did_not_write() {
         stop_after_shards: Some(1),
         ..quiet()
     };
-    harvest_into(
-        store.path(),
-        &model,
-        spec(&model, StoreDtype::F32, u64::MAX),
-        &stop,
-    )
-    .unwrap();
+    harvest_default(store.path(), &model, &stop).unwrap();
     fs::write(store.path().join("notes.md"), "layer 2 looks odd").unwrap();
     fs::write(store.path().join("shard-00001.tokens.bin"), [9, 9]).unwrap();
-    let done = harvest_into(
-        store.path(),
-        &model,
-        spec(&model, StoreDtype::F32, u64::MAX),
-        &quiet(),
-    )
-    .unwrap();
+    let done = harvest_default(store.path(), &model, &quiet()).unwrap();
     assert!(done.complete);
     assert_eq!(
         fs::read(store.path().join("notes.md")).unwrap(),
@@ -361,13 +342,7 @@ fn a_failed_first_harvest_leaves_nothing_that_blocks_the_next() {
     );
     assert!(!store.join("manifest.json").exists());
     // The corrected command runs.
-    let manifest = harvest_into(
-        &store,
-        &model,
-        spec(&model, StoreDtype::F32, u64::MAX),
-        &quiet(),
-    )
-    .unwrap();
+    let manifest = harvest_default(&store, &model, &quiet()).unwrap();
     assert!(manifest.complete);
 }
 
@@ -379,13 +354,7 @@ fn training_reads_complete_stores_unless_asked_otherwise() {
         stop_after_shards: Some(1),
         ..quiet()
     };
-    harvest_into(
-        dir.path(),
-        &model,
-        spec(&model, StoreDtype::F32, u64::MAX),
-        &stop,
-    )
-    .unwrap();
+    harvest_default(dir.path(), &model, &stop).unwrap();
     let err = StoreSource::open(dir.path(), ShuffleConfig::default(), true)
         .err()
         .unwrap()

@@ -221,7 +221,11 @@ fn labels_saved_by_several_writers_and_by_hand_are_all_kept() {
             scope.spawn(move || {
                 let mut labels = ManualLabels::load(path).unwrap();
                 for i in 0..8 {
-                    labels.set("many", writer * 8 + i, &format!("writer {writer}, label {i}"));
+                    labels.set(
+                        "many",
+                        writer * 8 + i,
+                        &format!("writer {writer}, label {i}"),
+                    );
                     labels.save().unwrap();
                 }
             });
@@ -234,7 +238,13 @@ fn labels_saved_by_several_writers_and_by_hand_are_all_kept() {
     // A file made corrupt by a hand edit: saving refuses and leaves it as it is.
     std::fs::write(&path, "[broken").unwrap();
     first.set("residual", 9, "x");
-    assert!(first.save().unwrap_err().to_string().contains("labels.toml"));
+    assert!(
+        first
+            .save()
+            .unwrap_err()
+            .to_string()
+            .contains("labels.toml")
+    );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "[broken");
 }
 

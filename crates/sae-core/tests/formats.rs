@@ -13,6 +13,16 @@ use sae_core::format::{
 };
 use sae_core::{Architecture, Sae, SaeError};
 
+/// The Gemma Scope-style fixture SAE (`gemma_scope_stored.npz`).
+fn stored_fixture() -> sae_core::JumpReluSae {
+    load_gemma_scope_npz(
+        &fixtures().join("gemma_scope_stored.npz"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap()
+}
+
 fn expected_gemma_scope() -> Vec<(&'static str, Tensor)> {
     let f = load_fixture("gemma_scope_expected.safetensors");
     ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"]
@@ -30,12 +40,7 @@ fn assert_same_tensors(got: &[(&'static str, Tensor)], want: &[(&'static str, Te
 
 #[test]
 fn reads_numpy_savez() {
-    let sae = load_gemma_scope_npz(
-        &fixtures().join("gemma_scope_stored.npz"),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let sae = stored_fixture();
     assert_eq!(sae.architecture(), Architecture::JumpRelu);
     assert!(!sae.apply_b_dec_to_input());
     assert_same_tensors(&sae.tensors().unwrap(), &expected_gemma_scope());
@@ -308,12 +313,7 @@ fn pre_v6_flat_configs_are_migrated_like_saelens_does() {
 
 #[test]
 fn written_config_is_saelens_v6_with_explicit_flags_and_keeps_metadata() {
-    let sae = load_gemma_scope_npz(
-        &fixtures().join("gemma_scope_stored.npz"),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let sae = stored_fixture();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("layer_3");
     let mut metadata = serde_json::Map::new();
@@ -347,12 +347,7 @@ fn written_config_is_saelens_v6_with_explicit_flags_and_keeps_metadata() {
 
 #[test]
 fn npz_writer_refuses_unfolded_sae_and_round_trips_through_generic_load() {
-    let sae = load_gemma_scope_npz(
-        &fixtures().join("gemma_scope_stored.npz"),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let sae = stored_fixture();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("params.npz");
     save_gemma_scope_npz(&sae, &path, NpzCompression::Deflated).unwrap();
@@ -373,12 +368,7 @@ fn npz_writer_refuses_unfolded_sae_and_round_trips_through_generic_load() {
 /// never replace a folder holding files they do not produce.
 #[test]
 fn writers_refuse_non_finite_weights_and_folders_they_did_not_make() {
-    let sae = load_gemma_scope_npz(
-        &fixtures().join("gemma_scope_stored.npz"),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let sae = stored_fixture();
     let dir = tempfile::tempdir().unwrap();
     let mut broken = sae.clone();
     let threshold = broken.theta().unwrap();
@@ -393,7 +383,10 @@ fn writers_refuse_non_finite_weights_and_folders_they_did_not_make() {
     .unwrap();
     let saelens = dir.path().join("sae");
     let text = error_text(save_saelens(&broken, &saelens, Default::default(), None));
-    assert!(text.contains("threshold") && text.contains("non-finite"), "{text}");
+    assert!(
+        text.contains("threshold") && text.contains("non-finite"),
+        "{text}"
+    );
     assert!(!saelens.exists());
     let npz = dir.path().join("params.npz");
     let text = error_text(save_gemma_scope_npz(&broken, &npz, NpzCompression::Stored));
@@ -408,7 +401,10 @@ fn writers_refuse_non_finite_weights_and_folders_they_did_not_make() {
     // …but not a folder with someone else's file in it, which is left as it was.
     fs::write(saelens.join("notes.md"), "mine").unwrap();
     let text = error_text(save_saelens(&sae, &saelens, Default::default(), None));
-    assert!(text.contains("notes.md") && text.contains("refusing"), "{text}");
+    assert!(
+        text.contains("notes.md") && text.contains("refusing"),
+        "{text}"
+    );
     assert_eq!(fs::read(saelens.join("notes.md")).unwrap(), b"mine");
     assert!(saelens.join("cfg.json").exists());
 }

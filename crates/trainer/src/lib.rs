@@ -6,9 +6,14 @@
 //! ([`SaeConfig::resolve`] lists them; JumpReLU is exactly Gemma Scope's). It estimates the
 //! input scaling constant C first, keeps decoder rows at unit norm with projected gradients,
 //! records metrics ([`MetricsRow`]: loss terms, L0, FVU, dead and ultra-dense latents,
-//! thresholds, lr, λ, tokens/s) to parquet and CSV, writes atomic checkpoints from which a
-//! resumed run is bit-identical to an uninterrupted one, and exports each SAE folded (C and the
-//! pre-encoder bias) in SAELens format with `sparsity.safetensors` and its training config.
+//! thresholds, lr, λ) to parquet and CSV, writes atomic checkpoints from which a resumed run is
+//! bit-identical to an uninterrupted one, and exports each SAE folded (C and the pre-encoder
+//! bias) in SAELens format with `sparsity.safetensors` and its training config.
+//!
+//! A resume verifies what it resumes ([`checkpoint`]: every file's SHA-256, the configuration,
+//! the activation source's identity and the kernel), and training stops with
+//! [`TrainError::NonFinite`] at the first NaN or inf loss or gradient: nothing non-finite is
+//! written, and a run folder is only ever one the trainer made.
 //!
 //! ```no_run
 //! use activation_cache::{ShuffleConfig, StoreSource};

@@ -67,6 +67,8 @@ pub struct Trainer<S: ActivationSource> {
     /// Metrics so far.
     pub metrics: Vec<MetricsRow>,
     last_metrics_at: Option<Instant>,
+    /// The run's identity (`config.json`), recorded in every checkpoint.
+    identity: serde_json::Value,
 }
 
 fn penalty_of(config: &PenaltyConfig, ste: SteConfig) -> Box<dyn SparsityPenalty> {
@@ -230,6 +232,7 @@ impl<S: ActivationSource> Trainer<S> {
             tokens: 0,
             metrics: Vec::new(),
             last_metrics_at: None,
+            identity: effective,
         };
         if let Some((state, tensors)) = saved {
             trainer.restore(state, tensors)?;
@@ -373,7 +376,7 @@ impl<S: ActivationSource> Trainer<S> {
                     total_tokens: r.total_tokens,
                 })
                 .collect(),
-            identity: read_json(&self.out.join(EFFECTIVE_CONFIG))?,
+            identity: self.identity.clone(),
             files: Default::default(),
         };
         let tensors = self

@@ -587,9 +587,12 @@ fn a_non_finite_loss_stops_training_and_nothing_non_finite_is_written() {
     for value in [f32::NAN, f32::INFINITY, 1e30] {
         let dir = tempfile::tempdir().unwrap();
         // Row 256·150 + 7 is in step 151's batch, after the checkpoint of step 100.
-        let mut trainer =
-            Trainer::new(config(two_saes(), 250), poisoned(256 * 150 + 7, value), dir.path())
-                .unwrap();
+        let mut trainer = Trainer::new(
+            config(two_saes(), 250),
+            poisoned(256 * 150 + 7, value),
+            dir.path(),
+        )
+        .unwrap();
         let error = trainer.run(&RunOptions::default()).unwrap_err();
         let message = error.to_string();
         assert!(
@@ -676,7 +679,10 @@ fn a_resume_checks_the_source_the_checkpoint_and_its_files() {
         .replace("\"step\":100", "\"step\":50");
     std::fs::write(&path, text).unwrap();
     let message = error(dir.path());
-    assert!(message.contains("state.json") && message.contains("checksum"), "{message}");
+    assert!(
+        message.contains("state.json") && message.contains("checksum"),
+        "{message}"
+    );
 
     // A piece missing: an error, not a silent restart from step 0.
     for missing in ["state.json", "batchtopk.adam.safetensors"] {
@@ -730,10 +736,7 @@ fn training_never_writes_into_a_folder_it_did_not_make() {
         .unwrap();
     std::fs::create_dir(dir.path().join("jump")).unwrap();
     std::fs::write(dir.path().join("jump/notes.md"), "looks good").unwrap();
-    let message = trainer
-        .run(&RunOptions::default())
-        .unwrap_err()
-        .to_string();
+    let message = trainer.run(&RunOptions::default()).unwrap_err().to_string();
     assert!(message.contains("notes.md"), "{message}");
     assert_eq!(
         std::fs::read(dir.path().join("jump/notes.md")).unwrap(),

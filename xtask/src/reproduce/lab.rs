@@ -28,10 +28,13 @@ const RUN_CONFIG: &str = "config.json";
 /// so an experiment never writes into, or over, a folder it did not make.
 fn claim_run_folder(out: &Path) -> anyhow::Result<()> {
     if !out.exists() {
-        return std::fs::create_dir_all(out)
-            .with_context(|| format!("creating {}", out.display()));
+        return std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()));
     }
-    ensure!(out.is_dir(), "{} is a file, not a run folder", out.display());
+    ensure!(
+        out.is_dir(),
+        "{} is a file, not a run folder",
+        out.display()
+    );
     let config = out.join(RUN_CONFIG);
     if config.exists() {
         let saved: serde_json::Value = analysis::tables::read_json(&config)?;
@@ -55,7 +58,12 @@ fn claim_run_folder(out: &Path) -> anyhow::Result<()> {
         entries.is_empty(),
         "{} is not an experiment's run folder (no {RUN_CONFIG}) and is not empty ({}): use an empty or new --out; nothing was changed",
         out.display(),
-        entries.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+        entries
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     sae_core::format::recover_interrupted(out)?;
     Ok(())

@@ -6,7 +6,7 @@ use sae_core::Architecture;
 use trainer::SaeConfig;
 
 use super::lab::{Budget, Lab, Outcome};
-use super::report::{write_summary};
+use super::report::write_summary;
 use super::sites::sites;
 use super::{CommonArgs, short_run};
 

@@ -8,7 +8,7 @@ use sae_core::Architecture;
 use trainer::SaeConfig;
 
 use super::lab::{Budget, Lab, Outcome};
-use super::report::{write_summary};
+use super::report::write_summary;
 use super::{CommonArgs, short_run};
 
 /// Default training tokens per SAE: 200 steps of 1,024.

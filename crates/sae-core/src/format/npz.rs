@@ -43,9 +43,9 @@ pub fn read_npz(path: &Path, device: &Device, dtype: DType) -> Result<BTreeMap<S
         // with the member's CRC-32, so damaged bytes are an error rather than other weights.
         let mut bytes = Vec::new();
         let mut member = member;
-        member.read_to_end(&mut bytes).map_err(|e| {
-            SaeError::format(path, format!("array `{name}`: damaged data ({e})"))
-        })?;
+        member
+            .read_to_end(&mut bytes)
+            .map_err(|e| SaeError::format(path, format!("array `{name}`: damaged data ({e})")))?;
         let tensor = read_npy(bytes.as_slice(), device, dtype)
             .map_err(|detail| SaeError::format(path, format!("array `{name}`: {detail}")))?;
         arrays.insert(name.to_string(), tensor);
