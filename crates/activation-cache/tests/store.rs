@@ -151,10 +151,12 @@ fn stored_rows_equal_the_model_activations_and_skip_special_positions() {
                     .to_vec1::<f32>()
                     .unwrap();
                 // The harvest ran two contexts per pass (48 rows), this pass one (24): BLAS
-                // kernels block by row count and instruction set, so sums run in other orders
-                // and values differ by a few f32 ulps (ε = 1.2e-7) after three blocks, up to
-                // ~1e-6 of the row's scale. 1e-5 of it leaves a wide margin, while a misplaced
-                // or shifted row differs by the order of the scale itself.
+                // kernels block by row count and instruction set (AVX-512 tiles rows by 16,
+                // AVX2 by 8), so sums of K = 32–64 terms run in other orders. Each product
+                // can move by up to K·ε ≈ 8e-6 relative (ε = 1.2e-7), over ~7 products per
+                // block and three blocks: 1e-4 of the row's scale bounds that worst case (the
+                // real-model test measured 2.1e-5 on its layers), while a misplaced or shifted
+                // row differs by the order of the scale itself.
                 let expected = &direct[info.position as usize];
                 let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
                 let error = stored
@@ -162,7 +164,7 @@ fn stored_rows_equal_the_model_activations_and_skip_special_positions() {
                     .zip(expected)
                     .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
                 assert!(
-                    error <= 1e-5 * scale,
+                    error <= 1e-4 * scale,
                     "{point} context {} position {}: differs by {error} (scale {scale})",
                     context.index,
                     info.position

@@ -381,6 +381,8 @@ fn aux_terms<'w>(
             .zip(&token.g)
             .for_each(|(m, g)| *m -= *g as f64 / scale as f64 / tokens);
     }
+    // Per-token terms in parallel, summed in token order: a parallel sum's association depends
+    // on how the work was split, and the step must give the same bits on every run.
     let variance: f64 = per_token
         .par_iter()
         .map(|token| {
@@ -391,8 +393,10 @@ fn aux_terms<'w>(
                 .map(|(g, m)| (-*g as f64 / scale as f64 - m).powi(2))
                 .sum::<f64>()
         })
+        .collect::<Vec<f64>>()
+        .into_iter()
         .sum();
-    let error: f64 = per_token
+    let errors: Vec<f64> = per_token
         .par_iter_mut()
         .map(|token| {
             // ê − e = ê + g/scale; a token without AuxK pairs has ê = 0 and adds ‖e‖².
@@ -413,6 +417,6 @@ fn aux_terms<'w>(
             token.aux = difference;
             error
         })
-        .sum();
-    error / variance
+        .collect();
+    errors.into_iter().sum::<f64>() / variance
 }
