@@ -222,10 +222,9 @@ fn check_resumable(dir: &Path, existing: &Manifest, spec: &StoreSpec, kernel: &s
         made => Err(CacheError::format(
             path,
             format!(
-                "the store's shards were computed by `{}`, this process computes with `{kernel}`: resuming would mix activations that differ in their last bits; resume where it was made ({}), or harvest into another directory",
+                "the store's shards were computed by `{}`, this process computes with `{kernel}`: resuming would mix activations that differ in their last bits; resume where it was made (SAE_MATMUL=gemm selects gemm where OpenBLAS is installed), or harvest into another directory",
                 made.as_deref()
                     .unwrap_or("an unrecorded kernel (an older version)"),
-                "SAE_MATMUL=gemm selects gemm when OpenBLAS is installed"
             ),
         )),
     }

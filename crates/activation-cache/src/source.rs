@@ -138,7 +138,7 @@ impl StoreSource {
     /// checked first (a corrupted or truncated shard is an error naming it); sizes are always
     /// checked.
     pub fn open(dir: &Path, shuffle: ShuffleConfig, verify: bool) -> Result<Self> {
-        let manifest = Manifest::read(dir)?;
+        let (manifest, digest) = Manifest::read_with_digest(dir)?;
         if !manifest.complete {
             return Err(CacheError::format(
                 dir.join(crate::store::MANIFEST),
@@ -149,14 +149,23 @@ impl StoreSource {
                 ),
             ));
         }
-        Self::open_incomplete(dir, shuffle, verify)
+        Self::with_manifest(dir, manifest, digest, shuffle, verify)
     }
 
     /// [`StoreSource::open`] for a store whose harvest may not have finished: its complete
     /// shards. Training on it reads a prefix of the corpus, not what the store was meant to hold.
     pub fn open_incomplete(dir: &Path, shuffle: ShuffleConfig, verify: bool) -> Result<Self> {
-        let digest = Manifest::digest(dir)?;
-        let manifest = Manifest::read(dir)?;
+        let (manifest, digest) = Manifest::read_with_digest(dir)?;
+        Self::with_manifest(dir, manifest, digest, shuffle, verify)
+    }
+
+    fn with_manifest(
+        dir: &Path,
+        manifest: Manifest,
+        digest: String,
+        shuffle: ShuffleConfig,
+        verify: bool,
+    ) -> Result<Self> {
         if manifest.rows() == 0 {
             return Err(CacheError::format(dir, "the store holds no rows"));
         }

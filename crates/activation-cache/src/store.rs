@@ -21,10 +21,10 @@
 //! the order they sum in) by row count, which moves activations by a few ulps (Gemma 3 270M,
 //! layer 9, contexts of 100, one vs three per pass: two rows in three differ, by up to 1.1e-6
 //! of the row's largest value; at contexts of 256 the products' 256-row blocks coincide and
-//! the bytes happen to agree). And the kernel that computes the products ([`Manifest::kernel`], e.g. OpenBLAS's
-//! core for this CPU, or gemm's AVX-512 or AVX2 code): the same spec and kernel give the same
-//! bytes bit for bit, on any number of threads; another CPU or BLAS gives values equal to float
-//! rounding, not bit-equal. A resumed harvest must match both, or it is refused.
+//! the bytes happen to agree). And the kernel that computes the products ([`Manifest::kernel`],
+//! e.g. OpenBLAS's core for this CPU, or gemm's AVX-512 or AVX2 code): the same spec and kernel
+//! give the same bytes bit for bit, on any number of threads; another CPU or BLAS gives values
+//! equal to float rounding, not bit-equal. A resumed harvest must match both, or it is refused.
 //!
 //! **What may be deleted.** A store folder is empty or has a manifest; anything else is refused.
 //! Only the store's own names — shard files (`shard-NNNNN.PART.bin`) the manifest does not list
@@ -150,11 +150,24 @@ impl Manifest {
         self.shards.iter().map(|s| s.rows).sum()
     }
 
+    /// Every file the manifest lists: each shard's token file, then its activation files.
+    pub fn files(&self) -> impl Iterator<Item = &ShardFile> {
+        self.shards
+            .iter()
+            .flat_map(|s| std::iter::once(&s.tokens).chain(&s.activations))
+    }
+
     /// Reads and checks `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Self> {
+        Ok(Self::read_with_digest(dir)?.0)
+    }
+
+    /// [`Manifest::read`], with the SHA-256 of the file as stored: the store's identity (its
+    /// spec, kernel and every shard's checksum), which training checkpoints record.
+    pub fn read_with_digest(dir: &Path) -> Result<(Self, String)> {
         let path = dir.join(MANIFEST);
-        let text = fs::read_to_string(&path).map_err(|e| CacheError::io(&path, e))?;
-        let manifest: Manifest = serde_json::from_str(&text)
+        let bytes = fs::read(&path).map_err(|e| CacheError::io(&path, e))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| CacheError::format(&path, format!("invalid manifest: {e}")))?;
         if manifest.format_version != FORMAT_VERSION {
             return Err(CacheError::format(
@@ -173,15 +186,7 @@ impl Manifest {
                 ));
             }
         }
-        Ok(manifest)
-    }
-
-    /// SHA-256 of `dir/manifest.json` as stored: the store's identity (its spec, kernel and
-    /// every shard's checksum), which training checkpoints record.
-    pub fn digest(dir: &Path) -> Result<String> {
-        let path = dir.join(MANIFEST);
-        let bytes = fs::read(&path).map_err(|e| CacheError::io(&path, e))?;
-        Ok(hex_sha256(&bytes))
+        Ok((manifest, hex_sha256(&bytes)))
     }
 
     /// Writes `dir/manifest.json` atomically.
@@ -338,8 +343,7 @@ pub fn leftover_files(
 ) -> Result<BTreeMap<String, PathBuf>> {
     let listed: BTreeSet<&str> = manifest
         .into_iter()
-        .flat_map(|m| &m.shards)
-        .flat_map(|s| std::iter::once(&s.tokens).chain(&s.activations))
+        .flat_map(Manifest::files)
         .map(|f| f.name.as_str())
         .chain([MANIFEST])
         .collect();
@@ -402,11 +406,7 @@ pub fn prepare_dir(dir: &Path) -> Result<Option<Manifest>> {
 /// folder if nothing else is in it (other files are left, with the folder).
 pub fn remove_store(dir: &Path) -> Result<()> {
     let manifest = Manifest::read(dir)?;
-    let listed = manifest
-        .shards
-        .iter()
-        .flat_map(|s| std::iter::once(&s.tokens).chain(&s.activations))
-        .map(|f| dir.join(&f.name));
+    let listed = manifest.files().map(|f| dir.join(&f.name));
     for path in listed.chain(leftover_files(dir, Some(&manifest))?.into_values()) {
         match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

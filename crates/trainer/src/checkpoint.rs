@@ -78,45 +78,18 @@ fn adam_file(name: &str) -> String {
 }
 
 /// Makes `out` the folder of this run, or refuses: a missing folder is created; an existing one
-/// must be empty or hold a training run's `config.json`.
+/// must be empty or hold a training run's `config.json` (see [`sae_core::format::claim_folder`]).
 pub(crate) fn claim_run_folder(out: &Path) -> Result<()> {
-    if !out.exists() {
-        return std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e));
-    }
-    if !out.is_dir() {
-        return Err(TrainError::format(out, "is a file, not a run folder"));
-    }
-    let config = out.join(EFFECTIVE_CONFIG);
-    if config.exists() {
-        let saved = read_json(&config)?;
-        if saved.get("train").is_none() || saved.get("saes").is_none() {
-            return Err(TrainError::format(
-                &config,
-                "is not a training run's configuration (another tool's folder?): train into an empty or new folder",
-            ));
-        }
-        // A process killed while writing a checkpoint or an export left its temporaries.
-        sae_core::format::recover_interrupted(out)?;
-        return Ok(());
-    }
-    let mut foreign: Vec<String> = std::fs::read_dir(out)
-        .map_err(|e| TrainError::io(out, e))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !name.starts_with(".partial-"))
-        .collect();
-    if !foreign.is_empty() {
-        foreign.sort();
-        foreign.truncate(3);
-        return Err(TrainError::format(
-            out,
-            format!(
-                "is not a training run folder (no {EFFECTIVE_CONFIG}) and is not empty ({}…): train into an empty or new folder; nothing was changed",
-                foreign.join(", ")
-            ),
-        ));
-    }
-    sae_core::format::recover_interrupted(out)?;
+    let is_training_run = |config: &Path| {
+        read_json(config)
+            .is_ok_and(|saved| saved.get("train").is_some() && saved.get("saes").is_some())
+    };
+    sae_core::format::claim_folder(
+        out,
+        EFFECTIVE_CONFIG,
+        is_training_run,
+        "a training run folder",
+    )?;
     Ok(())
 }
 

@@ -3,15 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::adam::Adam;
-use crate::checkpoint::{
-    self, CHECKPOINT, CheckpointState, DONE, EFFECTIVE_CONFIG, RunState, RunTensors, read_json,
-    write_json,
-};
-use crate::config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig, TrainConfig};
-use crate::metrics::{self, MetricsRow};
-use crate::schedule::{lambda_factor, learning_rate};
-use crate::{Result, TrainError};
 use activation_cache::ActivationSource;
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,6 +12,16 @@ use sae_core::{
     AuxK, DecoderNormL1, InitConfig, L0Ste, L1, PenaltyContext, SaeShape, SparsityPenalty,
     SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
 };
+
+use crate::adam::Adam;
+use crate::checkpoint::{
+    self, CHECKPOINT, CheckpointState, DONE, EFFECTIVE_CONFIG, RunState, RunTensors, read_json,
+    write_json,
+};
+use crate::config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig, TrainConfig};
+use crate::metrics::{self, MetricsRow};
+use crate::schedule::{lambda_factor, learning_rate};
+use crate::{Result, TrainError};
 
 /// One SAE being trained.
 pub struct SaeRun {

@@ -24,48 +24,14 @@ use super::report::Report;
 const RUN_CONFIG: &str = "config.json";
 
 /// Makes `out` an experiment's run folder, or refuses: a missing folder is created; an existing
-/// one must be empty or an experiment's run folder (its `config.json` has an `experiment`),
-/// so an experiment never writes into, or over, a folder it did not make.
+/// one must be empty or an experiment's run folder (its `config.json` has an `experiment`), so
+/// an experiment never writes into, or over, a folder it did not make.
 fn claim_run_folder(out: &Path) -> anyhow::Result<()> {
-    if !out.exists() {
-        return std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()));
-    }
-    ensure!(
-        out.is_dir(),
-        "{} is a file, not a run folder",
-        out.display()
-    );
-    let config = out.join(RUN_CONFIG);
-    if config.exists() {
-        let saved: serde_json::Value = analysis::tables::read_json(&config)?;
-        ensure!(
-            saved.get("experiment").is_some(),
-            "{} is not an experiment's configuration: use another --out",
-            config.display()
-        );
-        // A run killed while writing a file left its temporary.
-        sae_core::format::recover_interrupted(out)?;
-        return Ok(());
-    }
-    let mut entries: Vec<String> = std::fs::read_dir(out)
-        .with_context(|| format!("reading {}", out.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !name.starts_with(".partial-"))
-        .collect();
-    entries.sort();
-    ensure!(
-        entries.is_empty(),
-        "{} is not an experiment's run folder (no {RUN_CONFIG}) and is not empty ({}): use an empty or new --out; nothing was changed",
-        out.display(),
-        entries
-            .iter()
-            .take(3)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    sae_core::format::recover_interrupted(out)?;
+    let is_experiment = |config: &Path| {
+        analysis::tables::read_json::<serde_json::Value>(config)
+            .is_ok_and(|saved| saved.get("experiment").is_some())
+    };
+    sae_core::format::claim_folder(out, RUN_CONFIG, is_experiment, "an experiment's run folder")?;
     Ok(())
 }
 

@@ -124,6 +124,54 @@ pub fn recover_interrupted(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Makes `dir` a folder its writer may fill, or refuses: a missing folder is created; an
+/// existing one is accepted when its `marker` file is the writer's own (`owns` says so, e.g. a
+/// run's `config.json` with the writer's keys) or when it is empty; anything else is an error
+/// naming the folder and its first files, and nothing is changed. What an interrupted write
+/// left in an accepted folder is recovered ([`recover_interrupted`]). `what` names the folder's
+/// kind in messages (`a training run folder`).
+pub fn claim_folder(
+    dir: &Path,
+    marker: &str,
+    owns: impl FnOnce(&Path) -> bool,
+    what: &str,
+) -> Result<()> {
+    if !dir.exists() {
+        return fs::create_dir_all(dir).map_err(|e| SaeError::io(dir, e));
+    }
+    if !dir.is_dir() {
+        return Err(SaeError::format(dir, format!("is a file, not {what}")));
+    }
+    let marker_path = dir.join(marker);
+    if marker_path.exists() {
+        if !owns(&marker_path) {
+            return Err(SaeError::format(
+                &marker_path,
+                format!(
+                    "does not belong to {what} (another tool's folder?): use an empty or new folder"
+                ),
+            ));
+        }
+    } else {
+        let mut foreign: Vec<String> = names(dir)?
+            .into_iter()
+            .filter(|name| !name.starts_with(".partial-"))
+            .collect();
+        if !foreign.is_empty() {
+            foreign.sort();
+            foreign.truncate(3);
+            return Err(SaeError::format(
+                dir,
+                format!(
+                    "is not {what} (no {marker}) and is not empty ({}…): use an empty or new folder; nothing was changed",
+                    foreign.join(", ")
+                ),
+            ));
+        }
+    }
+    recover_interrupted(dir)
+}
+
 fn remove_any(path: &Path) -> Result<()> {
     let removed = if path.is_dir() {
         fs::remove_dir_all(path)

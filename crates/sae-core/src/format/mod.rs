@@ -11,7 +11,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-pub use atomic::{recover_interrupted, write_dir_atomically, write_file_atomically};
+pub use atomic::{claim_folder, recover_interrupted, write_dir_atomically, write_file_atomically};
 pub use npz::{NpzCompression, load_gemma_scope_npz, read_npz, save_gemma_scope_npz};
 pub use saelens::{
     CONFIG_FILE, LoadedSae, SAE_LENS_FORMAT_VERSION, SaeLensConfig, WEIGHTS_FILE, load_saelens,
