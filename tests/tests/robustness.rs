@@ -455,6 +455,7 @@ fn tiny_store() -> &'static Made<Rows> {
             contexts_per_shard: 4,
             batch_contexts: 2,
             target_rows: u64::MAX,
+            sampling: Default::default(),
         };
         let tokenizer = model.tokenizer.clone().unwrap();
         activation_cache::harvest(

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use activation_cache::store::{HookSpec, StoreDtype, StoreSpec};
 use activation_cache::{
-    ActivationSource, ContextConfig, Corpus, HarvestOptions, ShuffleConfig, StoreSource, harvest,
-    hook_width,
+    ActivationSource, ContextConfig, Corpus, HarvestOptions, ShuffleConfig, StoreSource,
+    contexts::ContextSampling, harvest, hook_width,
 };
 use anyhow::Context;
 use candle_core::{DType, Device};
@@ -46,6 +46,13 @@ pub struct CacheArgs {
     /// The text field (JSONL) or column (parquet).
     #[arg(long, default_value = "text")]
     pub field: String,
+    /// Harvest the corpus's contexts in order from its first document, instead of a sample
+    /// spread over every document in proportion to its length.
+    #[arg(long)]
+    pub in_order: bool,
+    /// Seed of the spread sample's choice and order.
+    #[arg(long, default_value_t = 0)]
+    pub sample_seed: u64,
 }
 
 /// Parses `--corpus`.
@@ -83,6 +90,8 @@ impl CacheArgs {
             batch: 2,
             corpus: "gutenberg".into(),
             field: "text".into(),
+            in_order: false,
+            sample_seed: 0,
         }
     }
 }
@@ -133,6 +142,13 @@ pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
         contexts_per_shard: args.contexts_per_shard,
         batch_contexts: args.batch,
         target_rows: args.tokens,
+        sampling: if args.in_order {
+            ContextSampling::InOrder
+        } else {
+            ContextSampling::Spread {
+                seed: args.sample_seed,
+            }
+        },
     };
     let documents = corpus.documents()?;
     let started = Instant::now();

@@ -61,6 +61,8 @@ enum Command {
     Train(train::TrainArgs),
     /// JumpReLU training throughput at a given shape.
     BenchTrain(bench_train::BenchTrainArgs),
+    /// SAE quality side by side: this project's JumpReLU SAEs and SAELens's on the same activations, over λ and seeds.
+    BenchQuality(reproduce::QualityArgs),
 }
 
 /// mimalloc, which reuses freed memory without returning it to the OS (see
@@ -83,5 +85,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cache(args) => cache::run(&args),
         Command::Train(args) => train::run(&args),
         Command::BenchTrain(args) => bench_train::run(&args),
+        Command::BenchQuality(args) => reproduce::bench_quality(&args),
     }
 }

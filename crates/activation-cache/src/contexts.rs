@@ -92,6 +92,91 @@ pub fn document_contexts(
         .collect())
 }
 
+/// Which of the corpus's contexts a harvest takes, and in what order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ContextSampling {
+    /// The corpus's contexts in order, from its first document: a small harvest then sees
+    /// only the first documents (the behaviour of stores that do not record a sampling).
+    #[default]
+    InOrder,
+    /// A deterministic sample spread over the whole corpus ([`spread_contexts`]): every
+    /// document contributes in proportion to its length, in an order shuffled by `seed`.
+    Spread {
+        /// Seed of the choice and of the order.
+        seed: u64,
+    },
+}
+
+/// `wanted` contexts drawn from every document in proportion to its number of contexts
+/// (largest remainder, so the counts sum to `wanted`), each document's share picked at random
+/// without replacement, then all of them shuffled; deterministic given `seed`. Contexts keep
+/// their [`Context::index`] in the corpus's in-order sequence. Every document is tokenised,
+/// so this costs one pass of the tokenizer over the corpus. Fewer than `wanted` contexts in
+/// the corpus: all of them, shuffled.
+pub fn spread_contexts(
+    tokenizer: &GemmaTokenizer,
+    documents: &[Document],
+    config: ContextConfig,
+    special: SpecialTokens,
+    wanted: usize,
+    seed: u64,
+) -> Result<Vec<Context>> {
+    use rand::SeedableRng;
+    use rand::seq::{IndexedRandom, SliceRandom};
+    let mut per_document = Vec::with_capacity(documents.len());
+    let mut next_index = 0u32;
+    for document in documents {
+        let contexts = document_contexts(tokenizer, document, config, special, next_index)?;
+        next_index += contexts.len() as u32;
+        per_document.push(contexts);
+    }
+    let total: usize = per_document.iter().map(Vec::len).sum();
+    let wanted = wanted.min(total);
+    let shares = proportional_counts(
+        &per_document.iter().map(Vec::len).collect::<Vec<_>>(),
+        wanted,
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut chosen: Vec<Context> = Vec::with_capacity(wanted);
+    for (contexts, share) in per_document.iter().zip(shares) {
+        chosen.extend(contexts.choose_multiple(&mut rng, share).cloned());
+    }
+    chosen.shuffle(&mut rng);
+    Ok(chosen)
+}
+
+/// Splits `wanted` over groups of the given sizes in proportion (largest remainder; ties to
+/// the earlier group), never more than a group has.
+fn proportional_counts(sizes: &[usize], wanted: usize) -> Vec<usize> {
+    let total: usize = sizes.iter().sum();
+    let wanted = wanted.min(total);
+    if total == 0 {
+        return vec![0; sizes.len()];
+    }
+    let exact: Vec<f64> = sizes
+        .iter()
+        .map(|&n| n as f64 * wanted as f64 / total as f64)
+        .collect();
+    let mut counts: Vec<usize> = exact.iter().map(|e| e.floor() as usize).collect();
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (exact[a] - exact[a].floor(), exact[b] - exact[b].floor());
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    let mut missing = wanted.saturating_sub(counts.iter().sum());
+    for &i in order.iter().cycle().take(sizes.len() * 2) {
+        if missing == 0 {
+            break;
+        }
+        if counts[i] < sizes[i] {
+            counts[i] += 1;
+            missing -= 1;
+        }
+    }
+    counts
+}
+
 /// Cuts tokenised documents into contexts, lazily (one document at a time), in corpus order.
 pub fn contexts<'a>(
     tokenizer: &'a GemmaTokenizer,
@@ -109,4 +194,29 @@ pub fn contexts<'a>(
             Err(e) => vec![Err(e)],
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proportional_counts;
+
+    #[test]
+    fn proportional_counts_sum_to_the_wanted_number_in_proportion() {
+        assert_eq!(proportional_counts(&[100, 300, 600], 10), vec![1, 3, 6]);
+        assert_eq!(proportional_counts(&[1, 1, 1], 2), vec![1, 1, 0]);
+        let counts = proportional_counts(&[7, 13, 5, 40], 23);
+        assert_eq!(counts.iter().sum::<usize>(), 23);
+        for (count, size) in counts.iter().zip([7.0, 13.0, 5.0, 40.0]) {
+            assert!(
+                (*count as f64 - size * 23.0 / 65.0).abs() < 1.0,
+                "{counts:?}"
+            );
+        }
+        assert_eq!(
+            proportional_counts(&[2, 3], 9),
+            vec![2, 3],
+            "capped by the sizes"
+        );
+        assert_eq!(proportional_counts(&[0, 0], 4), vec![0, 0]);
+    }
 }

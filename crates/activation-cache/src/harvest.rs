@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 use gemma_hooks::{GemmaConfig, GemmaModel, HookPoint, Hooks};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::contexts::{Context, SpecialTokens, contexts};
+use crate::contexts::{Context, ContextSampling, SpecialTokens, contexts, spread_contexts};
 use crate::corpus::Document;
 use crate::store::{MANIFEST, Manifest, ShardBuffer, StoreDtype, StoreSpec, prepare_dir};
 use crate::validate::check_row;
@@ -146,9 +146,22 @@ pub fn harvest(
     let config = model.config();
     let special = SpecialTokens::of(config);
     let first_context = (manifest.shards.len() * spec.contexts_per_shard) as u64;
-    let mut remaining = contexts(tokenizer, documents, spec.contexts, special)
-        .skip(first_context as usize)
-        .peekable();
+    let ordered: Box<dyn Iterator<Item = Result<Context>>> = match spec.sampling {
+        ContextSampling::InOrder => {
+            Box::new(contexts(tokenizer, documents, spec.contexts, special))
+        }
+        ContextSampling::Spread { seed } => {
+            // Enough contexts for the target with a shard to spare (short last chunks hold
+            // fewer rows); the harvest stops at the target.
+            let per_context = spec.contexts.context_length.saturating_sub(1).max(1) as u64;
+            let wanted =
+                spec.target_rows.div_ceil(per_context) as usize * 21 / 20 + spec.contexts_per_shard;
+            let sample =
+                spread_contexts(tokenizer, documents, spec.contexts, special, wanted, seed)?;
+            Box::new(sample.into_iter().map(Ok))
+        }
+    };
+    let mut remaining = ordered.skip(first_context as usize).peekable();
     let progress = progress_bar(options.progress, spec.target_rows, manifest.rows());
     let started = Instant::now();
     let mut written_now = 0;

@@ -6,6 +6,7 @@
 //!   documented there); BOS and PAD positions are never stored.
 //! - [`harvest()`]: one model pass fills any number of hook points of a sharded store with a
 //!   manifest and checksums, written atomically and resumable ([`store`] documents the format).
+//! - [`norms`]: massive-norm tokens measured per hook, and the policy for them.
 //! - [`ActivationSource`]: what trainers read — [`StoreSource`] (memory-mapped, bucket shuffle,
 //!   exact resume from a [`Cursor`]) or [`StreamingSource`] (model → shuffle buffer, no disk).
 //!
@@ -42,6 +43,7 @@ pub mod contexts;
 pub mod corpus;
 mod error;
 mod harvest;
+pub mod norms;
 mod source;
 pub mod store;
 pub mod validate;

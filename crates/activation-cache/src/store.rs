@@ -99,6 +99,10 @@ pub struct StoreSpec {
     pub batch_contexts: usize,
     /// Stop once at least this many rows are stored (after a whole shard).
     pub target_rows: u64,
+    /// Which contexts of the corpus are harvested, in what order (absent in older stores:
+    /// in order).
+    #[serde(default)]
+    pub sampling: crate::contexts::ContextSampling,
 }
 
 /// One file of a shard.

@@ -42,6 +42,7 @@ fn harvested_gutenberg_activations_equal_the_models() {
         contexts_per_shard: 2,
         batch_contexts: 2,
         target_rows: 3 * 31,
+        sampling: Default::default(),
     };
     let dir = tempfile::tempdir().unwrap();
     let options = HarvestOptions {

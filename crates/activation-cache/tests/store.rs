@@ -59,6 +59,7 @@ fn spec(model: &LoadedModel, dtype: StoreDtype, target_rows: u64) -> StoreSpec {
         contexts_per_shard: 3,
         batch_contexts: 2,
         target_rows,
+        sampling: Default::default(),
     }
 }
 
@@ -631,4 +632,177 @@ fn corpus_readers_yield_documents() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("not a string column"), "{err}");
+}
+
+/// A corpus of `n` documents of different lengths, each of many contexts of the tiny model.
+fn long_documents(n: usize) -> Vec<Document> {
+    (0..n)
+        .map(|i| Document {
+            id: i as u32,
+            name: format!("doc{i}"),
+            text: format!("{} ", documents()[[0, 1, 3][i % 3]].text).repeat(3 + 2 * i),
+        })
+        .collect()
+}
+
+#[test]
+fn spread_contexts_sample_every_document_in_proportion_deterministically() {
+    use activation_cache::SpecialTokens;
+    use activation_cache::contexts::{contexts, spread_contexts};
+    let model = tiny();
+    let tokenizer = model.tokenizer.clone().unwrap();
+    let docs = long_documents(5);
+    let config = ContextConfig {
+        context_length: 24,
+        min_tokens: 4,
+    };
+    let special = SpecialTokens::of(model.model.config());
+    let all: Vec<_> = contexts(&tokenizer, &docs, config, special)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let wanted = all.len() / 3;
+    let sample = spread_contexts(&tokenizer, &docs, config, special, wanted, 7).unwrap();
+    assert_eq!(sample.len(), wanted);
+    assert_eq!(
+        sample,
+        spread_contexts(&tokenizer, &docs, config, special, wanted, 7).unwrap(),
+        "deterministic given the seed"
+    );
+    assert_ne!(
+        sample,
+        spread_contexts(&tokenizer, &docs, config, special, wanted, 8).unwrap()
+    );
+    for context in &sample {
+        assert_eq!(
+            &all[context.index as usize], context,
+            "a sampled context is the corpus's context of that index"
+        );
+    }
+    let distinct: BTreeSet<u32> = sample.iter().map(|c| c.index).collect();
+    assert_eq!(distinct.len(), sample.len(), "no context twice");
+    for doc in &docs {
+        let total = all.iter().filter(|c| c.document == doc.id).count() as f64;
+        let taken = sample.iter().filter(|c| c.document == doc.id).count() as f64;
+        let share = total * wanted as f64 / all.len() as f64;
+        assert!(
+            (taken - share).abs() < 1.0,
+            "document {} gave {taken} contexts, its share is {share:.2}",
+            doc.id
+        );
+    }
+    let in_order: Vec<u32> = sample.iter().map(|c| c.index).collect();
+    let mut sorted = in_order.clone();
+    sorted.sort();
+    assert_ne!(in_order, sorted, "the sample's order is shuffled");
+    let everything = spread_contexts(&tokenizer, &docs, config, special, usize::MAX, 1).unwrap();
+    assert_eq!(everything.len(), all.len());
+}
+
+#[test]
+fn a_spread_harvest_stores_contexts_of_every_document_and_resumes() {
+    use activation_cache::contexts::ContextSampling;
+    let model = tiny();
+    let tokenizer = model.tokenizer.clone().unwrap();
+    let docs = long_documents(5);
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(&model, StoreDtype::F32, 400);
+    spec.sampling = ContextSampling::Spread { seed: 3 };
+    let interrupted = HarvestOptions {
+        stop_after_shards: Some(2),
+        progress: false,
+    };
+    harvest(
+        dir.path(),
+        &model.model,
+        &tokenizer,
+        &docs,
+        spec.clone(),
+        &interrupted,
+    )
+    .unwrap();
+    harvest(
+        dir.path(),
+        &model.model,
+        &tokenizer,
+        &docs,
+        spec.clone(),
+        &quiet(),
+    )
+    .unwrap();
+    let whole = tempfile::tempdir().unwrap();
+    harvest(
+        whole.path(),
+        &model.model,
+        &tokenizer,
+        &docs,
+        spec.clone(),
+        &quiet(),
+    )
+    .unwrap();
+    let tokens = |dir: &Path| {
+        let source = StoreSource::open(dir, ShuffleConfig::default(), true).unwrap();
+        source
+            .read_sequential(0, source.rows() as usize)
+            .unwrap()
+            .tokens
+    };
+    let resumed = tokens(dir.path());
+    assert_eq!(
+        resumed,
+        tokens(whole.path()),
+        "a resumed spread harvest equals a whole one"
+    );
+    assert!(resumed.len() >= 400);
+    let documents: BTreeSet<u32> = resumed.iter().map(|t| t.document).collect();
+    assert_eq!(documents.len(), 5, "every document is represented");
+    let mut in_order = spec.clone();
+    in_order.sampling = ContextSampling::InOrder;
+    let error = harvest(
+        dir.path(),
+        &model.model,
+        &tokenizer,
+        &docs,
+        in_order,
+        &quiet(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("different settings"), "{error}");
+}
+
+#[test]
+fn the_norm_profile_finds_massive_rows_and_means_without_them() {
+    use activation_cache::norms::{MASSIVE_NORM_FACTOR, norm_profile};
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), StoreDtype::F32);
+    let source = StoreSource::open(dir.path(), ShuffleConfig::default(), true).unwrap();
+    let rows = source.read_sequential(0, source.rows() as usize).unwrap();
+    let values = rows.activations[0].to_vec2::<f32>().unwrap();
+    let norm = |r: &[f32]| r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+    let mut norms: Vec<f64> = values.iter().map(|r| norm(r)).collect();
+    let profile = norm_profile(&source, 0, u64::MAX).unwrap();
+    assert_eq!(profile.rows, values.len() as u64);
+    norms.sort_by(f64::total_cmp);
+    assert_eq!(profile.median, norms[norms.len() / 2]);
+    assert_eq!(profile.cutoff, MASSIVE_NORM_FACTOR * profile.median);
+    let above: Vec<&Vec<f32>> = values.iter().filter(|r| norm(r) > profile.cutoff).collect();
+    assert_eq!(profile.above, above.len() as u64);
+    let width = values[0].len();
+    for (mean, keep) in [
+        (&profile.mean_all, &|_: &Vec<f32>| true),
+        (&profile.mean_below, &|r: &Vec<f32>| {
+            norm(r) <= profile.cutoff
+        }),
+    ] as [(&Vec<f32>, &dyn Fn(&Vec<f32>) -> bool); 2]
+    {
+        let kept: Vec<&Vec<f32>> = values.iter().filter(|r| keep(r)).collect();
+        for j in 0..width {
+            let expected = kept.iter().map(|r| r[j] as f64).sum::<f64>() / kept.len() as f64;
+            // f64 sums of the same f32 values in the same order, rounded once to f32.
+            assert!((mean[j] as f64 - expected).abs() <= 1e-6 * expected.abs().max(1.0));
+        }
+    }
+    assert!((0.0..=1.0).contains(&profile.variance_share_above));
+    let empty = norm_profile(&source, 5, u64::MAX).unwrap_err().to_string();
+    assert!(empty.contains("no hook number 5"), "{empty}");
 }

@@ -8,8 +8,19 @@
 //! predictions made at positions `1..len − 1` (those whose residual stream the splice can
 //! change and whose target is a real token), averaged over tokens.
 //!
+//! **Massive-norm tokens.** An SAE may be given a norm cutoff
+//! ([`SaeAtHook::exclude_norm_above`], the one it was trained with): positions whose activation
+//! norm is above it keep their activations too, are left out of L0, FVU and density, and are
+//! counted in [`Evaluation::excluded_tokens`]. The ablation baselines replace exactly the
+//! positions the SAE replaces.
+//!
+//! **Baselines.** CE loss recovered is reported against zero ablation (Gemma Scope's) and,
+//! when the hook's mean activation is given, against mean ablation: zero-ablating a residual
+//! stream costs far more than any SAE, so the zero-ablation score flatters; the mean-ablation
+//! one is the honest one.
+//!
 //! Several SAEs are evaluated from one clean pass per batch; each SAE costs one spliced pass
-//! and each distinct hook point one zero-ablation pass.
+//! and each distinct (hook point, cutoff) one zero-ablation pass and one mean-ablation pass.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +43,9 @@ pub struct SaeAtHook<'a> {
     pub sae: &'a dyn Sae,
     /// Where it reads and writes.
     pub hook: HookPoint,
+    /// Positions whose activation norm is above this are left unchanged and out of the
+    /// metrics (massive-norm tokens; see the module docs).
+    pub exclude_norm_above: Option<f32>,
 }
 
 /// Knobs of an evaluation that do not change its results.
@@ -94,6 +108,16 @@ pub struct Evaluation {
     pub delta_loss: f64,
     /// `(zero − spliced) / (zero − clean)`: 1 for a perfect SAE, 0 for one as bad as zeros.
     pub ce_loss_recovered: f64,
+    /// Next-token loss with the activation replaced by its mean (when the mean was given).
+    #[serde(default)]
+    pub mean_ablation_loss: Option<f64>,
+    /// `(mean − spliced) / (mean − clean)`: 1 for a perfect SAE, 0 for one no better than the
+    /// mean activation (when the mean was given).
+    #[serde(default)]
+    pub ce_loss_recovered_vs_mean: Option<f64>,
+    /// Positions left unchanged because their norm was above the SAE's cutoff.
+    #[serde(default)]
+    pub excluded_tokens: u64,
     /// Fraction of tokens each latent fired on.
     pub density: Vec<f64>,
     /// Dead / ultra-dense counts and the log-density histogram.
@@ -118,6 +142,8 @@ impl Evaluation {
                 "model_performance_preservation": {
                     "ce_loss_score": self.ce_loss_recovered,
                     "ce_loss_with_ablation": self.zero_ablation_loss,
+                    "ce_loss_with_mean_ablation": self.mean_ablation_loss,
+                    "ce_loss_score_vs_mean_ablation": self.ce_loss_recovered_vs_mean,
                     "ce_loss_with_sae": self.spliced_loss,
                     "ce_loss_without_sae": self.clean_loss,
                 },
@@ -133,7 +159,11 @@ impl Evaluation {
                 },
             },
             "eval_result_details": [],
-            "eval_config": { "tokens": self.tokens, "loss_tokens": self.loss_tokens },
+            "eval_config": {
+                "tokens": self.tokens,
+                "loss_tokens": self.loss_tokens,
+                "excluded_massive_norm_tokens": self.excluded_tokens,
+            },
         })
     }
 }
@@ -142,6 +172,17 @@ impl Evaluation {
 struct Accumulator {
     stats: ReconstructionStats,
     spliced: PositionSums,
+    excluded: u64,
+}
+
+/// The positions an SAE replaces: a hook point and a norm cutoff (its bits), shared by the
+/// SAEs and the ablation baselines that replace the same positions.
+type Positions = (HookPoint, Option<u32>);
+
+/// Loss sums of the ablation baselines of one [`Positions`].
+struct Baselines {
+    zero: PositionSums,
+    mean: Option<PositionSums>,
 }
 
 /// Loss sums by position.
@@ -178,37 +219,54 @@ impl PositionSums {
     }
 }
 
-/// Evaluates every SAE on `contexts` (all of one length). Results are in the order of `saes`.
+/// Evaluates every SAE on `contexts` (all of one length). `means` holds the mean activation of
+/// hook points (over the tokens the SAEs replace) for the mean-ablation baseline; hooks
+/// without one get no mean-ablation result. Results are in the order of `saes`.
 pub fn evaluate(
     model: &GemmaModel,
     saes: &[SaeAtHook<'_>],
     contexts: &[Context],
+    means: &BTreeMap<HookPoint, Vec<f32>>,
     options: &EvalOptions,
 ) -> Result<Vec<Evaluation>> {
     let length = check_contexts(contexts)?;
+    let positions_of = |s: &SaeAtHook<'_>| (s.hook, s.exclude_norm_above.map(f32::to_bits));
     let hooks: Vec<HookPoint> = {
         let mut points: Vec<HookPoint> = saes.iter().map(|s| s.hook).collect();
         points.sort();
         points.dedup();
         points
     };
-    let mut clean = PositionSums::new(length);
-    let mut zero: BTreeMap<HookPoint, PositionSums> = hooks
+    let device = model.device().clone();
+    let mean_tensors: BTreeMap<HookPoint, Tensor> = means
         .iter()
-        .map(|&h| (h, PositionSums::new(length)))
+        .filter(|(hook, _)| hooks.contains(hook))
+        .map(|(&hook, mean)| Ok((hook, Tensor::new(mean.as_slice(), &device)?)))
+        .collect::<Result<_>>()?;
+    let mut clean = PositionSums::new(length);
+    let mut baselines: BTreeMap<Positions, Baselines> = saes
+        .iter()
+        .map(|s| {
+            let sums = Baselines {
+                zero: PositionSums::new(length),
+                mean: mean_tensors
+                    .contains_key(&s.hook)
+                    .then(|| PositionSums::new(length)),
+            };
+            (positions_of(s), sums)
+        })
         .collect();
     let mut accumulators: Vec<Accumulator> = saes
         .iter()
         .map(|s| Accumulator {
             stats: ReconstructionStats::new(s.sae.d_in(), s.sae.d_sae()),
             spliced: PositionSums::new(length),
+            excluded: 0,
         })
         .collect();
     let bar = progress_bar(contexts.len(), options.progress);
-    let device = model.device().clone();
     for batch in contexts.chunks(options.batch_contexts.max(1)) {
         let ids = input_ids(batch, &device)?;
-        let mask = token_mask(batch, length, &device)?;
         let mut observing = Hooks::observing(hooks.iter().copied());
         let logits = model
             .forward(&ids, &mut observing)?
@@ -219,18 +277,34 @@ pub fn evaluate(
             let activation = observing
                 .take(hook)
                 .ok_or_else(|| AnalysisError::Invalid(format!("hook {hook} was not reached")))?;
-            let ablated = masked_replace(&activation, &activation.zeros_like()?, &mask)?;
-            let loss = loss_with(model, &ids, hook, ablated)?;
-            zero.get_mut(&hook)
-                .expect("every hook has sums")
-                .add(&loss, batch);
             activations.insert(hook, activation);
+        }
+        let mut replaced: BTreeMap<Positions, Vec<bool>> = BTreeMap::new();
+        for (&(hook, cutoff), sums) in &mut baselines {
+            let activation = &activations[&hook];
+            let cutoff = cutoff.map(f32::from_bits);
+            let chosen = replaced_positions(batch, length, activation, cutoff)?;
+            let mask = mask_tensor(&chosen, batch.len(), length, &device)?;
+            let ablated = masked_replace(activation, &activation.zeros_like()?, &mask)?;
+            sums.zero
+                .add(&loss_with(model, &ids, hook, ablated)?, batch);
+            if let (Some(mean_sums), Some(mean)) = (&mut sums.mean, mean_tensors.get(&hook)) {
+                let filled = mean
+                    .to_dtype(activation.dtype())?
+                    .reshape(mean_shape(activation))?
+                    .broadcast_as(activation.shape())?;
+                let ablated = masked_replace(activation, &filled, &mask)?;
+                mean_sums.add(&loss_with(model, &ids, hook, ablated)?, batch);
+            }
+            replaced.insert((hook, cutoff.map(f32::to_bits)), chosen);
         }
         for (sae, accumulator) in saes.iter().zip(&mut accumulators) {
             let activation = &activations[&sae.hook];
+            let chosen = &replaced[&positions_of(sae)];
             let rows = flatten_rows(activation, sae)?;
             let (latents, reconstruction) = sae.sae.forward(&rows)?;
-            let kept = kept_rows(batch, length, &device)?;
+            let kept = kept_rows(chosen, &device)?;
+            accumulator.excluded += excluded_count(batch, length, chosen);
             accumulator.stats.update(
                 &rows.index_select(&kept, 0)?,
                 &reconstruction.index_select(&kept, 0)?,
@@ -239,6 +313,7 @@ pub fn evaluate(
             let reconstruction = reconstruction
                 .reshape(activation.dims())?
                 .to_dtype(activation.dtype())?;
+            let mask = mask_tensor(chosen, batch.len(), length, &device)?;
             let spliced = masked_replace(activation, &reconstruction, &mask)?;
             let loss = loss_with(model, &ids, sae.hook, spliced)?;
             accumulator.spliced.add(&loss, batch);
@@ -249,7 +324,15 @@ pub fn evaluate(
     Ok(saes
         .iter()
         .zip(accumulators)
-        .map(|(sae, accumulator)| finish(sae, accumulator, &clean, &zero[&sae.hook], length))
+        .map(|(sae, accumulator)| {
+            finish(
+                sae,
+                accumulator,
+                &clean,
+                &baselines[&positions_of(sae)],
+                length,
+            )
+        })
         .collect())
 }
 
@@ -257,11 +340,15 @@ fn finish(
     sae: &SaeAtHook<'_>,
     accumulator: Accumulator,
     clean: &PositionSums,
-    zero: &PositionSums,
+    baselines: &Baselines,
     length: usize,
 ) -> Evaluation {
-    let (clean_loss, spliced_loss, zero_loss) =
-        (clean.mean(), accumulator.spliced.mean(), zero.mean());
+    let (clean_loss, spliced_loss, zero_loss) = (
+        clean.mean(),
+        accumulator.spliced.mean(),
+        baselines.zero.mean(),
+    );
+    let mean_loss = baselines.mean.as_ref().map(PositionSums::mean);
     let density = accumulator.stats.density();
     let loss_by_position = (0..length)
         .filter(|&p| clean.count[p] > 0)
@@ -286,6 +373,10 @@ fn finish(
         zero_ablation_loss: zero_loss,
         delta_loss: spliced_loss - clean_loss,
         ce_loss_recovered: (zero_loss - spliced_loss) / (zero_loss - clean_loss),
+        mean_ablation_loss: mean_loss,
+        ce_loss_recovered_vs_mean: mean_loss
+            .map(|mean| (mean - spliced_loss) / (mean - clean_loss)),
+        excluded_tokens: accumulator.excluded,
         density_summary: summarise(&density),
         density,
         loss_by_position,
@@ -325,24 +416,68 @@ fn input_ids(batch: &[Context], device: &Device) -> Result<Tensor> {
     )?)
 }
 
-/// `[batch, pos]` u8: 1 at the positions the SAE reads (`1..len`).
-fn token_mask(batch: &[Context], length: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<u8> = batch
-        .iter()
-        .flat_map(|c| (0..length).map(move |p| u8::from(p >= 1 && p < c.len)))
-        .collect();
-    Ok(Tensor::from_vec(mask, (batch.len(), length), device)?)
-}
-
-/// Indices of the rows `[batch × pos]` the SAE reads (positions `1..len` of each context).
-fn kept_rows(batch: &[Context], length: usize, device: &Device) -> Result<Tensor> {
-    let rows: Vec<u32> = batch
+/// `[batch × pos]`: whether the SAE reads and replaces each position: positions `1..len` of
+/// each context, less those whose activation norm is above `cutoff`.
+fn replaced_positions(
+    batch: &[Context],
+    length: usize,
+    activation: &Tensor,
+    cutoff: Option<f32>,
+) -> Result<Vec<bool>> {
+    let norms = match cutoff {
+        Some(_) => Some(
+            activation
+                .reshape((batch.len() * length, ()))?
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum(1)?
+                .sqrt()?
+                .to_vec1::<f32>()?,
+        ),
+        None => None,
+    };
+    Ok(batch
         .iter()
         .enumerate()
-        .flat_map(|(i, c)| (1..c.len).map(move |p| (i * length + p) as u32))
+        .flat_map(|(i, c)| (0..length).map(move |p| (i * length + p, p >= 1 && p < c.len)))
+        .map(|(row, real)| {
+            real && match (&norms, cutoff) {
+                (Some(norms), Some(cutoff)) => norms[row] <= cutoff,
+                _ => true,
+            }
+        })
+        .collect())
+}
+
+/// Real positions (`1..len`) left out by the cutoff.
+fn excluded_count(batch: &[Context], length: usize, replaced: &[bool]) -> u64 {
+    let real: u64 = batch
+        .iter()
+        .map(|c| c.len.saturating_sub(1).min(length - 1) as u64)
+        .sum();
+    real - replaced.iter().filter(|&&r| r).count() as u64
+}
+
+/// `[batch, pos]` u8 mask of `replaced`.
+fn mask_tensor(replaced: &[bool], batch: usize, length: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<u8> = replaced.iter().map(|&r| u8::from(r)).collect();
+    Ok(Tensor::from_vec(mask, (batch, length), device)?)
+}
+
+/// Indices of the replaced rows of `[batch × pos]`.
+fn kept_rows(replaced: &[bool], device: &Device) -> Result<Tensor> {
+    let rows: Vec<u32> = (0..replaced.len() as u32)
+        .filter(|&i| replaced[i as usize])
         .collect();
     let count = rows.len();
     Ok(Tensor::from_vec(rows, count, device)?)
+}
+
+/// The shape a flat mean takes to broadcast over an activation `[batch, pos, …]`.
+fn mean_shape(activation: &Tensor) -> Vec<usize> {
+    let mut shape = vec![1, 1];
+    shape.extend_from_slice(&activation.dims()[2..]);
+    shape
 }
 
 /// `replacement` where `mask` is set, `activation` elsewhere (mask broadcast over features).

@@ -171,23 +171,33 @@ fn perfect_sae_costs_no_loss_and_zero_sae_recovers_nothing() {
             name: "perfect".into(),
             sae: perfect.as_ref(),
             hook,
+            exclude_norm_above: None,
         },
         SaeAtHook {
             name: "zero".into(),
             sae: zero.as_ref(),
             hook,
+            exclude_norm_above: None,
         },
         SaeAtHook {
             name: "perfect-mlp".into(),
             sae: perfect.as_ref(),
             hook: HookPoint::MlpOut(5),
+            exclude_norm_above: None,
         },
     ];
     let options = EvalOptions {
         batch_contexts: 1,
         progress: false,
     };
-    let results = evaluate(&loaded.model, &saes, &contexts(), &options).unwrap();
+    let results = evaluate(
+        &loaded.model,
+        &saes,
+        &contexts(),
+        &BTreeMap::new(),
+        &options,
+    )
+    .unwrap();
     let (perfect, zero, mlp) = (&results[0], &results[1], &results[2]);
 
     // Positions 1..len are read: 11 + 7 tokens; predictions at 1..len−1: 10 + 6.
@@ -247,16 +257,141 @@ fn evaluation_rejects_a_width_mismatch_and_ragged_contexts() {
         name: "wrong".into(),
         sae: wrong.as_ref(),
         hook: HookPoint::ResidPost(0),
+        exclude_norm_above: None,
     }];
     let options = EvalOptions {
         batch_contexts: 2,
         progress: false,
     };
-    let error = evaluate(&loaded.model, &saes, &contexts(), &options).unwrap_err();
+    let error = evaluate(
+        &loaded.model,
+        &saes,
+        &contexts(),
+        &BTreeMap::new(),
+        &options,
+    )
+    .unwrap_err();
     assert!(error.to_string().contains("d_in 5"), "{error}");
 
     let mut ragged = contexts();
     ragged[1].tokens.truncate(9);
-    let error = evaluate(&loaded.model, &saes, &ragged, &options).unwrap_err();
+    let error = evaluate(&loaded.model, &saes, &ragged, &BTreeMap::new(), &options).unwrap_err();
     assert!(error.to_string().contains("one length"), "{error}");
+}
+
+/// The mean activation of `hook` over the positions the evaluator replaces (`1..len`).
+fn mean_activation(model: &gemma_hooks::GemmaModel, hook: HookPoint) -> (Vec<f32>, Vec<f32>) {
+    let mut sum: Vec<f64> = Vec::new();
+    let mut norms = Vec::new();
+    let mut count = 0.0;
+    for context in contexts() {
+        let ids = Tensor::new(context.tokens.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mut hooks = gemma_hooks::Hooks::observing([hook]);
+        model.forward(&ids, &mut hooks).unwrap();
+        let rows = hooks
+            .take(hook)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for row in &rows[1..context.len] {
+            sum.resize(row.len(), 0.0);
+            sum.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
+            norms.push(row.iter().map(|v| v * v).sum::<f32>().sqrt());
+            count += 1.0;
+        }
+    }
+    (sum.iter().map(|s| (s / count) as f32).collect(), norms)
+}
+
+#[test]
+fn mean_ablation_and_the_norm_cutoff_replace_the_same_positions_as_the_sae() {
+    let loaded = load_hf_dir(&tiny_model_dir(), &Device::Cpu, DType::F32).unwrap();
+    let d = loaded.model.config().hidden_size;
+    let hook = HookPoint::ResidPost(3);
+    let (mean, mut norms) = mean_activation(&loaded.model, hook);
+    // An SAE whose output is always the mean: its splice is the mean ablation.
+    let constant = {
+        let zeros = |r, c| Tensor::zeros((r, c), DType::F32, &Device::Cpu).unwrap();
+        let map = BTreeMap::from([
+            ("W_enc".to_string(), zeros(d, 4)),
+            ("W_dec".to_string(), zeros(4, d)),
+            (
+                "b_enc".to_string(),
+                Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap(),
+            ),
+            (
+                "b_dec".to_string(),
+                Tensor::new(mean.as_slice(), &Device::Cpu).unwrap(),
+            ),
+        ]);
+        from_tensors(
+            Architecture::Relu,
+            NamedTensors::new(None, map),
+            false,
+            ThresholdOptions::default(),
+        )
+        .unwrap()
+    };
+    let perfect = perfect_sae(d);
+    norms.sort_by(f32::total_cmp);
+    let cutoff = norms[norms.len() / 2];
+    let above = norms.iter().filter(|&&n| n > cutoff).count() as u64;
+    fn at<'a>(
+        name: &str,
+        sae: &'a dyn TrainableSae,
+        hook: HookPoint,
+        cutoff: Option<f32>,
+    ) -> SaeAtHook<'a> {
+        SaeAtHook {
+            name: name.into(),
+            sae,
+            hook,
+            exclude_norm_above: cutoff,
+        }
+    }
+    let saes = [
+        at("mean", constant.as_ref(), hook, None),
+        at("perfect", perfect.as_ref(), hook, None),
+        at("mean-cut", constant.as_ref(), hook, Some(cutoff)),
+        at("mean-all-cut", constant.as_ref(), hook, Some(-1.0)),
+    ];
+    let means = BTreeMap::from([(hook, mean.clone())]);
+    let options = EvalOptions {
+        batch_contexts: 2,
+        progress: false,
+    };
+    let results = evaluate(&loaded.model, &saes, &contexts(), &means, &options).unwrap();
+    let (constant, perfect, cut, all_cut) = (&results[0], &results[1], &results[2], &results[3]);
+    // The same forward pass computed twice: equal up to float reassociation in batching.
+    let mean_loss = constant.mean_ablation_loss.unwrap();
+    assert!(
+        (constant.spliced_loss - mean_loss).abs() < 1e-5,
+        "{constant:?}"
+    );
+    assert!(constant.ce_loss_recovered_vs_mean.unwrap().abs() < 1e-4);
+    assert!((perfect.ce_loss_recovered_vs_mean.unwrap() - 1.0).abs() < 1e-3);
+    assert_eq!((constant.excluded_tokens, perfect.excluded_tokens), (0, 0));
+    // A cutoff at the median leaves the positions above it unchanged, in the SAE's splice and
+    // in both baselines, and out of the reconstruction statistics.
+    assert_eq!(cut.excluded_tokens, above);
+    assert_eq!(cut.tokens, 18 - above);
+    assert!((cut.spliced_loss - cut.mean_ablation_loss.unwrap()).abs() < 1e-5);
+    assert!(
+        (cut.zero_ablation_loss - constant.zero_ablation_loss).abs() > 1e-6,
+        "the baselines replace only the kept positions"
+    );
+    // Everything above the cutoff: nothing is replaced, every loss is the clean loss.
+    assert_eq!(all_cut.excluded_tokens, 18);
+    assert!((all_cut.spliced_loss - all_cut.clean_loss).abs() < 1e-6);
+    assert!((all_cut.zero_ablation_loss - all_cut.clean_loss).abs() < 1e-6);
+    let json = cut.saebench_json();
+    assert_eq!(
+        json["eval_config"]["excluded_massive_norm_tokens"].as_u64(),
+        Some(above)
+    );
 }

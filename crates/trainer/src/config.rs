@@ -118,6 +118,15 @@ pub struct SaeConfig {
     pub sparse_step: Option<bool>,
     /// Divide inputs by C with E‖x/C‖² = 1.
     pub normalise_inputs: Option<bool>,
+    /// Scale the step's gradients down to this global L2 norm when above it (SAELens clips
+    /// at 1). Default: no clipping (the papers do not clip).
+    #[serde(default)]
+    pub grad_clip_norm: Option<f64>,
+    /// Leave out of training the rows whose raw activation norm is above this (massive-norm
+    /// tokens; see `activation_cache::norms`). They are also left out of the estimate of C
+    /// and of the mean that b_dec starts at. Default: every row trains.
+    #[serde(default)]
+    pub exclude_norm_above: Option<f64>,
     /// Initialisation seed.
     pub seed: Option<u64>,
 }
@@ -169,6 +178,10 @@ pub struct ResolvedSaeConfig {
     pub sparse_step: bool,
     /// Input normalisation.
     pub normalise_inputs: bool,
+    /// Global gradient-norm clip (none: no clipping).
+    pub grad_clip_norm: Option<f64>,
+    /// Rows with a larger raw norm do not train (none: all rows train).
+    pub exclude_norm_above: Option<f64>,
     /// Seed.
     pub seed: u64,
 }
@@ -199,6 +212,8 @@ impl SaeConfig {
             decoder_bias_init: None,
             sparse_step: None,
             normalise_inputs: None,
+            grad_clip_norm: None,
+            exclude_norm_above: None,
             seed: None,
         }
     }
@@ -309,6 +324,8 @@ impl SaeConfig {
             decoder_bias_init: self.decoder_bias_init.unwrap_or_default(),
             sparse_step: self.sparse_step.unwrap_or(true),
             normalise_inputs: self.normalise_inputs.unwrap_or(true),
+            grad_clip_norm: self.grad_clip_norm,
+            exclude_norm_above: self.exclude_norm_above,
             seed: self.seed.unwrap_or(0),
         }
     }
@@ -422,16 +439,34 @@ impl TrainConfig {
 
     /// Builds a config from a JSON value and overrides.
     pub fn from_value(mut value: Value, overrides: &[String]) -> Result<Self> {
-        for assignment in overrides {
-            let (key, raw) = assignment.split_once('=').ok_or_else(|| {
-                TrainError::Invalid(format!("override `{assignment}` is not key=value"))
-            })?;
-            let parsed = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
-            set_path(&mut value, key, parsed)?;
-        }
+        apply_overrides(&mut value, overrides)?;
         serde_json::from_value(value)
             .map_err(|e| TrainError::Invalid(format!("invalid training config: {e}")))
     }
+}
+
+impl SaeConfig {
+    /// This config with `key.path=value` overrides applied (values are JSON, or plain
+    /// strings), e.g. `grad_clip_norm=1` or `penalties.0.coefficient=3e-4`.
+    pub fn with_overrides(&self, overrides: &[String]) -> Result<Self> {
+        let mut value =
+            serde_json::to_value(self).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        apply_overrides(&mut value, overrides)?;
+        serde_json::from_value(value)
+            .map_err(|e| TrainError::Invalid(format!("invalid SAE config: {e}")))
+    }
+}
+
+/// Applies `key.path=value` overrides to a JSON value.
+fn apply_overrides(value: &mut Value, overrides: &[String]) -> Result<()> {
+    for assignment in overrides {
+        let (key, raw) = assignment.split_once('=').ok_or_else(|| {
+            TrainError::Invalid(format!("override `{assignment}` is not key=value"))
+        })?;
+        let parsed = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
+        set_path(value, key, parsed)?;
+    }
+    Ok(())
 }
 
 /// Sets `a.b.0.c` in a JSON value, creating objects on the way.

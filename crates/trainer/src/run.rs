@@ -108,6 +108,17 @@ impl<S: ActivationSource> Trainer<S> {
                         hooks.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
                     ))
                 })?;
+                for (key, value) in [
+                    ("grad_clip_norm", sae.grad_clip_norm),
+                    ("exclude_norm_above", sae.exclude_norm_above),
+                ] {
+                    if let Some(value) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                        return Err(TrainError::Invalid(format!(
+                            "SAE `{}`: {key} must be a positive number, not {value}",
+                            sae.name
+                        )));
+                    }
+                }
                 Ok((sae.resolve(hooks[index].width, config.steps), index, hooks[index].width))
             })
             .collect::<Result<_>>()?;
@@ -147,16 +158,19 @@ impl<S: ActivationSource> Trainer<S> {
         }
 
         let start = source.cursor();
-        let mut scales = vec![1.0; hooks.len()];
-        let mut means = vec![Vec::new(); hooks.len()];
+        // C and the mean input, per SAE: SAEs that leave out massive-norm rows estimate them
+        // without those rows.
+        let mut scales = vec![1.0; resolved.len()];
+        let mut means = vec![Vec::new(); resolved.len()];
         if saved.is_none() {
-            let mut estimators = vec![sae_core::scaling::ScalingEstimator::new(); hooks.len()];
+            let mut estimators = vec![sae_core::scaling::ScalingEstimator::new(); resolved.len()];
             for _ in 0..config.scaling_batches.max(1) {
                 let Some(batch) = source.next_batch(config.batch_size)? else {
                     break;
                 };
-                for (estimator, activations) in estimators.iter_mut().zip(&batch.activations) {
-                    estimator.push(activations)?;
+                for (estimator, (sae, hook_index, _)) in estimators.iter_mut().zip(&resolved) {
+                    let rows = training_rows(&batch.activations[*hook_index], sae)?;
+                    estimator.push(&rows)?;
                 }
             }
             for ((scale, mean), estimator) in scales.iter_mut().zip(&mut means).zip(&estimators) {
@@ -167,7 +181,8 @@ impl<S: ActivationSource> Trainer<S> {
         }
         let runs = resolved
             .into_iter()
-            .map(|(config, hook_index, d_in)| {
+            .enumerate()
+            .map(|(run_index, (config, hook_index, d_in))| {
                 let shape = SaeShape {
                     d_in,
                     d_sae: config.d_sae,
@@ -189,14 +204,13 @@ impl<S: ActivationSource> Trainer<S> {
                 };
                 let sae = sae_core::init(config.architecture, &shape, &init)?;
                 let scale = if config.normalise_inputs {
-                    scales[hook_index]
+                    scales[run_index]
                 } else {
                     1.0
                 };
-                if config.decoder_bias_init == DecoderBiasInit::Mean
-                    && !means[hook_index].is_empty()
+                if config.decoder_bias_init == DecoderBiasInit::Mean && !means[run_index].is_empty()
                 {
-                    let mean: Vec<f32> = means[hook_index]
+                    let mean: Vec<f32> = means[run_index]
                         .iter()
                         .map(|m| (m / scale) as f32)
                         .collect();
@@ -260,7 +274,8 @@ impl<S: ActivationSource> Trainer<S> {
         let record = (self.step + 1).is_multiple_of(self.config.metrics_every)
             || self.step + 1 == self.config.steps;
         for run in &mut self.runs {
-            let x = (batch.activations[run.hook_index].to_device(&self.device)? / run.scale)?;
+            let trained = training_rows(&batch.activations[run.hook_index], &run.config)?;
+            let x = (trained.to_device(&self.device)? / run.scale)?;
             let row = run.train_step(
                 &x,
                 self.step,
@@ -481,8 +496,11 @@ impl SaeRun {
                 coefficient: c.coefficient() * if c.warms_up() { warm } else { 1.0 },
             })
             .collect();
-        let step = self.gradients(x, &weighted, &context, &dead)?;
+        let mut step = self.gradients(x, &weighted, &context, &dead)?;
         self.check_finite(&step, step_index)?;
+        if let Some(max_norm) = self.config.grad_clip_norm {
+            clip_gradient_norm(&mut step.gradients, max_norm)?;
+        }
         self.adam.tick();
         let decoder = self.sae.decoder_var().as_tensor().clone();
         for (name, var) in self.sae.vars() {
@@ -726,6 +744,49 @@ impl SaeRun {
             sparse: None,
         })
     }
+}
+
+/// The rows of `activations` that `sae` trains on: all of them, or those with a norm of at
+/// most its `exclude_norm_above`.
+fn training_rows(activations: &Tensor, sae: &ResolvedSaeConfig) -> Result<Tensor> {
+    let Some(max_norm) = sae.exclude_norm_above else {
+        return Ok(activations.clone());
+    };
+    let norms = activations
+        .to_dtype(DType::F32)?
+        .sqr()?
+        .sum(1)?
+        .sqrt()?
+        .to_vec1::<f32>()?;
+    let kept: Vec<u32> = (0..norms.len() as u32)
+        .filter(|&i| f64::from(norms[i as usize]) <= max_norm)
+        .collect();
+    if kept.len() == norms.len() {
+        return Ok(activations.clone());
+    }
+    let kept = Tensor::new(kept, activations.device())?;
+    Ok(activations.index_select(&kept, 0)?)
+}
+
+/// Scales `gradients` by `max_norm / ‖g‖` when their global L2 norm ‖g‖ (over every
+/// parameter, as `torch.nn.utils.clip_grad_norm_`) is above `max_norm`.
+fn clip_gradient_norm(gradients: &mut [(&'static str, Tensor)], max_norm: f64) -> Result<()> {
+    let mut squares = 0.0;
+    for (_, gradient) in gradients.iter() {
+        squares += gradient
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+    }
+    let norm = squares.sqrt();
+    if norm > max_norm {
+        let factor = max_norm / norm;
+        for (_, gradient) in gradients.iter_mut() {
+            *gradient = gradient.affine(factor, 0.0)?;
+        }
+    }
+    Ok(())
 }
 
 /// Overwrites the SAE's trainable tensor `name`.

@@ -743,3 +743,172 @@ fn training_never_writes_into_a_folder_it_did_not_make() {
         b"looks good"
     );
 }
+
+/// [`Synthetic`] with every 50th row scaled 30× (massive-norm tokens: norm ≈ 2,000 against
+/// ≈ 70 for the others).
+struct WithMassive {
+    inner: Synthetic,
+}
+
+impl ActivationSource for WithMassive {
+    fn hooks(&self) -> &[HookSpec] {
+        self.inner.hooks()
+    }
+    fn next_batch(&mut self, rows: usize) -> activation_cache::Result<Option<ActivationBatch>> {
+        let first = self.inner.emitted;
+        let Some(mut batch) = self.inner.next_batch(rows)? else {
+            return Ok(None);
+        };
+        let factors: Vec<f32> = (0..rows as u64)
+            .map(|i| {
+                if (first + i).is_multiple_of(50) {
+                    30.0
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let factors = Tensor::from_vec(factors, (rows, 1), &Device::Cpu)?;
+        batch.activations[0] = batch.activations[0].broadcast_mul(&factors)?;
+        Ok(Some(batch))
+    }
+    fn cursor(&self) -> Cursor {
+        self.inner.cursor()
+    }
+    fn restore(&mut self, cursor: &Cursor) -> activation_cache::Result<()> {
+        self.inner.restore(cursor)
+    }
+    fn identity(&self) -> serde_json::Value {
+        serde_json::json!({ "kind": "with-massive" })
+    }
+}
+
+#[test]
+fn rows_above_the_norm_cutoff_neither_train_nor_set_the_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = 20;
+    let mut kept = SaeConfig::new("kept", HOOK, Architecture::JumpRelu, 32);
+    let mut excluded = kept.clone();
+    excluded.name = "excluded".into();
+    excluded.exclude_norm_above = Some(500.0);
+    kept.exclude_norm_above = None;
+    let source = WithMassive {
+        inner: Synthetic::new(),
+    };
+    let mut trainer =
+        Trainer::new(config(vec![kept, excluded], steps), source, dir.path()).unwrap();
+    // C without the massive rows is the plain stream's C; with them it is far larger.
+    let plain = Trainer::new(
+        config(
+            vec![SaeConfig::new("plain", HOOK, Architecture::JumpRelu, 32)],
+            steps,
+        ),
+        Synthetic::new(),
+        tempfile::tempdir().unwrap().path(),
+    )
+    .unwrap();
+    let (with, without, reference) = (
+        trainer.runs[0].scale,
+        trainer.runs[1].scale,
+        plain.runs[0].scale,
+    );
+    assert!(
+        with > 2.0 * reference,
+        "C with massive rows {with} vs {reference}"
+    );
+    // The excluded run estimates C on the 1,004 non-massive rows of the 1,024 the plain run uses,
+    // a sample of the same distribution: within 5 %.
+    assert!(
+        (without / reference - 1.0).abs() < 0.05,
+        "C without massive rows {without} vs {reference}"
+    );
+    trainer.run(&RunOptions::default()).unwrap();
+    let trained = |name: &str| -> u64 {
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(name).join("cfg.json")).unwrap())
+                .unwrap();
+        cfg["metadata"]["training_tokens"].as_u64().unwrap()
+    };
+    let total = steps * 256;
+    let mut stream = WithMassive {
+        inner: Synthetic::new(),
+    };
+    let rows = stream
+        .next_batch(total as usize)
+        .unwrap()
+        .unwrap()
+        .activations
+        .remove(0);
+    let small = rows
+        .sqr()
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .filter(|&&n| n <= 500.0)
+        .count() as u64;
+    assert!(
+        small < total - total / 60,
+        "most massive rows are above the cutoff"
+    );
+    assert_eq!(trained("kept"), total);
+    assert_eq!(trained("excluded"), small);
+}
+
+#[test]
+fn gradient_clipping_bounds_the_first_update() {
+    // Adam's first update is about lr·g/(|g| + ε): scale-free while |g| ≫ ε. Clipping the
+    // gradient to a global norm of 1e-9 puts every |g| far below ε = 1e-3, so the update
+    // shrinks by |g|/ε ≤ 1e-6.
+    let dir = tempfile::tempdir().unwrap();
+    let mut free = SaeConfig::new("free", HOOK, Architecture::JumpRelu, 32);
+    free.adam_eps = Some(1e-3);
+    free.lr = Some(1e-2);
+    free.lr_warmup_steps = Some(0);
+    let mut clipped = free.clone();
+    clipped.name = "clipped".into();
+    clipped.grad_clip_norm = Some(1e-9);
+    let mut trainer =
+        Trainer::new(config(vec![free, clipped], 1), Synthetic::new(), dir.path()).unwrap();
+    let encoder = |run: &trainer::SaeRun| {
+        let tensors = run.sae.tensors().unwrap();
+        tensors.into_iter().find(|(n, _)| *n == "W_enc").unwrap().1
+    };
+    // A deep copy: the trainer updates its variables in place.
+    let before = encoder(&trainer.runs[0]).copy().unwrap();
+    trainer.step().unwrap();
+    let change = |i: usize| {
+        (encoder(&trainer.runs[i]) - &before)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(change(0) > 1e-6, "the free SAE moved by {}", change(0));
+    assert!(
+        change(1) < 1e-3 * change(0),
+        "clipped {} vs free {}",
+        change(1),
+        change(0)
+    );
+    let bad = SaeConfig {
+        grad_clip_norm: Some(-1.0),
+        ..SaeConfig::new("bad", HOOK, Architecture::JumpRelu, 32)
+    };
+    let error = Trainer::new(
+        config(vec![bad], 1),
+        Synthetic::new(),
+        tempfile::tempdir().unwrap().path(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(error.contains("grad_clip_norm"), "{error}");
+}

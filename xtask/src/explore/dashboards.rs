@@ -86,6 +86,7 @@ pub fn load_or_compute(
         contexts_per_shard: 16,
         batch_contexts: 4,
         target_rows: options.tokens,
+        sampling: activation_cache::contexts::ContextSampling::Spread { seed: 0 },
     };
     let harvest_options = HarvestOptions {
         stop_after_shards: None,

@@ -160,6 +160,7 @@ pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
         model,
         corpus: args.corpus.clone(),
         quiet: args.quiet,
+        massive_tokens: activation_cache::norms::MassiveTokenPolicy::Keep,
     };
     let lab = Lab::open("gemma-scope", &common).context(DOWNLOAD_HELP)?;
     lab.pin_config(&serde_json::json!({
@@ -180,11 +181,12 @@ pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
                 ),
                 hook: r.hook()?,
                 sae: sae_core::format::load(&r.path, &Device::Cpu, DType::F32)?,
+                exclude_norm_above: None,
             })
         })
         .collect::<anyhow::Result<_>>()?;
     let contexts = lab.held_out(args.context, args.budget)?;
-    let evaluations = lab.evaluate(&trained, &contexts)?;
+    let evaluations = lab.evaluate(&trained, &contexts, &Default::default())?;
 
     let mut report = Report::new("Gemma Scope: released SAEs evaluated");
     report.paragraph(&format!(

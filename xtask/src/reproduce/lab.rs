@@ -2,12 +2,16 @@
 //! config, the model and corpus, one harvest, one training run of many SAEs, held-out
 //! contexts, and the evaluation of the trained SAEs.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use activation_cache::store::{HookSpec, StoreDtype, StoreSpec};
 use activation_cache::{
-    Context, ContextConfig, Document, HarvestOptions, ShuffleConfig, SpecialTokens, StoreSource,
-    contexts::document_contexts, harvest, hook_width,
+    ActivationSource, Context, ContextConfig, Document, HarvestOptions, ShuffleConfig,
+    SpecialTokens, StoreSource,
+    contexts::document_contexts,
+    harvest, hook_width,
+    norms::{MassiveTokenPolicy, NormProfile, norm_profile},
 };
 use analysis::{EvalOptions, Evaluation, SaeAtHook, evaluate};
 use anyhow::{Context as _, bail, ensure};
@@ -74,6 +78,9 @@ pub struct TrainedSae {
     pub hook: HookPoint,
     /// The folded SAE, on raw activations.
     pub sae: Box<dyn TrainableSae>,
+    /// Evaluation leaves positions with a larger activation norm unchanged (the massive-token
+    /// policy `exclude`).
+    pub exclude_norm_above: Option<f32>,
 }
 
 /// What [`Lab::train_and_evaluate`] produced.
@@ -84,6 +91,8 @@ pub struct Outcome {
     pub trained: Vec<TrainedSae>,
     /// Their held-out evaluations, in the same order.
     pub evaluations: Vec<Evaluation>,
+    /// The norms of each harvested hook, in hook order.
+    pub norms: Vec<NormProfile>,
 }
 
 /// An experiment's run folder with the model and corpus loaded.
@@ -96,6 +105,8 @@ pub struct Lab {
     pub tokenizer: GemmaTokenizer,
     /// The model's name as given.
     pub model_name: String,
+    /// What training and evaluation do with massive-norm tokens.
+    pub massive_tokens: MassiveTokenPolicy,
     documents: Vec<Document>,
     corpus: String,
     progress: bool,
@@ -127,6 +138,7 @@ impl Lab {
             model: loaded.model,
             tokenizer,
             model_name: args.model.clone(),
+            massive_tokens: args.massive_tokens,
             documents,
             corpus: corpus.describe(),
             progress: !args.quiet,
@@ -167,6 +179,7 @@ impl Lab {
             "model": self.model_name,
             "corpus": self.corpus,
             "kernel": self.kernel(),
+            "massive_tokens": self.massive_tokens,
             "experiment": config,
         });
         if path.exists() {
@@ -200,14 +213,71 @@ impl Lab {
             "saes": saes,
         }))?;
         let store = self.harvest(hooks, context_length, budget.harvest_tokens)?;
-        let trained = self.train(&store, budget, saes, context_length)?;
+        let norms = self.norms(&store)?;
+        let trained = self.train(&store, budget, saes, context_length, &norms, 0, "train")?;
         let held_out = self.held_out(context_length, budget.eval_tokens)?;
-        let evaluations = self.evaluate(&trained, &held_out)?;
+        let evaluations = self.evaluate(&trained, &held_out, &self.ablation_means(&norms)?)?;
         Ok(Outcome {
             store,
             trained,
             evaluations,
+            norms,
         })
+    }
+
+    /// The norm profile of every hook of the store (cached in `norms.json`): the massive-norm
+    /// cutoff and the mean activations.
+    pub fn norms(&self, store: &Path) -> anyhow::Result<Vec<NormProfile>> {
+        let path = self.out.join("norms.json");
+        let source = StoreSource::open(store, ShuffleConfig::default(), false)?;
+        if path.exists() {
+            let saved: Vec<NormProfile> = analysis::tables::read_json(&path)?;
+            let hooks: Vec<&str> = source.hooks().iter().map(|h| h.name.as_str()).collect();
+            if saved
+                .iter()
+                .map(|n| n.hook.as_str())
+                .eq(hooks.iter().copied())
+            {
+                return Ok(saved);
+            }
+        }
+        let norms = (0..source.hooks().len())
+            .map(|i| norm_profile(&source, i, 262_144))
+            .collect::<Result<Vec<_>, _>>()?;
+        for n in &norms {
+            eprintln!(
+                "[norms] {}: median {:.0}, {} of {} tokens ({:.2} %) above {:.0} ({}× the median) carry {:.0} % of the variance; policy: {:?}",
+                n.hook,
+                n.median,
+                n.above,
+                n.rows,
+                100.0 * n.fraction_above(),
+                n.cutoff,
+                activation_cache::norms::MASSIVE_NORM_FACTOR,
+                100.0 * n.variance_share_above,
+                self.massive_tokens,
+            );
+        }
+        analysis::tables::write_json(&path, &norms)?;
+        Ok(norms)
+    }
+
+    /// The mean-ablation baseline of each hook: its mean over the tokens the SAEs replace.
+    pub fn ablation_means(
+        &self,
+        norms: &[NormProfile],
+    ) -> anyhow::Result<BTreeMap<HookPoint, Vec<f32>>> {
+        norms
+            .iter()
+            .map(|n| {
+                let mean = if self.massive_tokens.excludes_from_evaluation() {
+                    n.mean_below.clone()
+                } else {
+                    n.mean_all.clone()
+                };
+                Ok((n.hook.parse()?, mean))
+            })
+            .collect()
     }
 
     /// Harvests `hooks` over the training documents (all but the last) into `out/cache`.
@@ -237,6 +307,7 @@ impl Lab {
             contexts_per_shard: 16,
             batch_contexts: 4,
             target_rows: tokens,
+            sampling: activation_cache::contexts::ContextSampling::Spread { seed: 0 },
         };
         let options = HarvestOptions {
             stop_after_shards: None,
@@ -254,20 +325,36 @@ impl Lab {
         Ok(dir)
     }
 
-    /// Trains `saes` from the store at `store` into `out/train` (resuming) and loads them.
+    /// Trains `saes` from the store at `store` into `out/<folder>` (resuming), reading it in
+    /// the order of shuffle seed `seed`, and loads them. The massive-token policy sets each
+    /// SAE's norm cutoff from `norms`.
+    #[allow(clippy::too_many_arguments)]
     pub fn train(
         &self,
         store: &Path,
         budget: &Budget,
         saes: Vec<SaeConfig>,
         context_length: usize,
+        norms: &[NormProfile],
+        seed: u64,
+        folder: &str,
     ) -> anyhow::Result<Vec<TrainedSae>> {
+        let cutoff_of = |hook: &str| norms.iter().find(|n| n.hook == hook).map(|n| n.cutoff);
+        let saes: Vec<SaeConfig> = saes
+            .into_iter()
+            .map(|mut sae| {
+                if self.massive_tokens.excludes_from_training() {
+                    sae.exclude_norm_above = cutoff_of(&sae.hook);
+                }
+                sae
+            })
+            .collect();
         let config = self.train_config(budget, saes, context_length)?;
-        let dir = self.out.join("train");
+        let dir = self.out.join(folder);
         let source = StoreSource::open(
             store,
             ShuffleConfig {
-                seed: 0,
+                seed,
                 epochs: None,
                 ..Default::default()
             },
@@ -289,12 +376,26 @@ impl Lab {
                 let sae = sae_core::format::load(&path, &Device::Cpu, DType::F32)
                     .with_context(|| format!("loading the trained SAE {}", path.display()))?;
                 Ok(TrainedSae {
+                    exclude_norm_above: self.evaluation_cutoff(norms, &hook),
                     name,
                     hook: hook.parse()?,
                     sae,
                 })
             })
             .collect()
+    }
+
+    /// The norm above which evaluation leaves `hook`'s positions unchanged, by the policy.
+    pub fn evaluation_cutoff(&self, norms: &[NormProfile], hook: &str) -> Option<f32> {
+        self.massive_tokens
+            .excludes_from_evaluation()
+            .then(|| {
+                norms
+                    .iter()
+                    .find(|n| n.hook == hook)
+                    .map(|n| n.cutoff as f32)
+            })
+            .flatten()
     }
 
     /// The training configuration of a budget and SAEs.
@@ -346,6 +447,7 @@ impl Lab {
         &self,
         saes: &[TrainedSae],
         contexts: &[Context],
+        means: &BTreeMap<HookPoint, Vec<f32>>,
     ) -> anyhow::Result<Vec<Evaluation>> {
         let path = self.out.join("evaluation.json");
         if path.exists() {
@@ -362,13 +464,14 @@ impl Lab {
                 name: s.name.clone(),
                 sae: s.sae.as_ref(),
                 hook: s.hook,
+                exclude_norm_above: s.exclude_norm_above,
             })
             .collect();
         let options = EvalOptions {
             batch_contexts: 2,
             progress: self.progress,
         };
-        let results = evaluate(&self.model, &at, contexts, &options)?;
+        let results = evaluate(&self.model, &at, contexts, means, &options)?;
         for result in &results {
             analysis::tables::write_json(
                 &self

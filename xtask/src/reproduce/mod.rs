@@ -14,11 +14,13 @@ mod frontier;
 mod gemma_scope;
 mod lab;
 mod layers;
+mod quality;
 mod quickstart;
 mod report;
 mod sites;
 
 pub use gemma_scope::ReleaseSae;
+pub use quality::{QualityArgs, run as bench_quality};
 
 use std::path::PathBuf;
 
@@ -65,6 +67,11 @@ pub struct CommonArgs {
     /// Hide progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Massive-norm tokens (above 4× the hook's median norm; see `activation_cache::norms`):
+    /// `exclude` (from training and evaluation: the SAE is not spliced in at them, and they
+    /// are counted), `exclude-from-training`, or `keep`.
+    #[arg(long, default_value = "exclude")]
+    pub massive_tokens: activation_cache::norms::MassiveTokenPolicy,
 }
 
 /// Runs an experiment.

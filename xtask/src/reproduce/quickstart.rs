@@ -24,7 +24,12 @@ use super::{CommonArgs, short_run};
 
 /// Default training tokens: 300 steps of 1,024.
 pub const DEFAULT_BUDGET: u64 = 307_200;
-const CONTEXT_LENGTH: usize = 256;
+/// Tokens per context, BOS included.
+pub const CONTEXT_LENGTH: usize = 256;
+/// Most tokens harvested into the store.
+pub const MAX_HARVEST: u64 = 60_000;
+/// Latents of the quickstart's SAE.
+pub const D_SAE: usize = 4096;
 const SHOWN_LATENTS: usize = 10;
 const TOP_K: usize = 10;
 
@@ -32,7 +37,7 @@ const TOP_K: usize = 10;
 /// few hundred steps (lr 7e-4, warm-ups of 30 and 150 steps, b_dec starting at the mean).
 pub fn sae_config(hook: HookPoint, steps: u64) -> SaeConfig {
     let mut sae = short_run(
-        SaeConfig::new("jumprelu", &hook.to_string(), Architecture::JumpRelu, 4096),
+        SaeConfig::new("jumprelu", &hook.to_string(), Architecture::JumpRelu, D_SAE),
         steps,
     );
     sae.penalties = Some(vec![PenaltyConfig::L0 {
@@ -48,12 +53,13 @@ pub const JUMPRELU_LAMBDA: f64 = 1e-4;
 pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
     let lab = Lab::open("quickstart", args)?;
     let hook = HookPoint::ResidPost(lab.middle_layer());
-    let budget = Budget::new(args.budget.unwrap_or(DEFAULT_BUDGET), 1024, 60_000);
+    let budget = Budget::new(args.budget.unwrap_or(DEFAULT_BUDGET), 1024, MAX_HARVEST);
     let sae = sae_config(hook, budget.steps());
     let Outcome {
         store,
         trained,
         evaluations,
+        norms,
     } = lab.train_and_evaluate(&[hook], CONTEXT_LENGTH, &budget, vec![sae])?;
     let dashboards = latent_dashboards(&lab, &store, &trained[0])?;
     let labels = ManualLabels::load(&lab.out.join("labels.toml"))?;
@@ -69,6 +75,23 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
         budget.batch_size,
         budget.harvest_tokens,
         evaluation.tokens,
+    ));
+    let profile = &norms[0];
+    report.paragraph(&format!(
+        "Massive-norm tokens (above {:.0}, {}× the median norm {:.0}): {} of {} stored tokens \
+         ({:.2} %), carrying {:.0} % of the variance; policy `{:?}` ({} held-out positions left \
+         unspliced). CE loss recovered is given against zero ablation (Gemma Scope's score) and \
+         against mean ablation (the honest one: zero-ablating a residual stream costs {:.1} nats).",
+        profile.cutoff,
+        activation_cache::norms::MASSIVE_NORM_FACTOR,
+        profile.median,
+        profile.above,
+        profile.rows,
+        100.0 * profile.fraction_above(),
+        100.0 * profile.variance_share_above,
+        lab.massive_tokens,
+        evaluation.excluded_tokens,
+        evaluation.zero_ablation_loss - evaluation.clean_loss,
     ));
     report.heading("Metrics");
     write_summary(&lab.out, &mut report, &evaluations, &[])?;
@@ -90,15 +113,17 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
     println!();
     println!("computed with {}", lab.kernel());
     println!(
-        "{hook}: L0 {:.1}  FVU {:.3}  delta loss {:+.4} nats ({:.3} → {:.3})  CE recovered {:.3}  dead {}  ultra-dense {}",
+        "{hook}: L0 {:.1}  FVU {:.3}  delta loss {:+.4} nats ({:.3} → {:.3})  CE recovered {:.3} vs mean ablation ({:.3} vs zero)  dead {}  ultra-dense {}  ({} massive-norm tokens left unspliced)",
         evaluation.mean_l0,
         evaluation.fvu,
         evaluation.delta_loss,
         evaluation.clean_loss,
         evaluation.spliced_loss,
+        evaluation.ce_loss_recovered_vs_mean.unwrap_or(f64::NAN),
         evaluation.ce_loss_recovered,
         evaluation.density_summary.dead,
         evaluation.density_summary.ultra_dense,
+        evaluation.excluded_tokens,
     );
     let explanations = llm_explanations(&lab, &dashboards, &shown)?;
     for &latent in &shown {

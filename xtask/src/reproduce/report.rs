@@ -98,6 +98,13 @@ pub fn summary_frame(
         Column::new("fvu".into(), f(|e| e.fvu)),
         Column::new("delta_loss".into(), f(|e| e.delta_loss)),
         Column::new("ce_loss_recovered".into(), f(|e| e.ce_loss_recovered)),
+        Column::new(
+            "ce_loss_recovered_vs_mean".into(),
+            evaluations
+                .iter()
+                .map(|e| e.ce_loss_recovered_vs_mean)
+                .collect::<Vec<_>>(),
+        ),
         Column::new("clean_loss".into(), f(|e| e.clean_loss)),
         Column::new("spliced_loss".into(), f(|e| e.spliced_loss)),
         Column::new(
@@ -117,6 +124,13 @@ pub fn summary_frame(
         Column::new(
             "eval_tokens".into(),
             evaluations.iter().map(|e| e.tokens).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "excluded_tokens".into(),
+            evaluations
+                .iter()
+                .map(|e| e.excluded_tokens)
+                .collect::<Vec<_>>(),
         ),
     ]);
     Ok(DataFrame::new(evaluations.len(), columns)?)

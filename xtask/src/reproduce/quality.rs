@@ -1,0 +1,294 @@
+//! `cargo xtask bench-quality`: this project's JumpReLU SAEs and SAELens's, side by side, on
+//! the same activations with the same budget, over a sweep of the L0 coefficient λ and
+//! several shuffle seeds, all evaluated by this project's evaluator on held-out text.
+//!
+//! One harvest (the quickstart's data: the middle layer's residual stream, contexts spread
+//! over every training book) feeds both trainers: ours reads the store through
+//! [`activation_cache::StoreSource`], SAELens (`scripts/saelens_train.py`, run in the peers'
+//! Python environment) reads its raw shards. Both follow the massive-token policy's training
+//! cutoff, scale inputs to E‖x‖² = 1, start b_dec at the mean input and the decoder at unit
+//! rows, use Adam with β₁ = 0, the same learning rate, warm-ups, bandwidth and initial
+//! threshold; each keeps its own step (ours: the unit-norm decoder constraint and the recipe
+//! of [`super::quickstart::sae_config`]; SAELens: no decoder constraint, gradient clipping at
+//! norm 1, a linear lr warm-up). Writes `quality.csv`/`.parquet`, L0–FVU and L0–delta-loss
+//! plots with both frontiers, and `report.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device};
+use gemma_hooks::HookPoint;
+use trainer::{PenaltyConfig, SaeConfig};
+
+use super::CommonArgs;
+use super::lab::{Budget, Lab, TrainedSae};
+use super::quickstart::{self, CONTEXT_LENGTH, DEFAULT_BUDGET, MAX_HARVEST};
+use super::report::{frontier_plots, write_summary};
+
+/// Arguments of `bench-quality`.
+#[derive(Debug, clap::Args)]
+pub struct QualityArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// L0 coefficients λ of the sweep (both trainers).
+    #[arg(long, value_delimiter = ',', default_values_t = [3e-5, 1e-4, 3e-4, 1e-3])]
+    lambdas: Vec<f64>,
+    /// Shuffle (and initialisation) seeds: every λ is trained once per seed, by both.
+    #[arg(long, value_delimiter = ',', default_values_t = [0, 1])]
+    seeds: Vec<u64>,
+    /// Overrides of this project's SAE configs (`key=value`, as `train --set`), e.g.
+    /// `grad_clip_norm=null` to test a recipe change against SAELens.
+    #[arg(long = "set")]
+    overrides: Vec<String>,
+    /// Train only this project's SAEs.
+    #[arg(long)]
+    no_peers: bool,
+    /// The peers' Python (with SAELens 6.54; `bash ../shared/peers/setup.sh` makes it).
+    #[arg(long)]
+    peer_python: Option<PathBuf>,
+}
+
+/// Who trained an SAE of the comparison, with which seed and λ.
+struct Entry {
+    trainer: &'static str,
+    seed: u64,
+    lambda: f64,
+}
+
+/// Runs the comparison.
+pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
+    let lab = Lab::open("bench-quality", &args.common)?;
+    let hook = HookPoint::ResidPost(lab.middle_layer());
+    let budget = Budget::new(
+        args.common.budget.unwrap_or(DEFAULT_BUDGET),
+        1024,
+        MAX_HARVEST,
+    );
+    let ours = |lambda: f64, seed: u64| -> anyhow::Result<SaeConfig> {
+        let mut sae = quickstart::sae_config(hook, budget.steps());
+        sae.name = format!("ours-l{lambda:e}-s{seed}");
+        sae.penalties = Some(vec![PenaltyConfig::L0 {
+            coefficient: lambda,
+        }]);
+        sae.seed = Some(seed);
+        Ok(sae.with_overrides(&args.overrides)?)
+    };
+    lab.pin_config(&serde_json::json!({
+        "budget": budget,
+        "hook": hook.to_string(),
+        "context_length": CONTEXT_LENGTH,
+        "lambdas": args.lambdas,
+        "seeds": args.seeds,
+        "ours": ours(args.lambdas[0], args.seeds[0])?,
+        "peers": !args.no_peers,
+    }))?;
+    let store = lab.harvest(&[hook], CONTEXT_LENGTH, budget.harvest_tokens)?;
+    let norms = lab.norms(&store)?;
+    let mut entries = Vec::new();
+    let mut saes: Vec<TrainedSae> = Vec::new();
+    for &seed in &args.seeds {
+        let configs = args
+            .lambdas
+            .iter()
+            .map(|&l| ours(l, seed))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let trained = lab.train(
+            &store,
+            &budget,
+            configs,
+            CONTEXT_LENGTH,
+            &norms,
+            seed,
+            &format!("train-seed{seed}"),
+        )?;
+        for (sae, &lambda) in trained.into_iter().zip(&args.lambdas) {
+            entries.push(Entry {
+                trainer: "ours",
+                seed,
+                lambda,
+            });
+            saes.push(sae);
+        }
+    }
+    if !args.no_peers {
+        let python = peer_python(args.peer_python.as_deref())?;
+        let cutoff = lab
+            .massive_tokens
+            .excludes_from_training()
+            .then(|| norms[0].cutoff);
+        for &seed in &args.seeds {
+            let folder = lab.out.join(format!("saelens-seed{seed}"));
+            let names: Vec<String> = args
+                .lambdas
+                .iter()
+                .map(|l| format!("saelens-l{l:e}-s{seed}"))
+                .collect();
+            let recipe = quickstart::sae_config(hook, budget.steps()).resolve(
+                activation_cache::hook_width(lab.model.config(), hook),
+                budget.steps(),
+            );
+            train_saelens(
+                &python,
+                &store,
+                &recipe,
+                &folder,
+                &names,
+                &args.lambdas,
+                seed,
+                &budget,
+                cutoff,
+            )?;
+            for (name, &lambda) in names.iter().zip(&args.lambdas) {
+                let path = folder.join(name);
+                let sae = sae_core::format::load(&path, &Device::Cpu, DType::F32)
+                    .with_context(|| format!("loading SAELens's SAE {}", path.display()))?;
+                entries.push(Entry {
+                    trainer: "saelens",
+                    seed,
+                    lambda,
+                });
+                saes.push(TrainedSae {
+                    name: name.clone(),
+                    hook,
+                    sae,
+                    exclude_norm_above: lab.evaluation_cutoff(&norms, &hook.to_string()),
+                });
+            }
+        }
+    }
+
+    let held_out = lab.held_out(CONTEXT_LENGTH, budget.eval_tokens)?;
+    let evaluations = lab.evaluate(&saes, &held_out, &lab.ablation_means(&norms)?)?;
+
+    let mut report = lab.report("SAE quality: this project vs SAELens on the same activations");
+    report.paragraph(&format!(
+        "JumpReLU SAEs of {} latents on `{hook}`, {} steps of {} from one store of {} tokens \
+         (contexts of {CONTEXT_LENGTH} spread over every training book), λ in {:?}, seeds {:?}; \
+         evaluated on {} held-out tokens of the last book. Massive-norm tokens: {:?} (cutoff \
+         {:.0}, {} of {} stored tokens above it). Ours: the quickstart's recipe{}. SAELens \
+         6.54: `JumpReLUTrainingSAE` stepped by its `SAETrainer` on the store's rows, same lr, \
+         warm-up lengths, bandwidth, initial threshold, β₁ = 0, b_dec at the mean, unit \
+         decoder rows at init, its own gradient clipping at 1 and no decoder constraint.",
+        quickstart::D_SAE,
+        budget.steps(),
+        budget.batch_size,
+        budget.harvest_tokens,
+        args.lambdas,
+        args.seeds,
+        evaluations.first().map_or(0, |e| e.tokens),
+        lab.massive_tokens,
+        norms[0].cutoff,
+        norms[0].above,
+        norms[0].rows,
+        if args.overrides.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", args.overrides.join(", "))
+        },
+    ));
+    report.heading("Results");
+    let column = |f: &dyn Fn(&Entry) -> String| entries.iter().map(f).collect::<Vec<_>>();
+    let frame = write_summary(
+        &lab.out,
+        &mut report,
+        &evaluations,
+        &[
+            ("trainer", column(&|e| e.trainer.to_string())),
+            ("seed", column(&|e| e.seed.to_string())),
+            ("lambda", column(&|e| format!("{:e}", e.lambda))),
+        ],
+    )?;
+    let mut quality = frame.clone();
+    analysis::tables::write_frame(&mut quality, &lab.out, "quality")?;
+    report.heading("Frontiers");
+    let groups = column(&|e| format!("{} seed {}", e.trainer, e.seed));
+    frontier_plots(&lab.out, &mut report, &evaluations, &groups)?;
+    report.publish(&lab.out, &frame)
+}
+
+/// The peers' Python: `--peer-python`, else `$SAE_PEER_VENV/bin/python`, else
+/// `~/.cache/sae-peer-venv/bin/python`.
+fn peer_python(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(path) => path.to_path_buf(),
+        None => {
+            let venv = std::env::var_os("SAE_PEER_VENV")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sae-peer-venv"))
+                })
+                .context("no HOME to find the peers' environment in")?;
+            venv.join("bin/python")
+        }
+    };
+    if !path.exists() {
+        bail!(
+            "{} does not exist: make the peers' environment with `bash ../shared/peers/setup.sh` (or pass --peer-python, or --no-peers)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Trains SAELens's SAEs for `lambdas` at `seed` into `folder` (kept when already there).
+#[allow(clippy::too_many_arguments)]
+fn train_saelens(
+    python: &Path,
+    store: &Path,
+    sae: &trainer::ResolvedSaeConfig,
+    folder: &Path,
+    names: &[String],
+    lambdas: &[f64],
+    seed: u64,
+    budget: &Budget,
+    cutoff: Option<f64>,
+) -> anyhow::Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/saelens_train.py");
+    let steps = budget.steps();
+    let mut command = Command::new(python);
+    command
+        .arg(&script)
+        .arg("--store")
+        .arg(store)
+        .arg("--hook")
+        .arg(&sae.hook)
+        .arg("--out")
+        .arg(folder)
+        .arg("--names")
+        .arg(names.join(","))
+        .arg("--l0-coefficients")
+        .arg(
+            lambdas
+                .iter()
+                .map(|l| format!("{l:e}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .args(["--seed", &seed.to_string()])
+        .args(["--steps", &steps.to_string()])
+        .args(["--batch", &budget.batch_size.to_string()])
+        .args(["--d-sae", &sae.d_sae.to_string()])
+        .args(["--lr", &sae.lr.to_string()])
+        .args(["--lr-warmup", &sae.lr_warmup_steps.to_string()])
+        .args(["--l0-warmup", &sae.lambda_warmup_steps.to_string()])
+        .args(["--adam-beta1", &sae.adam_beta1.to_string()])
+        .args(["--bandwidth", &sae.bandwidth.to_string()])
+        .args(["--threshold-init", &sae.threshold_init.to_string()])
+        .args(["--decoder-init-norm", &sae.decoder_init_norm.to_string()]);
+    if let Some(cutoff) = cutoff {
+        command.args(["--exclude-norm-above", &cutoff.to_string()]);
+    }
+    eprintln!("[bench-quality] SAELens, seed {seed}: {} SAEs", names.len());
+    let status = command
+        .status()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !status.success() {
+        bail!(
+            "{} {} failed ({status})",
+            python.display(),
+            script.display()
+        );
+    }
+    Ok(())
+}
