@@ -230,11 +230,28 @@ fn every_endpoint_answers_and_rejects_bad_input_clearly() {
     );
 
     // Search: every latent once, ordered by density; filters.
-    let (status, all) = get(&format!("{api}/latents?limit=200"));
+    let (status, all) = get(&format!("{api}/latents?limit=200&sort=density"));
     assert_eq!(status, 200);
     assert_eq!(all["total"], D_SAE);
     let densities = floats(&all["latents"], "density");
     assert!(densities.windows(2).all(|w| w[0] >= w[1]));
+    // The default order: alive and not ultra-dense first (densest first), then ultra-dense,
+    // then dead.
+    let (_, useful) = get(&format!("{api}/latents?limit=200"));
+    assert_eq!(useful["total"], D_SAE);
+    let rows = useful["latents"].as_array().unwrap();
+    let rank = |r: &serde_json::Value| {
+        u8::from(r["ultra_dense"].as_bool().unwrap()) + 2 * u8::from(r["dead"].as_bool().unwrap())
+    };
+    for pair in rows.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(
+            rank(a) < rank(b)
+                || (rank(a) == rank(b)
+                    && a["density"].as_f64().unwrap() >= b["density"].as_f64().unwrap()),
+            "{a} before {b}"
+        );
+    }
     let (_, by_index) = get(&format!("{api}/latents?sort=latent&limit=3&offset=2"));
     let indices: Vec<u64> = by_index["latents"]
         .as_array()

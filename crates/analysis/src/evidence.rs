@@ -287,6 +287,22 @@ pub fn collect_from_store(
     chunk_rows: usize,
     progress: bool,
 ) -> Result<Vec<LatentEvidence>> {
+    collect_from_store_below(store, hook_index, sae, config, chunk_rows, progress, None)
+}
+
+/// [`collect_from_store`], with the latents of rows whose activation norm is above
+/// `exclude_norm_above` taken as zero: massive-norm tokens an SAE was not trained on (see
+/// `activation_cache::norms`) neither fire nor become top examples, but stay in the
+/// contexts shown around other tokens.
+pub fn collect_from_store_below(
+    store: &StoreSource,
+    hook_index: usize,
+    sae: &dyn Sae,
+    config: EvidenceConfig,
+    chunk_rows: usize,
+    progress: bool,
+    exclude_norm_above: Option<f32>,
+) -> Result<Vec<LatentEvidence>> {
     let mut collector = EvidenceCollector::new(sae.d_sae(), config);
     let total = store.rows();
     let bar = if progress {
@@ -309,7 +325,18 @@ pub fn collect_from_store(
         let x = activations.get(hook_index).ok_or_else(|| {
             AnalysisError::Invalid(format!("the store has no hook number {hook_index}"))
         })?;
-        let values = latent_rows(sae, x)?;
+        let mut values = latent_rows(sae, x)?;
+        if let Some(cutoff) = exclude_norm_above {
+            let norms = x
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum(1)?
+                .sqrt()?
+                .to_vec1::<f32>()?;
+            for (row, _) in norms.iter().enumerate().filter(|(_, n)| **n > cutoff) {
+                values[row * sae.d_sae()..(row + 1) * sae.d_sae()].fill(0.0);
+            }
+        }
         for (row, info) in tokens.iter().enumerate() {
             if pending.context != Some(info.context) {
                 pending.flush(&mut collector)?;

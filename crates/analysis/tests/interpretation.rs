@@ -307,3 +307,77 @@ fn automatic_labels_follow_the_documented_rule() {
     let dead = EvidenceCollector::new(1, EvidenceConfig::default()).finish();
     assert_eq!(automatic_label(&dead[0], None, &text), "dead (never fired)");
 }
+
+#[test]
+fn rows_above_the_norm_cutoff_never_fire_in_the_evidence() {
+    use activation_cache::store::{HookSpec, StoreDtype, StoreSpec};
+    use activation_cache::{ContextConfig, Document, HarvestOptions, ShuffleConfig, StoreSource};
+    use analysis::evidence::{collect_from_store, collect_from_store_below};
+    use candle_core::DType;
+    use gemma_hooks::HookPoint;
+    let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../gemma-hooks/tests/fixtures/tiny-gemma3");
+    let loaded = gemma_hooks::load_hf_dir(&fixture, &Device::Cpu, DType::F32).unwrap();
+    let tokenizer = loaded.tokenizer.clone().unwrap();
+    let hook = HookPoint::ResidPost(2);
+    let width = activation_cache::hook_width(loaded.model.config(), hook);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = StoreSpec {
+        model: "tiny".into(),
+        tokenizer: "char".into(),
+        corpus: "inline".into(),
+        contexts: ContextConfig {
+            context_length: 20,
+            min_tokens: 4,
+        },
+        hooks: vec![HookSpec {
+            name: hook.to_string(),
+            width,
+        }],
+        dtype: StoreDtype::F32,
+        contexts_per_shard: 2,
+        batch_contexts: 2,
+        target_rows: u64::MAX,
+        sampling: Default::default(),
+    };
+    let documents = vec![Document {
+        id: 0,
+        name: "d".into(),
+        text: "Alice was beginning to get very tired of sitting by her sister on the bank.".into(),
+    }];
+    let options = HarvestOptions {
+        progress: false,
+        ..Default::default()
+    };
+    activation_cache::harvest(
+        dir.path(),
+        &loaded.model,
+        &tokenizer,
+        &documents,
+        spec,
+        &options,
+    )
+    .unwrap();
+    let store = StoreSource::open(dir.path(), ShuffleConfig::default(), true).unwrap();
+    let shape = sae_core::SaeShape {
+        d_in: width,
+        d_sae: 16,
+        dtype: DType::F32,
+        device: Device::Cpu,
+    };
+    let sae = sae_core::init(sae_core::Architecture::Relu, &shape, &Default::default()).unwrap();
+    let config = EvidenceConfig::default();
+    let all = collect_from_store(&store, 0, sae.as_ref(), config, 7, false).unwrap();
+    let no_cut =
+        collect_from_store_below(&store, 0, sae.as_ref(), config, 7, false, Some(f32::MAX))
+            .unwrap();
+    assert_eq!(all, no_cut, "a cutoff above every norm changes nothing");
+    assert!(all.iter().any(|e| e.fires > 0));
+    let none =
+        collect_from_store_below(&store, 0, sae.as_ref(), config, 7, false, Some(-1.0)).unwrap();
+    assert!(none.iter().all(|e| e.fires == 0 && e.top.is_empty()));
+    assert_eq!(
+        none[0].tokens, all[0].tokens,
+        "the rows still count as seen"
+    );
+}

@@ -285,8 +285,11 @@ pub struct SearchResults {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SortOrder {
-    /// Densest first.
+    /// The latents worth opening first: alive and not ultra-dense, densest first; then the
+    /// ultra-dense ones (which fire on most tokens and explain little), then the dead.
     #[default]
+    Useful,
+    /// Densest first.
     Density,
     /// Rarest first.
     DensityAscending,
@@ -607,6 +610,13 @@ impl Explorer {
             .collect();
         drop(labels);
         match query.sort {
+            SortOrder::Useful => rows.sort_by(|a, b| {
+                let rank = |r: &LatentRow| u8::from(r.ultra_dense) + 2 * u8::from(r.dead);
+                rank(a)
+                    .cmp(&rank(b))
+                    .then(b.density.total_cmp(&a.density))
+                    .then(a.latent.cmp(&b.latent))
+            }),
             SortOrder::Density => rows.sort_by(|a, b| {
                 b.density
                     .total_cmp(&a.density)
