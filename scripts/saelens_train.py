@@ -5,8 +5,8 @@
 Reads the store's raw shards (manifest.json + shard-NNNNN.<hook>.bin, f32 rows) directly, so
 both trainers see exactly the same activations; scales them to E‖x‖² = 1 with C estimated
 from the first batches (as this project does), trains one SAELens `JumpReLUTrainingSAE` per
-L0 coefficient with SAELens's own `SAETrainer.step` (its Adam, its linear lr warm-up, its
-λ warm-up, its gradient clipping at norm 1), folds C into the weights and writes each SAE as
+L0 coefficient with SAELens's own `SAETrainer.step` (its Adam, its linear lr warm-up and
+end decay, its λ warm-up, its gradient clipping at norm 1), folds C into the weights and writes each SAE as
 a SAELens inference directory (cfg.json + sae_weights.safetensors) that `sae_core` loads.
 
 Run it with the peers' environment (`bash ../shared/peers/setup.sh`):
@@ -99,6 +99,7 @@ def train_one(rows, scale, mean, coefficient, args) -> tuple[dict, dict]:
         lr_end=args.lr,
         lr_scheduler_name="constant",
         lr_warm_up_steps=args.lr_warmup,
+        lr_decay_steps=args.lr_decay,
         adam_beta1=args.adam_beta1,
         adam_beta2=0.999,
         device="cpu",
@@ -145,6 +146,7 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=4096)
     ap.add_argument("--lr", type=float, default=7e-4)
     ap.add_argument("--lr-warmup", type=int, default=30)
+    ap.add_argument("--lr-decay", type=int, default=0, help="steps of linear decay to 0 at the end")
     ap.add_argument("--l0-warmup", type=int, default=150)
     ap.add_argument("--adam-beta1", type=float, default=0.0)
     ap.add_argument("--bandwidth", type=float, default=0.001)

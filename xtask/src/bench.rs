@@ -251,13 +251,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .map(serde_json::to_string)
         .collect::<Result<_, _>>()?;
     write_text(&jsonl, &(lines.join("\n") + "\n"))?;
-    crate::output::write_marked_text(
-        &args.out,
-        &table(&records, &machine, &stamp, args),
-        "`cargo xtask bench",
-    )?;
+    let mut text = table(&records, &machine, &stamp, args);
+    text.push_str(&quality_section(&args.out));
+    crate::output::write_marked_text(&args.out, &text, "`cargo xtask bench")?;
     println!("{}\nresults: {}", args.out.display(), jsonl.display());
     Ok(())
+}
+
+/// The heading of the section `cargo xtask bench-quality`'s results live in, which the speed
+/// table keeps when it rewrites the file.
+const QUALITY_HEADING: &str = "\n## SAE quality";
+
+/// The SAE-quality section of the existing file at `path` (from [`QUALITY_HEADING`] on), or
+/// nothing.
+fn quality_section(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.find(QUALITY_HEADING).map(|at| text[at..].to_string()))
+        .unwrap_or_default()
 }
 
 fn train_benchmarks(machine: &Machine, shape: &Shape, device: &str) -> anyhow::Result<Vec<Record>> {

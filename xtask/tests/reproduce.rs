@@ -86,6 +86,13 @@ fn quickstart_reports_metrics_plots_and_labelled_latents_and_resumes() {
         &out.join("loss_by_position_jumprelu"),
         &["clean", "SAE spliced in"],
     );
+    assert_plot(
+        &out.join("training_curve_jumprelu"),
+        &["batch FVU", "dead fraction", "tokens trained"],
+    );
+    assert!(report.contains("Massive-norm tokens"), "{report}");
+    assert!(stdout.contains("vs mean ablation"), "{stdout}");
+    assert!(stdout.contains("over the ") && stdout.contains("-token training store: dead "));
 
     let latents: Vec<&str> = report
         .lines()

@@ -178,7 +178,7 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
          evaluated on {} held-out tokens of the last book. Massive-norm tokens: {:?} (cutoff \
          {:.0}, {} of {} stored tokens above it). Ours: the quickstart's recipe{}. SAELens \
          6.54: `JumpReLUTrainingSAE` stepped by its `SAETrainer` on the store's rows, same lr, \
-         warm-up lengths, bandwidth, initial threshold, β₁ = 0, b_dec at the mean, unit \
+         warm-up and decay lengths, bandwidth, initial threshold, β₁ = 0, b_dec at the mean, unit \
          decoder rows at init, its own gradient clipping at 1 and no decoder constraint.",
         quickstart::D_SAE,
         budget.steps(),
@@ -281,6 +281,10 @@ fn train_saelens(
         .args(["--d-sae", &sae.d_sae.to_string()])
         .args(["--lr", &sae.lr.to_string()])
         .args(["--lr-warmup", &sae.lr_warmup_steps.to_string()])
+        .args([
+            "--lr-decay",
+            &((sae.lr_decay_fraction * steps as f64).round() as u64).to_string(),
+        ])
         .args(["--l0-warmup", &sae.lambda_warmup_steps.to_string()])
         .args(["--adam-beta1", &sae.adam_beta1.to_string()])
         .args(["--bandwidth", &sae.bandwidth.to_string()])

@@ -19,7 +19,7 @@ use sae_core::Architecture;
 use trainer::{PenaltyConfig, SaeConfig};
 
 use super::lab::{Budget, Lab, Outcome, TrainedSae};
-use super::report::{density_plot, position_plot, write_summary};
+use super::report::{density_plot, position_plot, training_curve_plot, write_summary};
 use super::{CommonArgs, short_run};
 
 /// Default training tokens: 1,000 steps of 1,024 (about 2 minutes of training here; the
@@ -104,6 +104,7 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
     write_summary(&lab.out, &mut report, &evaluations, &[])?;
     density_plot(&lab.out, &mut report, evaluation)?;
     position_plot(&lab.out, &mut report, evaluation)?;
+    training_curve_plot(&lab.out, &mut report, &lab.out.join("train"), "jumprelu")?;
 
     let token_text = |t: u32| lab.token_text(t);
     let shown = showcase(&dashboards, SHOWN_LATENTS, TOP_K);

@@ -267,3 +267,56 @@ pub fn position_plot(
     report.plot(&spec.title, &files);
     Ok(())
 }
+
+/// Quality against tokens trained, from a training run's metrics (`metrics.parquet` in
+/// `train_dir`): the batch FVU, the fraction of dead latents and L0 / 100 of one SAE.
+pub fn training_curve_plot(
+    dir: &Path,
+    report: &mut Report,
+    train_dir: &Path,
+    sae: &str,
+) -> anyhow::Result<()> {
+    let frame = analysis::tables::read_frame(train_dir, "metrics")?;
+    let names: Vec<Option<String>> = frame
+        .column("sae")?
+        .str()?
+        .iter()
+        .map(|n| n.map(str::to_string))
+        .collect();
+    let column = |name: &str| -> anyhow::Result<Vec<f64>> {
+        let values = frame.column(name)?.cast(&DataType::Float64)?;
+        Ok(values
+            .f64()?
+            .iter()
+            .zip(&names)
+            .filter(|(_, n)| n.as_deref() == Some(sae))
+            .map(|(v, _)| v.unwrap_or(f64::NAN))
+            .collect())
+    };
+    let tokens = column("tokens")?;
+    let series = |name: &str, values: Vec<f64>, scale: f64| Series {
+        name: name.into(),
+        points: tokens
+            .iter()
+            .zip(values)
+            .map(|(&t, v)| (t, v * scale))
+            .collect(),
+    };
+    let spec = ChartSpec {
+        title: format!("{sae}: quality against tokens trained (training batches)"),
+        x_label: "tokens trained (log scale)".into(),
+        y_label: "FVU, dead fraction, L0 / 100".into(),
+        log_x: true,
+    };
+    let files = line_chart(
+        &dir.join(format!("training_curve_{sae}")),
+        &spec,
+        &[
+            series("batch FVU", column("fvu")?, 1.0),
+            series("dead fraction", column("dead_fraction")?, 1.0),
+            series("L0 / 100", column("l0")?, 0.01),
+        ],
+    )?;
+    report.plot(&spec.title, &files);
+    Ok(())
+}
