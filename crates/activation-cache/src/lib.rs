@@ -29,6 +29,7 @@
 //!     contexts_per_shard: 64,
 //!     batch_contexts: 4,
 //!     target_rows: 100_000,
+//!     sampling: activation_cache::contexts::ContextSampling::Spread { seed: 0 },
 //! };
 //! let dir = std::path::Path::new("runs/cache");
 //! activation_cache::harvest(dir, &loaded.model, &tokenizer, &corpus.documents()?, spec, &HarvestOptions::default())?;
