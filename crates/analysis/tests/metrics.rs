@@ -116,7 +116,17 @@ fn zero_sae(d: usize, d_sae: usize) -> Box<dyn TrainableSae> {
 }
 
 fn sae_from(encoder: Tensor, decoder: Tensor) -> Box<dyn TrainableSae> {
-    let (d, d_sae) = encoder.dims2().unwrap();
+    let d = encoder.dims2().unwrap().0;
+    sae_with_bias(
+        encoder,
+        decoder,
+        Tensor::zeros(d, DType::F32, &Device::Cpu).unwrap(),
+    )
+}
+
+/// A ReLU SAE of the given weights and decoder bias (encoder bias zero).
+fn sae_with_bias(encoder: Tensor, decoder: Tensor, b_dec: Tensor) -> Box<dyn TrainableSae> {
+    let d_sae = encoder.dims2().unwrap().1;
     let map = BTreeMap::from([
         ("W_enc".to_string(), encoder),
         ("W_dec".to_string(), decoder),
@@ -124,10 +134,7 @@ fn sae_from(encoder: Tensor, decoder: Tensor) -> Box<dyn TrainableSae> {
             "b_enc".to_string(),
             Tensor::zeros(d_sae, DType::F32, &Device::Cpu).unwrap(),
         ),
-        (
-            "b_dec".to_string(),
-            Tensor::zeros(d, DType::F32, &Device::Cpu).unwrap(),
-        ),
+        ("b_dec".to_string(), b_dec),
     ]);
     from_tensors(
         Architecture::Relu,
@@ -315,28 +322,12 @@ fn mean_ablation_and_the_norm_cutoff_replace_the_same_positions_as_the_sae() {
     let hook = HookPoint::ResidPost(3);
     let (mean, mut norms) = mean_activation(&loaded.model, hook);
     // An SAE whose output is always the mean: its splice is the mean ablation.
-    let constant = {
-        let zeros = |r, c| Tensor::zeros((r, c), DType::F32, &Device::Cpu).unwrap();
-        let map = BTreeMap::from([
-            ("W_enc".to_string(), zeros(d, 4)),
-            ("W_dec".to_string(), zeros(4, d)),
-            (
-                "b_enc".to_string(),
-                Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap(),
-            ),
-            (
-                "b_dec".to_string(),
-                Tensor::new(mean.as_slice(), &Device::Cpu).unwrap(),
-            ),
-        ]);
-        from_tensors(
-            Architecture::Relu,
-            NamedTensors::new(None, map),
-            false,
-            ThresholdOptions::default(),
-        )
-        .unwrap()
-    };
+    let zeros = |r, c| Tensor::zeros((r, c), DType::F32, &Device::Cpu).unwrap();
+    let constant = sae_with_bias(
+        zeros(d, 4),
+        zeros(4, d),
+        Tensor::new(mean.as_slice(), &Device::Cpu).unwrap(),
+    );
     let perfect = perfect_sae(d);
     norms.sort_by(f32::total_cmp);
     let cutoff = norms[norms.len() / 2];
