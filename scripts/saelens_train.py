@@ -87,7 +87,7 @@ def train_one(rows, scale, mean, coefficient, args) -> tuple[dict, dict]:
         jumprelu_ste_to_input=False,
         l0_coefficient=coefficient,
         l0_warm_up_steps=args.l0_warmup,
-        pre_act_loss_coefficient=None,
+        pre_act_loss_coefficient=args.pre_act_loss,
     )
     sae = JumpReLUTrainingSAE(cfg)
     with torch.no_grad():
@@ -102,6 +102,7 @@ def train_one(rows, scale, mean, coefficient, args) -> tuple[dict, dict]:
         lr_decay_steps=args.lr_decay,
         adam_beta1=args.adam_beta1,
         adam_beta2=0.999,
+        dead_feature_window=args.dead_window,
         device="cpu",
         logger=LoggingConfig(log_to_wandb=False),
     )
@@ -155,6 +156,10 @@ def main() -> None:
     ap.add_argument("--scaling-batches", type=int, default=4)
     ap.add_argument("--exclude-norm-above", type=float, default=None,
                     help="leave rows with a larger raw norm out of training (as this project's policy)")
+    ap.add_argument("--pre-act-loss", type=float, default=None,
+                    help="coefficient of Anthropic's pre-activation loss on dead latents (none by default)")
+    ap.add_argument("--dead-window", type=int, default=1000,
+                    help="steps without firing after which a latent counts as dead (SAELens's default 1000)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

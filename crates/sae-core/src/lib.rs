@@ -2,12 +2,13 @@
 //!
 //! Five architectures behind one small [`Sae`] trait ([`JumpReluSae`], [`TopKSae`],
 //! [`BatchTopKSae`], [`ReluSae`], [`GatedSae`]), sparsity penalties behind
-//! [`SparsityPenalty`] ([`L0Ste`], [`L1`], [`DecoderNormL1`], [`AuxK`]) that combine with any
-//! architecture providing what they need, the straight-through estimators of the JumpReLU
-//! paper ([`ste`]), Gemma Scope initialisation ([`init`](mod@init)), the decoder unit-norm
-//! constraint ([`constraint`]), the input scaling constant C with folding ([`scaling`],
-//! [`Sae::fold_scaling`]), and the file formats ([`format`]): Gemma Scope `params.npz` and the
-//! SAELens directory format, which is this project's own.
+//! [`SparsityPenalty`] ([`L0Ste`], [`L1`], [`DecoderNormL1`], [`AuxK`], [`PreActivationLoss`])
+//! that combine with any architecture providing what they need, the straight-through
+//! estimators of the JumpReLU paper ([`ste`]), Gemma Scope initialisation
+//! ([`init`](mod@init)), the decoder unit-norm constraint ([`constraint`]), the input scaling
+//! constant C with folding ([`scaling`], [`Sae::fold_scaling`]), and the file formats
+//! ([`format`]): Gemma Scope `params.npz` and the SAELens directory format, which is this
+//! project's own.
 //!
 //! Everything runs on candle tensors on any [`candle_core::Device`], in f32 or bf16.
 //!
@@ -65,5 +66,7 @@ pub use arch::{
 pub use error::{Result, SaeError};
 pub use init::InitConfig;
 pub use loss::{LossTerms, WeightedPenalty, training_loss};
-pub use penalty::{AuxK, DecoderNormL1, L0Ste, L1, PenaltyContext, SparsityPenalty};
+pub use penalty::{
+    AuxK, DecoderNormL1, L0Ste, L1, PenaltyContext, PreActivationLoss, SparsityPenalty,
+};
 pub use ste::SteConfig;

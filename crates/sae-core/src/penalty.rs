@@ -6,13 +6,14 @@
 //! | [`L1`] | Σᵢ \|fᵢ\| (ReLU(π_gate) for Gated) | any |
 //! | [`DecoderNormL1`] | Σᵢ \|fᵢ\|·‖dᵢ‖₂ (Anthropic, April 2024) | any |
 //! | [`AuxK`] | normalised error of reconstructing the residual from the top-k_aux dead latents (Gao et al. 2024) | dead-latent statistics |
+//! | [`PreActivationLoss`] | Σ_dead ReLU(θᵢ − πᵢ)·‖dᵢ‖₂ (Anthropic, January 2025; SAELens's `pre_act_loss`) | a threshold, tokens since each latent fired |
 //!
 //! A penalty returns its *unscaled* term; the caller multiplies it by its coefficient (which a
 //! trainer may warm up), see [`crate::loss::training_loss`].
 
 use std::fmt::Debug;
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 
 use crate::arch::{TrainOutput, TrainableSae};
 use crate::ste::{self, SteConfig};
@@ -24,6 +25,9 @@ use crate::{Result, SaeError};
 pub struct PenaltyContext {
     /// 0/1 per latent, `[d_sae]`: latents that did not fire over a recent window (for AuxK).
     pub dead_latents: Option<Tensor>,
+    /// Tokens since each latent last fired, `[d_sae]` (for penalties with their own window,
+    /// [`PreActivationLoss`]).
+    pub tokens_since_fired: Option<Vec<u64>>,
 }
 
 /// A sparsity penalty: a scalar term computed from a training forward pass.
@@ -63,15 +67,19 @@ impl SparsityPenalty for L0Ste {
         out: &TrainOutput,
         _context: &PenaltyContext,
     ) -> Result<Tensor> {
-        let threshold = sae
-            .threshold()?
-            .ok_or_else(|| SaeError::IncompatiblePenalty {
-                penalty: "l0",
-                architecture: sae.architecture().name(),
-                why: "it needs a trainable per-latent threshold (use a JumpReLU SAE)",
-            })?;
+        let threshold = required_threshold(sae, "l0")?;
         per_token_mean(&ste::step(&out.pre_activations, &threshold, self.ste)?)
     }
+}
+
+/// The SAE's trainable threshold θ, or the error naming the penalty that needs one.
+fn required_threshold(sae: &dyn TrainableSae, penalty: &'static str) -> Result<Tensor> {
+    sae.threshold()?
+        .ok_or_else(|| SaeError::IncompatiblePenalty {
+            penalty,
+            architecture: sae.architecture().name(),
+            why: "it needs a trainable per-latent threshold (use a JumpReLU SAE)",
+        })
 }
 
 /// The L1 norm of the latents (of ReLU(π_gate) for a Gated SAE).
@@ -169,5 +177,77 @@ impl SparsityPenalty for AuxK {
         let centred = residual.broadcast_sub(&residual.mean_keepdim(0)?)?;
         let variance = centred.sqr()?.sum_all()?;
         Ok(error.broadcast_div(&variance)?)
+    }
+}
+
+/// Anthropic's pre-activation loss for dead JumpReLU latents (Circuits Updates, January 2025;
+/// SAELens's `pre_act_loss_coefficient`): Σ over latents that have not fired for
+/// `dead_after_tokens` tokens of ReLU(θᵢ⁺ − πᵢ)·‖dᵢ‖₂, mean over tokens.
+///
+/// A dead latent gets no gradient from the reconstruction (its gate is shut) nor from the L0
+/// penalty (its pre-activations are far from θ, outside the straight-through band), so nothing
+/// can revive it. This term pulls its pre-activations up towards θ (through W_enc and b_enc)
+/// and θ down, until it fires again and leaves the dead set. θ⁺'s gradient passes straight to θ.
+/// Zero when no latent is dead or the context has no firing statistics.
+#[derive(Debug, Clone, Copy)]
+pub struct PreActivationLoss {
+    /// A latent is dead when it has not fired for this many tokens.
+    pub dead_after_tokens: u64,
+}
+
+impl PreActivationLoss {
+    /// 0/1 per latent, f32 `[d_sae]`: dead by this penalty's window; `None` when none is.
+    pub fn dead_mask(&self, tokens_since_fired: &[u64], device: &Device) -> Result<Option<Tensor>> {
+        let mask: Vec<f32> = tokens_since_fired
+            .iter()
+            .map(|&s| {
+                if s >= self.dead_after_tokens {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        if mask.iter().all(|&m| m == 0.0) {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::new(mask, device)?))
+    }
+}
+
+impl SparsityPenalty for PreActivationLoss {
+    fn name(&self) -> &'static str {
+        "pre_act"
+    }
+    fn loss(
+        &self,
+        sae: &dyn TrainableSae,
+        out: &TrainOutput,
+        context: &PenaltyContext,
+    ) -> Result<Tensor> {
+        let threshold = required_threshold(sae, "pre_act")?;
+        // θ⁺ in value, gradient 1 straight through to θ.
+        let threshold = (ste::non_negative(&threshold)? + (&threshold - threshold.detach())?)?;
+        let device = out.pre_activations.device();
+        let dead = match &context.tokens_since_fired {
+            Some(since) if since.len() == sae.d_sae() => self.dead_mask(since, device)?,
+            Some(since) => {
+                return Err(SaeError::Config(format!(
+                    "the pre-activation loss got firing statistics for {} latents, the SAE has {}",
+                    since.len(),
+                    sae.d_sae()
+                )));
+            }
+            None => None,
+        };
+        let Some(dead) = dead else {
+            return Ok(Tensor::zeros((), DType::F32, device)?);
+        };
+        let norms = crate::constraint::row_norms(sae.decoder_var().as_tensor())?;
+        let gap = threshold
+            .to_dtype(DType::F32)?
+            .broadcast_sub(&out.pre_activations.to_dtype(DType::F32)?)?
+            .relu()?;
+        per_token_mean(&gap.broadcast_mul(&(dead * norms)?)?)
     }
 }

@@ -13,8 +13,8 @@ use candle_core::Tensor;
 use common::{assert_close, load_fixture};
 use sae_core::{
     AffineSae, AuxK, BatchTopKSae, DecoderNormL1, GatedSae, JumpReluSae, L0Ste, L1, PenaltyContext,
-    ReluSae, SparsityPenalty, SteConfig, ThresholdParametrisation, TopKSae, TrainableSae,
-    WeightedPenalty, training_loss,
+    PreActivationLoss, ReluSae, SparsityPenalty, SteConfig, ThresholdParametrisation, TopKSae,
+    TrainableSae, WeightedPenalty, training_loss,
 };
 
 const ATOL: f64 = 1e-5;
@@ -66,6 +66,40 @@ fn build(name: &str, f: &std::collections::HashMap<String, Tensor>) -> Case {
                 context: PenaltyContext::default(),
             }
         }
+        "jumprelu_pre_act" => {
+            let ste = SteConfig {
+                bandwidth: m["bandwidth"].as_f64().unwrap(),
+            };
+            // The fixture's 0/1 mask as firing statistics: dead latents last fired a window ago.
+            let window = 100;
+            let since: Vec<u64> = f["jumprelu_pre_act.dead"]
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&d| d as u64 * window)
+                .collect();
+            Case {
+                sae: Box::new(
+                    JumpReluSae::new(
+                        affine,
+                        param("threshold"),
+                        ThresholdParametrisation::Raw,
+                        ste,
+                    )
+                    .unwrap(),
+                ),
+                penalty: Some((
+                    Box::new(PreActivationLoss {
+                        dead_after_tokens: window,
+                    }),
+                    coefficient,
+                )),
+                context: PenaltyContext {
+                    tokens_since_fired: Some(since),
+                    ..PenaltyContext::default()
+                },
+            }
+        }
         "relu_l1" | "relu_l1_decoder_norm" => Case {
             sae: Box::new(ReluSae::new(affine)),
             penalty: Some(if name == "relu_l1" {
@@ -85,6 +119,7 @@ fn build(name: &str, f: &std::collections::HashMap<String, Tensor>) -> Case {
             )),
             context: PenaltyContext {
                 dead_latents: Some(f["topk_auxk.dead"].clone()),
+                ..PenaltyContext::default()
             },
         },
         "batchtopk" => Case {
@@ -190,6 +225,12 @@ fn check(name: &str) {
         let want = &f[&format!("{name}.grad.{param}")];
         assert_close(&format!("{name} d/d{param}"), got, want, ATOL, RTOL);
     }
+}
+
+/// Against SAELens's own `calculate_pre_act_loss`.
+#[test]
+fn jumprelu_pre_activation_loss_matches_saelens() {
+    check("jumprelu_pre_act");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The sparse step equals candle's autograd of the dense loss, on random data: JumpReLU with
 //! the L0 penalty (many (token, latent) pairs inside the straight-through band), TopK and
-//! BatchTopK, each also with AuxK over a dead-latent mask that overlaps the active latents.
+//! BatchTopK, each also with AuxK over a dead-latent mask that overlaps the active latents, and
+//! JumpReLU with the pre-activation loss over such a mask.
 
 mod common;
 
@@ -8,8 +9,8 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use sae_core::arch::{AffineSae, BatchTopKSae, JumpReluSae, ThresholdParametrisation, TopKSae};
-use sae_core::penalty::{AuxK, L0Ste, PenaltyContext};
-use sae_core::sparse::{AuxKTerm, SparsePenalties, SparseStep, sparse_step};
+use sae_core::penalty::{AuxK, L0Ste, PenaltyContext, PreActivationLoss};
+use sae_core::sparse::{AuxKTerm, PreActivationTerm, SparsePenalties, SparseStep, sparse_step};
 use sae_core::{Sae, SteConfig, TrainableSae, WeightedPenalty, training_loss};
 
 use common::{max_abs, max_abs_diff, seeded_normal};
@@ -39,6 +40,18 @@ fn jumprelu(parametrisation: ThresholdParametrisation, bandwidth: f64) -> JumpRe
         threshold,
         parametrisation,
         SteConfig { bandwidth },
+    )
+    .unwrap()
+}
+
+/// A raw θ can be pushed below zero, a file can hold one.
+fn jumprelu_with_thresholds_of_both_signs() -> JumpReluSae {
+    let threshold = Tensor::rand(-0.6f32, 0.4, D_SAE, &Device::Cpu).unwrap();
+    JumpReluSae::new(
+        affine(),
+        threshold,
+        ThresholdParametrisation::Raw,
+        SteConfig { bandwidth: 0.05 },
     )
     .unwrap()
 }
@@ -85,6 +98,17 @@ fn dense_gradients(
         });
         let mask: Vec<f32> = term.dead.iter().map(|&d| d as u8 as f32).collect();
         context.dead_latents = Some(Tensor::new(mask, &Device::Cpu).unwrap());
+    }
+    // Dead for the pre-activation loss: not fired for its window (here 1,000 tokens).
+    let pre_activation = PreActivationLoss {
+        dead_after_tokens: 1000,
+    };
+    if let Some(term) = &penalties.pre_activation {
+        weighted.push(WeightedPenalty {
+            penalty: &pre_activation,
+            coefficient: term.coefficient,
+        });
+        context.tokens_since_fired = Some(term.dead.iter().map(|&d| d as u64 * 1000).collect());
     }
     let (_, terms) = training_loss(sae, x, &weighted, &context).unwrap();
     let grads = terms.total.backward().unwrap();
@@ -141,6 +165,19 @@ fn with_auxk(l0: f64) -> SparsePenalties {
             coefficient: 1.0 / 32.0,
             dead: dead_latents(),
         }),
+        ..SparsePenalties::default()
+    }
+}
+
+/// JumpReLU's L0 penalty with the pre-activation loss on [`dead_latents`].
+fn with_pre_activation(l0: f64) -> SparsePenalties {
+    SparsePenalties {
+        l0,
+        pre_activation: Some(PreActivationTerm {
+            coefficient: 0.05,
+            dead: dead_latents(),
+        }),
+        ..SparsePenalties::default()
     }
 }
 
@@ -155,7 +192,7 @@ fn jumprelu_sparse_step_equals_the_dense_autograd_step() {
         let what = format!("JumpReLU {parametrisation:?} ε {bandwidth}");
         let penalties = SparsePenalties {
             l0: 0.02,
-            auxk: None,
+            ..SparsePenalties::default()
         };
         assert_equals_dense(&sae, &penalties, &what);
         assert!(
@@ -170,21 +207,50 @@ fn jumprelu_sparse_step_equals_the_dense_autograd_step() {
     assert!(step.auxk > 0.0);
 }
 
+/// The pre-activation loss on dead latents, some of which fire on some tokens (their firing
+/// rows leave the W_enc gradient's sum), with decoder rows of any norm, for both θ
+/// parametrisations and θ of both signs.
+#[test]
+fn jumprelu_sparse_step_with_the_pre_activation_loss_equals_the_dense_step() {
+    for parametrisation in [ThresholdParametrisation::Raw, ThresholdParametrisation::Log] {
+        let sae = jumprelu(parametrisation, 0.05);
+        let what = format!("JumpReLU {parametrisation:?} with the pre-activation loss");
+        let step = assert_equals_dense(&sae, &with_pre_activation(0.02), &what);
+        assert!(
+            step.pre_activation > 0.0,
+            "{what}: term {}",
+            step.pre_activation
+        );
+        let fires_while_dead = dead_latents()
+            .iter()
+            .zip(&step.fires)
+            .any(|(&dead, &fires)| dead && fires > 0);
+        assert!(
+            fires_while_dead,
+            "{what}: some dead latents fire in the batch"
+        );
+    }
+    let sae = jumprelu_with_thresholds_of_both_signs();
+    assert_equals_dense(
+        &sae,
+        &with_pre_activation(0.0),
+        "pre-activation loss, θ of both signs",
+    );
+    // Nothing dead: no term, and the step equals the one without it.
+    let mut none_dead = with_pre_activation(0.02);
+    none_dead.pre_activation.as_mut().unwrap().dead = vec![false; D_SAE];
+    let step = assert_equals_dense(&sae, &none_dead, "pre-activation loss, nothing dead");
+    assert_eq!(step.pre_activation, 0.0);
+}
+
 /// Thresholds of both signs (a raw θ can be pushed below zero, a file can hold one): the sparse
 /// step still equals the dense one, whose latents are ReLU(π)·H(π − θ).
 #[test]
 fn jumprelu_sparse_step_equals_the_dense_step_with_negative_thresholds() {
-    let threshold = Tensor::rand(-0.6f32, 0.4, D_SAE, &Device::Cpu).unwrap();
-    let sae = JumpReluSae::new(
-        affine(),
-        threshold,
-        ThresholdParametrisation::Raw,
-        SteConfig { bandwidth: 0.05 },
-    )
-    .unwrap();
+    let sae = jumprelu_with_thresholds_of_both_signs();
     let penalties = SparsePenalties {
         l0: 0.02,
-        auxk: None,
+        ..SparsePenalties::default()
     };
     assert_equals_dense(&sae, &penalties, "JumpReLU, θ of both signs");
 }
@@ -224,7 +290,7 @@ proptest! {
         let latents = sae.encode(&x).unwrap();
         let values = latents.to_vec2::<f32>().unwrap();
         prop_assert!(values.iter().flatten().all(|f| *f >= 0.0));
-        let step = sparse_step(&sae, &x, &SparsePenalties { l0: 1e-3, auxk: None }, 1.0).unwrap().unwrap();
+        let step = sparse_step(&sae, &x, &SparsePenalties { l0: 1e-3, ..SparsePenalties::default() }, 1.0).unwrap().unwrap();
         let expected = (&x - sae.decode(&latents).unwrap()).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         // Σ over tokens·d_in squares of O(1) values, summed in another order: f32 rounding.
         prop_assert!((step.squared_error - expected).abs() <= 1e-4 * expected.max(1.0), "{} vs {}", step.squared_error, expected);
@@ -282,11 +348,16 @@ fn batch_topk_threshold_statistic_matches_the_dense_step() {
 }
 
 #[test]
-fn l0_without_a_threshold_is_left_to_the_dense_step() {
+fn threshold_penalties_without_a_threshold_are_left_to_the_dense_step() {
     let sae = TopKSae::new(affine(), 8).unwrap();
+    assert!(
+        sparse_step(&sae, &inputs(), &with_pre_activation(0.0), 1.0)
+            .unwrap()
+            .is_none()
+    );
     let penalties = SparsePenalties {
         l0: 0.1,
-        auxk: None,
+        ..SparsePenalties::default()
     };
     assert!(
         sparse_step(&sae, &inputs(), &penalties, 1.0)
@@ -300,7 +371,7 @@ fn sparse_step_rejects_bad_inputs() {
     let sae = jumprelu(ThresholdParametrisation::Raw, 0.05);
     let penalties = SparsePenalties {
         l0: 0.1,
-        auxk: None,
+        ..SparsePenalties::default()
     };
     let wrong = Tensor::zeros((4, 7), DType::F32, &Device::Cpu).unwrap();
     assert!(sparse_step(&sae, &wrong, &penalties, 1.0).is_err());
@@ -308,6 +379,10 @@ fn sparse_step_rejects_bad_inputs() {
     assert!(sparse_step(&sae, &double, &penalties, 1.0).is_err());
     let mut short_mask = with_auxk(0.1);
     short_mask.auxk.as_mut().unwrap().dead = vec![true; D_SAE - 1];
+    let error = sparse_step(&sae, &inputs(), &short_mask, 1.0).unwrap_err();
+    assert!(error.to_string().contains("dead-latent mask"), "{error}");
+    let mut short_mask = with_pre_activation(0.1);
+    short_mask.pre_activation.as_mut().unwrap().dead = vec![true; D_SAE - 1];
     let error = sparse_step(&sae, &inputs(), &short_mask, 1.0).unwrap_err();
     assert!(error.to_string().contains("dead-latent mask"), "{error}");
 }

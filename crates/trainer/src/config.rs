@@ -35,6 +35,14 @@ pub enum PenaltyConfig {
         /// Dead latents used (Gao et al.: 512).
         k_aux: usize,
     },
+    /// Anthropic's pre-activation loss for dead JumpReLU latents (`sae_core::PreActivationLoss`,
+    /// SAELens's `pre_act_loss_coefficient`); not warmed up.
+    PreActivation {
+        /// c (Anthropic: 3e-6 on their input scale; SAELens: no default).
+        coefficient: f64,
+        /// A latent is dead for this term when it has not fired for this many tokens.
+        dead_after_tokens: u64,
+    },
 }
 
 impl PenaltyConfig {
@@ -44,13 +52,17 @@ impl PenaltyConfig {
             PenaltyConfig::L0 { coefficient }
             | PenaltyConfig::L1 { coefficient }
             | PenaltyConfig::L1DecoderNorm { coefficient }
-            | PenaltyConfig::Auxk { coefficient, .. } => *coefficient,
+            | PenaltyConfig::Auxk { coefficient, .. }
+            | PenaltyConfig::PreActivation { coefficient, .. } => *coefficient,
         }
     }
 
     /// Whether the coefficient follows the λ warm-up.
     pub fn warms_up(&self) -> bool {
-        !matches!(self, PenaltyConfig::Auxk { .. })
+        !matches!(
+            self,
+            PenaltyConfig::Auxk { .. } | PenaltyConfig::PreActivation { .. }
+        )
     }
 }
 

@@ -7,10 +7,10 @@ use activation_cache::ActivationSource;
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::format::save_saelens_with_files;
-use sae_core::sparse::{AuxKTerm, SparsePenalties};
+use sae_core::sparse::{AuxKTerm, PreActivationTerm, SparsePenalties};
 use sae_core::{
-    AuxK, DecoderNormL1, InitConfig, L0Ste, L1, PenaltyContext, SaeShape, SparsityPenalty,
-    SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
+    AuxK, DecoderNormL1, InitConfig, L0Ste, L1, PenaltyContext, PreActivationLoss, SaeShape,
+    SparsityPenalty, SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
 };
 
 use crate::adam::Adam;
@@ -78,6 +78,11 @@ fn penalty_of(config: &PenaltyConfig, ste: SteConfig) -> Box<dyn SparsityPenalty
         PenaltyConfig::L1 { .. } => Box::new(L1),
         PenaltyConfig::L1DecoderNorm { .. } => Box::new(DecoderNormL1),
         PenaltyConfig::Auxk { k_aux, .. } => Box::new(AuxK { k_aux: *k_aux }),
+        PenaltyConfig::PreActivation {
+            dead_after_tokens, ..
+        } => Box::new(PreActivationLoss {
+            dead_after_tokens: *dead_after_tokens,
+        }),
     }
 }
 
@@ -115,6 +120,20 @@ impl<S: ActivationSource> Trainer<S> {
                     if let Some(value) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
                         return Err(TrainError::Invalid(format!(
                             "SAE `{}`: {key} must be a positive number, not {value}",
+                            sae.name
+                        )));
+                    }
+                }
+                for penalty in sae.penalties.iter().flatten() {
+                    if let PenaltyConfig::PreActivation {
+                        coefficient,
+                        dead_after_tokens,
+                    } = penalty
+                        && !(coefficient.is_finite() && *coefficient >= 0.0 && *dead_after_tokens > 0)
+                    {
+                        return Err(TrainError::Invalid(format!(
+                            "SAE `{}`: the pre-activation penalty needs a finite coefficient ≥ 0 \
+                             (got {coefficient}) and dead_after_tokens > 0 (got {dead_after_tokens})",
                             sae.name
                         )));
                     }
@@ -487,6 +506,7 @@ impl SaeRun {
         let dead_mask: Vec<f32> = dead.iter().map(|&d| if d { 1.0 } else { 0.0 }).collect();
         let context = PenaltyContext {
             dead_latents: Some(Tensor::new(dead_mask, x.device())?),
+            tokens_since_fired: Some(self.since_fired.clone()),
         };
         let weighted: Vec<WeightedPenalty> = self
             .penalties
@@ -665,6 +685,18 @@ impl SaeRun {
                         dead: dead.to_vec(),
                     });
                 }
+                PenaltyConfig::PreActivation {
+                    dead_after_tokens, ..
+                } if sparse.pre_activation.is_none() => {
+                    sparse.pre_activation = Some(PreActivationTerm {
+                        coefficient: weighted.coefficient,
+                        dead: self
+                            .since_fired
+                            .iter()
+                            .map(|&s| s >= *dead_after_tokens)
+                            .collect(),
+                    });
+                }
                 _ => return None,
             }
         }
@@ -700,7 +732,9 @@ impl SaeRun {
                 fires: std::mem::take(&mut step.fires),
                 total: step.total as f64,
                 reconstruction: step.reconstruction as f64,
-                penalty: if has_l0 { step.l0 as f64 } else { 0.0 } + step.auxk as f64,
+                penalty: if has_l0 { step.l0 as f64 } else { 0.0 }
+                    + step.auxk as f64
+                    + step.pre_activation as f64,
                 auxiliary: 0.0,
                 squared_error: step.squared_error as f64,
                 forward: None,

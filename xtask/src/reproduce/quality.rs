@@ -30,6 +30,8 @@ use super::quickstart::{self, CONTEXT_LENGTH};
 pub const DEFAULT_BUDGET: u64 = 307_200;
 /// Most tokens harvested.
 pub const MAX_HARVEST: u64 = 60_000;
+/// Tokens per step.
+const BATCH_SIZE: usize = 1024;
 use super::report::{frontier_plots, write_summary};
 
 /// Arguments of `bench-quality`.
@@ -47,6 +49,14 @@ pub struct QualityArgs {
     /// `grad_clip_norm=null` to test a recipe change against SAELens.
     #[arg(long = "set")]
     overrides: Vec<String>,
+    /// Add Anthropic's pre-activation loss on dead latents with this coefficient, to both
+    /// trainers (SAELens's `pre_act_loss_coefficient`). Off by default: see BENCHMARKS.md.
+    #[arg(long)]
+    pre_activation: Option<f64>,
+    /// Tokens without firing after which the pre-activation loss counts a latent as dead
+    /// (a multiple of the batch of 1,024: SAELens counts steps).
+    #[arg(long, default_value_t = 20_480)]
+    pre_activation_window: u64,
     /// Train only this project's SAEs.
     #[arg(long)]
     no_peers: bool,
@@ -64,6 +74,20 @@ struct Entry {
 
 /// Runs the comparison.
 pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
+    if let Some(c) = args.pre_activation
+        && !(c.is_finite() && c > 0.0)
+    {
+        bail!("--pre-activation must be a positive coefficient, not {c}");
+    }
+    if args.pre_activation_window == 0
+        || !args.pre_activation_window.is_multiple_of(BATCH_SIZE as u64)
+    {
+        bail!(
+            "--pre-activation-window must be a positive multiple of the batch of 1,024 tokens \
+             (SAELens counts its window in steps), not {}",
+            args.pre_activation_window
+        );
+    }
     let python = if args.no_peers {
         None
     } else {
@@ -73,15 +97,22 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
     let hook = HookPoint::ResidPost(lab.middle_layer());
     let budget = Budget::new(
         args.common.budget.unwrap_or(DEFAULT_BUDGET),
-        1024,
+        BATCH_SIZE,
         MAX_HARVEST,
     );
     let ours = |lambda: f64, seed: u64| -> anyhow::Result<SaeConfig> {
         let mut sae = quickstart::sae_config(hook, budget.steps());
         sae.name = format!("ours-l{lambda:e}-s{seed}");
-        sae.penalties = Some(vec![PenaltyConfig::L0 {
+        let mut penalties = vec![PenaltyConfig::L0 {
             coefficient: lambda,
-        }]);
+        }];
+        if let Some(coefficient) = args.pre_activation {
+            penalties.push(PenaltyConfig::PreActivation {
+                coefficient,
+                dead_after_tokens: args.pre_activation_window,
+            });
+        }
+        sae.penalties = Some(penalties);
         sae.seed = Some(seed);
         Ok(sae.with_overrides(&args.overrides)?)
     };
@@ -179,7 +210,7 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
          {:.0}, {} of {} stored tokens above it). Ours: the quickstart's recipe{}. SAELens \
          6.54: `JumpReLUTrainingSAE` stepped by its `SAETrainer` on the store's rows, same lr, \
          warm-up and decay lengths, bandwidth, initial threshold, β₁ = 0, b_dec at the mean, unit \
-         decoder rows at init, its own gradient clipping at 1 and no decoder constraint.",
+         decoder rows at init, its own gradient clipping at 1 and no decoder constraint.{}",
         quickstart::D_SAE,
         budget.steps(),
         budget.batch_size,
@@ -195,6 +226,14 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
             String::new()
         } else {
             format!(" with {}", args.overrides.join(", "))
+        },
+        match args.pre_activation {
+            Some(c) => format!(
+                " Both add the pre-activation loss on dead latents, coefficient {c:e}, dead after \
+                 {} tokens without firing.",
+                args.pre_activation_window
+            ),
+            None => String::new(),
         },
     ));
     report.heading("Results");
@@ -292,6 +331,20 @@ fn train_saelens(
         .args(["--decoder-init-norm", &sae.decoder_init_norm.to_string()]);
     if let Some(cutoff) = cutoff {
         command.args(["--exclude-norm-above", &cutoff.to_string()]);
+    }
+    for penalty in &sae.penalties {
+        if let PenaltyConfig::PreActivation {
+            coefficient,
+            dead_after_tokens,
+        } = penalty
+        {
+            // SAELens counts steps since a latent fired and calls it dead above its window;
+            // dead here is ≥ dead_after_tokens, i.e. after dead_after_tokens / batch steps.
+            let window = (dead_after_tokens / budget.batch_size as u64).saturating_sub(1);
+            command
+                .args(["--pre-act-loss", &coefficient.to_string()])
+                .args(["--dead-window", &window.to_string()]);
+        }
     }
     eprintln!("[bench-quality] SAELens, seed {seed}: {} SAEs", names.len());
     let status = command

@@ -16,6 +16,7 @@
 //! | ∂/∂W_enc[:, j] = Σ (x − b_dec)·∂/∂π, ∂/∂b_enc | active and AuxK pairs |
 //! | ∂/∂θ = Σ (g·W_dec[j])·(−θ/ε) − λ/(εB) | band pairs |
 //! | AuxK: ê = Σ_aux f·W_dec[j], h = 2α(ê − e)/Σ‖e − ē‖², e = x − x̂ (no gradient) | AuxK pairs |
+//! | pre-activation loss: ∂/∂π = −c‖W_dec[j]‖/B where π < θ, so ∂/∂W_enc[:, j] = −c‖W_dec[j]‖/B·(Σ_all (x − b_dec) − Σ_{π ≥ θ} (x − b_dec)) | dead latents' columns of π, their firing tokens |
 //! | ∂/∂b_dec = Σ g − W_enc·∂/∂b_enc | dense, d_in |
 //!
 //! Passes: the encoder product (OpenBLAS when the system has it, see [`blas`], else candle's
@@ -81,6 +82,16 @@ pub struct AuxKTerm {
     pub dead: Vec<bool>,
 }
 
+/// The pre-activation loss for dead latents ([`crate::PreActivationLoss`]) as the sparse step
+/// takes it; needs [`SelectionRule::Threshold`].
+#[derive(Debug, Clone)]
+pub struct PreActivationTerm {
+    /// The term's coefficient c.
+    pub coefficient: f64,
+    /// Which latents are dead, `[d_sae]`.
+    pub dead: Vec<bool>,
+}
+
 /// The penalties of a sparse step, with this step's coefficients.
 #[derive(Debug, Clone, Default)]
 pub struct SparsePenalties {
@@ -88,6 +99,8 @@ pub struct SparsePenalties {
     pub l0: f64,
     /// The AuxK term, if the SAE is trained with one.
     pub auxk: Option<AuxKTerm>,
+    /// The pre-activation loss, if the SAE is trained with one.
+    pub pre_activation: Option<PreActivationTerm>,
 }
 
 /// Loss terms and gradients of one sparse step, by parameter name (the SAE's `vars` names).
@@ -99,7 +112,9 @@ pub struct SparseStep {
     pub l0: f32,
     /// The unscaled AuxK term (0 without one, or when no latent is dead).
     pub auxk: f32,
-    /// reconstruction + λ·l0 + α·auxk.
+    /// The unscaled pre-activation loss (0 without one, or when no latent is dead).
+    pub pre_activation: f32,
+    /// reconstruction + λ·l0 + α·auxk + c·pre_activation.
     pub total: f32,
     /// Gradients, one per trainable tensor, shaped like it.
     pub gradients: Vec<(&'static str, Tensor)>,
@@ -136,6 +151,46 @@ fn encoder_product(centred: &Tensor, w_enc: &Tensor) -> Result<Tensor> {
         Some(product) => Ok(Tensor::from_vec(product, (tokens, d_sae), &Device::Cpu)?),
         None => Ok(centred.matmul(w_enc)?.contiguous()?),
     }
+}
+
+/// A dead latent's share of the pre-activation loss, read from its column of π.
+#[derive(Debug, Clone, Default)]
+struct DeadLatentTerms {
+    /// Σ (θ⁺ − π) over the tokens with π < θ⁺.
+    gap: f64,
+    /// How many tokens have π < θ⁺.
+    below: u32,
+    /// The other tokens (π ≥ θ⁺: firing, or exactly at θ⁺).
+    not_below: Vec<u32>,
+}
+
+/// Each dead latent's [`DeadLatentTerms`] (`None` for live latents), from π = `rows` + b_enc.
+fn dead_latent_terms(
+    rows: &[f32],
+    b_enc: &[f32],
+    theta: &[f32],
+    dead: &[bool],
+) -> Vec<Option<DeadLatentTerms>> {
+    let d_sae = b_enc.len();
+    (0..d_sae)
+        .into_par_iter()
+        .map(|j| {
+            if !dead[j] {
+                return None;
+            }
+            let mut terms = DeadLatentTerms::default();
+            for (i, row) in rows.chunks_exact(d_sae).enumerate() {
+                let pre = row[j] + b_enc[j];
+                if pre < theta[j] {
+                    terms.gap += (theta[j] - pre) as f64;
+                    terms.below += 1;
+                } else {
+                    terms.not_below.push(i as u32);
+                }
+            }
+            Some(terms)
+        })
+        .collect()
 }
 
 /// One token's share of the step: its pairs, g = 2(x̂ − x)/B, ‖x − x̂‖², and AuxK's h.
@@ -189,16 +244,37 @@ pub fn sparse_step(
             auxk.dead.len()
         )));
     }
+    let pre_activation = penalties
+        .pre_activation
+        .as_ref()
+        .filter(|p| p.coefficient != 0.0 && p.dead.iter().any(|&d| d));
+    if let Some(term) = pre_activation {
+        if term.dead.len() != d_sae {
+            return Err(SaeError::Config(format!(
+                "the pre-activation loss's dead-latent mask has {} entries for {d_sae} latents",
+                term.dead.len()
+            )));
+        }
+        if !matches!(rule, SelectionRule::Threshold { .. }) {
+            return Ok(None);
+        }
+    }
     let x = x.contiguous()?;
     let centred = affine.encoder_input(&x)?.contiguous()?;
     // π without b_enc: the bias is added while the pairs are read, which saves a pass over
     // (and a second copy of) the [tokens × d_sae] matrix.
     let product = encoder_product(&centred, affine.w_enc.as_tensor())?;
     let b_enc = affine.b_enc.as_tensor().to_vec1::<f32>()?;
-    let token_pairs = {
+    let (token_pairs, dead_terms) = {
         let (storage, layout) = product.storage_and_layout();
         let rows = contiguous_f32(&storage, layout, "the pre-activations")?;
-        select::token_pairs(rows, &b_enc, &rule, auxk)
+        let dead_terms = match (pre_activation, &rule) {
+            (Some(term), SelectionRule::Threshold { theta, .. }) => {
+                dead_latent_terms(rows, &b_enc, theta, &term.dead)
+            }
+            _ => Vec::new(),
+        };
+        (select::token_pairs(rows, &b_enc, &rule, auxk), dead_terms)
     };
     drop(product);
     let pairs: usize = token_pairs.iter().map(Vec::len).sum();
@@ -278,6 +354,27 @@ pub fn sparse_step(
         _ => (&[][..], 1.0),
     };
     let l0_gradient = -(penalties.l0 as f32) / (bandwidth * tokens as f32);
+    // The pre-activation loss: Σ over tokens of x − b_dec (its W_enc gradient is this sum less
+    // the firing tokens' rows), each dead latent's decoder norm, and the term itself.
+    let pre_coefficient = pre_activation.map_or(0.0, |p| p.coefficient) as f32;
+    let centred_sum: Vec<f32> = if dead_terms.is_empty() {
+        Vec::new()
+    } else {
+        (0..d_in)
+            .map(|k| {
+                (0..tokens)
+                    .map(|i| centred[i * d_in + k] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect()
+    };
+    let decoder_norm = |j: usize| kernels::dot(decoder_row(j as u32), decoder_row(j as u32)).sqrt();
+    let pre_activation_term: f64 = dead_terms
+        .iter()
+        .enumerate()
+        .filter_map(|(j, t)| t.as_ref().map(|t| decoder_norm(j) as f64 * t.gap))
+        .sum::<f64>()
+        / tokens as f64;
     // Per latent (threads own whole rows, written in place): its W_enc column gradient (a row
     // of Wᵀ_enc), W_dec row gradient, b_enc and θ gradients.
     let mut encoder_t = vec![0f32; d_sae * d_in];
@@ -305,6 +402,21 @@ pub fn sparse_step(
                 }
                 if pair.band {
                     threshold += pair.output_gradient * (-theta[j] / bandwidth) + l0_gradient;
+                }
+            }
+            if let Some(Some(dead)) = dead_terms.get(j) {
+                let norm = decoder_norm(j);
+                let pre_gradient = -pre_coefficient * norm / tokens as f32;
+                kernels::axpy(pre_gradient, &centred_sum, encoder);
+                for &i in &dead.not_below {
+                    let i = i as usize;
+                    kernels::axpy(-pre_gradient, &centred[i * d_in..(i + 1) * d_in], encoder);
+                }
+                b_enc += pre_gradient * dead.below as f32;
+                threshold -= pre_gradient * dead.below as f32;
+                if norm > 0.0 {
+                    let along = pre_coefficient * dead.gap as f32 / (tokens as f32 * norm);
+                    kernels::axpy(along, decoder_row(j as u32), decoder);
                 }
             }
             (b_enc, threshold)
@@ -351,13 +463,18 @@ pub fn sparse_step(
     }
     let l0 = active_pairs as f64 / tokens as f64;
     let auxk_coefficient = auxk.map_or(0.0, |a| a.coefficient);
+    let total = reconstruction
+        + penalties.l0 * l0
+        + auxk_coefficient * auxk_term
+        + pre_coefficient as f64 * pre_activation_term;
     Ok(Some(SparseStep {
         reconstruction: reconstruction as f32,
         squared_error: squared_error as f32,
         fires,
         l0: l0 as f32,
         auxk: auxk_term as f32,
-        total: (reconstruction + penalties.l0 * l0 + auxk_coefficient * auxk_term) as f32,
+        pre_activation: pre_activation_term as f32,
+        total: total as f32,
         gradients,
         active_pairs,
         smallest_active,
