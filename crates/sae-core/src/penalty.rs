@@ -196,21 +196,21 @@ pub struct PreActivationLoss {
 }
 
 impl PreActivationLoss {
-    /// 0/1 per latent, f32 `[d_sae]`: dead by this penalty's window; `None` when none is.
-    pub fn dead_mask(&self, tokens_since_fired: &[u64], device: &Device) -> Result<Option<Tensor>> {
-        let mask: Vec<f32> = tokens_since_fired
+    /// Which latents are dead by this penalty's window.
+    pub fn dead_latents(&self, tokens_since_fired: &[u64]) -> Vec<bool> {
+        tokens_since_fired
             .iter()
-            .map(|&s| {
-                if s >= self.dead_after_tokens {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        if mask.iter().all(|&m| m == 0.0) {
+            .map(|&s| s >= self.dead_after_tokens)
+            .collect()
+    }
+
+    /// [`PreActivationLoss::dead_latents`] as 0/1 f32 `[d_sae]`; `None` when none is dead.
+    pub fn dead_mask(&self, tokens_since_fired: &[u64], device: &Device) -> Result<Option<Tensor>> {
+        let dead = self.dead_latents(tokens_since_fired);
+        if !dead.contains(&true) {
             return Ok(None);
         }
+        let mask: Vec<f32> = dead.into_iter().map(|d| d as u8 as f32).collect();
         Ok(Some(Tensor::new(mask, device)?))
     }
 }

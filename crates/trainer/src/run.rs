@@ -688,13 +688,12 @@ impl SaeRun {
                 PenaltyConfig::PreActivation {
                     dead_after_tokens, ..
                 } if sparse.pre_activation.is_none() => {
+                    let penalty = PreActivationLoss {
+                        dead_after_tokens: *dead_after_tokens,
+                    };
                     sparse.pre_activation = Some(PreActivationTerm {
                         coefficient: weighted.coefficient,
-                        dead: self
-                            .since_fired
-                            .iter()
-                            .map(|&s| s >= *dead_after_tokens)
-                            .collect(),
+                        dead: penalty.dead_latents(&self.since_fired),
                     });
                 }
                 _ => return None,
