@@ -54,6 +54,7 @@ pub mod init;
 pub mod kernels;
 pub mod loss;
 pub mod penalty;
+pub mod resample;
 pub mod scaling;
 pub mod sparse;
 pub mod ste;

@@ -93,6 +93,52 @@ impl Adam {
         Ok(())
     }
 
+    /// Restarts the moments of `name` at `latents` along `axis` (after those latents were
+    /// resampled): first moments 0, second moments the mean second moment of the parameter's
+    /// other entries. A zero second moment would make the next step ≈ 1/√(1 − β₂) ≈ 32× the
+    /// usual size (β₂ = 0.999); the mean keeps it at the size of its neighbours'. A parameter
+    /// not yet updated has no moments and nothing to restart.
+    pub fn reset_latents(&mut self, name: &str, axis: usize, latents: &[usize]) -> Result<()> {
+        let Some(moments) = self.moments.get_mut(name) else {
+            return Ok(());
+        };
+        let Some(&width) = moments.shape.get(axis) else {
+            return Err(TrainError::Invalid(format!(
+                "Adam: `{name}` {:?} has no axis {axis}",
+                moments.shape
+            )));
+        };
+        let stride: usize = moments.shape[axis + 1..].iter().product();
+        let mut reset = vec![false; width];
+        for &latent in latents {
+            *reset.get_mut(latent).ok_or_else(|| {
+                TrainError::Invalid(format!(
+                    "Adam: latent {latent} is outside axis {axis} of `{name}` {:?}",
+                    moments.shape
+                ))
+            })? = true;
+        }
+        let is_reset = |e: usize| reset[(e / stride) % width];
+        let (sum, kept) = moments
+            .second
+            .iter()
+            .enumerate()
+            .filter(|(e, _)| !is_reset(*e))
+            .fold((0.0f64, 0usize), |(s, n), (_, &v)| {
+                (s + f64::from(v), n + 1)
+            });
+        let mean = if kept == 0 {
+            0.0
+        } else {
+            (sum / kept as f64) as f32
+        };
+        for e in (0..moments.second.len()).filter(|&e| is_reset(e)) {
+            moments.first[e] = 0.0;
+            moments.second[e] = mean;
+        }
+        Ok(())
+    }
+
     /// Advances the step counter (bias correction uses it).
     pub fn tick(&mut self) {
         self.t += 1;
@@ -273,6 +319,41 @@ impl InplaceOp2 for InPlaceUpdate<'_> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn resetting_latents_restarts_their_moments_at_the_mean_of_the_rest() {
+        let var =
+            Var::from_tensor(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let grad = Tensor::new(&[[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &Device::Cpu).unwrap();
+        let mut adam = Adam::new(0.9, 0.999, 1e-8);
+        adam.tick();
+        adam.update("W", &var, &grad, 1e-3).unwrap();
+        // v = (1 − β₂)·g²; resetting column 1 (axis 1) sets its v to the mean of columns 0 and 2.
+        adam.reset_latents("W", 1, &[1]).unwrap();
+        let state: std::collections::HashMap<String, Tensor> = adam.state().into_iter().collect();
+        let m = state["m.W"].to_vec2::<f32>().unwrap();
+        let v = state["v.W"].to_vec2::<f32>().unwrap();
+        // The kept entries are (1 − β₂)·g² with 1 − β₂ rounded in f32 (relative error ≈ 1e-5);
+        // their mean, summed in f64, is exact to f32 rounding (relative 1e-6 is ample).
+        let kept = [v[0][0], v[0][2], v[1][0], v[1][2]];
+        let mean = kept.iter().map(|&x| f64::from(x)).sum::<f64>() / 4.0;
+        assert!((mean / (0.001 * (1.0 + 9.0 + 16.0 + 36.0) / 4.0) - 1.0).abs() < 1e-4);
+        for row in v.iter().zip(&m) {
+            assert_eq!(row.1[1], 0.0);
+            assert!((f64::from(row.0[1]) / mean - 1.0).abs() < 1e-6, "{v:?}");
+        }
+        assert!(
+            (m[1][2] - 0.1 * 6.0).abs() < 1e-6,
+            "other entries untouched: {m:?}"
+        );
+        assert!((v[0][0] / 0.001 - 1.0).abs() < 1e-4);
+        assert!(adam.reset_latents("W", 2, &[0]).is_err(), "no axis 2");
+        assert!(
+            adam.reset_latents("W", 0, &[2]).is_err(),
+            "row 2 is out of range"
+        );
+        adam.reset_latents("never updated", 0, &[0]).unwrap();
+    }
 
     #[test]
     fn moments_do_not_keep_the_backward_graph_alive() {

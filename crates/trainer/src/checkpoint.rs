@@ -61,6 +61,8 @@ pub(crate) struct RunState {
     pub window_tokens: u64,
     pub total_fires: Vec<u64>,
     pub total_tokens: u64,
+    #[serde(default)]
+    pub resampled: u64,
 }
 
 /// One SAE's tensors: its training state and its optimiser's moments.

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use sae_core::{Architecture, ThresholdParametrisation};
 
+use crate::resample::ResampleConfig;
 use crate::{Result, TrainError};
 
 /// A sparsity penalty and its coefficient.
@@ -139,6 +140,9 @@ pub struct SaeConfig {
     /// and of the mean that b_dec starts at. Default: every row trains.
     #[serde(default)]
     pub exclude_norm_above: Option<f64>,
+    /// Resample dead latents during training ([`crate::resample`]). Default: never.
+    #[serde(default)]
+    pub resample: Option<ResampleConfig>,
     /// Initialisation seed.
     pub seed: Option<u64>,
 }
@@ -194,6 +198,9 @@ pub struct ResolvedSaeConfig {
     pub grad_clip_norm: Option<f64>,
     /// Rows with a larger raw norm do not train (none: all rows train).
     pub exclude_norm_above: Option<f64>,
+    /// Resampling of dead latents (none: never).
+    #[serde(default)]
+    pub resample: Option<ResampleConfig>,
     /// Seed.
     pub seed: u64,
 }
@@ -226,6 +233,7 @@ impl SaeConfig {
             normalise_inputs: None,
             grad_clip_norm: None,
             exclude_norm_above: None,
+            resample: None,
             seed: None,
         }
     }
@@ -338,6 +346,7 @@ impl SaeConfig {
             normalise_inputs: self.normalise_inputs.unwrap_or(true),
             grad_clip_norm: self.grad_clip_norm,
             exclude_norm_above: self.exclude_norm_above,
+            resample: self.resample,
             seed: self.seed.unwrap_or(0),
         }
     }
@@ -501,8 +510,12 @@ fn set_path(value: &mut Value, path: &str, new: Value) -> Result<()> {
                     map.insert(part.to_string(), new);
                     return Ok(());
                 }
-                map.entry(part.to_string())
-                    .or_insert_with(|| Value::Object(Map::new()))
+                // An unset option (null) is created like a missing key.
+                let entry = map.entry(part.to_string()).or_insert(Value::Null);
+                if entry.is_null() {
+                    *entry = Value::Object(Map::new());
+                }
+                entry
             }
             _ => {
                 return Err(TrainError::Invalid(format!(

@@ -38,6 +38,7 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod metrics;
+pub mod resample;
 mod run;
 pub mod schedule;
 
@@ -45,4 +46,5 @@ pub use adam::Adam;
 pub use config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig, SaeConfig, TrainConfig};
 pub use error::{Result, TrainError};
 pub use metrics::MetricsRow;
+pub use resample::ResampleConfig;
 pub use run::{RunOptions, SaeRun, Trainer};

@@ -54,6 +54,17 @@ pub struct MetricsRow {
     /// Current coefficient of the first warmed-up penalty (λ).
     #[serde(deserialize_with = "nan_from_null")]
     pub lambda: f64,
+    /// Latents resampled so far in the run ([`crate::resample`]).
+    #[serde(default)]
+    pub resampled: u64,
+    /// Fraction of variance unexplained on the held-out rows
+    /// ([`crate::Trainer::set_held_out`]); NaN without them.
+    #[serde(default = "nan", deserialize_with = "nan_from_null")]
+    pub held_out_fvu: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 /// JSON has no NaN: serde_json writes it as `null`; read `null` back as NaN.
@@ -87,6 +98,8 @@ pub fn to_frame(rows: &[MetricsRow]) -> Result<DataFrame> {
         Column::new("threshold_max".into(), f(|r| r.threshold_max)),
         Column::new("lr".into(), f(|r| r.lr)),
         Column::new("lambda".into(), f(|r| r.lambda)),
+        Column::new("resampled".into(), u(|r| r.resampled)),
+        Column::new("held_out_fvu".into(), f(|r| r.held_out_fvu)),
     ];
     Ok(DataFrame::new(rows.len(), columns)?)
 }

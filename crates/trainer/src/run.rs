@@ -7,6 +7,7 @@ use activation_cache::ActivationSource;
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::format::save_saelens_with_files;
+use sae_core::resample::ResampleRequest;
 use sae_core::sparse::{AuxKTerm, PreActivationTerm, SparsePenalties};
 use sae_core::{
     AuxK, DecoderNormL1, InitConfig, L0Ste, L1, PenaltyContext, PreActivationLoss, SaeShape,
@@ -20,6 +21,7 @@ use crate::checkpoint::{
 };
 use crate::config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig, TrainConfig};
 use crate::metrics::{self, MetricsRow};
+use crate::resample::{self, ResampleConfig};
 use crate::schedule::{lambda_factor, learning_rate};
 use crate::{Result, TrainError};
 
@@ -42,6 +44,8 @@ pub struct SaeRun {
     /// Firings per latent over the whole run, and tokens.
     total_fires: Vec<u64>,
     total_tokens: u64,
+    /// Latents resampled so far.
+    resampled: u64,
 }
 
 /// Options that do not change results.
@@ -70,6 +74,8 @@ pub struct Trainer<S: ActivationSource> {
     last_metrics_at: Option<Instant>,
     /// The run's identity (`config.json`), recorded in every checkpoint.
     identity: serde_json::Value,
+    /// Per SAE, held-out rows in its training space ([`Self::set_held_out`]).
+    held_out: Vec<Option<Tensor>>,
 }
 
 fn penalty_of(config: &PenaltyConfig, ste: SteConfig) -> Box<dyn SparsityPenalty> {
@@ -134,6 +140,16 @@ impl<S: ActivationSource> Trainer<S> {
                         return Err(TrainError::Invalid(format!(
                             "SAE `{}`: the pre-activation penalty needs a finite coefficient ≥ 0 \
                              (got {coefficient}) and dead_after_tokens > 0 (got {dead_after_tokens})",
+                            sae.name
+                        )));
+                    }
+                }
+                if let Some(resample) = &sae.resample {
+                    resample.validate(&sae.name)?;
+                    if sae.architecture == sae_core::Architecture::Gated {
+                        return Err(TrainError::Invalid(format!(
+                            "SAE `{}`: resampling dead latents is not supported for Gated SAEs \
+                             (JumpReLU, ReLU, TopK and BatchTopK support it)",
                             sae.name
                         )));
                     }
@@ -252,6 +268,7 @@ impl<S: ActivationSource> Trainer<S> {
                     window_tokens: 0,
                     total_fires: vec![0; config.d_sae],
                     total_tokens: 0,
+                    resampled: 0,
                     config,
                 })
             })
@@ -267,6 +284,7 @@ impl<S: ActivationSource> Trainer<S> {
             metrics: Vec::new(),
             last_metrics_at: None,
             identity: effective,
+            held_out: Vec::new(),
         };
         if let Some((state, tensors)) = saved {
             trainer.restore(state, tensors)?;
@@ -284,6 +302,45 @@ impl<S: ActivationSource> Trainer<S> {
         self.step >= self.config.steps
     }
 
+    /// Held-out activations, one `[rows, width]` tensor per hook of the source (raw units, as
+    /// the source gives them): every metrics row then also has the SAE's FVU on them
+    /// (`held_out_fvu`), the curve that says whether more training still helps on data the SAE
+    /// never sees. Rows above an SAE's norm cutoff are left out, as in training.
+    pub fn set_held_out(&mut self, activations: &[Tensor]) -> Result<()> {
+        let hooks = self.source.hooks();
+        if activations.len() != hooks.len() {
+            return Err(TrainError::Invalid(format!(
+                "held-out activations: {} tensors for {} hooks",
+                activations.len(),
+                hooks.len()
+            )));
+        }
+        for (tensor, hook) in activations.iter().zip(hooks) {
+            if tensor.rank() != 2 || tensor.dim(1)? != hook.width || tensor.dim(0)? < 2 {
+                return Err(TrainError::Invalid(format!(
+                    "held-out activations of `{}`: shape {:?}, expected [rows ≥ 2, {}]",
+                    hook.name,
+                    tensor.dims(),
+                    hook.width
+                )));
+            }
+        }
+        self.held_out = self
+            .runs
+            .iter()
+            .map(|run| {
+                let rows = training_rows(&activations[run.hook_index], &run.config)?;
+                if rows.dim(0)? < 2 {
+                    return Ok(None);
+                }
+                Ok(Some(
+                    (rows.to_dtype(DType::F32)?.to_device(&self.device)? / run.scale)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+
     /// One optimiser step of every SAE on the next batch; false when the data ran out.
     pub fn step(&mut self) -> Result<bool> {
         let Some(batch) = self.source.next_batch(self.config.batch_size)? else {
@@ -292,7 +349,7 @@ impl<S: ActivationSource> Trainer<S> {
         let rows = batch.tokens.len() as u64;
         let record = (self.step + 1).is_multiple_of(self.config.metrics_every)
             || self.step + 1 == self.config.steps;
-        for run in &mut self.runs {
+        for (index, run) in self.runs.iter_mut().enumerate() {
             let trained = training_rows(&batch.activations[run.hook_index], &run.config)?;
             let x = (trained.to_device(&self.device)? / run.scale)?;
             let row = run.train_step(
@@ -305,6 +362,9 @@ impl<S: ActivationSource> Trainer<S> {
             if let Some(mut row) = row {
                 row.step = self.step + 1;
                 row.tokens = self.tokens + rows;
+                if let Some(Some(held_out)) = self.held_out.get(index) {
+                    row.held_out_fvu = run.fvu_on(held_out)?;
+                }
                 self.metrics.push(row);
             }
         }
@@ -409,6 +469,7 @@ impl<S: ActivationSource> Trainer<S> {
                     window_tokens: r.window_tokens,
                     total_fires: r.total_fires.clone(),
                     total_tokens: r.total_tokens,
+                    resampled: r.resampled,
                 })
                 .collect(),
             identity: self.identity.clone(),
@@ -446,6 +507,7 @@ impl<S: ActivationSource> Trainer<S> {
             run.window_tokens = saved.window_tokens;
             run.total_fires = saved.total_fires;
             run.total_tokens = saved.total_tokens;
+            run.resampled = saved.resampled;
         }
         Ok(())
     }
@@ -558,6 +620,11 @@ impl SaeRun {
         }
         self.window_tokens += tokens;
         self.total_tokens += tokens;
+        if let Some(resample) = self.config.resample
+            && resample.due(step_index + 1, total)
+        {
+            self.resample_dead(x, &resample, step_index + 1)?;
+        }
         if !record {
             return Ok(None);
         }
@@ -604,6 +671,8 @@ impl SaeRun {
                 .iter()
                 .find(|(_, c)| c.warms_up())
                 .map_or(0.0, |(_, c)| c.coefficient() * warm),
+            resampled: self.resampled,
+            held_out_fvu: f64::NAN,
         };
         self.window_fires.iter_mut().for_each(|f| *f = 0);
         self.window_tokens = 0;
@@ -612,6 +681,59 @@ impl SaeRun {
 }
 
 impl SaeRun {
+    /// The SAE's fraction of variance unexplained on `x` (training space): the summed squared
+    /// error over the summed squared deviation from `x`'s own mean, in f64.
+    fn fvu_on(&self, x: &Tensor) -> Result<f64> {
+        let (_, reconstruction) = self.sae.forward(x)?;
+        let sum = |t: Tensor| -> Result<f64> {
+            Ok(t.to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?)
+        };
+        let error = sum((x - reconstruction)?)?;
+        let variance = sum(x.broadcast_sub(&x.mean_keepdim(0)?)?)?;
+        Ok(error / variance.max(f64::MIN_POSITIVE))
+    }
+
+    /// Resamples the latents dead for `config.dead_after_tokens` from the batch `x`
+    /// ([`crate::resample`]): new parameters, restarted optimiser moments, and a fresh
+    /// count of tokens since they fired.
+    fn resample_dead(&mut self, x: &Tensor, config: &ResampleConfig, step: u64) -> Result<()> {
+        let dead: Vec<usize> = (0..self.since_fired.len())
+            .filter(|&i| self.since_fired[i] >= config.dead_after_tokens)
+            .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let (_, reconstruction) = self.sae.forward(x)?;
+        let squared_errors: Vec<f32> = (x - reconstruction)?
+            .sqr()?
+            .sum(1)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?;
+        let Some(rows) =
+            resample::choose_inputs(&squared_errors, dead.len(), self.config.seed, step)
+        else {
+            return Ok(());
+        };
+        let rows: Vec<u32> = rows.into_iter().map(|r| r as u32).collect();
+        let inputs = x.index_select(&Tensor::new(rows, x.device())?, 0)?;
+        let resampled = self.sae.resample_latents(&ResampleRequest {
+            latents: &dead,
+            inputs: &inputs,
+            encoder_scale: config.encoder_scale,
+        })?;
+        for (name, axis) in &resampled.vars {
+            self.adam.reset_latents(name, *axis, &resampled.latents)?;
+        }
+        for &latent in &resampled.latents {
+            self.since_fired[latent] = 0;
+        }
+        self.resampled += resampled.latents.len() as u64;
+        Ok(())
+    }
+
     /// Stops training at the first non-finite loss or gradient: an update with it would make
     /// every later step, checkpoint and export NaN.
     fn check_finite(&self, step: &StepResult, step_index: u64) -> Result<()> {

@@ -1,12 +1,14 @@
 //! The trainer on synthetic activations with a known dictionary: recovery of the dictionary by
-//! every architecture, bit-identical resume, schedules and the decoder constraint.
+//! every architecture, bit-identical resume, schedules, resampling and the decoder constraint.
 
 use activation_cache::store::HookSpec;
 use activation_cache::{ActivationBatch, ActivationSource, Cursor, TokenInfo};
 use candle_core::{D, DType, Device, Tensor};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sae_core::Architecture;
-use trainer::{MetricsRow, PenaltyConfig, RunOptions, SaeConfig, TrainConfig, Trainer};
+use trainer::{
+    MetricsRow, PenaltyConfig, ResampleConfig, RunOptions, SaeConfig, TrainConfig, Trainer,
+};
 
 const D_IN: usize = 32;
 const ATOMS: usize = 48;
@@ -277,6 +279,125 @@ fn the_pre_activation_loss_revives_dead_jumprelu_latents() {
     );
 }
 
+/// Resampling every 100 steps the latents that have not fired for 5 steps of 256 tokens.
+fn resample_every_100_steps() -> Option<ResampleConfig> {
+    Some(ResampleConfig::new(100, 1280))
+}
+
+#[test]
+fn resampling_revives_dead_latents_on_the_true_directions() {
+    // The dead start of the pre-activation test: with θ = 2 nothing ever fires, and only
+    // resampling can bring latents back.
+    let dead_start = |s: &mut SaeConfig| {
+        s.bandwidth = Some(0.05);
+        s.threshold_init = Some(2.0);
+        s.penalties = Some(vec![PenaltyConfig::L0 { coefficient: 0.02 }]);
+        s.resample = resample_every_100_steps();
+    };
+    let (cosine, last) = recovery(Architecture::JumpRelu, dead_start);
+    // Every latent is dead at step 100 and resampled then; later rounds resample those that
+    // died again, so the count is at least d_sae.
+    assert!(last.resampled >= 96, "resampled {}", last.resampled);
+    // About three atoms are on per row; the SAE has twice as many latents as there are atoms,
+    // so at this λ up to half of them may be surplus and die again (without resampling all of
+    // them stay dead: the pre-activation test above).
+    assert!(
+        last.l0 > 2.0 && last.l0 < 6.0 && last.dead_fraction < 0.6,
+        "L0 {}, dead fraction {}",
+        last.l0,
+        last.dead_fraction
+    );
+    // New directions come from inputs, which are mixtures of about three atoms: training must
+    // still pull the decoder rows onto the atoms themselves (measured: 0.97).
+    assert!(cosine > 0.9, "mean max cosine {cosine}");
+}
+
+#[test]
+fn held_out_fvu_is_measured_on_rows_the_sae_never_trains_on() {
+    let mut sae = SaeConfig::new("sae", HOOK, Architecture::Relu, 96);
+    sae.lr = Some(3e-3);
+    let mut source = Synthetic::new();
+    // Rows far past any the 300 steps of 256 read: the same distribution, never trained on.
+    source.emitted = 1_000_000;
+    let held_out = source.next_batch(512).unwrap().unwrap().activations;
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(config(vec![sae], 300), Synthetic::new(), dir.path()).unwrap();
+    let wrong = Tensor::zeros((4, D_IN + 1), DType::F32, &Device::Cpu).unwrap();
+    let error = trainer.set_held_out(&[wrong]).unwrap_err().to_string();
+    assert!(
+        error.contains("held-out") && error.contains(HOOK),
+        "{error}"
+    );
+    assert!(trainer.set_held_out(&[]).is_err(), "one tensor per hook");
+    trainer.set_held_out(&held_out).unwrap();
+    trainer.run(&RunOptions::default()).unwrap();
+    let curve: Vec<(f64, f64)> = trainer
+        .metrics
+        .iter()
+        .map(|r| (r.held_out_fvu, r.fvu))
+        .collect();
+    let (first, last) = (curve[0], *curve.last().unwrap());
+    assert!(
+        curve.iter().all(|(h, _)| h.is_finite() && *h >= 0.0),
+        "{curve:?}"
+    );
+    assert!(
+        last.0 < 0.8 * first.0,
+        "held-out FVU does not fall: {curve:?}"
+    );
+    // Same distribution: the held-out FVU tracks the batch FVU (512 rows against 256: their
+    // sampling spread is a few per cent; a factor 1.5 either way is far outside it).
+    assert!(last.0 < 1.5 * last.1 && last.1 < 1.5 * last.0, "{last:?}");
+    let saved = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+    assert!(saved.lines().next().unwrap().contains("held_out_fvu"));
+}
+
+#[test]
+fn a_resampled_run_resumes_bit_identically() {
+    // Resampling at steps 60, 120 (lost with the kill at 130 and redone), 180 and 240; the
+    // JumpReLU SAE starts dead (θ = 2 against inputs of norm ≈ 1), so it has latents to resample.
+    let saes = || {
+        let mut saes = two_saes();
+        saes[0].threshold_init = Some(2.0);
+        for sae in &mut saes {
+            sae.resample = Some(ResampleConfig {
+                until_fraction: 1.0,
+                ..ResampleConfig::new(60, 512)
+            });
+        }
+        saes
+    };
+    let (_, metrics) = assert_resume_is_bit_identical(saes);
+    for name in ["jump", "batchtopk"] {
+        let last = metrics.iter().rfind(|r| r.sae == name).unwrap();
+        assert!(last.resampled > 0, "{name}: nothing was resampled");
+    }
+}
+
+#[test]
+fn resampling_settings_are_validated() {
+    let refused = |architecture: Architecture, resample: ResampleConfig, needle: &str| {
+        let mut sae = SaeConfig::new("sae", HOOK, architecture, 16);
+        sae.resample = Some(resample);
+        let dir = tempfile::tempdir().unwrap();
+        let error = Trainer::new(config(vec![sae], 10), Synthetic::new(), dir.path())
+            .err()
+            .expect("invalid resampling is refused");
+        assert!(error.to_string().contains(needle), "{error}");
+    };
+    refused(
+        Architecture::JumpRelu,
+        ResampleConfig::new(0, 100),
+        "every_steps",
+    );
+    refused(
+        Architecture::Relu,
+        ResampleConfig::new(10, 0),
+        "dead_after_tokens",
+    );
+    refused(Architecture::Gated, ResampleConfig::new(10, 100), "Gated");
+}
+
 #[test]
 fn the_pre_activation_penalty_is_validated() {
     for (coefficient, dead_after_tokens) in [(f64::NAN, 100), (-1.0, 100), (1e-3, 0)] {
@@ -323,18 +444,20 @@ fn bytes_of(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>
     out
 }
 
-#[test]
-fn killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one() {
+/// Trains `saes` for 250 steps straight, and again killed at step 130 (the checkpoint of step
+/// 100 survives) and resumed: the exported SAEs and the metrics must be bit-identical. Returns
+/// the resumed run's folder and metrics.
+fn assert_resume_is_bit_identical(
+    saes: impl Fn() -> Vec<SaeConfig>,
+) -> (tempfile::TempDir, Vec<MetricsRow>) {
     let straight = tempfile::tempdir().unwrap();
-    let mut trainer =
-        Trainer::new(config(two_saes(), 250), Synthetic::new(), straight.path()).unwrap();
+    let mut trainer = Trainer::new(config(saes(), 250), Synthetic::new(), straight.path()).unwrap();
     trainer.run(&RunOptions::default()).unwrap();
     let straight_metrics = trainer.metrics.clone();
 
     let resumed = tempfile::tempdir().unwrap();
     // Killed at step 130: the checkpoint of step 100 survives, steps 101–130 are lost.
-    let mut first =
-        Trainer::new(config(two_saes(), 250), Synthetic::new(), resumed.path()).unwrap();
+    let mut first = Trainer::new(config(saes(), 250), Synthetic::new(), resumed.path()).unwrap();
     first
         .run(&RunOptions {
             stop_after_steps: Some(130),
@@ -342,8 +465,7 @@ fn killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one() {
         })
         .unwrap();
     drop(first);
-    let mut second =
-        Trainer::new(config(two_saes(), 250), Synthetic::new(), resumed.path()).unwrap();
+    let mut second = Trainer::new(config(saes(), 250), Synthetic::new(), resumed.path()).unwrap();
     assert_eq!(second.step, 100, "resumes from the last checkpoint");
     second.run(&RunOptions::default()).unwrap();
 
@@ -362,6 +484,12 @@ fn killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one() {
         resumed.path().join("metrics.parquet").exists()
             && resumed.path().join("metrics.csv").exists()
     );
+    (resumed, second.metrics.clone())
+}
+
+#[test]
+fn killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one() {
+    let (resumed, _) = assert_resume_is_bit_identical(two_saes);
 
     // A different configuration in the same directory is refused.
     let mut other = two_saes();
@@ -588,6 +716,15 @@ penalties = [{ kind = "l0", coefficient = 6e-4 }]
         ),
         (1e-3, 1e-3, 10_000)
     );
+    assert_eq!(resolved.resample, None, "resampling is off by default");
+    // Overrides reach into an option that is unset (null) as into a missing key.
+    let resampled = config.saes[0]
+        .with_overrides(&[
+            "resample.every_steps=100".into(),
+            "resample.dead_after_tokens=51200".into(),
+        ])
+        .unwrap();
+    assert_eq!(resampled.resample, Some(ResampleConfig::new(100, 51_200)));
 
     std::fs::write(&path, "steps = 3\n[[saes]]\nname = 'a'\nhook = 'h'\nd_sae = 4\narchitecture = { kind = 'jump_relu' }\nlearning_rate = 1\n").unwrap();
     let err = TrainConfig::from_file(&path, &[]).unwrap_err().to_string();

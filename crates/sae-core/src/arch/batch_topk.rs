@@ -176,6 +176,12 @@ impl TrainableSae for BatchTopKSae {
     fn decoder_var(&self) -> &Var {
         &self.affine.w_dec
     }
+    fn resample_latents(
+        &self,
+        request: &crate::resample::ResampleRequest<'_>,
+    ) -> Result<crate::resample::Resampled> {
+        crate::resample::resample_affine_only(&self.affine, request)
+    }
     fn training_state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut state = super::vars_state(&self.vars());
         if let Some(theta) = self.global_threshold() {

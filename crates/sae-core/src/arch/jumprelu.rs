@@ -4,6 +4,7 @@ use candle_core::{Tensor, Var};
 
 use super::affine::{AffineSae, expect_shape, update_f32};
 use super::{Architecture, Sae, TrainOutput, TrainableSae};
+use crate::resample::{self, ResampleRequest, Resampled};
 use crate::sparse::{SelectionRule, SparseForm};
 use crate::ste::{self, SteConfig};
 use crate::{Result, SaeError};
@@ -161,6 +162,35 @@ impl TrainableSae for JumpReluSae {
     }
     fn decoder_var(&self) -> &Var {
         &self.affine.w_dec
+    }
+    /// Also restarts each resampled threshold at the median θ of the latents kept (or at half
+    /// the latent's pre-activation on its input where that is lower), with the encoder scaled
+    /// so that the pre-activation on its input is at least 2θ ([`crate::resample`]).
+    fn resample_latents(&self, request: &ResampleRequest<'_>) -> Result<Resampled> {
+        let theta: Vec<f32> = ste::non_negative(&self.theta()?)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
+        let median = resample::median_kept(&theta, request.latents);
+        let new = resample::resample_affine(&self.affine, request, Some(2.0 * median))?;
+        let thresholds: Vec<(usize, f32)> = new
+            .iter()
+            .map(|n| {
+                let restart = if n.pre_activation > 0.0 {
+                    median.min(0.5 * n.pre_activation)
+                } else {
+                    median
+                };
+                let stored = match self.parametrisation {
+                    ThresholdParametrisation::Raw => restart,
+                    ThresholdParametrisation::Log => restart.max(f32::MIN_POSITIVE).ln(),
+                };
+                (n.latent, stored)
+            })
+            .collect();
+        resample::set_latents(&self.threshold, &thresholds)?;
+        let mut resampled = Resampled::affine(resample::latents_of(&new));
+        resampled.vars.push((self.threshold_name(), 0));
+        Ok(resampled)
     }
     fn sparse_form(&self) -> Result<Option<SparseForm<'_>>> {
         Ok(Some(SparseForm {

@@ -36,8 +36,9 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::Result;
+use crate::resample::{ResampleRequest, Resampled};
 use crate::sparse::{SparseForm, SparseStep};
+use crate::{Result, SaeError};
 
 /// Which architecture an SAE has, with the settings that change its forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -164,6 +165,15 @@ pub trait TrainableSae: Sae {
     }
     /// The decoder variable (for the unit-norm constraint).
     fn decoder_var(&self) -> &Var;
+
+    /// Gives dead latents new parameters from badly reconstructed inputs
+    /// ([`crate::resample`]). The default: the architecture does not support it.
+    fn resample_latents(&self, _request: &ResampleRequest<'_>) -> Result<Resampled> {
+        Err(SaeError::Config(format!(
+            "{:?} SAEs do not support resampling dead latents",
+            self.architecture()
+        )))
+    }
 
     /// Everything that changes during training, by name, for checkpoints: the variables (in
     /// their trained parametrisation, so a restore is bit-exact) plus running statistics.

@@ -69,6 +69,12 @@ impl TrainableSae for TopKSae {
     fn decoder_var(&self) -> &Var {
         &self.affine.w_dec
     }
+    fn resample_latents(
+        &self,
+        request: &crate::resample::ResampleRequest<'_>,
+    ) -> Result<crate::resample::Resampled> {
+        crate::resample::resample_affine_only(&self.affine, request)
+    }
     fn sparse_form(&self) -> Result<Option<SparseForm<'_>>> {
         Ok(Some(SparseForm {
             affine: &self.affine,
