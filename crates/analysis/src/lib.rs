@@ -37,6 +37,7 @@ pub mod evidence;
 pub mod explainer;
 pub mod labels;
 pub mod logit_effects;
+pub mod outlook;
 pub mod plots;
 pub mod stats;
 pub mod steering;

@@ -161,6 +161,7 @@ pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
         corpus: args.corpus.clone(),
         quiet: args.quiet,
         massive_tokens: activation_cache::norms::MassiveTokenPolicy::Keep,
+        overrides: Vec::new(),
     };
     let lab = Lab::open("gemma-scope", &common).context(DOWNLOAD_HELP)?;
     lab.pin_config(&serde_json::json!({

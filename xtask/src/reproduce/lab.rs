@@ -15,7 +15,7 @@ use activation_cache::{
 };
 use analysis::{EvalOptions, Evaluation, SaeAtHook, evaluate};
 use anyhow::{Context as _, bail, ensure};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use gemma_hooks::{GemmaModel, GemmaTokenizer, HookPoint, load_model};
 use sae_core::TrainableSae;
 use serde::{Deserialize, Serialize};
@@ -110,6 +110,7 @@ pub struct Lab {
     documents: Vec<Document>,
     corpus: String,
     progress: bool,
+    overrides: Vec<String>,
 }
 
 impl Lab {
@@ -142,7 +143,14 @@ impl Lab {
             documents,
             corpus: corpus.describe(),
             progress: !args.quiet,
+            overrides: args.overrides.clone(),
         })
+    }
+
+    /// `sae` with the command line's `--set` overrides applied (applying them twice changes
+    /// nothing, so configs that already have them pass through unchanged).
+    pub fn with_overrides(&self, sae: SaeConfig) -> anyhow::Result<SaeConfig> {
+        Ok(sae.with_overrides(&self.overrides)?)
     }
 
     /// The middle layer (Gemma Scope's showcase layer for a model of this depth).
@@ -206,6 +214,10 @@ impl Lab {
         budget: &Budget,
         saes: Vec<SaeConfig>,
     ) -> anyhow::Result<Outcome> {
+        let saes = saes
+            .into_iter()
+            .map(|sae| self.with_overrides(sae))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         self.pin_config(&serde_json::json!({
             "budget": budget,
             "hooks": hooks.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -287,7 +299,33 @@ impl Lab {
         context_length: usize,
         tokens: u64,
     ) -> anyhow::Result<PathBuf> {
-        let dir = self.out.join("cache");
+        let training_documents = &self.documents[..self.documents.len() - 1];
+        self.harvest_documents("cache", training_documents, hooks, context_length, tokens)
+    }
+
+    /// Harvests `hooks` over contexts of the held-out document into `out/held-out-cache`
+    /// (resuming): the rows training measures its held-out FVU on
+    /// ([`trainer::Trainer::set_held_out`]).
+    pub fn harvest_held_out(
+        &self,
+        hooks: &[HookPoint],
+        context_length: usize,
+        tokens: u64,
+    ) -> anyhow::Result<PathBuf> {
+        let held_out = std::slice::from_ref(self.documents.last().expect("checked at open"));
+        self.harvest_documents("held-out-cache", held_out, hooks, context_length, tokens)
+    }
+
+    /// Harvests `hooks` over contexts spread across `documents` into `out/<folder>`.
+    fn harvest_documents(
+        &self,
+        folder: &str,
+        documents: &[Document],
+        hooks: &[HookPoint],
+        context_length: usize,
+        tokens: u64,
+    ) -> anyhow::Result<PathBuf> {
+        let dir = self.out.join(folder);
         let spec = StoreSpec {
             model: self.model_name.clone(),
             tokenizer: "model".into(),
@@ -313,12 +351,11 @@ impl Lab {
             stop_after_shards: None,
             progress: self.progress,
         };
-        let training_documents = &self.documents[..self.documents.len() - 1];
         harvest(
             &dir,
             &self.model,
             &self.tokenizer,
-            training_documents,
+            documents,
             spec,
             &options,
         )?;
@@ -342,13 +379,14 @@ impl Lab {
         let cutoff_of = |hook: &str| norms.iter().find(|n| n.hook == hook).map(|n| n.cutoff);
         let saes: Vec<SaeConfig> = saes
             .into_iter()
-            .map(|mut sae| {
+            .map(|sae| {
+                let mut sae = self.with_overrides(sae)?;
                 if self.massive_tokens.excludes_from_training() {
                     sae.exclude_norm_above = cutoff_of(&sae.hook);
                 }
-                sae
+                Ok(sae)
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         let config = self.train_config(budget, saes, context_length)?;
         let dir = self.out.join(folder);
         let source = StoreSource::open(
@@ -365,7 +403,17 @@ impl Lab {
             .iter()
             .map(|s| (s.name.clone(), s.hook.clone()))
             .collect();
-        Trainer::new(config, source, &dir)?.run(&RunOptions {
+        let hooks: Vec<HookPoint> = source
+            .hooks()
+            .iter()
+            .map(|h| h.name.parse())
+            .collect::<Result<_, _>>()?;
+        let mut trainer = Trainer::new(config, source, &dir)?;
+        if !trainer.finished() {
+            let held_out = self.harvest_held_out(&hooks, context_length, budget.eval_tokens)?;
+            trainer.set_held_out(&read_all_rows(&held_out)?)?;
+        }
+        trainer.run(&RunOptions {
             progress: self.progress,
             ..Default::default()
         })?;
@@ -492,4 +540,11 @@ impl Lab {
             .unwrap_or_else(|_| format!("<{id}>"))
             .replace('\n', "⏎")
     }
+}
+
+/// Every row of the store at `dir`, one tensor per hook, in store order.
+fn read_all_rows(dir: &Path) -> anyhow::Result<Vec<Tensor>> {
+    let store = StoreSource::open(dir, ShuffleConfig::default(), false)?;
+    let rows = usize::try_from(store.rows())?;
+    Ok(store.read_sequential(0, rows)?.activations)
 }

@@ -72,6 +72,11 @@ pub struct CommonArgs {
     /// are counted), `exclude-from-training`, or `keep`.
     #[arg(long, default_value = "exclude")]
     pub massive_tokens: activation_cache::norms::MassiveTokenPolicy,
+    /// Overrides of every SAE config the experiment trains (`key=value`, as `train --set`),
+    /// e.g. `grad_clip_norm=null`, or `resample.every_steps=100` with
+    /// `resample.dead_after_tokens=51200` to resample dead latents.
+    #[arg(long = "set")]
+    pub overrides: Vec<String>,
 }
 
 /// Runs an experiment.

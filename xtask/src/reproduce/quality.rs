@@ -45,10 +45,6 @@ pub struct QualityArgs {
     /// Shuffle (and initialisation) seeds: every λ is trained once per seed, by both.
     #[arg(long, value_delimiter = ',', default_values_t = [0, 1])]
     seeds: Vec<u64>,
-    /// Overrides of this project's SAE configs (`key=value`, as `train --set`), e.g.
-    /// `grad_clip_norm=null` to test a recipe change against SAELens.
-    #[arg(long = "set")]
-    overrides: Vec<String>,
     /// Add Anthropic's pre-activation loss on dead latents with this coefficient, to both
     /// trainers (SAELens's `pre_act_loss_coefficient`). Off by default: see BENCHMARKS.md.
     #[arg(long)]
@@ -114,7 +110,7 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
         }
         sae.penalties = Some(penalties);
         sae.seed = Some(seed);
-        Ok(sae.with_overrides(&args.overrides)?)
+        Ok(sae.with_overrides(&args.common.overrides)?)
     };
     lab.pin_config(&serde_json::json!({
         "budget": budget,
@@ -222,10 +218,10 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
         norms[0].cutoff,
         norms[0].above,
         norms[0].rows,
-        if args.overrides.is_empty() {
+        if args.common.overrides.is_empty() {
             String::new()
         } else {
-            format!(" with {}", args.overrides.join(", "))
+            format!(" with {}", args.common.overrides.join(", "))
         },
         match args.pre_activation {
             Some(c) => format!(

@@ -19,7 +19,9 @@ use sae_core::Architecture;
 use trainer::{PenaltyConfig, SaeConfig};
 
 use super::lab::{Budget, Lab, Outcome, TrainedSae};
-use super::report::{density_plot, position_plot, training_curve_plot, write_summary};
+use super::report::{
+    curve_outlook, density_plot, position_plot, training_curve_plot, write_summary,
+};
 use super::{CommonArgs, short_run};
 
 /// Default training tokens: 1,000 steps of 1,024 (about 2 minutes of training here; the
@@ -49,6 +51,11 @@ pub fn sae_config(hook: HookPoint, steps: u64) -> SaeConfig {
     }]);
     sae
 }
+
+/// The quickstart's FVU target (issue #16): the report says whether its curve reaches it.
+const FVU_TARGET: f64 = 0.1;
+/// The quickstart's dead-fraction target.
+const DEAD_TARGET: f64 = 0.1;
 
 /// The quickstart's sparsity coefficient λ.
 pub const JUMPRELU_LAMBDA: f64 = 5e-5;
@@ -105,6 +112,16 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
     density_plot(&lab.out, &mut report, evaluation)?;
     position_plot(&lab.out, &mut report, evaluation)?;
     training_curve_plot(&lab.out, &mut report, &lab.out.join("train"), "jumprelu")?;
+    let outlook = curve_outlook(&lab.out.join("train"), "jumprelu", FVU_TARGET, DEAD_TARGET)?;
+    if !outlook.is_empty() {
+        report.paragraph(&format!(
+            "Where the curves are heading (held-out FVU on {} tokens of the last book, measured \
+             at every metrics row; targets FVU ≤ {FVU_TARGET}, dead ≤ {:.0} %): {}",
+            budget.eval_tokens,
+            100.0 * DEAD_TARGET,
+            outlook.join(" ")
+        ));
+    }
 
     let token_text = |t: u32| lab.token_text(t);
     let shown = showcase(&dashboards, SHOWN_LATENTS, TOP_K);
@@ -142,6 +159,7 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
         store_density.ultra_dense,
         store_density.percent(store_density.ultra_dense),
     );
+    outlook.iter().for_each(|sentence| println!("{sentence}"));
     report.paragraph(&format!(
         "Over the {}-token training store, with the trained SAE: {} dead latents ({:.1} %, never \
          firing) and {} ultra-dense ({:.1} %, firing on more than 10 % of tokens). The evaluation's \

@@ -268,14 +268,9 @@ pub fn position_plot(
     Ok(())
 }
 
-/// Quality against tokens trained, from a training run's metrics (`metrics.parquet` in
-/// `train_dir`): the batch FVU, the fraction of dead latents and L0 / 100 of one SAE.
-pub fn training_curve_plot(
-    dir: &Path,
-    report: &mut Report,
-    train_dir: &Path,
-    sae: &str,
-) -> anyhow::Result<()> {
+/// One SAE's training curve from `train_dir`'s metrics: `(tokens trained, value)` of the
+/// column `name`, NaN where a row has none (an older run without the column gives all NaN).
+fn training_curve(train_dir: &Path, sae: &str, name: &str) -> anyhow::Result<Vec<(f64, f64)>> {
     let frame = analysis::tables::read_frame(train_dir, "metrics")?;
     let names: Vec<Option<String>> = frame
         .column("sae")?
@@ -284,39 +279,83 @@ pub fn training_curve_plot(
         .map(|n| n.map(str::to_string))
         .collect();
     let column = |name: &str| -> anyhow::Result<Vec<f64>> {
-        let values = frame.column(name)?.cast(&DataType::Float64)?;
+        let Ok(values) = frame.column(name) else {
+            return Ok(vec![f64::NAN; names.len()]);
+        };
         Ok(values
+            .cast(&DataType::Float64)?
             .f64()?
             .iter()
-            .zip(&names)
-            .filter(|(_, n)| n.as_deref() == Some(sae))
-            .map(|(v, _)| v.unwrap_or(f64::NAN))
+            .map(|v| v.unwrap_or(f64::NAN))
             .collect())
     };
-    let tokens = column("tokens")?;
-    let series = |name: &str, values: Vec<f64>, scale: f64| Series {
-        name: name.into(),
-        points: tokens
-            .iter()
-            .zip(values)
-            .map(|(&t, v)| (t, v * scale))
-            .collect(),
+    Ok(column("tokens")?
+        .into_iter()
+        .zip(column(name)?)
+        .zip(&names)
+        .filter(|(_, n)| n.as_deref() == Some(sae))
+        .map(|(point, _)| point)
+        .collect())
+}
+
+/// Plots one SAE's training curve from `train_dir`'s metrics (quality against tokens
+/// trained: the training batches' FVU, the held-out FVU where measured, the dead fraction and
+/// L0) into `dir` and adds it to the report.
+pub fn training_curve_plot(
+    dir: &Path,
+    report: &mut Report,
+    train_dir: &Path,
+    sae: &str,
+) -> anyhow::Result<()> {
+    let series = |label: &str, column: &str, scale: f64| -> anyhow::Result<Series> {
+        Ok(Series {
+            name: label.into(),
+            points: training_curve(train_dir, sae, column)?
+                .into_iter()
+                .map(|(t, v)| (t, v * scale))
+                .collect(),
+        })
     };
+    let held_out = series("held-out FVU", "held_out_fvu", 1.0)?;
+    let mut curves = vec![series("batch FVU", "fvu", 1.0)?];
+    if held_out.points.iter().any(|(_, v)| v.is_finite()) {
+        curves.push(held_out);
+    }
+    curves.push(series("dead fraction", "dead_fraction", 1.0)?);
+    curves.push(series("L0 / 100", "l0", 0.01)?);
     let spec = ChartSpec {
-        title: format!("{sae}: quality against tokens trained (training batches)"),
+        title: format!("{sae}: quality against tokens trained"),
         x_label: "tokens trained (log scale)".into(),
         y_label: "FVU, dead fraction, L0 / 100".into(),
         log_x: true,
     };
-    let files = line_chart(
-        &dir.join(format!("training_curve_{sae}")),
-        &spec,
-        &[
-            series("batch FVU", column("fvu")?, 1.0),
-            series("dead fraction", column("dead_fraction")?, 1.0),
-            series("L0 / 100", column("l0")?, 0.01),
-        ],
-    )?;
+    let files = line_chart(&dir.join(format!("training_curve_{sae}")), &spec, &curves)?;
     report.plot(&spec.title, &files);
     Ok(())
+}
+
+/// Sentences saying where one SAE's training curves are heading against targets for the
+/// held-out FVU and the dead fraction ([`analysis::outlook`]).
+pub fn curve_outlook(
+    train_dir: &Path,
+    sae: &str,
+    fvu_target: f64,
+    dead_target: f64,
+) -> anyhow::Result<Vec<String>> {
+    use analysis::outlook::outlook;
+    // Falls smaller than 0.005 per doubling are within the run-to-run spread of both metrics.
+    const MIN_FALL: f64 = 0.005;
+    let mut sentences = Vec::new();
+    let held_out = training_curve(train_dir, sae, "held_out_fvu")?;
+    if let Some(o) = outlook(&held_out, fvu_target, MIN_FALL) {
+        sentences.push(o.describe("The held-out FVU", fvu_target));
+    }
+    let dead = training_curve(train_dir, sae, "dead_fraction")?;
+    if let Some(o) = outlook(&dead, dead_target, MIN_FALL) {
+        sentences.push(o.describe(
+            "The dead fraction (latents silent over the trainer's window)",
+            dead_target,
+        ));
+    }
+    Ok(sentences)
 }
