@@ -4,7 +4,9 @@
 //! cannot answer by itself.
 //!
 //! The extrapolation is linear in log₂(tokens), the shape SAE loss curves have over a few
-//! doublings; it is a reading of the curve, not a prediction past a change of regime.
+//! doublings; it is a reading of the curve, not a prediction past a change of regime. The rate
+//! is the Theil–Sen slope (the median of the slopes between every pair of points) of the last
+//! doubling, so one spike of a noisy curve does not decide it.
 
 /// What a curve says about reaching a target.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,7 +19,7 @@ pub enum Outlook {
     /// Still above the target and falling: at the last doubling's rate it is reached after
     /// `tokens` tokens.
     Falling {
-        /// The curve's fall over the last doubling of tokens.
+        /// The curve's fall per doubling of tokens over the last doubling.
         per_doubling: f64,
         /// Tokens at which the target would be reached.
         tokens: f64,
@@ -43,24 +45,49 @@ pub fn outlook(points: &[(f64, f64)], target: f64, min_fall: f64) -> Option<Outl
     if end_value <= target {
         return Some(Outlook::Reached { value: end_value });
     }
-    // The point nearest half the tokens of the last one, in log scale.
-    let &(half_tokens, half_value) = finite
+    // The window starts at the point nearest half the tokens of the last one, in log scale.
+    let start = finite
         .iter()
-        .filter(|(t, _)| *t <= end_tokens / 2.0)
-        .min_by(|a, b| {
+        .enumerate()
+        .filter(|(_, (t, _))| *t <= end_tokens / 2.0)
+        .min_by(|(_, a), (_, b)| {
             let distance = |t: f64| (t.log2() - (end_tokens / 2.0).log2()).abs();
             distance(a.0).total_cmp(&distance(b.0))
-        })?;
-    let doublings = (end_tokens / half_tokens).log2();
-    let per_doubling = (end_value - half_value) / doublings;
-    if -per_doubling < min_fall {
-        return Some(Outlook::Stalled { per_doubling });
+        })?
+        .0;
+    let per_doubling = -theil_sen_slope(&finite[start..]);
+    if per_doubling < min_fall {
+        return Some(Outlook::Stalled {
+            per_doubling: -per_doubling,
+        });
     }
-    let needed = (end_value - target) / -per_doubling;
+    let needed = (end_value - target) / per_doubling;
     Some(Outlook::Falling {
-        per_doubling: -per_doubling,
+        per_doubling,
         tokens: end_tokens * needed.exp2(),
     })
+}
+
+/// The median of the slopes, in value per doubling of tokens, between every pair of points
+/// with distinct tokens (at least two points).
+fn theil_sen_slope(points: &[(f64, f64)]) -> f64 {
+    let mut slopes: Vec<f64> = points
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &(t1, v1))| {
+            points[i + 1..]
+                .iter()
+                .filter(move |(t2, _)| *t2 != t1)
+                .map(move |&(t2, v2)| (v2 - v1) / (t2.log2() - t1.log2()))
+        })
+        .collect();
+    slopes.sort_by(f64::total_cmp);
+    let middle = slopes.len() / 2;
+    if slopes.len() % 2 == 1 {
+        slopes[middle]
+    } else {
+        (slopes[middle - 1] + slopes[middle]) / 2.0
+    }
 }
 
 impl Outlook {
@@ -128,6 +155,25 @@ mod tests {
         let rising = outlook(&rising, 0.1, 0.01).unwrap();
         assert!(matches!(rising, Outlook::Stalled { per_doubling } if per_doubling > 0.17));
         assert!(rising.describe("dead", 0.1).contains("rising"));
+    }
+
+    /// One spike inside the last doubling (a transient blow-up of the held-out FVU) does not
+    /// set the rate: the curve below falls by 0.02 per doubling, the spike alone would make
+    /// it 0.8.
+    #[test]
+    fn a_spike_in_the_last_doubling_does_not_set_the_rate() {
+        let mut points: Vec<(f64, f64)> = (0..=10)
+            .map(|k| {
+                let t = 500.0 + 50.0 * f64::from(k);
+                (t, 0.2 - 0.02 * (t / 500.0).log2())
+            })
+            .collect();
+        points.insert(0, (250.0, 0.22));
+        points[1].1 = 1.0;
+        let Some(Outlook::Falling { per_doubling, .. }) = outlook(&points, 0.1, 0.005) else {
+            panic!("{:?}", outlook(&points, 0.1, 0.005));
+        };
+        assert!((per_doubling - 0.02).abs() < 1e-9, "{per_doubling}");
     }
 
     #[test]

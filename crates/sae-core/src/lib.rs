@@ -2,7 +2,7 @@
 //!
 //! Five architectures behind one small [`Sae`] trait ([`JumpReluSae`], [`TopKSae`],
 //! [`BatchTopKSae`], [`ReluSae`], [`GatedSae`]), sparsity penalties behind
-//! [`SparsityPenalty`] ([`L0Ste`], [`L1`], [`DecoderNormL1`], [`AuxK`], [`PreActivationLoss`])
+//! [`SparsityPenalty`] ([`L0Ste`], [`QuadraticL0`], [`L1`], [`DecoderNormL1`], [`AuxK`], [`PreActivationLoss`])
 //! that combine with any architecture providing what they need, the straight-through
 //! estimators of the JumpReLU paper ([`ste`]), Gemma Scope initialisation
 //! ([`init`](mod@init)), the decoder unit-norm constraint ([`constraint`]), the input scaling
@@ -68,6 +68,6 @@ pub use error::{Result, SaeError};
 pub use init::InitConfig;
 pub use loss::{LossTerms, WeightedPenalty, training_loss};
 pub use penalty::{
-    AuxK, DecoderNormL1, L0Ste, L1, PenaltyContext, PreActivationLoss, SparsityPenalty,
+    AuxK, DecoderNormL1, L0Ste, L1, PenaltyContext, PreActivationLoss, QuadraticL0, SparsityPenalty,
 };
 pub use ste::SteConfig;

@@ -3,6 +3,7 @@
 //! | penalty | term (per token, averaged over the batch) | needs |
 //! |---|---|---|
 //! | [`L0Ste`] | Σᵢ H(πᵢ − θᵢ), θ-gradient by the straight-through estimator | a threshold (JumpReLU) |
+//! | [`QuadraticL0`] | (2/T)·(Σᵢ H(πᵢ − θᵢ) − T)² toward a target L0 T (Gemma Scope 2; SAELens's `quadratic` mode) | a threshold (JumpReLU) |
 //! | [`L1`] | Σᵢ \|fᵢ\| (ReLU(π_gate) for Gated) | any |
 //! | [`DecoderNormL1`] | Σᵢ \|fᵢ\|·‖dᵢ‖₂ (Anthropic, April 2024) | any |
 //! | [`AuxK`] | normalised error of reconstructing the residual from the top-k_aux dead latents (Gao et al. 2024) | dead-latent statistics |
@@ -69,6 +70,56 @@ impl SparsityPenalty for L0Ste {
     ) -> Result<Tensor> {
         let threshold = required_threshold(sae, "l0")?;
         per_token_mean(&ste::step(&out.pre_activations, &threshold, self.ste)?)
+    }
+}
+
+/// Gemma Scope 2's L0 penalty toward a target L0 T (SAELens's `jumprelu_sparsity_loss_mode =
+/// "quadratic"`): per token (2/T)·(L0 − T)², with L0 the [`L0Ste`] count, so its θ-gradient is
+/// the straight-through one times (4/T)·(L0 − T). Thresholds rise on tokens above the target
+/// and fall on tokens below it, which holds the L0 near T whatever the coefficient, instead of
+/// pushing it down for as long as the penalty outweighs the reconstruction.
+#[derive(Debug, Clone, Copy)]
+pub struct QuadraticL0 {
+    /// Kernel bandwidth.
+    pub ste: SteConfig,
+    /// The target L0 T (> 0).
+    pub target: f64,
+}
+
+impl QuadraticL0 {
+    /// The per-token term (2/T)·(l0 − T)² of a token with `l0` active latents.
+    pub fn term(&self, l0: f64) -> f64 {
+        2.0 / self.target * (l0 - self.target).powi(2)
+    }
+
+    /// ∂term/∂l0 = (4/T)·(l0 − T): the factor on the token's straight-through θ-gradient.
+    pub fn slope(&self, l0: f64) -> f64 {
+        4.0 / self.target * (l0 - self.target)
+    }
+}
+
+impl SparsityPenalty for QuadraticL0 {
+    fn name(&self) -> &'static str {
+        "quadratic_l0"
+    }
+    fn loss(
+        &self,
+        sae: &dyn TrainableSae,
+        out: &TrainOutput,
+        _context: &PenaltyContext,
+    ) -> Result<Tensor> {
+        if !(self.target.is_finite() && self.target > 0.0) {
+            return Err(SaeError::Config(format!(
+                "the quadratic L0 penalty needs a finite target L0 > 0, got {}",
+                self.target
+            )));
+        }
+        let threshold = required_threshold(sae, "quadratic_l0")?;
+        let l0 = ste::step(&out.pre_activations, &threshold, self.ste)?
+            .to_dtype(DType::F32)?
+            .sum(D::Minus1)?;
+        let excess = l0.affine(1.0, -self.target)?;
+        Ok(excess.sqr()?.mean(0)?.affine(2.0 / self.target, 0.0)?)
     }
 }
 

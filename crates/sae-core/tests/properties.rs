@@ -13,8 +13,9 @@ use sae_core::format::{
     NpzCompression, load_gemma_scope_npz, load_saelens, save_gemma_scope_npz, save_saelens,
 };
 use sae_core::{
-    AffineSae, Architecture, BatchTopKSae, GatedSae, JumpReluSae, L0Ste, PenaltyContext, ReluSae,
-    Sae, SparsityPenalty, SteConfig, ThresholdParametrisation, TopKSae, TrainableSae,
+    AffineSae, Architecture, BatchTopKSae, GatedSae, JumpReluSae, L0Ste, PenaltyContext,
+    QuadraticL0, ReluSae, Sae, SparsityPenalty, SteConfig, ThresholdParametrisation, TopKSae,
+    TrainableSae,
 };
 
 fn tensor(seed: u64, dims: &[usize], std: f32, dtype: DType) -> Tensor {
@@ -274,6 +275,44 @@ proptest! {
         if in_band {
             let g = grads.get(sae.vars()[4].1.as_tensor()).map(common::max_abs).unwrap_or(0.0);
             prop_assert!(g > 0.0, "θ gets no L0 gradient ({theta_grad:?})");
+        }
+    }
+
+    /// Gemma Scope 2's quadratic L0 term is (2/T)·mean over tokens of (L0 − T)² with L0 the
+    /// count of non-zero latents, sends no gradient to the encoder, and on one token moves every
+    /// in-band threshold towards the target: ∂/∂θ has the sign of T − L0 (gradient descent
+    /// raises θ, so fewer latents fire, exactly when the token is above the target).
+    #[test]
+    fn quadratic_l0_term_pulls_each_token_towards_its_target(
+        seed in 0u64..10_000, d_in in 1usize..8, d_sae in 2usize..16, tokens in 1usize..8,
+        target in 0.5f64..8.0,
+    ) {
+        let ste = SteConfig { bandwidth: 0.5 };
+        let sae = JumpReluSae::new(affine(seed, d_in, d_sae, true, DType::F64), positive(seed + 4, d_sae, DType::F64), Default::default(), ste).unwrap();
+        let x = tensor(seed + 7, &[tokens, d_in], 1.0, DType::F64);
+        let out = sae.train_forward(&x).unwrap();
+        let penalty = QuadraticL0 { ste, target };
+        let term = penalty.loss(&sae, &out, &PenaltyContext::default()).unwrap();
+        let counts: Vec<f64> = values(&out.latents).chunks(d_sae).map(|row| row.iter().filter(|f| **f != 0.0).count() as f64).collect();
+        let expected = counts.iter().map(|&l| 2.0 / target * (l - target).powi(2)).sum::<f64>() / tokens as f64;
+        let value = term.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+        // Summed in f32 over at most 8 tokens of terms up to ≈ 1e3: a few ulps relative.
+        prop_assert!((value - expected).abs() <= 1e-5 * expected.max(1.0), "{} vs {}", value, expected);
+        let grads = term.backward().unwrap();
+        for var in [&sae.affine.w_enc, &sae.affine.b_enc, &sae.affine.w_dec, &sae.affine.b_dec] {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                prop_assert_eq!(common::max_abs(g), 0.0);
+            }
+        }
+        if tokens == 1 && counts[0] != target {
+            let pre = values(&out.pre_activations);
+            let theta = values(&sae.theta().unwrap());
+            let theta_grad = grads.get(sae.vars()[4].1.as_tensor()).map(values).unwrap_or_else(|| vec![0.0; d_sae]);
+            for j in 0..d_sae {
+                if (pre[j] - theta[j]).abs() < 0.25 {
+                    prop_assert!(theta_grad[j] * (target - counts[0]) > 0.0, "latent {}: ∂/∂θ {} with L0 {} and target {}", j, theta_grad[j], counts[0], target);
+                }
+            }
         }
     }
 

@@ -13,8 +13,8 @@ use candle_core::Tensor;
 use common::{assert_close, load_fixture};
 use sae_core::{
     AffineSae, AuxK, BatchTopKSae, DecoderNormL1, GatedSae, JumpReluSae, L0Ste, L1, PenaltyContext,
-    PreActivationLoss, ReluSae, SparsityPenalty, SteConfig, ThresholdParametrisation, TopKSae,
-    TrainableSae, WeightedPenalty, training_loss,
+    PreActivationLoss, QuadraticL0, ReluSae, SparsityPenalty, SteConfig, ThresholdParametrisation,
+    TopKSae, TrainableSae, WeightedPenalty, training_loss,
 };
 
 const ATOL: f64 = 1e-5;
@@ -63,6 +63,25 @@ fn build(name: &str, f: &std::collections::HashMap<String, Tensor>) -> Case {
             Case {
                 sae: Box::new(JumpReluSae::new(affine, theta, parametrisation, ste).unwrap()),
                 penalty: Some((Box::new(L0Ste { ste }), coefficient)),
+                context: PenaltyContext::default(),
+            }
+        }
+        "jumprelu_quadratic" => {
+            let ste = SteConfig {
+                bandwidth: m["bandwidth"].as_f64().unwrap(),
+            };
+            let target = m["target_l0"].as_f64().unwrap();
+            Case {
+                sae: Box::new(
+                    JumpReluSae::new(
+                        affine,
+                        param("threshold"),
+                        ThresholdParametrisation::Raw,
+                        ste,
+                    )
+                    .unwrap(),
+                ),
+                penalty: Some((Box::new(QuadraticL0 { ste, target }), coefficient)),
                 context: PenaltyContext::default(),
             }
         }
@@ -231,6 +250,13 @@ fn check(name: &str) {
 #[test]
 fn jumprelu_pre_activation_loss_matches_saelens() {
     check("jumprelu_pre_act");
+}
+
+/// Gemma Scope 2's quadratic L0 penalty against SAELens's own `quadratic` mode, on a batch
+/// with tokens above and below the target.
+#[test]
+fn jumprelu_quadratic_l0_penalty_matches_saelens() {
+    check("jumprelu_quadratic");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use sae_core::arch::{AffineSae, BatchTopKSae, JumpReluSae, ThresholdParametrisation, TopKSae};
-use sae_core::penalty::{AuxK, L0Ste, PenaltyContext, PreActivationLoss};
+use sae_core::penalty::{AuxK, L0Ste, PenaltyContext, PreActivationLoss, QuadraticL0};
 use sae_core::sparse::{AuxKTerm, PreActivationTerm, SparsePenalties, SparseStep, sparse_step};
 use sae_core::{Sae, SteConfig, TrainableSae, WeightedPenalty, training_loss};
 
@@ -82,9 +82,18 @@ fn dense_gradients(
         },
         _ => l0,
     };
+    let quadratic = penalties.l0_target.map(|target| QuadraticL0 {
+        ste: l0.ste,
+        target,
+    });
     let auxk = penalties.auxk.as_ref().map(|a| AuxK { k_aux: a.k_aux });
     let mut weighted = Vec::new();
-    if penalties.l0 != 0.0 {
+    if let Some(quadratic) = &quadratic {
+        weighted.push(WeightedPenalty {
+            penalty: quadratic,
+            coefficient: penalties.l0,
+        });
+    } else if penalties.l0 != 0.0 {
         weighted.push(WeightedPenalty {
             penalty: &l0,
             coefficient: penalties.l0,
@@ -205,6 +214,51 @@ fn jumprelu_sparse_step_equals_the_dense_autograd_step() {
     let sae = jumprelu(ThresholdParametrisation::Raw, 0.05);
     let step = assert_equals_dense(&sae, &with_auxk(0.02), "JumpReLU with AuxK");
     assert!(step.auxk > 0.0);
+}
+
+/// Gemma Scope 2's quadratic L0 penalty, with a target inside the batch's spread of per-token
+/// L0s so tokens above it raise thresholds and tokens below it lower them; alone, with AuxK and
+/// with the pre-activation loss, for both θ parametrisations.
+#[test]
+fn jumprelu_sparse_step_with_the_quadratic_l0_penalty_equals_the_dense_step() {
+    for parametrisation in [ThresholdParametrisation::Raw, ThresholdParametrisation::Log] {
+        let sae = jumprelu(parametrisation, 0.05);
+        let linear = sparse_step(&sae, &inputs(), &SparsePenalties::default(), 1.0)
+            .unwrap()
+            .unwrap();
+        let target = f64::from(linear.l0.round()) + 0.5;
+        let what = format!("JumpReLU {parametrisation:?}, quadratic L0 toward {target}");
+        let quadratic = SparsePenalties {
+            l0: 0.02,
+            l0_target: Some(target),
+            ..SparsePenalties::default()
+        };
+        let step = assert_equals_dense(&sae, &quadratic, &what);
+        // The term is (2/T)·E[(L0 − T)²] ≥ (2/T)·(E[L0] − T)², and not the mean L0.
+        let mean_gap = f64::from(step.l0) - target;
+        assert!(f64::from(step.l0_term) >= 2.0 / target * mean_gap * mean_gap - 1e-6);
+        assert!((step.l0_term - step.l0).abs() > 1e-3, "{what}: {step:?}");
+        for (label, extra) in [
+            ("AuxK", with_auxk(0.02)),
+            ("the pre-activation loss", with_pre_activation(0.02)),
+        ] {
+            let penalties = SparsePenalties {
+                l0_target: Some(target),
+                ..extra
+            };
+            assert_equals_dense(&sae, &penalties, &format!("{what} with {label}"));
+        }
+    }
+    let sae = jumprelu(ThresholdParametrisation::Raw, 0.05);
+    for bad in [0.0, -3.0, f64::NAN, f64::INFINITY] {
+        let penalties = SparsePenalties {
+            l0: 0.02,
+            l0_target: Some(bad),
+            ..SparsePenalties::default()
+        };
+        let error = sparse_step(&sae, &inputs(), &penalties, 1.0).unwrap_err();
+        assert!(error.to_string().contains("target L0"), "{error}");
+    }
 }
 
 /// The pre-activation loss on dead latents, some of which fire on some tokens (their firing

@@ -19,6 +19,14 @@ pub enum PenaltyConfig {
         /// λ.
         coefficient: f64,
     },
+    /// Gemma Scope 2's quadratic L0 penalty toward a target L0 (`sae_core::QuadraticL0`,
+    /// SAELens's `jumprelu_sparsity_loss_mode = "quadratic"`); coefficient warmed up.
+    QuadraticL0 {
+        /// λ.
+        coefficient: f64,
+        /// The target L0 T: per token (2/T)·(L0 − T)².
+        target_l0: f64,
+    },
     /// L1 of the latents; coefficient warmed up.
     L1 {
         /// λ.
@@ -51,6 +59,7 @@ impl PenaltyConfig {
     pub fn coefficient(&self) -> f64 {
         match self {
             PenaltyConfig::L0 { coefficient }
+            | PenaltyConfig::QuadraticL0 { coefficient, .. }
             | PenaltyConfig::L1 { coefficient }
             | PenaltyConfig::L1DecoderNorm { coefficient }
             | PenaltyConfig::Auxk { coefficient, .. }

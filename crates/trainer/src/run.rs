@@ -10,8 +10,8 @@ use sae_core::format::save_saelens_with_files;
 use sae_core::resample::ResampleRequest;
 use sae_core::sparse::{AuxKTerm, PreActivationTerm, SparsePenalties};
 use sae_core::{
-    AuxK, DecoderNormL1, InitConfig, L0Ste, L1, PenaltyContext, PreActivationLoss, SaeShape,
-    SparsityPenalty, SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
+    AuxK, DecoderNormL1, InitConfig, L0Ste, L1, PenaltyContext, PreActivationLoss, QuadraticL0,
+    SaeShape, SparsityPenalty, SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
 };
 
 use crate::adam::Adam;
@@ -81,6 +81,10 @@ pub struct Trainer<S: ActivationSource> {
 fn penalty_of(config: &PenaltyConfig, ste: SteConfig) -> Box<dyn SparsityPenalty> {
     match config {
         PenaltyConfig::L0 { .. } => Box::new(L0Ste { ste }),
+        PenaltyConfig::QuadraticL0 { target_l0, .. } => Box::new(QuadraticL0 {
+            ste,
+            target: *target_l0,
+        }),
         PenaltyConfig::L1 { .. } => Box::new(L1),
         PenaltyConfig::L1DecoderNorm { .. } => Box::new(DecoderNormL1),
         PenaltyConfig::Auxk { k_aux, .. } => Box::new(AuxK { k_aux: *k_aux }),
@@ -131,6 +135,15 @@ impl<S: ActivationSource> Trainer<S> {
                     }
                 }
                 for penalty in sae.penalties.iter().flatten() {
+                    if let PenaltyConfig::QuadraticL0 { target_l0, .. } = penalty
+                        && !(target_l0.is_finite() && *target_l0 > 0.0)
+                    {
+                        return Err(TrainError::Invalid(format!(
+                            "SAE `{}`: the quadratic L0 penalty needs a finite target_l0 > 0, \
+                             got {target_l0}",
+                            sae.name
+                        )));
+                    }
                     if let PenaltyConfig::PreActivation {
                         coefficient,
                         dead_after_tokens,
@@ -797,9 +810,19 @@ impl SaeRun {
         dead: &[bool],
     ) -> Option<SparsePenalties> {
         let mut sparse = SparsePenalties::default();
+        let mut linear_l0 = false;
         for ((_, config), weighted) in self.penalties.iter().zip(weighted) {
             match config {
-                PenaltyConfig::L0 { .. } => sparse.l0 += weighted.coefficient,
+                PenaltyConfig::L0 { .. } if sparse.l0_target.is_none() => {
+                    linear_l0 = true;
+                    sparse.l0 += weighted.coefficient;
+                }
+                PenaltyConfig::QuadraticL0 { target_l0, .. }
+                    if !linear_l0 && sparse.l0_target.is_none() =>
+                {
+                    sparse.l0 = weighted.coefficient;
+                    sparse.l0_target = Some(*target_l0);
+                }
                 PenaltyConfig::Auxk { k_aux, .. } if sparse.auxk.is_none() => {
                     sparse.auxk = Some(AuxKTerm {
                         k_aux: *k_aux,
@@ -844,16 +867,18 @@ impl SaeRun {
                 MAX_SPARSE_FRACTION,
             )?
         {
-            let has_l0 = self
-                .penalties
-                .iter()
-                .any(|(_, c)| matches!(c, PenaltyConfig::L0 { .. }));
+            let has_l0 = self.penalties.iter().any(|(_, c)| {
+                matches!(
+                    c,
+                    PenaltyConfig::L0 { .. } | PenaltyConfig::QuadraticL0 { .. }
+                )
+            });
             return Ok(StepResult {
                 gradients: std::mem::take(&mut step.gradients),
                 fires: std::mem::take(&mut step.fires),
                 total: step.total as f64,
                 reconstruction: step.reconstruction as f64,
-                penalty: if has_l0 { step.l0 as f64 } else { 0.0 }
+                penalty: if has_l0 { step.l0_term as f64 } else { 0.0 }
                     + step.auxk as f64
                     + step.pre_activation as f64,
                 auxiliary: 0.0,

@@ -112,7 +112,14 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
     density_plot(&lab.out, &mut report, evaluation)?;
     position_plot(&lab.out, &mut report, evaluation)?;
     training_curve_plot(&lab.out, &mut report, &lab.out.join("train"), "jumprelu")?;
-    let outlook = curve_outlook(&lab.out.join("train"), "jumprelu", FVU_TARGET, DEAD_TARGET)?;
+    let store_density = StoreDensity::of(&dashboards);
+    let outlook = curve_outlook(
+        &lab.out.join("train"),
+        "jumprelu",
+        FVU_TARGET,
+        DEAD_TARGET,
+        Some(store_density.dead as f64 / store_density.latents.max(1) as f64),
+    )?;
     if !outlook.is_empty() {
         report.paragraph(&format!(
             "Where the curves are heading (held-out FVU on {} tokens of the last book, measured \
@@ -150,7 +157,6 @@ pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
         evaluation.density_summary.ultra_dense,
         evaluation.excluded_tokens,
     );
-    let store_density = StoreDensity::of(&dashboards);
     println!(
         "over the {}-token training store: dead {} ({:.1} %), ultra-dense {} ({:.1} %)",
         store_density.tokens,

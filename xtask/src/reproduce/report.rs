@@ -335,14 +335,18 @@ pub fn training_curve_plot(
 }
 
 /// Sentences saying where one SAE's training curves are heading against targets for the
-/// held-out FVU and the dead fraction ([`analysis::outlook`]).
+/// held-out FVU and the dead fraction ([`analysis::outlook`]). `dead_over_store` is the final
+/// SAE's fraction of latents that never fire over the training store: the trainer's window
+/// still counts latents that fired earlier in training, so a curve within the target is not
+/// called a met target when the final SAE says otherwise.
 pub fn curve_outlook(
     train_dir: &Path,
     sae: &str,
     fvu_target: f64,
     dead_target: f64,
+    dead_over_store: Option<f64>,
 ) -> anyhow::Result<Vec<String>> {
-    use analysis::outlook::outlook;
+    use analysis::outlook::{Outlook, outlook};
     // Falls smaller than 0.005 per doubling are within the run-to-run spread of both metrics.
     const MIN_FALL: f64 = 0.005;
     let mut sentences = Vec::new();
@@ -356,6 +360,16 @@ pub fn curve_outlook(
             "The dead fraction (latents silent over the trainer's window)",
             dead_target,
         ));
+        if let (Outlook::Reached { .. }, Some(final_dead)) = (o, dead_over_store)
+            && final_dead > dead_target
+        {
+            sentences.push(format!(
+                "But the final SAE leaves {:.1} % of the latents dead over the training store, \
+                 above the target: the window still counts latents that fired earlier in \
+                 training and no longer do.",
+                100.0 * final_dead
+            ));
+        }
     }
     Ok(sentences)
 }

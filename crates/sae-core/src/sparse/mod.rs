@@ -95,8 +95,12 @@ pub struct PreActivationTerm {
 /// The penalties of a sparse step, with this step's coefficients.
 #[derive(Debug, Clone, Default)]
 pub struct SparsePenalties {
-    /// λ of the L0 penalty ([`crate::L0Ste`]); needs [`SelectionRule::Threshold`]. 0 for none.
+    /// λ of the L0 penalty ([`crate::L0Ste`], or [`crate::QuadraticL0`] with
+    /// [`SparsePenalties::l0_target`]); needs [`SelectionRule::Threshold`]. 0 for none.
     pub l0: f64,
+    /// The target L0 of Gemma Scope 2's quadratic L0 penalty ([`crate::QuadraticL0`]); `None`
+    /// for the linear L0 penalty.
+    pub l0_target: Option<f64>,
     /// The AuxK term, if the SAE is trained with one.
     pub auxk: Option<AuxKTerm>,
     /// The pre-activation loss, if the SAE is trained with one.
@@ -108,13 +112,15 @@ pub struct SparsePenalties {
 pub struct SparseStep {
     /// Reconstruction term (Σ over d_in, mean over tokens).
     pub reconstruction: f32,
-    /// Mean number of active latents per token (the unscaled L0 term).
+    /// Mean number of active latents per token.
     pub l0: f32,
+    /// The unscaled L0 penalty term: the mean L0, or with a target the mean quadratic term.
+    pub l0_term: f32,
     /// The unscaled AuxK term (0 without one, or when no latent is dead).
     pub auxk: f32,
     /// The unscaled pre-activation loss (0 without one, or when no latent is dead).
     pub pre_activation: f32,
-    /// reconstruction + λ·l0 + α·auxk + c·pre_activation.
+    /// reconstruction + λ·l0_term + α·auxk + c·pre_activation.
     pub total: f32,
     /// Gradients, one per trainable tensor, shaped like it.
     pub gradients: Vec<(&'static str, Tensor)>,
@@ -201,6 +207,26 @@ struct TokenTerms {
     aux: Vec<f32>,
 }
 
+/// The unscaled L0 term of a batch and, per token, the factor on its straight-through
+/// θ-gradient: the mean L0 and no factors (all 1) for the linear penalty; the mean of
+/// (2/T)·(L0 − T)² and (4/T)·(L0 − T) per token for the quadratic one.
+fn l0_penalty_terms(
+    per_token: &[TokenTerms],
+    quadratic: Option<&crate::QuadraticL0>,
+) -> (f64, Vec<f32>) {
+    let token_l0 = per_token
+        .iter()
+        .map(|t| t.pairs.iter().filter(|p| p.active).count() as f64);
+    let tokens = per_token.len().max(1) as f64;
+    match quadratic {
+        Some(q) => {
+            let slopes = token_l0.clone().map(|l| q.slope(l) as f32).collect();
+            (token_l0.map(|l| q.term(l)).sum::<f64>() / tokens, slopes)
+        }
+        None => (token_l0.sum::<f64>() / tokens, Vec::new()),
+    }
+}
+
 /// The sparse step of `sae` on inputs `x` `[tokens, d_in]` (already scaled), f32 on the CPU.
 ///
 /// `Ok(None)` when the SAE has no sparse form ([`TrainableSae::sparse_form`]), when an L0
@@ -229,9 +255,28 @@ pub fn sparse_step(
             x.dtype()
         )));
     }
-    if penalties.l0 != 0.0 && !matches!(rule, SelectionRule::Threshold { .. }) {
+    if (penalties.l0 != 0.0 || penalties.l0_target.is_some())
+        && !matches!(rule, SelectionRule::Threshold { .. })
+    {
         return Ok(None);
     }
+    let quadratic = match penalties.l0_target {
+        Some(target) if !(target.is_finite() && target > 0.0) => {
+            return Err(SaeError::Config(format!(
+                "the quadratic L0 penalty needs a finite target L0 > 0, got {target}"
+            )));
+        }
+        Some(target) => match &rule {
+            SelectionRule::Threshold { bandwidth, .. } => Some(crate::QuadraticL0 {
+                ste: crate::SteConfig {
+                    bandwidth: f64::from(*bandwidth),
+                },
+                target,
+            }),
+            _ => None,
+        },
+        None => None,
+    };
     let auxk = penalties
         .auxk
         .as_ref()
@@ -354,6 +399,11 @@ pub fn sparse_step(
         _ => (&[][..], 1.0),
     };
     let l0_gradient = -(penalties.l0 as f32) / (bandwidth * tokens as f32);
+    let (l0_term, l0_slope) = l0_penalty_terms(&per_token, quadratic.as_ref());
+    let l0_gradient_of = |token: usize| match l0_slope.get(token) {
+        Some(slope) => l0_gradient * slope,
+        None => l0_gradient,
+    };
     // The pre-activation loss: Σ over tokens of x − b_dec (its W_enc gradient is this sum less
     // the firing tokens' rows), each dead latent's decoder norm, and the term itself.
     let pre_coefficient = pre_activation.map_or(0.0, |p| p.coefficient) as f32;
@@ -401,7 +451,8 @@ pub fn sparse_step(
                     kernels::axpy(pair.pre, &token.aux, decoder);
                 }
                 if pair.band {
-                    threshold += pair.output_gradient * (-theta[j] / bandwidth) + l0_gradient;
+                    threshold += pair.output_gradient * (-theta[j] / bandwidth)
+                        + l0_gradient_of(pair.index as usize);
                 }
             }
             if let Some(Some(dead)) = dead_terms.get(j) {
@@ -464,7 +515,7 @@ pub fn sparse_step(
     let l0 = active_pairs as f64 / tokens as f64;
     let auxk_coefficient = auxk.map_or(0.0, |a| a.coefficient);
     let total = reconstruction
-        + penalties.l0 * l0
+        + penalties.l0 * l0_term
         + auxk_coefficient * auxk_term
         + pre_coefficient as f64 * pre_activation_term;
     Ok(Some(SparseStep {
@@ -472,6 +523,7 @@ pub fn sparse_step(
         squared_error: squared_error as f32,
         fires,
         l0: l0 as f32,
+        l0_term: l0_term as f32,
         auxk: auxk_term as f32,
         pre_activation: pre_activation_term as f32,
         total: total as f32,
