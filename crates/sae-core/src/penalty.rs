@@ -68,9 +68,22 @@ impl SparsityPenalty for L0Ste {
         out: &TrainOutput,
         _context: &PenaltyContext,
     ) -> Result<Tensor> {
-        let threshold = required_threshold(sae, "l0")?;
-        per_token_mean(&ste::step(&out.pre_activations, &threshold, self.ste)?)
+        Ok(l0_per_token(sae, out, self.ste, "l0")?.mean(0)?)
     }
+}
+
+/// Each token's count of active latents `[tokens]` (f32), with the straight-through
+/// θ-gradient; the error names `penalty` when the SAE has no threshold.
+fn l0_per_token(
+    sae: &dyn TrainableSae,
+    out: &TrainOutput,
+    ste: SteConfig,
+    penalty: &'static str,
+) -> Result<Tensor> {
+    let threshold = required_threshold(sae, penalty)?;
+    Ok(ste::step(&out.pre_activations, &threshold, ste)?
+        .to_dtype(DType::F32)?
+        .sum(D::Minus1)?)
 }
 
 /// Gemma Scope 2's L0 penalty toward a target L0 T (SAELens's `jumprelu_sparsity_loss_mode =
@@ -87,6 +100,17 @@ pub struct QuadraticL0 {
 }
 
 impl QuadraticL0 {
+    /// Checks that `target` is a usable target L0: finite and above 0.
+    pub fn check_target(target: f64) -> Result<()> {
+        if target.is_finite() && target > 0.0 {
+            Ok(())
+        } else {
+            Err(SaeError::Config(format!(
+                "the quadratic L0 penalty needs a finite target L0 (target_l0) > 0, got {target}"
+            )))
+        }
+    }
+
     /// The per-token term (2/T)·(l0 − T)² of a token with `l0` active latents.
     pub fn term(&self, l0: f64) -> f64 {
         2.0 / self.target * (l0 - self.target).powi(2)
@@ -108,16 +132,8 @@ impl SparsityPenalty for QuadraticL0 {
         out: &TrainOutput,
         _context: &PenaltyContext,
     ) -> Result<Tensor> {
-        if !(self.target.is_finite() && self.target > 0.0) {
-            return Err(SaeError::Config(format!(
-                "the quadratic L0 penalty needs a finite target L0 > 0, got {}",
-                self.target
-            )));
-        }
-        let threshold = required_threshold(sae, "quadratic_l0")?;
-        let l0 = ste::step(&out.pre_activations, &threshold, self.ste)?
-            .to_dtype(DType::F32)?
-            .sum(D::Minus1)?;
+        Self::check_target(self.target)?;
+        let l0 = l0_per_token(sae, out, self.ste, "quadratic_l0")?;
         let excess = l0.affine(1.0, -self.target)?;
         Ok(excess.sqr()?.mean(0)?.affine(2.0 / self.target, 0.0)?)
     }

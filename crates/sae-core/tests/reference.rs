@@ -66,29 +66,27 @@ fn build(name: &str, f: &std::collections::HashMap<String, Tensor>) -> Case {
                 context: PenaltyContext::default(),
             }
         }
-        "jumprelu_quadratic" => {
+        "jumprelu_quadratic" | "jumprelu_pre_act" => {
             let ste = SteConfig {
                 bandwidth: m["bandwidth"].as_f64().unwrap(),
             };
-            let target = m["target_l0"].as_f64().unwrap();
-            Case {
-                sae: Box::new(
-                    JumpReluSae::new(
-                        affine,
-                        param("threshold"),
-                        ThresholdParametrisation::Raw,
-                        ste,
-                    )
-                    .unwrap(),
-                ),
-                penalty: Some((Box::new(QuadraticL0 { ste, target }), coefficient)),
-                context: PenaltyContext::default(),
+            let sae = Box::new(
+                JumpReluSae::new(
+                    affine,
+                    param("threshold"),
+                    ThresholdParametrisation::Raw,
+                    ste,
+                )
+                .unwrap(),
+            );
+            if name == "jumprelu_quadratic" {
+                let target = m["target_l0"].as_f64().unwrap();
+                return Case {
+                    sae,
+                    penalty: Some((Box::new(QuadraticL0 { ste, target }), coefficient)),
+                    context: PenaltyContext::default(),
+                };
             }
-        }
-        "jumprelu_pre_act" => {
-            let ste = SteConfig {
-                bandwidth: m["bandwidth"].as_f64().unwrap(),
-            };
             // The fixture's 0/1 mask as firing statistics: dead latents last fired a window ago.
             let window = 100;
             let since: Vec<u64> = f["jumprelu_pre_act.dead"]
@@ -98,15 +96,7 @@ fn build(name: &str, f: &std::collections::HashMap<String, Tensor>) -> Case {
                 .map(|&d| d as u64 * window)
                 .collect();
             Case {
-                sae: Box::new(
-                    JumpReluSae::new(
-                        affine,
-                        param("threshold"),
-                        ThresholdParametrisation::Raw,
-                        ste,
-                    )
-                    .unwrap(),
-                ),
+                sae,
                 penalty: Some((
                     Box::new(PreActivationLoss {
                         dead_after_tokens: window,

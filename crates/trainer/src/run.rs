@@ -135,14 +135,10 @@ impl<S: ActivationSource> Trainer<S> {
                     }
                 }
                 for penalty in sae.penalties.iter().flatten() {
-                    if let PenaltyConfig::QuadraticL0 { target_l0, .. } = penalty
-                        && !(target_l0.is_finite() && *target_l0 > 0.0)
-                    {
-                        return Err(TrainError::Invalid(format!(
-                            "SAE `{}`: the quadratic L0 penalty needs a finite target_l0 > 0, \
-                             got {target_l0}",
-                            sae.name
-                        )));
+                    if let PenaltyConfig::QuadraticL0 { target_l0, .. } = penalty {
+                        QuadraticL0::check_target(*target_l0).map_err(|e| {
+                            TrainError::Invalid(format!("SAE `{}`: {e}", sae.name))
+                        })?;
                     }
                     if let PenaltyConfig::PreActivation {
                         coefficient,

@@ -207,24 +207,19 @@ struct TokenTerms {
     aux: Vec<f32>,
 }
 
-/// The unscaled L0 term of a batch and, per token, the factor on its straight-through
-/// θ-gradient: the mean L0 and no factors (all 1) for the linear penalty; the mean of
-/// (2/T)·(L0 − T)² and (4/T)·(L0 − T) per token for the quadratic one.
-fn l0_penalty_terms(
-    per_token: &[TokenTerms],
-    quadratic: Option<&crate::QuadraticL0>,
-) -> (f64, Vec<f32>) {
-    let token_l0 = per_token
+/// The quadratic L0 term of a batch, the mean of (2/T)·(L0 − T)², and per token the factor
+/// (4/T)·(L0 − T) on its straight-through θ-gradient.
+fn quadratic_l0_terms(per_token: &[TokenTerms], quadratic: &crate::QuadraticL0) -> (f64, Vec<f32>) {
+    let token_l0: Vec<f64> = per_token
         .iter()
-        .map(|t| t.pairs.iter().filter(|p| p.active).count() as f64);
-    let tokens = per_token.len().max(1) as f64;
-    match quadratic {
-        Some(q) => {
-            let slopes = token_l0.clone().map(|l| q.slope(l) as f32).collect();
-            (token_l0.map(|l| q.term(l)).sum::<f64>() / tokens, slopes)
-        }
-        None => (token_l0.sum::<f64>() / tokens, Vec::new()),
-    }
+        .map(|t| t.pairs.iter().filter(|p| p.active).count() as f64)
+        .collect();
+    let term = token_l0.iter().map(|&l| quadratic.term(l)).sum::<f64>();
+    let slopes = token_l0
+        .iter()
+        .map(|&l| quadratic.slope(l) as f32)
+        .collect();
+    (term / per_token.len().max(1) as f64, slopes)
 }
 
 /// The sparse step of `sae` on inputs `x` `[tokens, d_in]` (already scaled), f32 on the CPU.
@@ -260,12 +255,10 @@ pub fn sparse_step(
     {
         return Ok(None);
     }
+    if let Some(target) = penalties.l0_target {
+        crate::QuadraticL0::check_target(target)?;
+    }
     let quadratic = match penalties.l0_target {
-        Some(target) if !(target.is_finite() && target > 0.0) => {
-            return Err(SaeError::Config(format!(
-                "the quadratic L0 penalty needs a finite target L0 > 0, got {target}"
-            )));
-        }
         Some(target) => match &rule {
             SelectionRule::Threshold { bandwidth, .. } => Some(crate::QuadraticL0 {
                 ste: crate::SteConfig {
@@ -399,7 +392,13 @@ pub fn sparse_step(
         _ => (&[][..], 1.0),
     };
     let l0_gradient = -(penalties.l0 as f32) / (bandwidth * tokens as f32);
-    let (l0_term, l0_slope) = l0_penalty_terms(&per_token, quadratic.as_ref());
+    // The L0 term and, for the quadratic penalty, each token's factor on its θ-gradient (1 for
+    // the linear one).
+    let l0 = active_pairs as f64 / tokens as f64;
+    let (l0_term, l0_slope) = match &quadratic {
+        Some(q) => quadratic_l0_terms(&per_token, q),
+        None => (l0, Vec::new()),
+    };
     let l0_gradient_of = |token: usize| match l0_slope.get(token) {
         Some(slope) => l0_gradient * slope,
         None => l0_gradient,
@@ -512,7 +511,6 @@ pub fn sparse_step(
             ),
         });
     }
-    let l0 = active_pairs as f64 / tokens as f64;
     let auxk_coefficient = auxk.map_or(0.0, |a| a.coefficient);
     let total = reconstruction
         + penalties.l0 * l0_term
