@@ -55,26 +55,6 @@ pub struct CacheArgs {
     pub sample_seed: u64,
 }
 
-/// Parses `--corpus`.
-pub fn corpus_of(name: &str, field: &str) -> anyhow::Result<Corpus> {
-    let path = PathBuf::from(name);
-    Ok(match path.extension().and_then(|e| e.to_str()) {
-        _ if name == "gutenberg" => Corpus::gutenberg()?,
-        Some("jsonl") => Corpus::Jsonl {
-            path,
-            field: field.into(),
-        },
-        Some("parquet") => Corpus::Parquet {
-            path,
-            column: field.into(),
-        },
-        _ => Corpus::Text {
-            path,
-            rejoin_paragraphs: true,
-        },
-    })
-}
-
 impl CacheArgs {
     /// The settings `cargo xtask bench` harvests with: the middle residual stream of `model`
     /// (block 9 of the embedded model), `tokens` rows of the Gutenberg corpus into `out`.
@@ -113,7 +93,7 @@ pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
         .tokenizer
         .clone()
         .context("the model has no tokenizer")?;
-    let corpus = corpus_of(&args.corpus, &args.field)?;
+    let corpus = Corpus::from_spec(&args.corpus, &args.field)?;
     let points: Vec<HookPoint> = args
         .hooks
         .iter()

@@ -57,7 +57,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             .tokenizer
             .clone()
             .context("the model has no tokenizer")?;
-        let documents = crate::cache::corpus_of(&args.corpus, "text")?.documents()?;
+        let documents = activation_cache::Corpus::from_spec(&args.corpus, "text")?.documents()?;
         let mut points: Vec<HookPoint> = config
             .saes
             .iter()

@@ -59,6 +59,30 @@ impl Corpus {
         })
     }
 
+    /// The corpus a command line names: `gutenberg` (the embedded books), a `.jsonl` file (the
+    /// text in `field`), a `.parquet` file (the text in column `field`), else a `.txt` file or
+    /// a folder of them (paragraphs re-joined).
+    pub fn from_spec(spec: &str, field: &str) -> Result<Self> {
+        if spec == "gutenberg" {
+            return Self::gutenberg();
+        }
+        let path = PathBuf::from(spec);
+        Ok(match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl") => Corpus::Jsonl {
+                path,
+                field: field.into(),
+            },
+            Some("parquet") => Corpus::Parquet {
+                path,
+                column: field.into(),
+            },
+            _ => Corpus::Text {
+                path,
+                rejoin_paragraphs: true,
+            },
+        })
+    }
+
     /// A short description for manifests and reports.
     pub fn describe(&self) -> String {
         match self {

@@ -2,11 +2,11 @@
 //! Gemma 2 weights: measured L0 against the `average_l0_K` in the release's folder name, FVU,
 //! delta loss. Without the files it says what to download and fails.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use candle_core::{DType, Device};
-use gemma_hooks::HookPoint;
+use sae_core::format::ReleasePath;
 
 use super::CommonArgs;
 use super::lab::{Lab, TrainedSae};
@@ -60,74 +60,6 @@ then run
 SAE's layer, site and average_l0 are read from its path: layer_N, width_…, average_l0_K and a
 folder named …-res / …-mlp / …-att, or pass --site).";
 
-/// What a release path says about its SAE.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReleaseSae {
-    /// The params.npz file.
-    pub path: PathBuf,
-    /// The layer.
-    pub layer: usize,
-    /// `res`, `mlp` or `att`.
-    pub site: String,
-    /// `16k`, `65k`, …
-    pub width: String,
-    /// The release's `average_l0_K`.
-    pub average_l0: Option<f64>,
-}
-
-impl ReleaseSae {
-    /// Reads layer, site, width and average L0 from the path's folder names.
-    pub fn from_path(path: &Path, site: Option<&str>) -> anyhow::Result<Self> {
-        let file = if path.is_dir() {
-            path.join("params.npz")
-        } else {
-            path.to_path_buf()
-        };
-        let parts: Vec<String> = file
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        let value = |prefix: &str| {
-            parts
-                .iter()
-                .find_map(|p| p.strip_prefix(prefix).map(str::to_string))
-        };
-        let layer = value("layer_")
-            .and_then(|l| l.parse().ok())
-            .with_context(|| format!("{}: no `layer_N` folder in the path", file.display()))?;
-        let site = match site {
-            Some(site) => site.to_string(),
-            None => ["res", "mlp", "att"]
-                .into_iter()
-                .find(|s| parts.iter().any(|p| p.ends_with(&format!("-{s}"))))
-                .map(str::to_string)
-                .with_context(|| {
-                    format!(
-                        "{}: the path names no site (…-res, …-mlp, …-att); pass --site",
-                        file.display()
-                    )
-                })?,
-        };
-        Ok(Self {
-            layer,
-            width: value("width_").unwrap_or_else(|| "?".into()),
-            average_l0: value("average_l0_").and_then(|v| v.parse().ok()),
-            site,
-            path: file,
-        })
-    }
-
-    /// The hook point Gemma Scope trained this SAE on.
-    pub fn hook(&self) -> anyhow::Result<HookPoint> {
-        Ok(match self.site.as_str() {
-            "res" => HookPoint::ResidPost(self.layer),
-            "mlp" => HookPoint::MlpOut(self.layer),
-            "att" => HookPoint::AttnZ(self.layer),
-            other => bail!("unknown site `{other}` (res, mlp or att)"),
-        })
-    }
-}
-
 /// Runs the evaluation of released SAEs.
 pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
     let missing: Vec<String> = args
@@ -149,11 +81,11 @@ pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
             "reproduce gemma-scope: Gemma 2 weights (--model) and Gemma Scope params.npz files (--sae) are required"
         );
     };
-    let releases: Vec<ReleaseSae> = args
+    let releases: Vec<ReleasePath> = args
         .saes
         .iter()
-        .map(|p| ReleaseSae::from_path(p, args.site.as_deref()))
-        .collect::<anyhow::Result<_>>()?;
+        .map(|p| ReleasePath::parse(p, args.site.as_deref()))
+        .collect::<Result<_, _>>()?;
     let common = CommonArgs {
         budget: Some(args.budget),
         out: args.out.clone(),
@@ -176,11 +108,11 @@ pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
                 name: format!(
                     "layer_{}-{}-{}-l0_{}",
                     r.layer,
-                    r.site,
+                    r.site.name(),
                     r.width,
                     r.average_l0.unwrap_or(f64::NAN)
                 ),
-                hook: r.hook()?,
+                hook: r.hook_name().parse()?,
                 sae: sae_core::format::load(&r.path, &Device::Cpu, DType::F32)?,
                 exclude_norm_above: None,
             })
@@ -207,7 +139,7 @@ pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
         &evaluations,
         &[("release_average_l0", expected)],
     )?;
-    let sites: Vec<String> = releases.iter().map(|r| r.site.clone()).collect();
+    let sites: Vec<String> = releases.iter().map(|r| r.site.name().to_string()).collect();
     frontier_plots(&lab.out, &mut report, &evaluations, &sites)?;
     report.publish(&lab.out, &frame)
 }

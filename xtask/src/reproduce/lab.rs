@@ -126,7 +126,7 @@ impl Lab {
         let tokenizer = loaded
             .tokenizer
             .context("the model has no tokenizer (a Gemma tokenizer.json is needed)")?;
-        let corpus = crate::cache::corpus_of(&args.corpus, "text")?;
+        let corpus = activation_cache::Corpus::from_spec(&args.corpus, "text")?;
         let documents = corpus.documents()?;
         ensure!(
             documents.len() >= 2,

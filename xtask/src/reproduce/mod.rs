@@ -19,7 +19,6 @@ mod quickstart;
 mod report;
 mod sites;
 
-pub use gemma_scope::ReleaseSae;
 pub use quality::{QualityArgs, run as bench_quality};
 
 use std::path::PathBuf;

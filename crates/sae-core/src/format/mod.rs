@@ -5,6 +5,7 @@
 
 mod atomic;
 mod npz;
+mod release;
 mod saelens;
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use atomic::{claim_folder, recover_interrupted, write_dir_atomically, write_file_atomically};
 pub use npz::{NpzCompression, load_gemma_scope_npz, read_npz, save_gemma_scope_npz};
+pub use release::{ReleasePath, ReleaseSite};
 pub use saelens::{
     CONFIG_FILE, LoadedSae, SAE_LENS_FORMAT_VERSION, SaeLensConfig, WEIGHTS_FILE, load_saelens,
     save_saelens, save_saelens_with_files,

@@ -67,8 +67,25 @@ pub fn load_or_compute(
         eprintln!("[explore] dashboards from the cache {}", cached.display());
         return Ok(saved);
     }
-    let store = folder.join("store");
-    let corpus = crate::cache::corpus_of(&options.corpus, "text")?;
+    let computed = compute(model, tokenizer, hook, sae, options, &folder.join("store"))?;
+    save_dashboards(&cached, sae, hook, &computed)?;
+    eprintln!("[explore] dashboards cached in {}", cached.display());
+    Ok(computed)
+}
+
+/// Computes the dashboards of `sae` (at `hook` of `model`, which may be an SAE built in code):
+/// harvests `options.tokens` tokens of `options.corpus` into a temporary store at `store`
+/// (an interrupted computation's is resumed; it is removed afterwards), collects each latent's top examples and
+/// histogram, and reads its logit effects.
+pub fn compute(
+    model: &GemmaModel,
+    tokenizer: &GemmaTokenizer,
+    hook: HookPoint,
+    sae: &dyn Sae,
+    options: &EvidenceOptions,
+    store: &Path,
+) -> anyhow::Result<Vec<LatentDashboard>> {
+    let corpus = activation_cache::Corpus::from_spec(&options.corpus, "text")?;
     let documents = corpus.documents()?;
     let spec = StoreSpec {
         model: options.model_name.clone(),
@@ -92,8 +109,8 @@ pub fn load_or_compute(
         stop_after_shards: None,
         progress: options.progress,
     };
-    harvest(&store, model, tokenizer, &documents, spec, &harvest_options)?;
-    let source = StoreSource::open(&store, ShuffleConfig::default(), false)?;
+    harvest(store, model, tokenizer, &documents, spec, &harvest_options)?;
+    let source = StoreSource::open(store, ShuffleConfig::default(), false)?;
     let config = EvidenceConfig {
         top_k: TOP_K,
         ..Default::default()
@@ -102,11 +119,9 @@ pub fn load_or_compute(
     drop(source);
     let token_text = |t: u32| tokenizer.decode(&[t]).unwrap_or_default();
     let computed = dashboards(model, sae, hook, evidence, &token_text)?;
-    save_dashboards(&cached, sae, hook, &computed)?;
-    // The activations were only needed for the dashboards, which are now saved.
-    remove_store(&store)
+    // The activations were only needed for the dashboards.
+    remove_store(store)
         .with_context(|| format!("removing the temporary store {}", store.display()))?;
-    eprintln!("[explore] dashboards cached in {}", cached.display());
     Ok(computed)
 }
 

@@ -14,7 +14,7 @@
 //! Every error is `{"error": "…"}` with status 400 (malformed: not UTF-8, not JSON, empty,
 //! out of range, a path that is not valid percent-encoded UTF-8), 404 (unknown SAE, latent,
 //! asset or route), 405 (a method the path does not take; `Allow` lists those it does), 409
-//! (labels file unusable), 413 (over a limit in [`super::state`], or a body over 2 MB) or 500.
+//! (labels file unusable), 413 (over a limit in [`crate::Explorer`], or a body over 2 MB) or 500.
 //! Errors that the HTTP framework produces itself are rewritten into that form too
 //! ([`json_errors`]).
 
@@ -30,7 +30,7 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::state::{ApiError, Explorer, SearchQuery};
+use crate::state::{ApiError, Explorer, SearchQuery};
 
 /// The page's files, compiled in: the only static paths served.
 const ASSETS: [(&str, &str, &str); 3] = [
@@ -172,6 +172,67 @@ pub fn serve(explorer: Explorer, address: SocketAddr) -> anyhow::Result<()> {
             })
             .await?;
         Ok(())
+    })
+}
+
+/// An explorer served on a background thread ([`spawn`]); dropping it stops the server.
+pub struct RunningServer {
+    /// The page's address, `http://HOST:PORT` (no trailing slash).
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Stops the server and reports how it ended.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shut_down()
+    }
+
+    fn shut_down(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => anyhow::bail!("the explorer's server thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.shut_down();
+    }
+}
+
+/// Serves `explorer` on `address` (port 0: any free one) from a background thread, returning
+/// once it listens: for tests, notebooks and a researcher's own binaries.
+pub fn spawn(explorer: Explorer, address: SocketAddr) -> anyhow::Result<RunningServer> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(address))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        runtime.block_on(async move {
+            axum::serve(listener, router(explorer))
+                .with_graceful_shutdown(async {
+                    stopped.await.ok();
+                })
+                .await?;
+            Ok(())
+        })
+    });
+    Ok(RunningServer {
+        url,
+        stop: Some(stop),
+        thread: Some(thread),
     })
 }
 
