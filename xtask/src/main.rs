@@ -3,7 +3,7 @@
 //! | command | what it does |
 //! |---|---|
 //! | `reproduce <experiment>` | the project's results: `quickstart` (the main job), `frontier`, `sites`, `layers`, `gemma-scope` (see `reproduce/mod.rs`) |
-//! | `explore` | a local web page: latents firing on your text, feature dashboards, manual labels, steering (see `explore/mod.rs`) |
+//! | `explore` | a local web page: latents firing on your text, feature dashboards, manual labels, steering (the `explorer` crate) |
 //! | `demo` | builds every SAE architecture on the embedded model's activations, folds the scaling constant, saves each in SAELens format, reloads it and checks the outputs are unchanged |
 //! | `inspect <path>` | summarises an SAE file: a SAELens directory or a Gemma Scope `params.npz` |
 //! | `bench` | the speed table: SAE training (JumpReLU sparse/dense, TopK), encode, forward, store reads; `--peers` adds SAELens, PyTorch and transformers side by side with ratios (writes `BENCHMARKS.md`) |
