@@ -48,6 +48,13 @@
 //! let answer = explorer.activations("mine", "the cat sat", false).map_err(|e| anyhow::anyhow!("{e}"))?;
 //! let answer = serde_json::to_value(answer)?;
 //! assert!(answer["tokens"].as_array().is_some_and(|tokens| !tokens.is_empty()));
+//!
+//! // The same explorer over HTTP, on a free port, stopped when `server` is dropped.
+//! let server = explorer::spawn(explorer, "127.0.0.1:0".parse()?)?;
+//! let info = ureq::get(format!("{}/api/info", server.url)).call()?.into_body().read_to_string()?;
+//! let info: serde_json::Value = serde_json::from_str(&info)?;
+//! assert_eq!(info["saes"][0]["id"], "mine");
+//! server.stop()?;
 //! # Ok(())
 //! # }
 //! ```
