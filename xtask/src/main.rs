@@ -2,7 +2,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `reproduce <experiment>` | the project's results: `quickstart` (the main job), `frontier`, `sites`, `layers`, `gemma-scope` (see `reproduce/mod.rs`) |
+//! | `reproduce <experiment>` | the project's results: `quickstart` (the main job), `frontier`, `sites`, `layers`, `gemma-scope` (the `lab` crate's `experiments`) |
 //! | `explore` | a local web page: latents firing on your text, feature dashboards, manual labels, steering (the `explorer` crate) |
 //! | `demo` | builds every SAE architecture on the embedded model's activations, folds the scaling constant, saves each in SAELens format, reloads it and checks the outputs are unchanged |
 //! | `inspect <path>` | summarises an SAE file: a SAELens directory or a Gemma Scope `params.npz` |
@@ -13,20 +13,15 @@
 //! | `bench-train` | JumpReLU, TopK or BatchTopK training tokens/s and peak heap at a given shape |
 //! | `dump-activations` | a model's activations at hook points, logits and loss, to safetensors |
 
-mod allocator;
-mod bench;
-mod bench_forward;
-mod bench_train;
-mod cache;
-mod demo;
-mod dump;
+//!
+//! Argument parsing and wiring only: every command's work is a library call (the `lab` crate's
+//! experiments, benchmarks and commands; the `explorer` crate's server).
+
 mod explore;
-mod inspect;
-mod output;
 mod reproduce;
-mod train;
 
 use clap::{Parser, Subcommand};
+use lab::{bench, commands, experiments};
 
 /// The project's tasks.
 #[derive(Debug, Parser)]
@@ -46,45 +41,45 @@ enum Command {
     /// Serve the interactive explorer: latents on your text, dashboards, labels, steering.
     Explore(explore::ExploreArgs),
     /// Every SAE architecture end to end on real model activations (init, C, fold, save, load).
-    Demo(demo::DemoArgs),
+    Demo(commands::demo::DemoArgs),
     /// Summarise an SAE: a SAELens directory, a params.npz, or a directory holding one.
-    Inspect(inspect::InspectArgs),
+    Inspect(commands::inspect::InspectArgs),
     /// Run a model and write activations at hook points, logits and per-token loss.
-    DumpActivations(dump::DumpArgs),
+    DumpActivations(commands::dump::DumpArgs),
     /// The speed table (BENCHMARKS.md), optionally side by side with the Python peers.
     Bench(bench::BenchArgs),
     /// Forward-pass throughput of a model, f32 and bf16.
-    BenchForward(bench_forward::BenchForwardArgs),
+    BenchForward(bench::forward::BenchForwardArgs),
     /// Harvest activations over a corpus into a sharded store (re-running resumes it).
-    Cache(cache::CacheArgs),
+    Cache(commands::cache::CacheArgs),
     /// Train one or many SAEs from an activation store (or a stream) with a config file.
-    Train(train::TrainArgs),
+    Train(commands::train::TrainArgs),
     /// JumpReLU training throughput at a given shape.
-    BenchTrain(bench_train::BenchTrainArgs),
+    BenchTrain(bench::train::BenchTrainArgs),
     /// SAE quality side by side: this project's JumpReLU SAEs and SAELens's on the same activations, over λ and seeds.
-    BenchQuality(reproduce::QualityArgs),
+    BenchQuality(experiments::quality::QualityArgs),
 }
 
 /// mimalloc, which reuses freed memory without returning it to the OS (see
-/// [`allocator::keep_freed_memory`]): a training step frees and reallocates buffers of hundreds
+/// [`lab::allocator::keep_freed_memory`]): a training step frees and reallocates buffers of hundreds
 /// of MB, and with the system allocator every reuse costs fresh, zeroed pages (measured: ~30 %
 /// of a 2B-shape step in page faults). It counts live bytes for the benchmarks' memory column.
 #[global_allocator]
-static GLOBAL: allocator::CountingMimalloc = allocator::CountingMimalloc;
+static GLOBAL: lab::allocator::CountingMimalloc = lab::allocator::CountingMimalloc;
 
 fn main() -> anyhow::Result<()> {
-    allocator::keep_freed_memory();
+    lab::allocator::keep_freed_memory();
     match Cli::parse().command {
         Command::Reproduce(args) => reproduce::run(&args),
         Command::Explore(args) => explore::run(&args),
-        Command::Demo(args) => demo::run(&args),
-        Command::Inspect(args) => inspect::run(&args),
-        Command::DumpActivations(args) => dump::run(&args),
+        Command::Demo(args) => commands::demo::run(&args),
+        Command::Inspect(args) => commands::inspect::run(&args),
+        Command::DumpActivations(args) => commands::dump::run(&args),
         Command::Bench(args) => bench::run(&args),
-        Command::BenchForward(args) => bench_forward::run(&args),
-        Command::Cache(args) => cache::run(&args),
-        Command::Train(args) => train::run(&args),
-        Command::BenchTrain(args) => bench_train::run(&args),
-        Command::BenchQuality(args) => reproduce::bench_quality(&args),
+        Command::BenchForward(args) => bench::forward::run(&args),
+        Command::Cache(args) => commands::cache::run(&args),
+        Command::Train(args) => commands::train::run(&args),
+        Command::BenchTrain(args) => bench::train::run(&args),
+        Command::BenchQuality(args) => experiments::quality::run(&args),
     }
 }

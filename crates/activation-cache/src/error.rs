@@ -11,23 +11,10 @@ pub enum CacheError {
     /// The model or tokenizer failed.
     #[error(transparent)]
     Model(#[from] gemma_hooks::GemmaError),
-    /// A file operation failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A file's contents are wrong: bad JSON, a checksum mismatch, a short shard…
-    #[error("{path}: {detail}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
+    /// A file could not be read or written, or its contents are not what its format
+    /// requires (the workspace's shared file vocabulary, with the path).
+    #[error(transparent)]
+    File(#[from] file_io::FileError),
     /// NaN or infinite activations.
     #[error("non-finite activation at {location}, hook `{hook}`")]
     NonFinite {
@@ -57,17 +44,11 @@ pub enum CacheError {
 impl CacheError {
     /// A [`CacheError::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::File(file_io::FileError::io(path, source))
     }
-    /// A [`CacheError::Format`] for `path`.
+    /// A format error ([`file_io::FileError::Format`]) for `path`.
     pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        Self::Format {
-            path: path.into(),
-            detail: detail.into(),
-        }
+        Self::File(file_io::FileError::format(path, detail))
     }
 }
 

@@ -5,14 +5,25 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use gemma_hooks::{GemmaConfig, GemmaModel, HookPoint, Hooks};
+use gemma_hooks::{GemmaConfig, HookPoint, HookedModel, Hooks};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::contexts::{Context, ContextSampling, SpecialTokens, contexts, spread_contexts};
 use crate::corpus::Document;
-use crate::store::{MANIFEST, Manifest, ShardBuffer, StoreDtype, StoreSpec, prepare_dir};
+use crate::store::{HookSpec, MANIFEST, Manifest, ShardBuffer, StoreDtype, StoreSpec, prepare_dir};
 use crate::validate::check_row;
 use crate::{CacheError, Result};
+
+/// The store's description of `points` in a model of `config`: each one's name and width.
+pub fn hook_specs(config: &GemmaConfig, points: &[HookPoint]) -> Vec<HookSpec> {
+    points
+        .iter()
+        .map(|&point| HookSpec {
+            name: point.to_string(),
+            width: hook_width(config, point),
+        })
+        .collect()
+}
 
 /// The width of a hook point's activation per token (`attn.hook_q/k/v` flattened over heads).
 pub fn hook_width(config: &GemmaConfig, point: HookPoint) -> usize {
@@ -49,6 +60,28 @@ pub(crate) fn flat_activation(hooks: &mut Hooks, point: HookPoint) -> Result<Ten
         .ok_or_else(|| CacheError::Invalid(format!("hook point {point} was not reached")))?;
     let (batch, pos) = (t.dims()[0], t.dims()[1]);
     Ok(t.reshape((batch, pos, ()))?.to_dtype(DType::F32)?)
+}
+
+/// One forward pass of `batch` (contexts of `context_length` tokens) through `model`, stopped
+/// after the deepest of `points`: each point's activation `[contexts, positions, width]` in f32.
+pub(crate) fn context_activations(
+    model: &dyn HookedModel,
+    batch: &[Context],
+    context_length: usize,
+    points: &[HookPoint],
+) -> Result<Vec<Tensor>> {
+    let ids: Vec<u32> = batch
+        .iter()
+        .flat_map(|c| c.tokens.iter().copied())
+        .collect();
+    let ids = Tensor::from_vec(ids, (batch.len(), context_length), model.device())?;
+    let mut hooks = Hooks::observing(points.iter().copied());
+    hooks.stop_after_deepest_hook();
+    model.forward(&ids, &mut hooks)?;
+    points
+        .iter()
+        .map(|p| flat_activation(&mut hooks, *p))
+        .collect()
 }
 
 /// Appends the stored rows (positions `1..len` of each context) of one forward pass.
@@ -97,9 +130,13 @@ fn append_rows(
 /// Resuming: an existing manifest with the same spec and kernel continues after its last
 /// complete shard (files of an unfinished shard are discarded); a manifest with a different
 /// spec or kernel is an error naming both; a complete store is returned as is.
+///
+/// Long because validation, resume and the shard loop share the manifest being written; the
+/// loop body (forward pass, rows, shard flush) is the only part that would split, and it
+/// reads as one unit with the resume state it updates.
 pub fn harvest(
     dir: &Path,
-    model: &GemmaModel,
+    model: &dyn HookedModel,
     tokenizer: &gemma_hooks::GemmaTokenizer,
     documents: &[Document],
     spec: StoreSpec,
@@ -173,22 +210,8 @@ pub fn harvest(
             .take(spec.contexts_per_shard)
             .collect::<Result<_>>()?;
         for batch in shard_contexts.chunks(spec.batch_contexts) {
-            let ids: Vec<u32> = batch
-                .iter()
-                .flat_map(|c| c.tokens.iter().copied())
-                .collect();
-            let ids = Tensor::from_vec(
-                ids,
-                (batch.len(), spec.contexts.context_length),
-                model.device(),
-            )?;
-            let mut hooks = Hooks::observing(points.iter().copied());
-            hooks.stop_after_deepest_hook();
-            model.forward(&ids, &mut hooks)?;
-            let activations: Vec<Tensor> = points
-                .iter()
-                .map(|p| flat_activation(&mut hooks, *p))
-                .collect::<Result<_>>()?;
+            let activations =
+                context_activations(model, batch, spec.contexts.context_length, &points)?;
             append_rows(&mut buffer, batch, &activations, &spec)?;
             progress.set_position(manifest.rows() + buffer.rows);
         }

@@ -10,32 +10,40 @@
 //! - [`ActivationSource`]: what trainers read — [`StoreSource`] (memory-mapped, bucket shuffle,
 //!   exact resume from a [`Cursor`]) or [`StreamingSource`] (model → shuffle buffer, no disk).
 //!
-//! ```no_run
-//! use activation_cache::{ActivationSource, ContextConfig, Corpus, HarvestOptions, ShuffleConfig, StoreSource};
-//! use activation_cache::store::{HookSpec, StoreDtype, StoreSpec};
-//! use candle_core::{DType, Device};
+//! Harvesting a tiny random Gemma 3 (the tests' fixture; pass `gemma_hooks::EMBEDDED_MODEL`
+//! and [`Corpus::gutenberg`] for the real ones) over a text file, then reading it back shuffled:
 //!
-//! # fn main() -> activation_cache::Result<()> {
-//! let loaded = gemma_hooks::load_model("gemma-3-270m", &Device::Cpu, DType::F32)?;
-//! let tokenizer = loaded.tokenizer.clone().expect("tokenizer");
-//! let corpus = Corpus::gutenberg()?;
+//! ```
+//! use activation_cache::{ActivationSource, ContextConfig, Corpus, HarvestOptions, ShuffleConfig, StoreSource};
+//! use activation_cache::store::{StoreDtype, StoreSpec};
+//! use candle_core::{DType, Device};
+//! use gemma_hooks::HookPoint;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../gemma-hooks/tests/fixtures/tiny-gemma3");
+//! let loaded = gemma_hooks::load_model(model, &Device::Cpu, DType::F32)?;
+//! let tokenizer = loaded.tokenizer.clone().expect("the fixture has a tokenizer");
+//! let work = tempfile::tempdir()?;
+//! std::fs::write(work.path().join("book.txt"), "the cat sat on the mat. ".repeat(100))?;
+//! let corpus = Corpus::from_spec(&work.path().join("book.txt").display().to_string(), "text")?;
+//! let hooks = [HookPoint::ResidPost(1)];
 //! let spec = StoreSpec {
-//!     model: "gemma-3-270m".into(),
-//!     tokenizer: "gemma3".into(),
+//!     model: "tiny".into(),
+//!     tokenizer: "tiny".into(),
 //!     corpus: corpus.describe(),
-//!     contexts: ContextConfig { context_length: 128, min_tokens: 16 },
-//!     hooks: vec![HookSpec { name: "blocks.9.hook_resid_post".into(), width: 640 }],
+//!     contexts: ContextConfig { context_length: 32, min_tokens: 16 },
+//!     hooks: activation_cache::hook_specs(loaded.model.config(), &hooks),
 //!     dtype: StoreDtype::F32,
-//!     contexts_per_shard: 64,
-//!     batch_contexts: 4,
-//!     target_rows: 100_000,
+//!     contexts_per_shard: 4,
+//!     batch_contexts: 2,
+//!     target_rows: 400,
 //!     sampling: activation_cache::contexts::ContextSampling::Spread { seed: 0 },
 //! };
-//! let dir = std::path::Path::new("runs/cache");
-//! activation_cache::harvest(dir, &loaded.model, &tokenizer, &corpus.documents()?, spec, &HarvestOptions::default())?;
-//! let mut source = StoreSource::open(dir, ShuffleConfig { seed: 1, ..Default::default() }, true)?;
-//! let batch = source.next_batch(4096)?.expect("rows");
-//! assert_eq!(batch.activations[0].dims(), &[4096, 640]);
+//! let dir = work.path().join("store");
+//! activation_cache::harvest(&dir, &loaded.model, &tokenizer, &corpus.documents()?, spec, &HarvestOptions::default())?;
+//! let mut source = StoreSource::open(&dir, ShuffleConfig { seed: 1, ..Default::default() }, true)?;
+//! let batch = source.next_batch(64)?.expect("rows");
+//! assert_eq!(batch.activations[0].dims(), &[64, 32]);
 //! # Ok(())
 //! # }
 //! ```
@@ -52,7 +60,7 @@ pub mod validate;
 pub use contexts::{Context, ContextConfig, SpecialTokens};
 pub use corpus::{Corpus, Document};
 pub use error::{CacheError, Result};
-pub use harvest::{HarvestOptions, harvest, hook_width};
+pub use harvest::{HarvestOptions, harvest, hook_specs, hook_width};
 pub use source::{
     ActivationBatch, ActivationSource, Cursor, ShuffleConfig, StoreSource, StreamingSource,
     TokenInfo,

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use gemma_hooks::HookedModel;
 use memmap2::Mmap;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::contexts::{Context, ContextConfig, SpecialTokens, document_contexts};
 use crate::corpus::Document;
-use crate::harvest::{flat_activation, hook_width};
+use crate::harvest::{context_activations, hook_specs};
 use crate::store::{HookSpec, Manifest, StoreDtype, verify_file};
 use crate::validate::check_row;
 use crate::{CacheError, Result};
@@ -428,7 +429,7 @@ impl ActivationSource for StoreSource {
 
 /// Streams activations straight from a model through a shuffle buffer: no disk.
 pub struct StreamingSource {
-    model: gemma_hooks::GemmaModel,
+    model: Box<dyn HookedModel>,
     tokenizer: gemma_hooks::GemmaTokenizer,
     documents: Vec<Document>,
     hooks: Vec<HookSpec>,
@@ -451,7 +452,7 @@ impl StreamingSource {
     /// `capacity` rows with a seeded generator (so the stream is reproducible).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        model: gemma_hooks::GemmaModel,
+        model: impl HookedModel + 'static,
         tokenizer: gemma_hooks::GemmaTokenizer,
         documents: Vec<Document>,
         points: Vec<gemma_hooks::HookPoint>,
@@ -460,15 +461,9 @@ impl StreamingSource {
         capacity: usize,
         seed: u64,
     ) -> Result<Self> {
-        let hooks = points
-            .iter()
-            .map(|p| HookSpec {
-                name: p.to_string(),
-                width: hook_width(model.config(), *p),
-            })
-            .collect();
+        let hooks = hook_specs(model.config(), &points);
         Ok(Self {
-            model,
+            model: Box::new(model),
             tokenizer,
             documents,
             hooks,
@@ -508,23 +503,15 @@ impl StreamingSource {
         }
         let take = self.batch_contexts.min(self.pending.len());
         let batch: Vec<Context> = self.pending.drain(..take).collect();
-        let ids: Vec<u32> = batch
-            .iter()
-            .flat_map(|c| c.tokens.iter().copied())
-            .collect();
-        let ids = Tensor::from_vec(
-            ids,
-            (batch.len(), self.contexts.context_length),
-            self.model.device(),
-        )?;
-        let mut hooks = gemma_hooks::Hooks::observing(self.points.iter().copied());
-        hooks.stop_after_deepest_hook();
-        self.model.forward(&ids, &mut hooks)?;
-        let per_hook = self
-            .points
-            .iter()
-            .map(|point| Ok(flat_activation(&mut hooks, *point)?.to_vec3::<f32>()?))
-            .collect::<Result<Vec<_>>>()?;
+        let per_hook = context_activations(
+            self.model.as_ref(),
+            &batch,
+            self.contexts.context_length,
+            &self.points,
+        )?
+        .iter()
+        .map(|activation| Ok(activation.to_vec3::<f32>()?))
+        .collect::<Result<Vec<_>>>()?;
         for (row, context) in batch.iter().enumerate() {
             for position in 1..context.len {
                 let values: Vec<Vec<f32>> =

@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -209,16 +209,7 @@ pub fn shard_file_name(index: usize, part: &str) -> String {
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, synced and renamed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<ShardFile> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".partial-")
-        .tempfile_in(dir)
-        .map_err(|e| CacheError::io(dir, e))?;
-    temp.write_all(bytes)
-        .and_then(|_| temp.as_file().sync_all())
-        .map_err(|e| CacheError::io(path, e))?;
-    temp.persist(path)
-        .map_err(|e| CacheError::io(path, e.error))?;
+    file_io::write_bytes_atomically(path, bytes)?;
     Ok(ShardFile {
         name: path
             .file_name()

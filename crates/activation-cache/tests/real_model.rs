@@ -1,10 +1,9 @@
 //! Round trip on the real model and corpus: activations harvested from Gemma 3 270M over the
 //! Project Gutenberg books read back equal to the model's activations for the same tokens.
 
-use activation_cache::store::{HookSpec, StoreDtype, StoreSpec};
+use activation_cache::store::{StoreDtype, StoreSpec};
 use activation_cache::{
     ContextConfig, Corpus, HarvestOptions, ShuffleConfig, SpecialTokens, StoreSource, harvest,
-    hook_width,
 };
 use candle_core::{DType, Device, Tensor};
 use gemma_hooks::{HookPoint, Hooks, load_model};
@@ -31,13 +30,7 @@ fn harvested_gutenberg_activations_equal_the_models() {
         tokenizer: "gemma3".into(),
         corpus: corpus.describe(),
         contexts,
-        hooks: points
-            .iter()
-            .map(|p| HookSpec {
-                name: p.to_string(),
-                width: hook_width(loaded.model.config(), *p),
-            })
-            .collect(),
+        hooks: activation_cache::hook_specs(loaded.model.config(), &points),
         dtype: StoreDtype::F32,
         contexts_per_shard: 2,
         batch_contexts: 2,

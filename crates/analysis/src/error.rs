@@ -20,23 +20,10 @@ pub enum AnalysisError {
     /// Tables.
     #[error(transparent)]
     Polars(#[from] polars::error::PolarsError),
-    /// A file operation failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A file's contents are wrong.
-    #[error("{path}: {detail}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
+    /// A file could not be read or written, or its contents are not what its format
+    /// requires (the workspace's shared file vocabulary, with the path).
+    #[error(transparent)]
+    File(#[from] file_io::FileError),
     /// A plot could not be drawn.
     #[error("plot {path}: {detail}")]
     Plot {
@@ -51,19 +38,13 @@ pub enum AnalysisError {
 }
 
 impl AnalysisError {
-    /// An [`AnalysisError::Io`] for `path`.
+    /// An I/O error ([`file_io::FileError::Io`]) for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::File(file_io::FileError::io(path, source))
     }
     /// An [`AnalysisError::Format`] for `path`.
     pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        Self::Format {
-            path: path.into(),
-            detail: detail.into(),
-        }
+        Self::File(file_io::FileError::format(path, detail))
     }
 }
 

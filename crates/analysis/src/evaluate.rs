@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use activation_cache::Context;
 use candle_core::{DType, Device, Tensor};
-use gemma_hooks::{GemmaModel, HookPoint, Hooks, next_token_loss};
+use gemma_hooks::{HookPoint, HookedModel, Hooks, next_token_loss};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::Sae;
 use serde::{Deserialize, Serialize};
@@ -222,8 +222,11 @@ impl PositionSums {
 /// Evaluates every SAE on `contexts` (all of one length). `means` holds the mean activation of
 /// hook points (over the tokens the SAEs replace) for the mean-ablation baseline; hooks
 /// without one get no mean-ablation result. Results are in the order of `saes`.
+///
+/// Long because one pass per batch computes every SAE's and every baseline's losses from a
+/// single clean forward pass (the accumulators are shared); the per-SAE metrics are helpers.
 pub fn evaluate(
-    model: &GemmaModel,
+    model: &dyn HookedModel,
     saes: &[SaeAtHook<'_>],
     contexts: &[Context],
     means: &BTreeMap<HookPoint, Vec<f32>>,
@@ -508,7 +511,7 @@ fn flatten_rows(activation: &Tensor, sae: &SaeAtHook<'_>) -> Result<Tensor> {
 
 /// Per-token losses `[batch][pos − 1]` with `hook`'s activation replaced by `replacement`.
 fn loss_with(
-    model: &GemmaModel,
+    model: &dyn HookedModel,
     ids: &Tensor,
     hook: HookPoint,
     replacement: Tensor,

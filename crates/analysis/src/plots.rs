@@ -109,26 +109,7 @@ impl Figure for LineFigure<'_> {
         &self,
         root: &DrawingArea<DB, Shift>,
     ) -> std::result::Result<(), String> {
-        let spec = self.spec;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&spec.title, (FONT_FAMILY, 24))
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(72)
-            .build_cartesian_2d(self.x_range.clone(), self.y_range.clone())
-            .map_err(|e| e.to_string())?;
-        let log_x = spec.log_x;
-        let format_x =
-            move |v: &f64| crate::tables::format_number(if log_x { 10f64.powf(*v) } else { *v });
-        chart
-            .configure_mesh()
-            .x_desc(&spec.x_label)
-            .y_desc(&spec.y_label)
-            .x_label_formatter(&format_x)
-            .y_label_formatter(&|v| crate::tables::format_number(*v))
-            .label_style((FONT_FAMILY, 14))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let mut chart = styled_chart(root, self.spec, self.x_range.clone(), self.y_range.clone())?;
         for (i, (name, p)) in self.names.iter().zip(&self.points).enumerate() {
             let color = Palette99::pick(i).mix(0.9);
             chart
@@ -169,23 +150,7 @@ impl Figure for BarFigure<'_> {
         &self,
         root: &DrawingArea<DB, Shift>,
     ) -> std::result::Result<(), String> {
-        let spec = self.spec;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&spec.title, (FONT_FAMILY, 24))
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(72)
-            .build_cartesian_2d(self.x_range.clone(), 0.0..self.top)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc(&spec.x_label)
-            .y_desc(&spec.y_label)
-            .x_label_formatter(&|v| crate::tables::format_number(*v))
-            .y_label_formatter(&|v| crate::tables::format_number(*v))
-            .label_style((FONT_FAMILY, 14))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let mut chart = styled_chart(root, self.spec, self.x_range.clone(), 0.0..self.top)?;
         chart
             .draw_series(self.bars.iter().map(|&(lower, upper, height)| {
                 Rectangle::new([(lower, 0.0), (upper, height)], BLUE.mix(0.6).filled())
@@ -193,6 +158,44 @@ impl Figure for BarFigure<'_> {
             .map_err(|e| e.to_string())?;
         Ok(())
     }
+}
+
+/// The chart every figure draws on, in the house style (caption, margins, label areas), over
+/// `x` × `y`, with its mesh and axis labels drawn (with `spec.log_x`, x values are log10 and
+/// labelled as the numbers they stand for).
+fn styled_chart<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    spec: &ChartSpec,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> std::result::Result<
+    ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    String,
+> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(&spec.title, (FONT_FAMILY, 24))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(72)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| e.to_string())?;
+    let log_x = spec.log_x;
+    let format_x =
+        move |v: &f64| crate::tables::format_number(if log_x { 10f64.powf(*v) } else { *v });
+    chart
+        .configure_mesh()
+        .x_desc(&spec.x_label)
+        .y_desc(&spec.y_label)
+        .x_label_formatter(&format_x)
+        .y_label_formatter(&|v| crate::tables::format_number(*v))
+        .label_style((FONT_FAMILY, 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
 }
 
 /// `[min, max]` of `values` widened by 5 % (a unit range around a single value).

@@ -8,7 +8,7 @@
 //! over the prompt and the tokens so far.
 
 use candle_core::{D, Device, Tensor};
-use gemma_hooks::{GemmaModel, HookPoint, Hooks};
+use gemma_hooks::{HookPoint, HookedModel, Hooks};
 use sae_core::Sae;
 
 use crate::{AnalysisError, Result};
@@ -59,7 +59,7 @@ impl Steering {
 /// stopping after any of `stop_tokens`; returns only the new tokens. With `steering`, its
 /// direction is added in every forward pass.
 pub fn greedy_continuation(
-    model: &GemmaModel,
+    model: &dyn HookedModel,
     prompt: &[u32],
     max_new_tokens: usize,
     steering: Option<&Steering>,

@@ -16,24 +16,27 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
     })
 }
 
-/// Writes `value` as pretty JSON to `path` atomically.
+/// Writes `value` as pretty JSON to `path` atomically (creating its folder).
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    let text =
-        serde_json::to_string_pretty(value).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-    write_text(path, &text)
+    create_parent(path)?;
+    Ok(file_io::write_json(path, value)?)
 }
 
 /// Reads JSON written by [`write_json`].
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| AnalysisError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| AnalysisError::format(path, e.to_string()))
+    Ok(file_io::read_json(path)?)
 }
 
-fn write_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
+fn create_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| AnalysisError::io(dir, e))?;
     }
-    sae_core::format::write_file_atomically(path, fill)
+    Ok(())
+}
+
+fn write_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
+    create_parent(path)?;
+    file_io::write_atomically(path, fill)
 }
 
 /// Writes `frame` as `dir/stem.parquet` and `dir/stem.csv`.

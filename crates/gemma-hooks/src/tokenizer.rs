@@ -27,6 +27,10 @@ impl GemmaTokenizer {
     /// by the piece's score, does the same (this is how Hugging Face converts SentencePiece
     /// models). Spaces become `▁`, unknown characters fall back to `<0xXX>` byte tokens, and
     /// control and user-defined tokens match whole.
+    ///
+    /// Long because building a `tokenizers` model from a SentencePiece vocabulary is one
+    /// sequence of steps (pieces, merges, normaliser, pre-tokeniser, byte fallback, special
+    /// tokens), each a few lines, that only make sense in order.
     pub fn from_gguf(path: &Path) -> Result<Self> {
         use candle_core::quantized::gguf_file;
         use tokenizers::decoders::{

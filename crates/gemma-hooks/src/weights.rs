@@ -233,6 +233,9 @@ fn hf_name_of_gguf(name: &str) -> Option<String> {
 }
 
 /// The configuration recorded in a GGUF file's metadata (llama.cpp's `gemma2`/`gemma3` keys).
+///
+/// Long because it is a flat key-by-key mapping (one short block per config field, each with
+/// its own default and error); splitting it would scatter the table, not simplify it.
 fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<GemmaConfig> {
     let meta = |key: &str| content.metadata.get(key);
     let architecture = meta("general.architecture")

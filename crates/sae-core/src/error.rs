@@ -12,24 +12,10 @@ pub enum SaeError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
-    /// Reading or writing a file failed at the operating-system level.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory involved.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// A file exists but its contents are not what the format requires.
-    #[error("{path}: {detail}")]
-    Format {
-        /// The offending file.
-        path: PathBuf,
-        /// What is wrong, in words.
-        detail: String,
-    },
+    /// A file could not be read or written, or its contents are not what its format
+    /// requires (the workspace's shared file vocabulary, with the path).
+    #[error(transparent)]
+    File(#[from] file_io::FileError),
 
     /// An array (in a file or passed by the caller) has the wrong shape.
     #[error("{}array `{array}` has shape {got:?}, expected {expected}", context_prefix(.path))]
@@ -79,20 +65,14 @@ fn context_prefix(path: &Option<PathBuf>) -> String {
 }
 
 impl SaeError {
-    /// A [`SaeError::Format`] for `path`.
+    /// A format error ([`file_io::FileError::Format`]) for `path`.
     pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        Self::Format {
-            path: path.into(),
-            detail: detail.into(),
-        }
+        Self::File(file_io::FileError::format(path, detail))
     }
 
-    /// An [`SaeError::Io`] for `path`.
+    /// An I/O error ([`file_io::FileError::Io`]) for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::File(file_io::FileError::io(path, source))
     }
 }
 

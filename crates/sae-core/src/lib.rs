@@ -61,8 +61,8 @@ pub mod ste;
 pub mod topk;
 
 pub use arch::{
-    AffineSae, Architecture, BatchTopKSae, GatedSae, JumpReluSae, ReluSae, Sae, SaeShape,
-    ThresholdOptions, ThresholdParametrisation, TopKSae, TrainOutput, TrainableSae, init,
+    AffineSae, Architecture, ArchitectureName, BatchTopKSae, GatedSae, JumpReluSae, ReluSae, Sae,
+    SaeShape, ThresholdOptions, ThresholdParametrisation, TopKSae, TrainOutput, TrainableSae, init,
 };
 pub use error::{Result, SaeError};
 pub use init::InitConfig;

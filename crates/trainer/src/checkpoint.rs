@@ -272,20 +272,12 @@ pub(crate) fn load(
 
 /// Parses a JSON file, naming it on failure.
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::format(path, format!("invalid JSON: {e}")))
+    Ok(file_io::read_json(path)?)
 }
 
 /// Writes a JSON file atomically.
 pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let text =
-        serde_json::to_string_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
-    sae_core::format::write_file_atomically(path, |file| {
-        use std::io::Write;
-        file.write_all(text.as_bytes())
-            .map_err(|e| sae_core::SaeError::io(path, e))
-    })?;
-    Ok(())
+    Ok(file_io::write_json(path, value)?)
 }
 
 /// The trainer's outputs in `out` that only a run with a checkpoint can have made.

@@ -52,6 +52,20 @@ pub enum PenaltyConfig {
         /// A latent is dead for this term when it has not fired for this many tokens.
         dead_after_tokens: u64,
     },
+    /// A penalty defined outside the workspace, built by the [`crate::Registry`] it was
+    /// registered in (always by the dense autograd step).
+    Registered {
+        /// Its registered name.
+        name: String,
+        /// λ.
+        coefficient: f64,
+        /// Whether λ is warmed up with the run's λ schedule (default: no).
+        #[serde(default)]
+        warm_up: bool,
+        /// Its own settings, handed to its builder (default: null).
+        #[serde(default)]
+        settings: Value,
+    },
 }
 
 impl PenaltyConfig {
@@ -63,16 +77,18 @@ impl PenaltyConfig {
             | PenaltyConfig::L1 { coefficient }
             | PenaltyConfig::L1DecoderNorm { coefficient }
             | PenaltyConfig::Auxk { coefficient, .. }
-            | PenaltyConfig::PreActivation { coefficient, .. } => *coefficient,
+            | PenaltyConfig::PreActivation { coefficient, .. }
+            | PenaltyConfig::Registered { coefficient, .. } => *coefficient,
         }
     }
 
     /// Whether the coefficient follows the λ warm-up.
     pub fn warms_up(&self) -> bool {
-        !matches!(
-            self,
-            PenaltyConfig::Auxk { .. } | PenaltyConfig::PreActivation { .. }
-        )
+        match self {
+            PenaltyConfig::Auxk { .. } | PenaltyConfig::PreActivation { .. } => false,
+            PenaltyConfig::Registered { warm_up, .. } => *warm_up,
+            _ => true,
+        }
     }
 }
 
@@ -263,93 +279,37 @@ impl SaeConfig {
     /// like ‖x‖ and the squared error like ‖x‖², so on unit-mean-square inputs the same optimum
     /// needs λ/√d_in.
     pub fn resolve(&self, d_in: usize, total_steps: u64) -> ResolvedSaeConfig {
-        let arch = self.architecture;
-        let (
-            lr,
-            beta1,
-            eps,
-            warmup,
-            decay,
-            penalties,
-            lambda_warmup,
-            constraint,
-            init_norm,
-            pre_bias,
-        ) = match arch {
-            Architecture::JumpRelu => (
-                7e-5,
-                0.0,
-                1e-8,
-                1000,
-                0.0,
-                vec![PenaltyConfig::L0 { coefficient: 6e-4 }],
-                10_000,
-                true,
-                1.0,
-                true,
-            ),
-            Architecture::TopK { .. } | Architecture::BatchTopK { .. } => (
-                2e-4,
-                0.9,
-                6.25e-10,
-                0,
-                0.0,
-                vec![PenaltyConfig::Auxk {
-                    coefficient: 1.0 / 32.0,
-                    k_aux: 512.min(d_in / 2).max(1),
-                }],
-                0,
-                true,
-                1.0,
-                true,
-            ),
-            Architecture::Relu => (
-                5e-5,
-                0.9,
-                1e-8,
-                0,
-                0.2,
-                vec![PenaltyConfig::L1DecoderNorm {
-                    coefficient: 5.0 / (d_in as f64).sqrt(),
-                }],
-                total_steps / 20,
-                false,
-                0.1,
-                false,
-            ),
-            Architecture::Gated => (
-                7e-5,
-                0.0,
-                1e-8,
-                1000,
-                0.0,
-                vec![PenaltyConfig::L1 { coefficient: 1e-3 }],
-                10_000,
-                true,
-                1.0,
-                true,
-            ),
-        };
+        self.resolve_with(&Recipe::published(self.architecture, d_in, total_steps))
+    }
+
+    /// The config with every default taken from `recipe` (or from the settings every
+    /// architecture shares).
+    pub fn resolve_with(&self, recipe: &Recipe) -> ResolvedSaeConfig {
         ResolvedSaeConfig {
             name: self.name.clone(),
             hook: self.hook.clone(),
-            architecture: arch,
+            architecture: self.architecture,
             d_sae: self.d_sae,
-            lr: self.lr.unwrap_or(lr),
-            adam_beta1: self.adam_beta1.unwrap_or(beta1),
+            lr: self.lr.unwrap_or(recipe.lr),
+            adam_beta1: self.adam_beta1.unwrap_or(recipe.adam_beta1),
             adam_beta2: self.adam_beta2.unwrap_or(0.999),
-            adam_eps: self.adam_eps.unwrap_or(eps),
-            lr_warmup_steps: self.lr_warmup_steps.unwrap_or(warmup),
+            adam_eps: self.adam_eps.unwrap_or(recipe.adam_eps),
+            lr_warmup_steps: self.lr_warmup_steps.unwrap_or(recipe.lr_warmup_steps),
             lr_warmup_start: self.lr_warmup_start.unwrap_or(0.1),
-            lr_decay_fraction: self.lr_decay_fraction.unwrap_or(decay),
-            penalties: self.penalties.clone().unwrap_or(penalties),
-            lambda_warmup_steps: self.lambda_warmup_steps.unwrap_or(lambda_warmup),
+            lr_decay_fraction: self.lr_decay_fraction.unwrap_or(recipe.lr_decay_fraction),
+            penalties: self
+                .penalties
+                .clone()
+                .unwrap_or_else(|| recipe.penalties.clone()),
+            lambda_warmup_steps: self
+                .lambda_warmup_steps
+                .unwrap_or(recipe.lambda_warmup_steps),
             bandwidth: self.bandwidth.unwrap_or(1e-3),
             threshold_init: self.threshold_init.unwrap_or(1e-3),
             threshold_parametrisation: self.threshold_parametrisation.unwrap_or_default(),
-            decoder_constraint: self.decoder_constraint.unwrap_or(constraint),
-            decoder_init_norm: self.decoder_init_norm.unwrap_or(init_norm),
-            pre_encoder_bias: self.pre_encoder_bias.unwrap_or(pre_bias),
+            decoder_constraint: self.decoder_constraint.unwrap_or(recipe.decoder_constraint),
+            decoder_init_norm: self.decoder_init_norm.unwrap_or(recipe.decoder_init_norm),
+            pre_encoder_bias: self.pre_encoder_bias.unwrap_or(recipe.pre_encoder_bias),
             decoder_bias_init: self.decoder_bias_init.unwrap_or_default(),
             sparse_step: self.sparse_step.unwrap_or(true),
             normalise_inputs: self.normalise_inputs.unwrap_or(true),
@@ -357,6 +317,95 @@ impl SaeConfig {
             exclude_norm_above: self.exclude_norm_above,
             resample: self.resample,
             seed: self.seed.unwrap_or(0),
+        }
+    }
+}
+
+/// The defaults an architecture's recipe gives a [`SaeConfig`] (what
+/// [`SaeConfig::resolve_with`] fills in when the config leaves a field out).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipe {
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Adam β₁ (β₂ is 0.999 for every recipe).
+    pub adam_beta1: f64,
+    /// Adam ε.
+    pub adam_eps: f64,
+    /// Cosine lr warm-up steps.
+    pub lr_warmup_steps: u64,
+    /// Fraction of the run over which the lr decays linearly to 0 at the end.
+    pub lr_decay_fraction: f64,
+    /// The penalties.
+    pub penalties: Vec<PenaltyConfig>,
+    /// λ warm-up steps.
+    pub lambda_warmup_steps: u64,
+    /// Unit-norm decoder rows with projected gradients.
+    pub decoder_constraint: bool,
+    /// Decoder row norm at initialisation.
+    pub decoder_init_norm: f64,
+    /// Subtract b_dec from the input before encoding.
+    pub pre_encoder_bias: bool,
+}
+
+impl Recipe {
+    /// The published recipe of a built-in architecture (the table of [`SaeConfig::resolve`]);
+    /// a registered one gets [`Recipe::generic`].
+    pub fn published(architecture: Architecture, d_in: usize, total_steps: u64) -> Self {
+        let gemma_scope = |penalty| Self {
+            lr: 7e-5,
+            adam_beta1: 0.0,
+            adam_eps: 1e-8,
+            lr_warmup_steps: 1000,
+            lr_decay_fraction: 0.0,
+            penalties: vec![penalty],
+            lambda_warmup_steps: 10_000,
+            decoder_constraint: true,
+            decoder_init_norm: 1.0,
+            pre_encoder_bias: true,
+        };
+        match architecture {
+            Architecture::JumpRelu => gemma_scope(PenaltyConfig::L0 { coefficient: 6e-4 }),
+            Architecture::Gated => gemma_scope(PenaltyConfig::L1 { coefficient: 1e-3 }),
+            Architecture::TopK { .. } | Architecture::BatchTopK { .. } => Self {
+                lr: 2e-4,
+                adam_eps: 6.25e-10,
+                penalties: vec![PenaltyConfig::Auxk {
+                    coefficient: 1.0 / 32.0,
+                    k_aux: 512.min(d_in / 2).max(1),
+                }],
+                ..Self::generic()
+            },
+            Architecture::Relu => Self {
+                lr: 5e-5,
+                lr_decay_fraction: 0.2,
+                penalties: vec![PenaltyConfig::L1DecoderNorm {
+                    coefficient: 5.0 / (d_in as f64).sqrt(),
+                }],
+                lambda_warmup_steps: total_steps / 20,
+                decoder_constraint: false,
+                decoder_init_norm: 0.1,
+                pre_encoder_bias: false,
+                ..Self::generic()
+            },
+            Architecture::Registered { .. } => Self::generic(),
+        }
+    }
+
+    /// The defaults of an architecture without a published recipe: Adam at 2e-4 (β₁ 0.9,
+    /// ε 1e-8), constant lr, unit-norm decoder rows with projected gradients, a pre-encoder
+    /// bias, and no penalty (the config names its own).
+    pub fn generic() -> Self {
+        Self {
+            lr: 2e-4,
+            adam_beta1: 0.9,
+            adam_eps: 1e-8,
+            lr_warmup_steps: 0,
+            lr_decay_fraction: 0.0,
+            penalties: Vec::new(),
+            lambda_warmup_steps: 0,
+            decoder_constraint: true,
+            decoder_init_norm: 1.0,
+            pre_encoder_bias: true,
         }
     }
 }

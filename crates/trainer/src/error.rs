@@ -17,23 +17,10 @@ pub enum TrainError {
     /// Metrics tables.
     #[error(transparent)]
     Polars(#[from] polars::error::PolarsError),
-    /// A file operation failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A file's contents are wrong.
-    #[error("{path}: {detail}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
+    /// A file could not be read or written, or its contents are not what its format
+    /// requires (the workspace's shared file vocabulary, with the path).
+    #[error(transparent)]
+    File(#[from] file_io::FileError),
     /// Training produced NaN or inf: it stops, and nothing non-finite is written.
     #[error(
         "training stopped at step {step}: SAE `{sae}` on `{hook}`: {problem} (the last checkpoint, if any, is intact; check the activations, or lower the learning rate)"
@@ -56,17 +43,11 @@ pub enum TrainError {
 impl TrainError {
     /// A [`TrainError::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::File(file_io::FileError::io(path, source))
     }
-    /// A [`TrainError::Format`] for `path`.
+    /// A format error ([`file_io::FileError::Format`]) for `path`.
     pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        Self::Format {
-            path: path.into(),
-            detail: detail.into(),
-        }
+        Self::File(file_io::FileError::format(path, detail))
     }
 }
 

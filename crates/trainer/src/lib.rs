@@ -15,20 +15,42 @@
 //! [`TrainError::NonFinite`] at the first NaN or inf loss or gradient: nothing non-finite is
 //! written, and a run folder is only ever one the trainer made.
 //!
-//! ```no_run
-//! use activation_cache::{ShuffleConfig, StoreSource};
+//! Architectures and penalties come from a [`Registry`]: the built-in ones always, and any a
+//! researcher registers (a type implementing `sae_core::TrainableSae` or
+//! `sae_core::SparsityPenalty`, one registration line each; [`Trainer::with_registry`]).
+//!
+//! Two JumpReLU SAEs at two λ, trained from one stream of a tiny random Gemma 3's residual
+//! stream (the tests' fixture; a real run reads a store, `activation_cache::StoreSource`):
+//!
+//! ```
+//! use activation_cache::{ContextConfig, Corpus, StreamingSource};
+//! use candle_core::{DType, Device};
+//! use gemma_hooks::HookPoint;
 //! use sae_core::Architecture;
 //! use trainer::{RunOptions, SaeConfig, TrainConfig, Trainer};
 //!
-//! # fn main() -> trainer::Result<()> {
-//! let source = StoreSource::open("runs/cache".as_ref(), ShuffleConfig { epochs: None, ..Default::default() }, true)?;
-//! let mut config = TrainConfig::from_value(serde_json::json!({ "saes": [] }), &["steps=2000".into()])?;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let work = tempfile::tempdir()?;
+//! std::fs::write(work.path().join("book.txt"), "the cat sat on the mat. ".repeat(100))?;
+//! let documents = Corpus::from_spec(&work.path().join("book.txt").display().to_string(), "text")?.documents()?;
+//! let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../gemma-hooks/tests/fixtures/tiny-gemma3");
+//! let loaded = gemma_hooks::load_model(model, &Device::Cpu, DType::F32)?;
+//! let tokenizer = loaded.tokenizer.clone().expect("the fixture has a tokenizer");
+//! let hook = HookPoint::ResidPost(1);
+//! let contexts = ContextConfig { context_length: 32, min_tokens: 16 };
+//! let source = StreamingSource::new(loaded.model, tokenizer, documents, vec![hook], contexts, 2, 256, 0)?;
+//!
+//! let mut config = TrainConfig::from_value(serde_json::json!({ "saes": [] }), &["steps=20".into(), "batch_size=64".into()])?;
 //! for lambda in [3e-4, 1e-3] {
-//!     let mut sae = SaeConfig::new(&format!("l{lambda}"), "blocks.9.hook_resid_post", Architecture::JumpRelu, 4096);
+//!     let mut sae = SaeConfig::new(&format!("l{lambda}"), &hook.to_string(), Architecture::JumpRelu, 64);
 //!     sae.penalties = Some(vec![trainer::PenaltyConfig::L0 { coefficient: lambda }]);
 //!     config.saes.push(sae);
 //! }
-//! Trainer::new(config, source, "runs/train".as_ref())?.run(&RunOptions { progress: true, ..Default::default() })?;
+//! let out = work.path().join("train");
+//! let mut trainer = Trainer::new(config, source, &out)?;
+//! trainer.run(&RunOptions::default())?;
+//! assert_eq!(trainer.step, 20);
+//! assert!(out.join("l0.0003/cfg.json").exists() && out.join("metrics.parquet").exists());
 //! # Ok(())
 //! # }
 //! ```
@@ -38,13 +60,17 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod metrics;
+pub mod registry;
 pub mod resample;
 mod run;
 pub mod schedule;
 
 pub use adam::Adam;
-pub use config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig, SaeConfig, TrainConfig};
+pub use config::{
+    DecoderBiasInit, PenaltyConfig, Recipe, ResolvedSaeConfig, SaeConfig, TrainConfig,
+};
 pub use error::{Result, TrainError};
 pub use metrics::MetricsRow;
+pub use registry::Registry;
 pub use resample::ResampleConfig;
 pub use run::{RunOptions, SaeRun, Trainer};

@@ -4,14 +4,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use activation_cache::ActivationSource;
+use activation_cache::store::HookSpec;
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::format::save_saelens_with_files;
 use sae_core::resample::ResampleRequest;
 use sae_core::sparse::{AuxKTerm, PreActivationTerm, SparsePenalties};
 use sae_core::{
-    AuxK, DecoderNormL1, InitConfig, L0Ste, L1, PenaltyContext, PreActivationLoss, QuadraticL0,
-    SaeShape, SparsityPenalty, SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
+    InitConfig, PenaltyContext, PreActivationLoss, QuadraticL0, SaeShape, SparsityPenalty,
+    SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
 };
 
 use crate::adam::Adam;
@@ -19,8 +20,9 @@ use crate::checkpoint::{
     self, CHECKPOINT, CheckpointState, DONE, EFFECTIVE_CONFIG, RunState, RunTensors, read_json,
     write_json,
 };
-use crate::config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig, TrainConfig};
+use crate::config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig, SaeConfig, TrainConfig};
 use crate::metrics::{self, MetricsRow};
+use crate::registry::Registry;
 use crate::resample::{self, ResampleConfig};
 use crate::schedule::{lambda_factor, learning_rate};
 use crate::{Result, TrainError};
@@ -76,24 +78,129 @@ pub struct Trainer<S: ActivationSource> {
     identity: serde_json::Value,
     /// Per SAE, held-out rows in its training space ([`Self::set_held_out`]).
     held_out: Vec<Option<Tensor>>,
+    /// Whether the SAEs have been folded (by [`Self::export`]).
+    folded: bool,
 }
 
-fn penalty_of(config: &PenaltyConfig, ste: SteConfig) -> Box<dyn SparsityPenalty> {
-    match config {
-        PenaltyConfig::L0 { .. } => Box::new(L0Ste { ste }),
-        PenaltyConfig::QuadraticL0 { target_l0, .. } => Box::new(QuadraticL0 {
-            ste,
-            target: *target_l0,
-        }),
-        PenaltyConfig::L1 { .. } => Box::new(L1),
-        PenaltyConfig::L1DecoderNorm { .. } => Box::new(DecoderNormL1),
-        PenaltyConfig::Auxk { k_aux, .. } => Box::new(AuxK { k_aux: *k_aux }),
-        PenaltyConfig::PreActivation {
-            dead_after_tokens, ..
-        } => Box::new(PreActivationLoss {
-            dead_after_tokens: *dead_after_tokens,
-        }),
+/// The position of the hook `sae` reads among the source's `hooks`.
+fn hook_index(sae: &SaeConfig, hooks: &[HookSpec]) -> Result<usize> {
+    hooks
+        .iter()
+        .position(|h| h.name == sae.hook)
+        .ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "SAE `{}` reads `{}`, which the activation source does not provide (it has: {})",
+                sae.name,
+                sae.hook,
+                hooks
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
+/// The settings of `sae` that would fail only later (or silently): positive clip and norm
+/// cutoff, a valid quadratic-L0 target and pre-activation term, resampling where supported.
+fn check_settings(sae: &SaeConfig) -> Result<()> {
+    for (key, value) in [
+        ("grad_clip_norm", sae.grad_clip_norm),
+        ("exclude_norm_above", sae.exclude_norm_above),
+    ] {
+        if let Some(value) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(TrainError::Invalid(format!(
+                "SAE `{}`: {key} must be a positive number, not {value}",
+                sae.name
+            )));
+        }
     }
+    for penalty in sae.penalties.iter().flatten() {
+        if let PenaltyConfig::QuadraticL0 { target_l0, .. } = penalty {
+            QuadraticL0::check_target(*target_l0)
+                .map_err(|e| TrainError::Invalid(format!("SAE `{}`: {e}", sae.name)))?;
+        }
+        if let PenaltyConfig::PreActivation {
+            coefficient,
+            dead_after_tokens,
+        } = penalty
+            && !(coefficient.is_finite() && *coefficient >= 0.0 && *dead_after_tokens > 0)
+        {
+            return Err(TrainError::Invalid(format!(
+                "SAE `{}`: the pre-activation penalty needs a finite coefficient ≥ 0 \
+                 (got {coefficient}) and dead_after_tokens > 0 (got {dead_after_tokens})",
+                sae.name
+            )));
+        }
+    }
+    if let Some(resample) = &sae.resample {
+        resample.validate(&sae.name)?;
+        if sae.architecture == sae_core::Architecture::Gated {
+            return Err(TrainError::Invalid(format!(
+                "SAE `{}`: resampling dead latents is not supported for Gated SAEs \
+                 (JumpReLU, ReLU, TopK and BatchTopK support it)",
+                sae.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a resumed run's recorded configuration against `effective`, or records it for a new
+/// run (refusing a folder whose outputs lost their checkpoint).
+fn check_or_record_identity(
+    out: &Path,
+    effective: &serde_json::Value,
+    resuming: bool,
+) -> Result<()> {
+    let config_path = out.join(EFFECTIVE_CONFIG);
+    if resuming {
+        let recorded = read_json(&config_path)?;
+        if let Some(problem) = checkpoint::identity_mismatch(&recorded, effective) {
+            return Err(TrainError::format(&config_path, problem));
+        }
+    } else {
+        let orphans = checkpoint::outputs_without_checkpoint(out);
+        if let Some(orphan) = orphans.first() {
+            return Err(TrainError::format(
+                orphan,
+                format!(
+                    "exists but {} does not: the run folder is incomplete (was its checkpoint deleted?); restore it, or train into another folder",
+                    out.join(CHECKPOINT).display()
+                ),
+            ));
+        }
+        write_json(&config_path, effective)?;
+    }
+
+    Ok(())
+}
+
+/// The scaling constant C and the mean input of every SAE, from the first `scaling_batches`
+/// batches (SAEs that leave out massive-norm rows estimate them without those rows); the
+/// source is rewound afterwards.
+fn input_statistics<S: ActivationSource>(
+    source: &mut S,
+    resolved: &[(ResolvedSaeConfig, usize, usize)],
+    config: &TrainConfig,
+) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+    let start = source.cursor();
+    let mut estimators = vec![sae_core::scaling::ScalingEstimator::new(); resolved.len()];
+    for _ in 0..config.scaling_batches.max(1) {
+        let Some(batch) = source.next_batch(config.batch_size)? else {
+            break;
+        };
+        for (estimator, (sae, hook_index, _)) in estimators.iter_mut().zip(resolved) {
+            let rows = training_rows(&batch.activations[*hook_index], sae)?;
+            estimator.push(&rows)?;
+        }
+    }
+    source.restore(&start)?;
+    estimators
+        .iter()
+        .map(|estimator| Ok((estimator.scaling_factor()?, estimator.mean())))
+        .collect::<Result<Vec<_>>>()
+        .map(|pairs| pairs.into_iter().unzip())
 }
 
 /// The wall-clock log (the one output that differs between identical runs).
@@ -103,7 +210,20 @@ impl<S: ActivationSource> Trainer<S> {
     /// A trainer writing into `out`. Resumes from `out/checkpoint` when present (the saved
     /// effective configuration must match); otherwise estimates each hook's scaling constant C
     /// from the first `scaling_batches` batches, rewinds the source, and initialises the SAEs.
-    pub fn new(config: TrainConfig, mut source: S, out: &Path) -> Result<Self> {
+    /// Builds the built-in architectures and penalties only ([`Self::with_registry`] takes
+    /// registered ones too).
+    pub fn new(config: TrainConfig, source: S, out: &Path) -> Result<Self> {
+        Self::with_registry(config, source, out, &Registry::new())
+    }
+
+    /// [`Self::new`], building every SAE and penalty through `registry`: the config may name
+    /// architectures and penalties registered there.
+    pub fn with_registry(
+        config: TrainConfig,
+        mut source: S,
+        out: &Path,
+        registry: &Registry,
+    ) -> Result<Self> {
         if config.saes.is_empty() {
             return Err(TrainError::Invalid(
                 "the training config has no SAEs".into(),
@@ -115,55 +235,11 @@ impl<S: ActivationSource> Trainer<S> {
             .saes
             .iter()
             .map(|sae| {
-                let index = hooks.iter().position(|h| h.name == sae.hook).ok_or_else(|| {
-                    TrainError::Invalid(format!(
-                        "SAE `{}` reads `{}`, which the activation source does not provide (it has: {})",
-                        sae.name,
-                        sae.hook,
-                        hooks.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
-                    ))
-                })?;
-                for (key, value) in [
-                    ("grad_clip_norm", sae.grad_clip_norm),
-                    ("exclude_norm_above", sae.exclude_norm_above),
-                ] {
-                    if let Some(value) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
-                        return Err(TrainError::Invalid(format!(
-                            "SAE `{}`: {key} must be a positive number, not {value}",
-                            sae.name
-                        )));
-                    }
-                }
-                for penalty in sae.penalties.iter().flatten() {
-                    if let PenaltyConfig::QuadraticL0 { target_l0, .. } = penalty {
-                        QuadraticL0::check_target(*target_l0).map_err(|e| {
-                            TrainError::Invalid(format!("SAE `{}`: {e}", sae.name))
-                        })?;
-                    }
-                    if let PenaltyConfig::PreActivation {
-                        coefficient,
-                        dead_after_tokens,
-                    } = penalty
-                        && !(coefficient.is_finite() && *coefficient >= 0.0 && *dead_after_tokens > 0)
-                    {
-                        return Err(TrainError::Invalid(format!(
-                            "SAE `{}`: the pre-activation penalty needs a finite coefficient ≥ 0 \
-                             (got {coefficient}) and dead_after_tokens > 0 (got {dead_after_tokens})",
-                            sae.name
-                        )));
-                    }
-                }
-                if let Some(resample) = &sae.resample {
-                    resample.validate(&sae.name)?;
-                    if sae.architecture == sae_core::Architecture::Gated {
-                        return Err(TrainError::Invalid(format!(
-                            "SAE `{}`: resampling dead latents is not supported for Gated SAEs \
-                             (JumpReLU, ReLU, TopK and BatchTopK support it)",
-                            sae.name
-                        )));
-                    }
-                }
-                Ok((sae.resolve(hooks[index].width, config.steps), index, hooks[index].width))
+                let index = hook_index(sae, &hooks)?;
+                check_settings(sae)?;
+                let width = hooks[index].width;
+                let recipe = registry.recipe(sae.architecture, width, config.steps)?;
+                Ok((sae.resolve_with(&recipe), index, width))
             })
             .collect::<Result<_>>()?;
         let mut names: Vec<&str> = resolved.iter().map(|(r, ..)| r.name.as_str()).collect();
@@ -181,105 +257,32 @@ impl<S: ActivationSource> Trainer<S> {
         });
         let names: Vec<&str> = resolved.iter().map(|(r, ..)| r.name.as_str()).collect();
         let saved = checkpoint::load(out, &effective, &names, &device)?;
-        let config_path = out.join(EFFECTIVE_CONFIG);
-        if saved.is_some() {
-            let recorded = read_json(&config_path)?;
-            if let Some(problem) = checkpoint::identity_mismatch(&recorded, &effective) {
-                return Err(TrainError::format(&config_path, problem));
-            }
-        } else {
-            let orphans = checkpoint::outputs_without_checkpoint(out);
-            if let Some(orphan) = orphans.first() {
-                return Err(TrainError::format(
-                    orphan,
-                    format!(
-                        "exists but {} does not: the run folder is incomplete (was its checkpoint deleted?); restore it, or train into another folder",
-                        out.join(CHECKPOINT).display()
-                    ),
-                ));
-            }
-            write_json(&config_path, &effective)?;
-        }
+        check_or_record_identity(out, &effective, saved.is_some())?;
 
-        let start = source.cursor();
-        // C and the mean input, per SAE: SAEs that leave out massive-norm rows estimate them
-        // without those rows.
-        let mut scales = vec![1.0; resolved.len()];
-        let mut means = vec![Vec::new(); resolved.len()];
-        if saved.is_none() {
-            let mut estimators = vec![sae_core::scaling::ScalingEstimator::new(); resolved.len()];
-            for _ in 0..config.scaling_batches.max(1) {
-                let Some(batch) = source.next_batch(config.batch_size)? else {
-                    break;
-                };
-                for (estimator, (sae, hook_index, _)) in estimators.iter_mut().zip(&resolved) {
-                    let rows = training_rows(&batch.activations[*hook_index], sae)?;
-                    estimator.push(&rows)?;
-                }
-            }
-            for ((scale, mean), estimator) in scales.iter_mut().zip(&mut means).zip(&estimators) {
-                *scale = estimator.scaling_factor()?;
-                *mean = estimator.mean();
-            }
-            source.restore(&start)?;
-        }
+        // Resumed runs restore C from the checkpoint.
+        let (scales, means) = if saved.is_none() {
+            input_statistics(&mut source, &resolved, &config)?
+        } else {
+            (vec![1.0; resolved.len()], vec![Vec::new(); resolved.len()])
+        };
         let runs = resolved
             .into_iter()
             .enumerate()
             .map(|(run_index, (config, hook_index, d_in))| {
-                let shape = SaeShape {
-                    d_in,
-                    d_sae: config.d_sae,
-                    dtype: DType::F32,
-                    device: device.clone(),
-                };
-                let ste = SteConfig {
-                    bandwidth: config.bandwidth,
-                };
-                let init = InitConfig {
-                    seed: config.seed,
-                    decoder_row_norm: config.decoder_init_norm,
-                    threshold: config.threshold_init,
-                    pre_encoder_bias: config.pre_encoder_bias,
-                    threshold_options: ThresholdOptions {
-                        parametrisation: config.threshold_parametrisation,
-                        ste,
-                    },
-                };
-                let sae = sae_core::init(config.architecture, &shape, &init)?;
                 let scale = if config.normalise_inputs {
                     scales[run_index]
                 } else {
                     1.0
                 };
-                if config.decoder_bias_init == DecoderBiasInit::Mean && !means[run_index].is_empty()
-                {
-                    let mean: Vec<f32> = means[run_index]
-                        .iter()
-                        .map(|m| (m / scale) as f32)
-                        .collect();
-                    set_var(sae.as_ref(), "b_dec", &Tensor::new(mean, &device)?)?;
-                }
-                let penalties = config
-                    .penalties
-                    .iter()
-                    .map(|p| (penalty_of(p, ste), p.clone()))
-                    .collect();
-                let adam = Adam::new(config.adam_beta1, config.adam_beta2, config.adam_eps);
-                Ok(SaeRun {
-                    sae,
-                    scale,
-                    hook_index,
-                    penalties,
-                    adam,
-                    since_fired: vec![0; config.d_sae],
-                    window_fires: vec![0; config.d_sae],
-                    window_tokens: 0,
-                    total_fires: vec![0; config.d_sae],
-                    total_tokens: 0,
-                    resampled: 0,
+                SaeRun::new(
                     config,
-                })
+                    hook_index,
+                    d_in,
+                    scale,
+                    &means[run_index],
+                    &device,
+                    registry,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let mut trainer = Self {
@@ -294,6 +297,7 @@ impl<S: ActivationSource> Trainer<S> {
             last_metrics_at: None,
             identity: effective,
             held_out: Vec::new(),
+            folded: false,
         };
         if let Some((state, tensors)) = saved {
             trainer.restore(state, tensors)?;
@@ -443,7 +447,9 @@ impl<S: ActivationSource> Trainer<S> {
                 .map(|&f| ((f as f64 + 1e-10) / run.total_tokens.max(1) as f64).log10() as f32)
                 .collect();
             let sparsity = Tensor::new(density, &Device::Cpu)?;
-            run.sae.fold_scaling(run.scale)?;
+            if !self.folded {
+                run.sae.fold_scaling(run.scale)?;
+            }
             let dir = self.out.join(&run.config.name);
             let training_config = serde_json::to_vec_pretty(&run.config)
                 .map_err(|e| TrainError::Invalid(e.to_string()))?;
@@ -455,9 +461,26 @@ impl<S: ActivationSource> Trainer<S> {
                 &[("training_config.json", training_config)],
             )?;
         }
+        self.folded = true;
         std::fs::write(self.out.join(DONE), b"")
             .map_err(|e| TrainError::io(self.out.join(DONE), e))?;
         Ok(())
+    }
+
+    /// The SAEs as trained so far, folded (on raw activations, as [`Self::export`] writes
+    /// them), with their resolved configs: for a researcher's own evaluation or explorer without
+    /// reading the export back (sae-core's loaders know only the built-in architectures).
+    pub fn into_saes(mut self) -> Result<Vec<(ResolvedSaeConfig, Box<dyn TrainableSae>)>> {
+        if !self.folded {
+            for run in &mut self.runs {
+                run.sae.fold_scaling(run.scale)?;
+            }
+        }
+        Ok(self
+            .runs
+            .into_iter()
+            .map(|run| (run.config, run.sae))
+            .collect())
     }
 
     fn save_checkpoint(&self) -> Result<()> {
@@ -562,6 +585,66 @@ fn kernel_description(device: &Device) -> String {
 }
 
 impl SaeRun {
+    /// A new run of `config` on the source's hook `hook_index` (width `d_in`): the SAE and its
+    /// penalties built through `registry`, b_dec at `mean / scale` when the config asks for the
+    /// mean, fresh Adam moments and counters.
+    fn new(
+        config: ResolvedSaeConfig,
+        hook_index: usize,
+        d_in: usize,
+        scale: f64,
+        mean: &[f64],
+        device: &Device,
+        registry: &Registry,
+    ) -> Result<Self> {
+        let shape = SaeShape {
+            d_in,
+            d_sae: config.d_sae,
+            dtype: DType::F32,
+            device: device.clone(),
+        };
+        let ste = SteConfig {
+            bandwidth: config.bandwidth,
+        };
+        let init = InitConfig {
+            seed: config.seed,
+            decoder_row_norm: config.decoder_init_norm,
+            threshold: config.threshold_init,
+            pre_encoder_bias: config.pre_encoder_bias,
+            threshold_options: ThresholdOptions {
+                parametrisation: config.threshold_parametrisation,
+                ste,
+            },
+        };
+        let sae = registry.build_sae(config.architecture, &shape, &init)?;
+        if config.decoder_bias_init == DecoderBiasInit::Mean && !mean.is_empty() {
+            let mean: Vec<f32> = mean.iter().map(|m| (m / scale) as f32).collect();
+            set_var(sae.as_ref(), "b_dec", &Tensor::new(mean, device)?)?;
+        }
+        let penalties = config
+            .penalties
+            .iter()
+            .map(|p| Ok((registry.build_penalty(p, ste)?, p.clone())))
+            .collect::<Result<_>>()?;
+        let adam = Adam::new(config.adam_beta1, config.adam_beta2, config.adam_eps);
+        Ok(SaeRun {
+            sae,
+            scale,
+            hook_index,
+            penalties,
+            adam,
+            since_fired: vec![0; config.d_sae],
+            window_fires: vec![0; config.d_sae],
+            window_tokens: 0,
+            total_fires: vec![0; config.d_sae],
+            total_tokens: 0,
+            resampled: 0,
+            config,
+        })
+    }
+}
+
+impl SaeRun {
     /// One step on `x` (training space); returns a metrics row when `record`.
     fn train_step(
         &mut self,
@@ -637,7 +720,26 @@ impl SaeRun {
         if !record {
             return Ok(None);
         }
-        let l0 = fires.iter().map(|&f| f as f64).sum::<f64>() / tokens as f64;
+        let row = self.metrics_row(x, &step, lr, warm, dead_window)?;
+        self.window_fires.iter_mut().for_each(|f| *f = 0);
+        self.window_tokens = 0;
+        Ok(Some(row))
+    }
+}
+
+impl SaeRun {
+    /// The metrics row of the step just taken (`step`, on `x`, at learning rate `lr` and λ
+    /// factor `warm`), from the counters of the current window.
+    fn metrics_row(
+        &self,
+        x: &Tensor,
+        step: &StepResult,
+        lr: f64,
+        warm: f64,
+        dead_window: u64,
+    ) -> Result<MetricsRow> {
+        let tokens = x.dims()[0] as u64;
+        let l0 = step.fires.iter().map(|&f| f as f64).sum::<f64>() / tokens as f64;
         let variance = x.broadcast_sub(&x.mean_keepdim(0)?)?.sqr()?.sum_all()?;
         let scalar =
             |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
@@ -683,13 +785,9 @@ impl SaeRun {
             resampled: self.resampled,
             held_out_fvu: f64::NAN,
         };
-        self.window_fires.iter_mut().for_each(|f| *f = 0);
-        self.window_tokens = 0;
-        Ok(Some(row))
+        Ok(row)
     }
-}
 
-impl SaeRun {
     /// The SAE's fraction of variance unexplained on `x` (training space): the summed squared
     /// error over the summed squared deviation from `x`'s own mean, in f64.
     fn fvu_on(&self, x: &Tensor) -> Result<f64> {

@@ -5,8 +5,8 @@ use std::sync::RwLock;
 use candle_core::{DType, Tensor, Var};
 
 use super::affine::AffineSae;
+use super::sparse_form::{SelectionRule, SparseForm, SparseStep};
 use super::{Architecture, Sae, TrainOutput, TrainableSae};
-use crate::sparse::{SelectionRule, SparseForm, SparseStep};
 use crate::topk::top_k_mask_flat;
 use crate::{Result, SaeError};
 
@@ -173,15 +173,7 @@ impl TrainableSae for BatchTopKSae {
             rule: SelectionRule::BatchTopK { k: self.k },
         }))
     }
-    fn decoder_var(&self) -> &Var {
-        &self.affine.w_dec
-    }
-    fn resample_latents(
-        &self,
-        request: &crate::resample::ResampleRequest<'_>,
-    ) -> Result<crate::resample::Resampled> {
-        crate::resample::resample_affine_only(&self.affine, request)
-    }
+    super::affine_training!();
     fn training_state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut state = super::vars_state(&self.vars());
         if let Some(theta) = self.global_threshold() {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Tensor};
 
 use super::{
-    AffineSae, Architecture, BatchTopKSae, GatedSae, JumpReluSae, ReluSae, SaeShape,
-    ThresholdParametrisation, TopKSae, TrainableSae,
+    AffineSae, Architecture, ArchitectureName, BatchTopKSae, GatedSae, JumpReluSae, ReluSae,
+    SaeShape, ThresholdParametrisation, TopKSae, TrainableSae,
 };
 use crate::init::{InitConfig, gemma_scope_decoder};
 use crate::ste::SteConfig;
@@ -129,6 +129,7 @@ pub fn from_tensors(
                 tensors.take("r_mag")?,
                 tensors.take("b_mag")?,
             )?),
+            Architecture::Registered { name } => return Err(not_built_here(name)),
         };
         Ok(sae)
     })
@@ -189,6 +190,15 @@ pub fn init(
         Architecture::BatchTopK { k } => Box::new(BatchTopKSae::new(affine, k, None)?),
         Architecture::Relu => Box::new(ReluSae::new(affine)),
         Architecture::Gated => Box::new(GatedSae::new(affine, zeros_sae()?, zeros_sae()?)?),
+        Architecture::Registered { name } => return Err(not_built_here(name)),
     };
     Ok(sae)
+}
+
+/// The error for a registered architecture asked of this crate's builders.
+fn not_built_here(name: ArchitectureName) -> SaeError {
+    SaeError::Config(format!(
+        "`{name}` is a registered architecture: the registry it was registered in builds it \
+         (trainer::Registry), not sae_core's builders"
+    ))
 }

@@ -3,9 +3,9 @@
 use candle_core::{Tensor, Var};
 
 use super::affine::{AffineSae, expect_shape, update_f32};
+use super::sparse_form::{SelectionRule, SparseForm};
 use super::{Architecture, Sae, TrainOutput, TrainableSae};
 use crate::resample::{self, ResampleRequest, Resampled};
-use crate::sparse::{SelectionRule, SparseForm};
 use crate::ste::{self, SteConfig};
 use crate::{Result, SaeError};
 

@@ -21,6 +21,7 @@ mod build;
 mod gated;
 mod jumprelu;
 mod relu;
+pub(crate) mod sparse_form;
 mod topk_sae;
 
 pub use affine::{AffineSae, expect_shape};
@@ -36,8 +37,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 
+use self::sparse_form::{SparseForm, SparseStep};
 use crate::resample::{ResampleRequest, Resampled};
-use crate::sparse::{SparseForm, SparseStep};
 use crate::{Result, SaeError};
 
 /// Which architecture an SAE has, with the settings that change its forward pass.
@@ -60,6 +61,69 @@ pub enum Architecture {
     Relu,
     /// Gated SAE (Rajamanoharan et al. 2024a) with the r_mag re-parametrisation.
     Gated,
+    /// An architecture defined outside this crate and built by the registry it was
+    /// registered in (`trainer::Registry`); in a config, `{"kind": "registered", "name": …}`.
+    Registered {
+        /// Its registered name.
+        name: ArchitectureName,
+    },
+}
+
+/// The name of a registered architecture: a string interned for the life of the process (one
+/// small allocation per distinct name), so that [`Architecture`] stays `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ArchitectureName(&'static str);
+
+impl ArchitectureName {
+    /// The interned name `name`.
+    pub fn new(name: &str) -> Self {
+        static NAMES: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+            std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let mut names = NAMES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(interned) = names.get(name) {
+            return Self(interned);
+        }
+        let interned: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        names.insert(interned);
+        Self(interned)
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for ArchitectureName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.0, f)
+    }
+}
+
+impl std::fmt::Display for ArchitectureName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl serde::Serialize for ArchitectureName {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ArchitectureName {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Ok(Self::new(&name))
+    }
 }
 
 impl Architecture {
@@ -71,6 +135,7 @@ impl Architecture {
             Architecture::BatchTopK { .. } => "batchtopk",
             Architecture::Relu => "standard",
             Architecture::Gated => "gated",
+            Architecture::Registered { name } => name.as_str(),
         }
     }
 }
@@ -263,6 +328,23 @@ macro_rules! affine_parameters {
     };
 }
 pub(crate) use affine_parameters;
+
+/// The training hooks of an SAE whose trainable decoder and resampling are its affine part's
+/// (ReLU, TopK, BatchTopK).
+macro_rules! affine_training {
+    () => {
+        fn decoder_var(&self) -> &Var {
+            &self.affine.w_dec
+        }
+        fn resample_latents(
+            &self,
+            request: &crate::resample::ResampleRequest<'_>,
+        ) -> Result<crate::resample::Resampled> {
+            crate::resample::resample_affine_only(&self.affine, request)
+        }
+    };
+}
+pub(crate) use affine_training;
 
 impl TrainOutput {
     /// The output of an architecture whose L1 penalty acts on its latents (all but Gated).

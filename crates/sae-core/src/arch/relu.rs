@@ -47,13 +47,5 @@ impl TrainableSae for ReluSae {
             reconstruction,
         ))
     }
-    fn decoder_var(&self) -> &Var {
-        &self.affine.w_dec
-    }
-    fn resample_latents(
-        &self,
-        request: &crate::resample::ResampleRequest<'_>,
-    ) -> Result<crate::resample::Resampled> {
-        crate::resample::resample_affine_only(&self.affine, request)
-    }
+    super::affine_training!();
 }

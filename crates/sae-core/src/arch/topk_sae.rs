@@ -3,8 +3,8 @@
 use candle_core::{Tensor, Var};
 
 use super::affine::AffineSae;
+use super::sparse_form::{SelectionRule, SparseForm};
 use super::{Architecture, Sae, TrainOutput, TrainableSae};
-use crate::sparse::{SelectionRule, SparseForm};
 use crate::topk::top_k_mask;
 use crate::{Result, SaeError};
 
@@ -66,15 +66,7 @@ impl TrainableSae for TopKSae {
             reconstruction,
         ))
     }
-    fn decoder_var(&self) -> &Var {
-        &self.affine.w_dec
-    }
-    fn resample_latents(
-        &self,
-        request: &crate::resample::ResampleRequest<'_>,
-    ) -> Result<crate::resample::Resampled> {
-        crate::resample::resample_affine_only(&self.affine, request)
-    }
+    super::affine_training!();
     fn sparse_form(&self) -> Result<Option<SparseForm<'_>>> {
         Ok(Some(SparseForm {
             affine: &self.affine,

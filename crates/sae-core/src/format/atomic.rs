@@ -6,34 +6,13 @@
 //! and a directory moved aside whose replacement never arrived is put back.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use crate::{Result, SaeError};
 
 /// Writes `path` by filling a temporary file in the same directory, syncing it and renaming it
-/// over `path`. Generic over the caller's error type, so crates with their own errors use it too.
-pub fn write_file_atomically<E: From<SaeError>>(
-    path: &Path,
-    fill: impl FnOnce(&mut fs::File) -> std::result::Result<(), E>,
-) -> std::result::Result<(), E> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".partial-")
-        .tempfile_in(dir)
-        .map_err(|e| SaeError::io(dir, e))?;
-    fill(temp.as_file_mut())?;
-    temp.as_file_mut()
-        .flush()
-        .and_then(|_| temp.as_file().sync_all())
-        .map_err(|e| SaeError::io(path, e))?;
-    temp.persist(path)
-        .map_err(|e| SaeError::io(path, e.error))?;
-    Ok(())
-}
+/// over `path` (the workspace's one atomic file write, [`file_io::write_atomically`]).
+pub use file_io::write_atomically as write_file_atomically;
 
 /// Writes a directory atomically: `fill` populates a fresh temporary sibling directory, which
 /// then replaces `dir` (an existing `dir` is moved aside first and removed afterwards).

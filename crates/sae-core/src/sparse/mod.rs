@@ -32,44 +32,9 @@ use candle_core::{DType, Device, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
 use self::select::Pair;
+pub use crate::arch::sparse_form::{SelectionRule, SparseForm, SparseStep};
 use crate::arch::{AffineSae, ThresholdParametrisation, TrainableSae};
 use crate::{Result, SaeError, blas, kernels};
-
-/// How an architecture picks each token's active latents from the pre-activations π.
-#[derive(Debug, Clone)]
-pub enum SelectionRule {
-    /// JumpReLU: π > θ per latent; pairs within ε/2 of θ carry θ's straight-through gradient.
-    Threshold {
-        /// The gating threshold θ⁺ = max(θ, 0), `[d_sae]` (see [`crate::ste`]: with it the
-        /// selected latents are never negative); its gradient passes straight to θ.
-        theta: Vec<f32>,
-        /// The straight-through estimators' bandwidth ε.
-        bandwidth: f32,
-        /// How θ is stored (its gradient is taken with respect to the stored variable).
-        parametrisation: ThresholdParametrisation,
-    },
-    /// TopK: ReLU of each token's `k` largest π.
-    TopK {
-        /// Latents kept per token.
-        k: usize,
-    },
-    /// BatchTopK (training): the `k · tokens` largest ReLU(π) of the whole batch. Values tied
-    /// with the smallest one kept are all kept.
-    BatchTopK {
-        /// Mean latents kept per token.
-        k: usize,
-    },
-}
-
-/// What the sparse step needs of an SAE: its affine part and how it selects latents
-/// (see [`TrainableSae::sparse_form`]).
-#[derive(Debug, Clone)]
-pub struct SparseForm<'a> {
-    /// Encoder and decoder.
-    pub affine: &'a AffineSae,
-    /// How latents become active.
-    pub rule: SelectionRule,
-}
 
 /// The AuxK term for dead latents ([`crate::AuxK`]) as the sparse step takes it.
 #[derive(Debug, Clone)]
@@ -105,33 +70,6 @@ pub struct SparsePenalties {
     pub auxk: Option<AuxKTerm>,
     /// The pre-activation loss, if the SAE is trained with one.
     pub pre_activation: Option<PreActivationTerm>,
-}
-
-/// Loss terms and gradients of one sparse step, by parameter name (the SAE's `vars` names).
-#[derive(Debug, Clone)]
-pub struct SparseStep {
-    /// Reconstruction term (Σ over d_in, mean over tokens).
-    pub reconstruction: f32,
-    /// Mean number of active latents per token.
-    pub l0: f32,
-    /// The unscaled L0 penalty term: the mean L0, or with a target the mean quadratic term.
-    pub l0_term: f32,
-    /// The unscaled AuxK term (0 without one, or when no latent is dead).
-    pub auxk: f32,
-    /// The unscaled pre-activation loss (0 without one, or when no latent is dead).
-    pub pre_activation: f32,
-    /// reconstruction + λ·l0_term + α·auxk + c·pre_activation.
-    pub total: f32,
-    /// Gradients, one per trainable tensor, shaped like it.
-    pub gradients: Vec<(&'static str, Tensor)>,
-    /// Σ over tokens of ‖x − x̂‖² (for FVU).
-    pub squared_error: f32,
-    /// Active (token, latent) pairs; the latents `[tokens, d_sae]` are never materialised.
-    pub active_pairs: usize,
-    /// Tokens on which each latent was non-zero.
-    pub fires: Vec<u32>,
-    /// The smallest non-zero latent value of the batch (BatchTopK's threshold statistic).
-    pub smallest_active: Option<f32>,
 }
 
 /// A CPU f32 tensor's elements, read in place (no copy); `what` names it in errors.
@@ -222,34 +160,22 @@ fn quadratic_l0_terms(per_token: &[TokenTerms], quadratic: &crate::QuadraticL0) 
     (term / per_token.len().max(1) as f64, slopes)
 }
 
-/// The sparse step of `sae` on inputs `x` `[tokens, d_in]` (already scaled), f32 on the CPU.
-///
-/// `Ok(None)` when the SAE has no sparse form ([`TrainableSae::sparse_form`]), when an L0
-/// penalty is asked of an SAE without a threshold (the dense step reports that), or when more
-/// than `max_active_fraction` of the (token, latent) pairs take part (early in JumpReLU
-/// training, when the dense step is faster).
-///
-/// The `W_enc` gradient comes back as a transposed view of a `[d_sae, d_in]` buffer (each
-/// latent's column is written as one row); [`Tensor::contiguous`] lays it out if needed.
-pub fn sparse_step(
-    sae: &dyn TrainableSae,
-    x: &Tensor,
-    penalties: &SparsePenalties,
-    max_active_fraction: f64,
-) -> Result<Option<SparseStep>> {
-    let Some(SparseForm { affine, rule }) = sae.sparse_form()? else {
-        return Ok(None);
-    };
-    let (tokens, d_in) = x.dims2()?;
-    let d_sae = sae.d_sae();
-    if d_in != sae.d_in() || x.dtype() != DType::F32 || !matches!(x.device(), Device::Cpu) {
-        return Err(SaeError::Config(format!(
-            "the sparse step takes f32 CPU inputs [tokens, {}], got {:?} {:?}",
-            sae.d_in(),
-            x.dims(),
-            x.dtype()
-        )));
-    }
+/// The penalty terms a sparse step computes, checked against the selection rule and the
+/// SAE's width: the quadratic L0 penalty when a target is set, and the AuxK and
+/// pre-activation terms when they have a coefficient and a dead latent.
+struct ActiveTerms<'p> {
+    quadratic: Option<crate::QuadraticL0>,
+    auxk: Option<&'p AuxKTerm>,
+    pre_activation: Option<&'p PreActivationTerm>,
+}
+
+/// The terms of `penalties` the step computes, `None` when one needs a threshold the rule
+/// lacks (the dense step then reports or handles it), or an error for a bad target or mask.
+fn active_terms<'p>(
+    penalties: &'p SparsePenalties,
+    rule: &SelectionRule,
+    d_sae: usize,
+) -> Result<Option<ActiveTerms<'p>>> {
     if (penalties.l0 != 0.0 || penalties.l0_target.is_some())
         && !matches!(rule, SelectionRule::Threshold { .. })
     {
@@ -259,7 +185,7 @@ pub fn sparse_step(
         crate::QuadraticL0::check_target(target)?;
     }
     let quadratic = match penalties.l0_target {
-        Some(target) => match &rule {
+        Some(target) => match rule {
             SelectionRule::Threshold { bandwidth, .. } => Some(crate::QuadraticL0 {
                 ste: crate::SteConfig {
                     bandwidth: f64::from(*bandwidth),
@@ -297,6 +223,55 @@ pub fn sparse_step(
             return Ok(None);
         }
     }
+    Ok(Some(ActiveTerms {
+        quadratic,
+        auxk,
+        pre_activation,
+    }))
+}
+
+/// The sparse step of `sae` on inputs `x` `[tokens, d_in]` (already scaled), f32 on the CPU.
+///
+/// `Ok(None)` when the SAE has no sparse form ([`TrainableSae::sparse_form`]), when an L0
+/// penalty is asked of an SAE without a threshold (the dense step reports that), or when more
+/// than `max_active_fraction` of the (token, latent) pairs take part (early in JumpReLU
+/// training, when the dense step is faster).
+///
+/// The `W_enc` gradient comes back as a transposed view of a `[d_sae, d_in]` buffer (each
+/// latent's column is written as one row); [`Tensor::contiguous`] lays it out if needed.
+///
+/// Why it is long: the passes share borrowed views of the same buffers (the pre-activations,
+/// W_dec, the inputs) and the per-token terms feed the per-latent pass; its pieces with a
+/// meaning of their own are functions (`active_terms`, `token_terms`, `pairs_by_latent`,
+/// `gradient_tensors`, the AuxK and pre-activation helpers), and what remains is the order
+/// of the passes, read top to bottom against the module's table.
+pub fn sparse_step(
+    sae: &dyn TrainableSae,
+    x: &Tensor,
+    penalties: &SparsePenalties,
+    max_active_fraction: f64,
+) -> Result<Option<SparseStep>> {
+    let Some(SparseForm { affine, rule }) = sae.sparse_form()? else {
+        return Ok(None);
+    };
+    let (tokens, d_in) = x.dims2()?;
+    let d_sae = sae.d_sae();
+    if d_in != sae.d_in() || x.dtype() != DType::F32 || !matches!(x.device(), Device::Cpu) {
+        return Err(SaeError::Config(format!(
+            "the sparse step takes f32 CPU inputs [tokens, {}], got {:?} {:?}",
+            sae.d_in(),
+            x.dims(),
+            x.dtype()
+        )));
+    }
+    let Some(ActiveTerms {
+        quadratic,
+        auxk,
+        pre_activation,
+    }) = active_terms(penalties, &rule, d_sae)?
+    else {
+        return Ok(None);
+    };
     let x = x.contiguous()?;
     let centred = affine.encoder_input(&x)?.contiguous()?;
     // π without b_enc: the bias is added while the pairs are read, which saves a pass over
@@ -332,31 +307,7 @@ pub fn sparse_step(
     // ∂loss/∂f = g·W_dec[j] (the decoder rows are still in cache from the reconstruction).
     let b_dec = affine.b_dec.as_tensor().to_vec1::<f32>()?;
     let scale = 2.0 / tokens as f32;
-    let mut per_token: Vec<TokenTerms> = token_pairs
-        .into_par_iter()
-        .zip(x_rows.par_chunks(d_in))
-        .map(|(mut pairs, x)| {
-            let mut g = b_dec.clone();
-            for pair in pairs.iter().filter(|p| p.active) {
-                kernels::axpy(pair.pre, decoder_row(pair.index), &mut g);
-            }
-            let mut squared_error = 0f32;
-            for (g, x) in g.iter_mut().zip(x) {
-                let difference = *g - x;
-                squared_error += difference * difference;
-                *g = scale * difference;
-            }
-            for pair in pairs.iter_mut().filter(|p| p.active || p.band) {
-                pair.output_gradient = kernels::dot(&g, decoder_row(pair.index));
-            }
-            TokenTerms {
-                pairs,
-                g,
-                squared_error,
-                aux: Vec::new(),
-            }
-        })
-        .collect();
+    let mut per_token = token_terms(token_pairs, x_rows, &b_dec, scale, &decoder_row);
     let auxk_term = match auxk {
         Some(auxk) => aux_terms(&mut per_token, auxk.coefficient as f32, scale, &decoder_row),
         None => 0.0,
@@ -375,16 +326,7 @@ pub fn sparse_step(
         .map(|p| p.pre)
         .min_by(f32::total_cmp);
 
-    // Regroup the pairs by latent (the index becomes the token).
-    let mut by_latent: Vec<Vec<Pair>> = vec![Vec::new(); d_sae];
-    for (i, token) in per_token.iter().enumerate() {
-        for pair in &token.pairs {
-            by_latent[pair.index as usize].push(Pair {
-                index: i as u32,
-                ..*pair
-            });
-        }
-    }
+    let by_latent = pairs_by_latent(&per_token, d_sae);
     let (theta, bandwidth) = match &rule {
         SelectionRule::Threshold {
             theta, bandwidth, ..
@@ -476,10 +418,121 @@ pub fn sparse_step(
         .iter()
         .map(|pairs| pairs.iter().filter(|p| p.active && p.pre != 0.0).count() as u32)
         .collect();
+    let gradients = gradient_tensors(
+        affine,
+        rule,
+        LatentGradients {
+            encoder_t,
+            decoder,
+            b_enc,
+            threshold,
+        },
+        &per_token,
+    )?;
+    let auxk_coefficient = auxk.map_or(0.0, |a| a.coefficient);
+    let total = reconstruction
+        + penalties.l0 * l0_term
+        + auxk_coefficient * auxk_term
+        + pre_coefficient as f64 * pre_activation_term;
+    Ok(Some(SparseStep {
+        reconstruction: reconstruction as f32,
+        squared_error: squared_error as f32,
+        fires,
+        l0: l0 as f32,
+        l0_term: l0_term as f32,
+        auxk: auxk_term as f32,
+        pre_activation: pre_activation_term as f32,
+        total: total as f32,
+        gradients,
+        active_pairs,
+        smallest_active,
+    }))
+}
+
+/// The token pass: per token, the reconstruction's g = scale·(x̂ − x), its squared error, and
+/// each active or band pair's ∂loss/∂f = g·W_dec[j] (the decoder rows are still in cache from
+/// the reconstruction).
+fn token_terms<'w>(
+    token_pairs: Vec<Vec<Pair>>,
+    x_rows: &[f32],
+    b_dec: &[f32],
+    scale: f32,
+    decoder_row: &(impl Fn(u32) -> &'w [f32] + Sync),
+) -> Vec<TokenTerms> {
+    let d_in = b_dec.len();
+    token_pairs
+        .into_par_iter()
+        .zip(x_rows.par_chunks(d_in))
+        .map(|(mut pairs, x)| {
+            let mut g = b_dec.to_vec();
+            for pair in pairs.iter().filter(|p| p.active) {
+                kernels::axpy(pair.pre, decoder_row(pair.index), &mut g);
+            }
+            let mut squared_error = 0f32;
+            for (g, x) in g.iter_mut().zip(x) {
+                let difference = *g - x;
+                squared_error += difference * difference;
+                *g = scale * difference;
+            }
+            for pair in pairs.iter_mut().filter(|p| p.active || p.band) {
+                pair.output_gradient = kernels::dot(&g, decoder_row(pair.index));
+            }
+            TokenTerms {
+                pairs,
+                g,
+                squared_error,
+                aux: Vec::new(),
+            }
+        })
+        .collect()
+}
+
+/// The pairs regrouped by latent, each pair's index now its token.
+fn pairs_by_latent(per_token: &[TokenTerms], d_sae: usize) -> Vec<Vec<Pair>> {
+    let mut by_latent: Vec<Vec<Pair>> = vec![Vec::new(); d_sae];
+    for (i, token) in per_token.iter().enumerate() {
+        for pair in &token.pairs {
+            by_latent[pair.index as usize].push(Pair {
+                index: i as u32,
+                ..*pair
+            });
+        }
+    }
+    by_latent
+}
+
+/// The per-latent gradient rows of a sparse step, as the latent pass wrote them.
+struct LatentGradients {
+    /// ∂/∂W_enc, transposed: one row per latent.
+    encoder_t: Vec<f32>,
+    /// ∂/∂W_dec, one row per latent.
+    decoder: Vec<f32>,
+    /// ∂/∂b_enc.
+    b_enc: Vec<f32>,
+    /// ∂/∂θ (with respect to θ itself; converted for a log parametrisation).
+    threshold: Vec<f32>,
+}
+
+/// The step's gradients as tensors named like the SAE's `vars`: W_enc, b_enc, W_dec, b_dec
+/// (Σ over tokens of g, less W_enc·∂/∂b_enc when b_dec is subtracted from the input), and the
+/// threshold's (raw or log) for a threshold rule.
+fn gradient_tensors(
+    affine: &AffineSae,
+    rule: SelectionRule,
+    rows: LatentGradients,
+    per_token: &[TokenTerms],
+) -> Result<Vec<(&'static str, Tensor)>> {
+    let LatentGradients {
+        encoder_t,
+        decoder,
+        b_enc,
+        threshold,
+    } = rows;
+    let (d_sae, d_in) = (b_enc.len(), affine.d_in());
     let device = Device::Cpu;
     let b_enc = Tensor::from_vec(b_enc, d_sae, &device)?;
     let mut b_dec = vec![0f32; d_in];
-    for token in &per_token {
+    for token in per_token {
         b_dec.iter_mut().zip(&token.g).for_each(|(b, g)| *b += g);
     }
     let mut b_dec = Tensor::from_vec(b_dec, d_in, &device)?;
@@ -511,24 +564,7 @@ pub fn sparse_step(
             ),
         });
     }
-    let auxk_coefficient = auxk.map_or(0.0, |a| a.coefficient);
-    let total = reconstruction
-        + penalties.l0 * l0_term
-        + auxk_coefficient * auxk_term
-        + pre_coefficient as f64 * pre_activation_term;
-    Ok(Some(SparseStep {
-        reconstruction: reconstruction as f32,
-        squared_error: squared_error as f32,
-        fires,
-        l0: l0 as f32,
-        l0_term: l0_term as f32,
-        auxk: auxk_term as f32,
-        pre_activation: pre_activation_term as f32,
-        total: total as f32,
-        gradients,
-        active_pairs,
-        smallest_active,
-    }))
+    Ok(gradients)
 }
 
 /// AuxK over the tokens' AuxK pairs: each token's ê − e, the term Σ‖ê − e‖² / Σ‖e − ē‖²

@@ -18,16 +18,17 @@ use sae_core::scaling::estimate_scaling_factor;
 use sae_core::{Architecture, InitConfig, SaeShape};
 
 /// Arguments of `demo`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct DemoArgs {
     /// Where the SAEs are written.
-    #[arg(long, default_value = "runs/demo")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "runs/demo"))]
     pub out: PathBuf,
     /// The model (see `dump-activations --model`).
-    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
     pub model: String,
     /// Seed of the initialisation.
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub seed: u64,
 }
 

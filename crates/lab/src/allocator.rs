@@ -84,6 +84,11 @@ pub fn keep_freed_memory() {
 mod tests {
     use super::*;
 
+    /// The test binary counts with the allocator it tests (a binary's own `#[global_allocator]`
+    /// line is what makes the counts real).
+    #[global_allocator]
+    static GLOBAL: CountingMimalloc = CountingMimalloc;
+
     #[test]
     fn the_peak_counts_a_buffer_alive_inside_the_window() {
         reset_peak();

@@ -8,38 +8,39 @@ use anyhow::{Context as _, bail};
 use candle_core::{DType, Device};
 use sae_core::format::ReleasePath;
 
-use super::CommonArgs;
-use super::lab::{Lab, TrainedSae};
-use super::report::{Report, frontier_plots, write_summary};
+use crate::ExperimentOptions;
+use crate::pipeline::{Lab, TrainedSae};
+use crate::report::{Report, frontier_plots, write_summary};
 
 /// Arguments of `reproduce gemma-scope`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct GemmaScopeArgs {
     /// Gemma 2 weights: a directory (config.json, *.safetensors, tokenizer.json) or a hub id
     /// already in the local Hugging Face cache (e.g. google/gemma-2-2b).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub model: Option<String>,
     /// Released SAEs: `params.npz` files or their folders, e.g.
     /// `…/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82/params.npz`.
-    #[arg(long = "sae", num_args = 1..)]
+    #[cfg_attr(feature = "cli", arg(long = "sae", num_args = 1..))]
     pub saes: Vec<PathBuf>,
     /// The site of every SAE (`res`, `mlp`, `att`) when the path does not say it.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub site: Option<String>,
     /// Held-out tokens to evaluate on.
-    #[arg(long, default_value_t = 8192)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 8192))]
     pub budget: u64,
     /// Tokens per context (Gemma Scope: 1024).
-    #[arg(long, default_value_t = 1024)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024))]
     pub context: usize,
     /// Corpus (see `cache --corpus`); its last document is evaluated on.
-    #[arg(long, default_value = "gutenberg")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "gutenberg"))]
     pub corpus: String,
     /// Run folder.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub out: Option<PathBuf>,
     /// Hide progress bars.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub quiet: bool,
 }
 
@@ -86,7 +87,7 @@ pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| ReleasePath::parse(p, args.site.as_deref()))
         .collect::<Result<_, _>>()?;
-    let common = CommonArgs {
+    let common = ExperimentOptions {
         budget: Some(args.budget),
         out: args.out.clone(),
         model,

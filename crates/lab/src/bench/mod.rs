@@ -17,6 +17,9 @@
 //! `~/.cache/sae-peer-venv`). Only f32 is measured on our side: training in bf16 is not
 //! implemented.
 
+pub mod forward;
+pub mod train;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -29,32 +32,33 @@ use sae_core::Architecture;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::bench_train::{TrainBench, measure, median};
+use self::train::{TrainBench, measure, median};
 
 /// Arguments of `cargo xtask bench`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct BenchArgs {
     /// Only the small shape (minutes instead of a quarter of an hour).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub quick: bool,
     /// Also run the Python peers (SAELens, plain PyTorch, transformers) and report ratios.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub peers: bool,
     /// Where the peer scripts are.
-    #[arg(long, default_value = "../shared/peers")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "../shared/peers"))]
     pub peers_dir: PathBuf,
     /// The table.
-    #[arg(long, default_value = "BENCHMARKS.md")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "BENCHMARKS.md"))]
     pub out: PathBuf,
     /// Folder of the JSON-lines results.
-    #[arg(long, default_value = "bench-results")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "bench-results"))]
     pub results: PathBuf,
     /// Model of the forward-pass benchmark.
-    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
     pub model: String,
     /// Where our training rows run: cpu, cuda[:N] or metal[:N] (xtask built with the `cuda` or
     /// `metal` feature); off the CPU the trainer takes candle's dense step.
-    #[arg(long, default_value = "cpu")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]
     pub device: String,
 }
 
@@ -505,14 +509,12 @@ fn forward_benchmarks(
         ("forward, full pass + LM head (f32)", false),
         ("forward, harvest to middle layer (f32)", true),
     ] {
-        let rate =
-            crate::bench_forward::forward_tokens_per_s(&loaded.model, batch, context, harvest, 3)?;
+        let rate = forward::forward_tokens_per_s(&loaded.model, batch, context, harvest, 3)?;
         records.push(machine.record("forward", what, "gemma-scope-rs", &shape, None, rate));
     }
     if args.peers && args.model == gemma_hooks::EMBEDDED_MODEL {
         let gguf = gemma_hooks::assets::gemma3_270m()?.gguf;
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_transformers_forward.py");
+        let script = crate::script("bench_transformers_forward.py");
         let gguf = gguf.display().to_string();
         let threads = machine.threads.to_string();
         let lines = run_python(
@@ -552,9 +554,9 @@ fn forward_benchmarks(
 fn store_benchmarks(machine: &Machine, args: &BenchArgs) -> anyhow::Result<Vec<Record>> {
     let dir = tempfile::tempdir()?;
     let store = dir.path().join("store");
-    let cache_args = crate::cache::CacheArgs::for_benchmark(&args.model, &store, 16_384);
-    crate::cache::harvest_store(&cache_args)?;
-    let (sequential, shuffled) = crate::cache::read_throughput(&store)?;
+    let cache_args = crate::commands::cache::CacheArgs::for_benchmark(&args.model, &store, 16_384);
+    crate::commands::cache::harvest_store(&cache_args)?;
+    let (sequential, shuffled) = crate::commands::cache::read_throughput(&store)?;
     let shape = format!("{}, 16,384 rows (f32)", args.model);
     Ok(vec![
         machine.record(
@@ -588,6 +590,8 @@ fn utc_stamp() -> String {
 
 /// BENCHMARKS.md: one row per measurement of ours, with the peers' figure and our ratio to it
 /// where a peer measured the same thing.
+///
+/// Long because it is the page's layout, section by section, in reading order.
 fn table(records: &[Record], machine: &Machine, stamp: &str, args: &BenchArgs) -> String {
     let ours: Vec<&Record> = records
         .iter()

@@ -18,11 +18,12 @@ use polars::prelude::*;
 use sae_core::Architecture;
 use trainer::{PenaltyConfig, SaeConfig};
 
-use super::lab::{Budget, Lab, Outcome, TrainedSae};
-use super::report::{
+use super::short_run;
+use crate::ExperimentOptions;
+use crate::pipeline::{Budget, Lab, Outcome, TrainedSae};
+use crate::report::{
     curve_outlook, density_plot, position_plot, training_curve_plot, write_summary,
 };
-use super::{CommonArgs, short_run};
 
 /// Default training tokens: 1,000 steps of 1,024 (about 2 minutes of training here; the
 /// harvest of [`MAX_HARVEST`] tokens, about 2 minutes, and the evaluation take the rest).
@@ -61,7 +62,10 @@ const DEAD_TARGET: f64 = 0.1;
 pub const JUMPRELU_LAMBDA: f64 = 5e-5;
 
 /// Runs the quickstart.
-pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
+///
+/// Long because an experiment reads as one script (train, evaluate, explain, report with its
+/// targets); its reusable steps are the [`crate::Lab`] methods and the helpers below.
+pub fn run(args: &ExperimentOptions) -> anyhow::Result<()> {
     let lab = Lab::open("quickstart", args)?;
     let hook = HookPoint::ResidPost(lab.middle_layer());
     let mut budget = Budget::new(args.budget.unwrap_or(DEFAULT_BUDGET), 1024, MAX_HARVEST);

@@ -5,10 +5,11 @@ use analysis::plots::{ChartSpec, Series, line_chart};
 use sae_core::Architecture;
 use trainer::SaeConfig;
 
-use super::lab::{Budget, Lab, Outcome};
-use super::report::write_summary;
+use super::short_run;
 use super::sites::sites;
-use super::{CommonArgs, short_run};
+use crate::ExperimentOptions;
+use crate::pipeline::{Budget, Lab, Outcome};
+use crate::report::write_summary;
 
 /// Default training tokens per SAE: 100 steps of 1,024.
 pub const DEFAULT_BUDGET: u64 = 102_400;
@@ -17,7 +18,7 @@ const K: usize = 32;
 const D_SAE: usize = 1024;
 
 /// Runs the layers experiment.
-pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
+pub fn run(args: &ExperimentOptions) -> anyhow::Result<()> {
     let lab = Lab::open("layers", args)?;
     let layers = lab.model.config().num_layers;
     // The store holds every hook of every layer: keep the harvest small.

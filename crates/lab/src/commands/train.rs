@@ -10,37 +10,41 @@ use gemma_hooks::{HookPoint, load_model};
 use trainer::{RunOptions, TrainConfig, Trainer};
 
 /// Arguments of `train`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct TrainArgs {
     /// Training config (TOML or JSON; see the trainer crate docs).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub config: PathBuf,
     /// Overrides `key.path=value`, e.g. `--set steps=2000 --set saes.0.penalties.0.coefficient=1e-3`.
-    #[arg(long = "set")]
+    #[cfg_attr(feature = "cli", arg(long = "set"))]
     pub overrides: Vec<String>,
     /// Output directory (re-running resumes from its checkpoint).
-    #[arg(long, default_value = "runs/train")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "runs/train"))]
     pub out: PathBuf,
     /// Activation store to read (from `cargo xtask cache`).
-    #[arg(long, default_value = "runs/cache", conflicts_with = "stream")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value = "runs/cache", conflicts_with = "stream")
+    )]
     pub store: PathBuf,
     /// Stream activations from the model over the corpus instead of reading a store.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub stream: bool,
     /// Model for `--stream`.
-    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
     pub model: String,
     /// Corpus for `--stream` (see `cache --corpus`).
-    #[arg(long, default_value = "gutenberg")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "gutenberg"))]
     pub corpus: String,
     /// Context length for `--stream`.
-    #[arg(long, default_value_t = 1024)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024))]
     pub context: usize,
     /// Shuffle seed.
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub seed: u64,
     /// Train on a store whose harvest did not finish (its complete shards only).
-    #[arg(long, conflicts_with = "stream")]
+    #[cfg_attr(feature = "cli", arg(long, conflicts_with = "stream"))]
     pub allow_incomplete_store: bool,
 }
 

@@ -4,54 +4,55 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use activation_cache::store::{HookSpec, StoreDtype, StoreSpec};
+use activation_cache::store::{StoreDtype, StoreSpec};
 use activation_cache::{
     ActivationSource, ContextConfig, Corpus, HarvestOptions, ShuffleConfig, StoreSource,
-    contexts::ContextSampling, harvest, hook_width,
+    contexts::ContextSampling, harvest,
 };
 use anyhow::Context;
 use candle_core::{DType, Device};
 use gemma_hooks::{HookPoint, load_model};
 
 /// Arguments of `cache`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct CacheArgs {
     /// The model (see `dump-activations --model`).
-    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
     pub model: String,
     /// Hook points to store.
-    #[arg(long, num_args = 1.., default_value = "blocks.9.hook_resid_post")]
+    #[cfg_attr(feature = "cli", arg(long, num_args = 1.., default_value = "blocks.9.hook_resid_post"))]
     pub hooks: Vec<String>,
     /// Stop after at least this many stored tokens (rows).
-    #[arg(long, default_value_t = 100_000)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 100_000))]
     pub tokens: u64,
     /// Store directory (re-running resumes it).
-    #[arg(long, default_value = "runs/cache")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "runs/cache"))]
     pub out: PathBuf,
     /// Stored element type.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "f32", value_parser = ["f32", "bf16"]))]
     pub dtype: String,
     /// Tokens per context, BOS included (Gemma Scope: 1024).
-    #[arg(long, default_value_t = 1024)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024))]
     pub context: usize,
     /// Contexts per shard.
-    #[arg(long, default_value_t = 16)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 16))]
     pub contexts_per_shard: usize,
     /// Contexts per forward pass.
-    #[arg(long, default_value_t = 2)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2))]
     pub batch: usize,
     /// Corpus: `gutenberg` (embedded), a .txt file or folder, a .jsonl or a .parquet file.
-    #[arg(long, default_value = "gutenberg")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "gutenberg"))]
     pub corpus: String,
     /// The text field (JSONL) or column (parquet).
-    #[arg(long, default_value = "text")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "text"))]
     pub field: String,
     /// Harvest the corpus's contexts in order from its first document, instead of a sample
     /// spread over every document in proportion to its length.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub in_order: bool,
     /// Seed of the spread sample's choice and order.
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub sample_seed: u64,
 }
 
@@ -107,13 +108,7 @@ pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
             context_length: args.context,
             min_tokens: 16.min(args.context - 1),
         },
-        hooks: points
-            .iter()
-            .map(|p| HookSpec {
-                name: p.to_string(),
-                width: hook_width(loaded.model.config(), *p),
-            })
-            .collect(),
+        hooks: activation_cache::hook_specs(loaded.model.config(), &points),
         dtype: if args.dtype == "bf16" {
             StoreDtype::Bf16
         } else {

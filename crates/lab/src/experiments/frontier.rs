@@ -6,9 +6,10 @@ use gemma_hooks::HookPoint;
 use sae_core::Architecture;
 use trainer::{PenaltyConfig, SaeConfig};
 
-use super::lab::{Budget, Lab, Outcome};
-use super::report::{frontier_plots, write_summary};
-use super::{CommonArgs, short_run};
+use super::short_run;
+use crate::ExperimentOptions;
+use crate::pipeline::{Budget, Lab, Outcome};
+use crate::report::{frontier_plots, write_summary};
 
 /// Default training tokens per SAE: 200 steps of 1,024.
 pub const DEFAULT_BUDGET: u64 = 204_800;
@@ -65,7 +66,7 @@ fn sweep(hook: HookPoint, steps: u64) -> Vec<(SaeConfig, String)> {
 }
 
 /// Runs the frontier experiment.
-pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
+pub fn run(args: &ExperimentOptions) -> anyhow::Result<()> {
     let lab = Lab::open("frontier", args)?;
     let hook = HookPoint::ResidPost(lab.middle_layer());
     let budget = Budget::new(args.budget.unwrap_or(DEFAULT_BUDGET), 1024, 60_000);

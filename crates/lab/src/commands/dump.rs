@@ -9,26 +9,30 @@ use candle_core::{DType, Device, Tensor};
 use gemma_hooks::{HookPoint, Hooks, load_model, next_token_loss};
 
 /// Arguments of `dump-activations`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct DumpArgs {
     /// A Hugging Face model directory, a .gguf file, a repo id in the hf-hub cache, or
     /// `gemma-3-270m` (the embedded model, fetched once).
-    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
     pub model: String,
     /// Text to run (tokenised with BOS first, one row).
-    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, conflicts_with = "tokens", required_unless_present = "tokens")
+    )]
     pub text: Option<String>,
     /// JSON file `{"input_ids": [[2, …], …]}`: equal-length rows run as one batch.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub tokens: Option<PathBuf>,
     /// Hook names (`blocks.3.hook_resid_post` …) or `all`.
-    #[arg(long, num_args = 1.., required = true)]
+    #[cfg_attr(feature = "cli", arg(long, num_args = 1.., required = true))]
     pub hooks: Vec<String>,
     /// Output safetensors file (an existing file is replaced only if this tool wrote it).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub out: PathBuf,
     /// Activation dtype of the forward pass (the file is always f32).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "f32", value_parser = ["f32", "bf16"]))]
     pub dtype: String,
 }
 
@@ -47,7 +51,7 @@ fn input_ids(
     let path = args
         .tokens
         .as_ref()
-        .expect("clap requires --text or --tokens");
+        .context("neither a text nor a tokens file to run the model on (--text or --tokens)")?;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let json: serde_json::Value =

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use activation_cache::store::{HookSpec, StoreDtype, StoreSpec};
+use activation_cache::store::{StoreDtype, StoreSpec};
 use activation_cache::{
     ActivationSource, Context, ContextConfig, Document, HarvestOptions, ShuffleConfig,
     SpecialTokens, StoreSource,
     contexts::document_contexts,
-    harvest, hook_width,
+    harvest, hook_specs,
     norms::{MassiveTokenPolicy, NormProfile, norm_profile},
 };
 use analysis::{EvalOptions, Evaluation, SaeAtHook, evaluate};
@@ -21,8 +21,7 @@ use sae_core::TrainableSae;
 use serde::{Deserialize, Serialize};
 use trainer::{RunOptions, SaeConfig, TrainConfig, Trainer};
 
-use super::CommonArgs;
-use super::report::Report;
+use crate::report::Report;
 
 /// A run folder's configuration file.
 const RUN_CONFIG: &str = "config.json";
@@ -95,6 +94,53 @@ pub struct Outcome {
     pub norms: Vec<NormProfile>,
 }
 
+/// The options every training experiment takes (`cargo xtask reproduce <experiment> --help`
+/// lists them); [`Default`] is what the command line defaults to.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct ExperimentOptions {
+    /// Training tokens per SAE; harvest and evaluation sizes follow from it. Default: the
+    /// experiment's (what reproduces the result); small values make a smoke test.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub budget: Option<u64>,
+    /// Run folder (default `runs/reproduce/<experiment>`); re-running resumes it.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub out: Option<PathBuf>,
+    /// The model (see `dump-activations --model`).
+    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
+    pub model: String,
+    /// Corpus (see `cache --corpus`); its last document is held out for evaluation.
+    #[cfg_attr(feature = "cli", arg(long, default_value = "gutenberg"))]
+    pub corpus: String,
+    /// Hide progress bars.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub quiet: bool,
+    /// Massive-norm tokens (above 4× the hook's median norm; see `activation_cache::norms`):
+    /// `exclude` (from training and evaluation: the SAE is not spliced in at them, and they
+    /// are counted), `exclude-from-training`, or `keep`.
+    #[cfg_attr(feature = "cli", arg(long, default_value = "exclude"))]
+    pub massive_tokens: MassiveTokenPolicy,
+    /// Overrides of every SAE config the experiment trains (`key=value`, as `train --set`),
+    /// e.g. `grad_clip_norm=null`, or `resample.every_steps=100` with
+    /// `resample.dead_after_tokens=51200` to resample dead latents.
+    #[cfg_attr(feature = "cli", arg(long = "set"))]
+    pub overrides: Vec<String>,
+}
+
+impl Default for ExperimentOptions {
+    fn default() -> Self {
+        Self {
+            budget: None,
+            out: None,
+            model: gemma_hooks::EMBEDDED_MODEL.to_string(),
+            corpus: "gutenberg".to_string(),
+            quiet: false,
+            massive_tokens: MassiveTokenPolicy::Exclude,
+            overrides: Vec::new(),
+        }
+    }
+}
+
 /// An experiment's run folder with the model and corpus loaded.
 pub struct Lab {
     /// The run folder.
@@ -115,7 +161,7 @@ pub struct Lab {
 
 impl Lab {
     /// Opens (or creates) `out` and loads the model and corpus of `args`.
-    pub fn open(experiment: &str, args: &CommonArgs) -> anyhow::Result<Self> {
+    pub fn open(experiment: &str, args: &ExperimentOptions) -> anyhow::Result<Self> {
         let out = args
             .out
             .clone()
@@ -334,13 +380,7 @@ impl Lab {
                 context_length,
                 min_tokens: 16.min(context_length - 1),
             },
-            hooks: hooks
-                .iter()
-                .map(|&h| HookSpec {
-                    name: h.to_string(),
-                    width: hook_width(self.model.config(), h),
-                })
-                .collect(),
+            hooks: hook_specs(self.model.config(), hooks),
             dtype: StoreDtype::F32,
             contexts_per_shard: 16,
             batch_contexts: 4,

@@ -7,7 +7,8 @@ use candle_core::{DType, Device};
 use sae_core::constraint::row_norms;
 
 /// Arguments of `inspect`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct InspectArgs {
     /// A SAELens directory, a Gemma Scope params.npz, or a directory holding one.
     pub path: PathBuf,
@@ -15,7 +16,7 @@ pub struct InspectArgs {
     /// file (keys `inputs`, `<dir name>.latents`, `<dir name>.recon`), for
     /// `scripts/fixtures/check_saelens_load.py`. Inputs have E‖x‖² = C² when the config records
     /// the folded scaling constant.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub probe: Option<PathBuf>,
 }
 

@@ -7,9 +7,10 @@ use gemma_hooks::HookPoint;
 use sae_core::Architecture;
 use trainer::SaeConfig;
 
-use super::lab::{Budget, Lab, Outcome};
-use super::report::write_summary;
-use super::{CommonArgs, short_run};
+use super::short_run;
+use crate::ExperimentOptions;
+use crate::pipeline::{Budget, Lab, Outcome};
+use crate::report::write_summary;
 
 /// Default training tokens per SAE: 200 steps of 1,024.
 pub const DEFAULT_BUDGET: u64 = 204_800;
@@ -28,7 +29,7 @@ pub fn sites(layer: usize) -> [(&'static str, HookPoint); 3] {
 }
 
 /// Runs the sites experiment.
-pub fn run(args: &CommonArgs) -> anyhow::Result<()> {
+pub fn run(args: &ExperimentOptions) -> anyhow::Result<()> {
     let lab = Lab::open("sites", args)?;
     let layer = lab.middle_layer();
     let budget = Budget::new(args.budget.unwrap_or(DEFAULT_BUDGET), 1024, 60_000);

@@ -7,25 +7,26 @@ use candle_core::{DType, Device, Tensor};
 use gemma_hooks::{GemmaModel, HookPoint, Hooks, load_model};
 
 /// Arguments of `bench-forward`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct BenchForwardArgs {
     /// The model (see `dump-activations --model`).
-    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
     pub model: String,
     /// Tokens per context.
-    #[arg(long, default_value_t = 1024)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024))]
     pub context: usize,
     /// Contexts per batch.
-    #[arg(long, default_value_t = 1)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1))]
     pub batch: usize,
     /// Timed repetitions (after one warm-up).
-    #[arg(long, default_value_t = 3)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
     pub repeats: usize,
     /// Only f32 (default: f32 and bf16).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub f32_only: bool,
     /// Only the harvest (default: the full pass too).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub harvest_only: bool,
 }
 
