@@ -118,6 +118,23 @@ impl AffineSae {
             .broadcast_add(self.b_enc.as_tensor())?)
     }
 
+    /// The training forward of an SAE built on this affine part: `latents` (computed by the
+    /// architecture from `pre_activations`) decoded, with the pass's tensors for the loss.
+    pub fn train_output(
+        &self,
+        x: &Tensor,
+        pre_activations: Tensor,
+        latents: Tensor,
+    ) -> Result<super::TrainOutput> {
+        let reconstruction = self.decode(&latents)?;
+        Ok(super::TrainOutput::new(
+            x,
+            pre_activations,
+            latents,
+            reconstruction,
+        ))
+    }
+
     /// x̂ = f·W_dec + b_dec.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         match latents.dims() {

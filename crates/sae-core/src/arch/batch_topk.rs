@@ -143,13 +143,7 @@ impl TrainableSae for BatchTopKSae {
         let positive = pre_activations.relu()?;
         let mask = top_k_mask_flat(&positive, self.k * tokens)?;
         let latents = (positive * mask)?;
-        let reconstruction = self.affine.decode(&latents)?;
-        Ok(TrainOutput::new(
-            x,
-            pre_activations,
-            latents,
-            reconstruction,
-        ))
+        self.affine.train_output(x, pre_activations, latents)
     }
     fn after_step(&mut self, out: &TrainOutput) -> Result<()> {
         // The smallest kept (positive) latent of the batch.

@@ -142,13 +142,7 @@ impl TrainableSae for JumpReluSae {
     fn train_forward(&self, x: &Tensor) -> Result<TrainOutput> {
         let pre_activations = self.pre_activations(x)?;
         let latents = ste::jumprelu(&pre_activations, &self.theta()?, self.ste)?;
-        let reconstruction = self.affine.decode(&latents)?;
-        Ok(TrainOutput::new(
-            x,
-            pre_activations,
-            latents,
-            reconstruction,
-        ))
+        self.affine.train_output(x, pre_activations, latents)
     }
     fn threshold(&self) -> Result<Option<Tensor>> {
         Ok(Some(self.theta()?))

@@ -39,13 +39,7 @@ impl TrainableSae for ReluSae {
     fn train_forward(&self, x: &Tensor) -> Result<TrainOutput> {
         let pre_activations = self.pre_activations(x)?;
         let latents = pre_activations.relu()?;
-        let reconstruction = self.affine.decode(&latents)?;
-        Ok(TrainOutput::new(
-            x,
-            pre_activations,
-            latents,
-            reconstruction,
-        ))
+        self.affine.train_output(x, pre_activations, latents)
     }
     super::affine_training!();
 }

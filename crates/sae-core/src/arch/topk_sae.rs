@@ -58,13 +58,7 @@ impl TrainableSae for TopKSae {
     fn train_forward(&self, x: &Tensor) -> Result<TrainOutput> {
         let pre_activations = self.pre_activations(x)?;
         let latents = self.latents_of(&pre_activations)?;
-        let reconstruction = self.affine.decode(&latents)?;
-        Ok(TrainOutput::new(
-            x,
-            pre_activations,
-            latents,
-            reconstruction,
-        ))
+        self.affine.train_output(x, pre_activations, latents)
     }
     super::affine_training!();
     fn sparse_form(&self) -> Result<Option<SparseForm<'_>>> {
