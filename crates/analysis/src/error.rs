@@ -42,7 +42,7 @@ impl AnalysisError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::File(file_io::FileError::io(path, source))
     }
-    /// An [`AnalysisError::Format`] for `path`.
+    /// A format error ([`file_io::FileError::Format`]) for `path`.
     pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
         Self::File(file_io::FileError::format(path, detail))
     }

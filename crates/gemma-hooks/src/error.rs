@@ -75,7 +75,7 @@ pub enum GemmaError {
 }
 
 impl GemmaError {
-    /// A [`GemmaError::Io`] for `path`.
+    /// An I/O error ([`file_io::FileError::Io`]) for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::File(file_io::FileError::io(path, source))
     }

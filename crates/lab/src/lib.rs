@@ -10,7 +10,7 @@
 //! - [`report`]: the Markdown report, the summary table (parquet and CSV) and the plots (SVG
 //!   and PNG) of an experiment;
 //! - [`experiments`]: the project's results (`cargo xtask reproduce <experiment>`);
-//! - [`bench`]: the speed table (`cargo xtask bench`), with the [`allocator`] that counts a
+//! - [`bench`](mod@bench): the speed table (`cargo xtask bench`), with the [`allocator`] that counts a
 //!   step's peak heap;
 //! - [`commands`]: the other workflows of the command line (harvest, train from a config,
 //!   dump activations, inspect an SAE file, the architecture demo).
