@@ -5,7 +5,8 @@
 //! | `reproduce <experiment>` | the project's results: `quickstart` (the main job), `frontier`, `sites`, `layers`, `gemma-scope` (the `lab` crate's `experiments`) |
 //! | `explore` | a local web page: latents firing on your text, feature dashboards, manual labels, steering (the `explorer` crate) |
 //! | `demo` | builds every SAE architecture on the embedded model's activations, folds the scaling constant, saves each in SAELens format, reloads it and checks the outputs are unchanged |
-//! | `inspect <path>` | summarises an SAE file: a SAELens directory or a Gemma Scope `params.npz` |
+//! | `inspect <path>` | summarises an SAE file: a SAELens directory, a Gemma Scope `params.npz` or a Gemma Scope 2 folder |
+//! | `convert <src> <dst> --to saelens\|gemma-scope2` | an SAE or transcoder from any layout this project reads into SAELens's or Gemma Scope 2's |
 //! | `bench` | the speed table: SAE training (JumpReLU sparse/dense, TopK), encode, forward, store reads; `--peers` adds SAELens, PyTorch and transformers side by side with ratios (writes `BENCHMARKS.md`) |
 //! | `bench-forward` | forward-pass tokens/s of a model (full pass and harvest to the middle layer), f32 and bf16 |
 //! | `cache` | harvests activations over a corpus into a store (resumable), then measures read throughput |
@@ -42,8 +43,10 @@ enum Command {
     Explore(explore::ExploreArgs),
     /// Every SAE architecture end to end on real model activations (init, C, fold, save, load).
     Demo(commands::demo::DemoArgs),
-    /// Summarise an SAE: a SAELens directory, a params.npz, or a directory holding one.
+    /// Summarise an SAE: a SAELens directory, a params.npz (or its folder), a Gemma Scope 2 folder.
     Inspect(commands::inspect::InspectArgs),
+    /// Write an SAE or transcoder in the SAELens or the Gemma Scope 2 layout.
+    Convert(commands::convert::ConvertArgs),
     /// Run a model and write activations at hook points, logits and per-token loss.
     DumpActivations(commands::dump::DumpArgs),
     /// The speed table (BENCHMARKS.md), optionally side by side with the Python peers.
@@ -74,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Command::Explore(args) => explore::run(&args),
         Command::Demo(args) => commands::demo::run(&args),
         Command::Inspect(args) => commands::inspect::run(&args),
+        Command::Convert(args) => commands::convert::run(&args),
         Command::DumpActivations(args) => commands::dump::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::BenchForward(args) => bench::forward::run(&args),

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use candle_core::{DType, Device};
 use gemma_hooks::{HookPoint, load_model};
-use sae_core::format::ReleasePath;
 
 use crate::dashboards::{self, EvidenceOptions};
 use crate::state::{Explorer, ExplorerSae};
@@ -95,29 +94,18 @@ fn parse_sae_spec(spec: &str) -> anyhow::Result<(PathBuf, Option<HookPoint>)> {
     }
 }
 
-/// The hook an SAE reads: `cfg.json`'s `hook_name`, else a Gemma Scope release path.
+/// The hook an SAE reads, as its file records it ([`sae_core::format::hook_names`]).
 fn hook_of(path: &Path) -> anyhow::Result<HookPoint> {
-    let config = path.join(sae_core::format::CONFIG_FILE);
-    let name = if config.exists() {
-        let config = sae_core::format::SaeLensConfig::read(&config)?;
-        config
-            .metadata
-            .get("hook_name")
-            .and_then(|h| h.as_str())
-            .map(str::to_string)
-            .with_context(|| {
-                format!(
-                    "{}: cfg.json names no hook_name; pass PATH@HOOK",
-                    path.display()
-                )
-            })?
-    } else {
-        ReleasePath::parse(path, None)
-            .with_context(|| format!("{}: pass PATH@HOOK", path.display()))?
-            .hook_name()
-    };
-    name.parse()
-        .with_context(|| format!("{}: hook `{name}`", path.display()))
+    let hooks = sae_core::format::hook_names(path)?.with_context(|| {
+        format!(
+            "{}: the file records no hook (no hook_name in cfg.json, no Gemma Scope path): pass PATH@HOOK",
+            path.display()
+        )
+    })?;
+    hooks
+        .input
+        .parse()
+        .with_context(|| format!("{}: hook `{}`", path.display(), hooks.input))
 }
 
 /// The SAE's folder name (or file stem), made unique among `taken`.

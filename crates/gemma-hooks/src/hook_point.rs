@@ -17,12 +17,17 @@ use crate::GemmaError;
 /// | `blocks.L.hook_attn_out` | after `o_proj` and the post-attention norm | `[batch, pos, d_model]` |
 /// | `blocks.L.hook_resid_mid` | resid_pre + attn_out | `[batch, pos, d_model]` |
 /// | `blocks.L.ln2.hook_normalized` | pre-feed-forward norm without its (1 + w) gain: h/rms(h) | `[batch, pos, d_model]` |
+/// | `blocks.L.hook_mlp_in` | the MLP's input: the pre-feed-forward norm's output, gain included (Hugging Face `pre_feedforward_layernorm.output`; Gemma Scope 2's transcoder input) | `[batch, pos, d_model]` |
 /// | `blocks.L.mlp.hook_post` | gelu(gate) ⊙ up, the input of `down_proj` | `[batch, pos, d_mlp]` |
 /// | `blocks.L.hook_mlp_out` | after `down_proj` and the post-feed-forward norm | `[batch, pos, d_model]` |
 /// | `blocks.L.hook_resid_post` | block output | `[batch, pos, d_model]` |
 /// | `ln_final.hook_normalized` | final norm without its gain | `[batch, pos, d_model]` |
 ///
-/// The Gemma Scope sites are `hook_resid_post`, `attn.hook_z` and `hook_mlp_out`.
+/// The Gemma Scope sites are `hook_resid_post`, `attn.hook_z` and `hook_mlp_out`; transcoders
+/// read `hook_mlp_in` (Gemma Scope 2, as SAELens names it) or `ln2.hook_normalized` (Gemma
+/// Scope 1) and predict `hook_mlp_out`. Unlike TransformerLens's `hook_mlp_in` (the residual
+/// stream before the norm), this project's is after the norm, as SAELens's Gemma Scope 2 loader
+/// names the module `pre_feedforward_layernorm.output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HookPoint {
     /// `hook_embed`.
@@ -43,6 +48,8 @@ pub enum HookPoint {
     ResidMid(usize),
     /// `blocks.L.ln2.hook_normalized`.
     Ln2Normalized(usize),
+    /// `blocks.L.hook_mlp_in`.
+    MlpIn(usize),
     /// `blocks.L.mlp.hook_post`.
     MlpPost(usize),
     /// `blocks.L.hook_mlp_out`.
@@ -57,7 +64,7 @@ pub enum HookPoint {
 type BlockHook = (&'static str, fn(usize) -> HookPoint);
 
 /// Every per-block hook.
-const BLOCK_HOOKS: [BlockHook; 11] = [
+const BLOCK_HOOKS: [BlockHook; 12] = [
     ("hook_resid_pre", HookPoint::ResidPre),
     ("attn.hook_q", HookPoint::AttnQ),
     ("attn.hook_k", HookPoint::AttnK),
@@ -66,6 +73,7 @@ const BLOCK_HOOKS: [BlockHook; 11] = [
     ("hook_attn_out", HookPoint::AttnOut),
     ("hook_resid_mid", HookPoint::ResidMid),
     ("ln2.hook_normalized", HookPoint::Ln2Normalized),
+    ("hook_mlp_in", HookPoint::MlpIn),
     ("mlp.hook_post", HookPoint::MlpPost),
     ("hook_mlp_out", HookPoint::MlpOut),
     ("hook_resid_post", HookPoint::ResidPost),
@@ -84,6 +92,7 @@ impl HookPoint {
             | HookPoint::AttnOut(l)
             | HookPoint::ResidMid(l)
             | HookPoint::Ln2Normalized(l)
+            | HookPoint::MlpIn(l)
             | HookPoint::MlpPost(l)
             | HookPoint::MlpOut(l)
             | HookPoint::ResidPost(l) => Some(l),

@@ -356,7 +356,10 @@ impl GemmaModel {
             HookPoint::Ln2Normalized(layer),
             block.pre_feedforward_norm.normalize(&resid_mid)?,
         )?;
-        let mlp_in = block.pre_feedforward_norm.scale(&normalized, self.dtype)?;
+        let mlp_in = hooks.apply(
+            HookPoint::MlpIn(layer),
+            block.pre_feedforward_norm.scale(&normalized, self.dtype)?,
+        )?;
         let hidden =
             activation::gelu_mul(&block.gate.forward(&mlp_in)?, &block.up.forward(&mlp_in)?)?;
         let hidden = hooks.apply(HookPoint::MlpPost(layer), hidden)?;

@@ -60,7 +60,11 @@ fn check(name: &str) {
     let mut points = vec![HookPoint::Embed];
     for layer in 0..layers {
         points.extend(HookPoint::gemma_scope_sites(layer));
-        points.extend([HookPoint::AttnOut(layer), HookPoint::ResidMid(layer)]);
+        points.extend([
+            HookPoint::AttnOut(layer),
+            HookPoint::ResidMid(layer),
+            HookPoint::MlpIn(layer),
+        ]);
     }
     let mut hooks = Hooks::observing(points.clone());
     let logits = model.forward(&ids, &mut hooks).unwrap().unwrap();

@@ -1,13 +1,15 @@
 //! # sae-core: the maths of sparse autoencoders, exact to the papers
 //!
 //! Five architectures behind one small [`Sae`] trait ([`JumpReluSae`], [`TopKSae`],
-//! [`BatchTopKSae`], [`ReluSae`], [`GatedSae`]), sparsity penalties behind
-//! [`SparsityPenalty`] ([`L0Ste`], [`QuadraticL0`], [`L1`], [`DecoderNormL1`], [`AuxK`], [`PreActivationLoss`])
-//! that combine with any architecture providing what they need, the straight-through
-//! estimators of the JumpReLU paper ([`ste`]), Gemma Scope initialisation
-//! ([`init`](mod@init)), the decoder unit-norm constraint ([`constraint`]), the input scaling
-//! constant C with folding ([`scaling`], [`Sae::fold_scaling`]), and the file formats
-//! ([`format`]): Gemma Scope `params.npz` and the SAELens directory format, which is this
+//! [`BatchTopKSae`], [`ReluSae`], [`GatedSae`]) and JumpReLU transcoders
+//! ([`JumpReluTranscoder`], with or without the affine skip); sparsity penalties behind
+//! [`SparsityPenalty`] ([`L0Ste`], [`QuadraticL0`], [`L1`], [`DecoderNormL1`], [`AuxK`],
+//! [`PreActivationLoss`], and [`Matryoshka`]'s nested-prefix reconstruction) that combine with
+//! any architecture providing what they need; the straight-through estimators of the JumpReLU
+//! paper ([`ste`]), Gemma Scope initialisation ([`init`](mod@init)), the decoder unit-norm
+//! constraint ([`constraint`]), the input scaling constant C with folding ([`scaling`],
+//! [`Sae::fold_scaling`]), and the file formats ([`format`]): Gemma Scope `params.npz`, Gemma
+//! Scope 2 folders ([`format::gemma_scope_2`]) and the SAELens directory format, which is this
 //! project's own.
 //!
 //! Everything runs on candle tensors on any [`candle_core::Device`], in f32 or bf16.
@@ -53,6 +55,7 @@ pub mod format;
 pub mod init;
 pub mod kernels;
 pub mod loss;
+pub mod matryoshka;
 pub mod penalty;
 pub mod resample;
 pub mod scaling;
@@ -61,12 +64,14 @@ pub mod ste;
 pub mod topk;
 
 pub use arch::{
-    AffineSae, Architecture, ArchitectureName, BatchTopKSae, GatedSae, JumpReluSae, ReluSae, Sae,
-    SaeShape, ThresholdOptions, ThresholdParametrisation, TopKSae, TrainOutput, TrainableSae, init,
+    AffineSae, Architecture, ArchitectureName, BatchTopKSae, GatedSae, JumpReluSae,
+    JumpReluTranscoder, ReluSae, Sae, SaeShape, ThresholdOptions, ThresholdParametrisation,
+    TopKSae, TrainOutput, TrainableSae, init,
 };
 pub use error::{Result, SaeError};
 pub use init::InitConfig;
 pub use loss::{LossTerms, WeightedPenalty, training_loss};
+pub use matryoshka::Matryoshka;
 pub use penalty::{
     AuxK, DecoderNormL1, L0Ste, L1, PenaltyContext, PreActivationLoss, QuadraticL0, SparsityPenalty,
 };

@@ -7,6 +7,7 @@
 //! | [`L1`] | Σᵢ \|fᵢ\| (ReLU(π_gate) for Gated) | any |
 //! | [`DecoderNormL1`] | Σᵢ \|fᵢ\|·‖dᵢ‖₂ (Anthropic, April 2024) | any |
 //! | [`AuxK`] | normalised error of reconstructing the residual from the top-k_aux dead latents (Gao et al. 2024) | dead-latent statistics |
+//! | [`Matryoshka`](crate::Matryoshka) | Σₖ ‖x − x̂_{wₖ}‖², each prefix of the dictionary reconstructing alone (Bussmann et al. 2025; Gemma Scope 2) | any |
 //! | [`PreActivationLoss`] | Σ_dead ReLU(θᵢ − πᵢ)·‖dᵢ‖₂ (Anthropic, January 2025; SAELens's `pre_act_loss`) | a threshold, tokens since each latent fired |
 //!
 //! A penalty returns its *unscaled* term; the caller multiplies it by its coefficient (which a

@@ -316,6 +316,45 @@ proptest! {
         }
     }
 
+    /// The Matryoshka term is the sum over prefixes of ‖x − x̂_w‖², x̂_w decoding only the first
+    /// w latents (computed here by narrowing the latents and W_dec, not by the term's mask), for
+    /// every architecture; it is never below the number of prefixes times the error of the
+    /// best of them, and when no latent beyond the first prefix fires every prefix reconstructs
+    /// like the whole dictionary, so the term is K times the reconstruction error.
+    #[test]
+    fn matryoshka_term_sums_each_prefix_reconstruction_error(
+        seed in 0u64..10_000, arch in 0usize..5, d_in in 1usize..8, d_sae in 3usize..24,
+        tokens in 1usize..8, cut in 1usize..3,
+    ) {
+        let sae = any_sae(arch, seed, d_in, d_sae, true, DType::F64);
+        let widths: Vec<usize> = (1..=cut).map(|k| k * d_sae / (cut + 1)).filter(|&w| w >= 1).collect();
+        prop_assume!(sae_core::Matryoshka::check(&widths, d_sae).is_ok());
+        let x = tensor(seed + 7, &[tokens, d_in], 1.0, DType::F64);
+        let out = sae.train_forward(&x).unwrap();
+        let matryoshka = sae_core::Matryoshka { widths: widths.clone() };
+        let term = matryoshka.loss(sae.as_ref(), &out, &PenaltyContext::default()).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+        let b_dec = sae.decode(&Tensor::zeros((1, d_sae), DType::F64, &Device::Cpu).unwrap()).unwrap();
+        let errors: Vec<f64> = widths.iter().map(|&w| {
+            let prefix = out.latents.narrow(1, 0, w).unwrap().matmul(&sae.decoder_weight().narrow(0, 0, w).unwrap()).unwrap().broadcast_add(&b_dec).unwrap();
+            values(&(&x - prefix).unwrap().sqr().unwrap()).iter().sum::<f64>() / tokens as f64
+        }).collect();
+        let expected: f64 = errors.iter().sum();
+        // The term sums in f32 (as the reconstruction term does): relative f32 rounding.
+        prop_assert!((term - expected).abs() <= 1e-5 * expected.max(1.0), "{} vs {}", term, expected);
+        let best = errors.iter().copied().fold(f64::INFINITY, f64::min);
+        prop_assert!(term >= widths.len() as f64 * best * (1.0 - 1e-5));
+        // Latents beyond the first prefix silenced: every prefix is the whole reconstruction.
+        let keep: Vec<f64> = (0..d_sae).map(|j| (j < widths[0]) as u8 as f64).collect();
+        let keep = Tensor::new(keep, &Device::Cpu).unwrap();
+        let mut silenced = out.clone();
+        silenced.latents = out.latents.broadcast_mul(&keep).unwrap();
+        silenced.reconstruction = sae.decode(&silenced.latents).unwrap();
+        let term = matryoshka.loss(sae.as_ref(), &silenced, &PenaltyContext::default()).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+        let full = values(&(&x - &silenced.reconstruction).unwrap().sqr().unwrap()).iter().sum::<f64>() / tokens as f64;
+        let want = widths.len() as f64 * full;
+        prop_assert!((term - want).abs() <= 1e-5 * want.max(1.0), "{} vs {}", term, want);
+    }
+
     #[test]
     fn encoder_gradients_flow_only_through_active_latents(
         arch in 0usize..5, seed in 0u64..10_000, d_in in 1usize..8, d_sae in 1usize..16, tokens in 1usize..6,

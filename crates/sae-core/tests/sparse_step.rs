@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use sae_core::arch::{AffineSae, BatchTopKSae, JumpReluSae, ThresholdParametrisation, TopKSae};
 use sae_core::penalty::{AuxK, L0Ste, PenaltyContext, PreActivationLoss, QuadraticL0};
-use sae_core::sparse::{AuxKTerm, PreActivationTerm, SparsePenalties, SparseStep, sparse_step};
-use sae_core::{Sae, SteConfig, TrainableSae, WeightedPenalty, training_loss};
+use sae_core::sparse::{
+    AuxKTerm, MatryoshkaTerm, PreActivationTerm, SparsePenalties, SparseStep, sparse_step,
+};
+use sae_core::{Matryoshka, Sae, SteConfig, TrainableSae, WeightedPenalty, training_loss};
 
 use common::{max_abs, max_abs_diff, seeded_normal};
 use proptest::prelude::*;
@@ -128,6 +130,15 @@ fn dense_gradients(
             coefficient: term.coefficient,
         });
         context.tokens_since_fired = Some(term.dead.iter().map(|&d| d as u64 * 1000).collect());
+    }
+    let matryoshka = penalties.matryoshka.as_ref().map(|m| Matryoshka {
+        widths: m.widths.clone(),
+    });
+    if let (Some(matryoshka), Some(term)) = (&matryoshka, &penalties.matryoshka) {
+        weighted.push(WeightedPenalty {
+            penalty: matryoshka,
+            coefficient: term.coefficient,
+        });
     }
     let (_, terms) = training_loss(sae, x, &weighted, &context).unwrap();
     let grads = terms.total.backward().unwrap();
@@ -388,6 +399,75 @@ fn batch_topk_sparse_step_equals_the_dense_autograd_step() {
     let sae = BatchTopKSae::new(affine(), 8, None).unwrap();
     assert_equals_dense(&sae, &SparsePenalties::default(), "BatchTopK");
     assert_equals_dense(&sae, &with_auxk(0.0), "BatchTopK with AuxK");
+}
+
+/// Matryoshka prefixes (Gemma Scope 2's recipe) of uneven widths.
+fn with_matryoshka(base: SparsePenalties) -> SparsePenalties {
+    SparsePenalties {
+        matryoshka: Some(MatryoshkaTerm {
+            widths: vec![5, 24, 60],
+            coefficient: 0.7,
+        }),
+        ..base
+    }
+}
+
+/// The Matryoshka term equals the dense step's for JumpReLU (linear and quadratic L0, AuxK,
+/// the pre-activation loss, both θ parametrisations) and BatchTopK (with AuxK): its value and
+/// every gradient, the θ-gradient through the prefixes included.
+#[test]
+fn sparse_step_with_matryoshka_prefixes_equals_the_dense_step() {
+    for parametrisation in [ThresholdParametrisation::Raw, ThresholdParametrisation::Log] {
+        let sae = jumprelu(parametrisation, 0.05);
+        for (label, base) in [
+            (
+                "L0",
+                SparsePenalties {
+                    l0: 0.02,
+                    ..SparsePenalties::default()
+                },
+            ),
+            ("L0 + AuxK", with_auxk(0.02)),
+            ("L0 + pre-activation", with_pre_activation(0.02)),
+            (
+                "quadratic L0",
+                SparsePenalties {
+                    l0: 0.02,
+                    l0_target: Some(20.5),
+                    ..SparsePenalties::default()
+                },
+            ),
+        ] {
+            let what = format!("JumpReLU {parametrisation:?}, Matryoshka with {label}");
+            let step = assert_equals_dense(&sae, &with_matryoshka(base), &what);
+            assert!(step.matryoshka > 0.0, "{what}: {step:?}");
+        }
+    }
+    let sae = BatchTopKSae::new(affine(), 8, None).unwrap();
+    let step = assert_equals_dense(
+        &sae,
+        &with_matryoshka(SparsePenalties::default()),
+        "BatchTopK, Matryoshka",
+    );
+    assert!(step.matryoshka > 0.0);
+    assert_equals_dense(
+        &sae,
+        &with_matryoshka(with_auxk(0.0)),
+        "BatchTopK, Matryoshka + AuxK",
+    );
+    // Widths that are not inner prefixes are refused, naming the rule.
+    let sae = jumprelu(ThresholdParametrisation::Raw, 0.05);
+    for widths in [vec![], vec![24, 5], vec![5, D_SAE]] {
+        let penalties = SparsePenalties {
+            matryoshka: Some(MatryoshkaTerm {
+                widths,
+                coefficient: 1.0,
+            }),
+            ..SparsePenalties::default()
+        };
+        let error = sparse_step(&sae, &inputs(), &penalties, 1.0).unwrap_err();
+        assert!(error.to_string().contains("Matryoshka"), "{error}");
+    }
 }
 
 #[test]

@@ -52,6 +52,16 @@ pub enum PenaltyConfig {
         /// A latent is dead for this term when it has not fired for this many tokens.
         dead_after_tokens: u64,
     },
+    /// Matryoshka training (`sae_core::Matryoshka`; Gemma Scope 2): each prefix of the
+    /// dictionary of the given widths reconstructs the input on its own, its squared error
+    /// added with this coefficient (1: every prefix weighs as much as the full dictionary, as
+    /// in Bussmann et al. 2025); not warmed up.
+    Matryoshka {
+        /// Weight of each prefix's reconstruction term.
+        coefficient: f64,
+        /// The inner prefix widths, strictly increasing, each below d_sae.
+        widths: Vec<usize>,
+    },
     /// A penalty defined outside the workspace, built by the [`crate::Registry`] it was
     /// registered in (always by the dense autograd step).
     Registered {
@@ -78,6 +88,7 @@ impl PenaltyConfig {
             | PenaltyConfig::L1DecoderNorm { coefficient }
             | PenaltyConfig::Auxk { coefficient, .. }
             | PenaltyConfig::PreActivation { coefficient, .. }
+            | PenaltyConfig::Matryoshka { coefficient, .. }
             | PenaltyConfig::Registered { coefficient, .. } => *coefficient,
         }
     }
@@ -85,7 +96,9 @@ impl PenaltyConfig {
     /// Whether the coefficient follows the λ warm-up.
     pub fn warms_up(&self) -> bool {
         match self {
-            PenaltyConfig::Auxk { .. } | PenaltyConfig::PreActivation { .. } => false,
+            PenaltyConfig::Auxk { .. }
+            | PenaltyConfig::PreActivation { .. }
+            | PenaltyConfig::Matryoshka { .. } => false,
             PenaltyConfig::Registered { warm_up, .. } => *warm_up,
             _ => true,
         }
@@ -150,8 +163,8 @@ pub struct SaeConfig {
     pub pre_encoder_bias: Option<bool>,
     /// How b_dec starts: zeros (Gemma Scope) or the mean input (SAELens' `mean`).
     pub decoder_bias_init: Option<DecoderBiasInit>,
-    /// JumpReLU, TopK and BatchTopK with L0 and AuxK penalties only: use the sparsity-aware
-    /// step when few latents are active (`sae_core::sparse`; equal to the dense step to f32
+    /// JumpReLU, TopK and BatchTopK with L0, AuxK, pre-activation and Matryoshka terms only:
+    /// use the sparsity-aware step when few latents are active (`sae_core::sparse`; equal to the dense step to f32
     /// rounding). Default true.
     pub sparse_step: Option<bool>,
     /// Divide inputs by C with E‖x/C‖² = 1.
@@ -366,6 +379,11 @@ impl Recipe {
         match architecture {
             Architecture::JumpRelu => gemma_scope(PenaltyConfig::L0 { coefficient: 6e-4 }),
             Architecture::Gated => gemma_scope(PenaltyConfig::L1 { coefficient: 1e-3 }),
+            // Gemma Scope's transcoders: as its MLP SAEs, without the pre-encoder bias.
+            Architecture::JumpReluTranscoder { .. } => Self {
+                pre_encoder_bias: false,
+                ..gemma_scope(PenaltyConfig::L0 { coefficient: 6e-4 })
+            },
             Architecture::TopK { .. } | Architecture::BatchTopK { .. } => Self {
                 lr: 2e-4,
                 adam_eps: 6.25e-10,

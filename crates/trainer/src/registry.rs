@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use sae_core::{
-    Architecture, ArchitectureName, AuxK, DecoderNormL1, InitConfig, L0Ste, L1, PreActivationLoss,
-    QuadraticL0, SaeShape, SparsityPenalty, SteConfig, TrainableSae,
+    Architecture, ArchitectureName, AuxK, DecoderNormL1, InitConfig, L0Ste, L1, Matryoshka,
+    PreActivationLoss, QuadraticL0, SaeShape, SparsityPenalty, SteConfig, TrainableSae,
 };
 use serde_json::Value;
 
@@ -135,6 +135,9 @@ impl Registry {
                 dead_after_tokens, ..
             } => Box::new(PreActivationLoss {
                 dead_after_tokens: *dead_after_tokens,
+            }),
+            PenaltyConfig::Matryoshka { widths, .. } => Box::new(Matryoshka {
+                widths: widths.clone(),
             }),
             PenaltyConfig::Registered { name, settings, .. } => {
                 let build = self.penalties.get(name).ok_or_else(|| {

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::format::save_saelens_with_files;
 use sae_core::resample::ResampleRequest;
-use sae_core::sparse::{AuxKTerm, PreActivationTerm, SparsePenalties};
+use sae_core::sparse::{AuxKTerm, MatryoshkaTerm, PreActivationTerm, SparsePenalties};
 use sae_core::{
     InitConfig, PenaltyContext, PreActivationLoss, QuadraticL0, SaeShape, SparsityPenalty,
     SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
@@ -116,6 +116,10 @@ fn check_settings(sae: &SaeConfig) -> Result<()> {
         }
     }
     for penalty in sae.penalties.iter().flatten() {
+        if let PenaltyConfig::Matryoshka { widths, .. } = penalty {
+            sae_core::Matryoshka::check(widths, sae.d_sae)
+                .map_err(|e| TrainError::Invalid(format!("SAE `{}`: {e}", sae.name)))?;
+        }
         if let PenaltyConfig::QuadraticL0 { target_l0, .. } = penalty {
             QuadraticL0::check_target(*target_l0)
                 .map_err(|e| TrainError::Invalid(format!("SAE `{}`: {e}", sae.name)))?;
@@ -132,6 +136,13 @@ fn check_settings(sae: &SaeConfig) -> Result<()> {
                 sae.name
             )));
         }
+    }
+    if let sae_core::Architecture::JumpReluTranscoder { .. } = sae.architecture {
+        return Err(TrainError::Invalid(format!(
+            "SAE `{}`: training transcoders is not supported yet (the trainer reconstructs the \
+             hook an SAE reads; a transcoder predicts another hook)",
+            sae.name
+        )));
     }
     if let Some(resample) = &sae.resample {
         resample.validate(&sae.name)?;
@@ -924,6 +935,12 @@ impl SaeRun {
                         dead: dead.to_vec(),
                     });
                 }
+                PenaltyConfig::Matryoshka { widths, .. } if sparse.matryoshka.is_none() => {
+                    sparse.matryoshka = Some(MatryoshkaTerm {
+                        widths: widths.clone(),
+                        coefficient: weighted.coefficient,
+                    });
+                }
                 PenaltyConfig::PreActivation {
                     dead_after_tokens, ..
                 } if sparse.pre_activation.is_none() => {
@@ -974,7 +991,8 @@ impl SaeRun {
                 reconstruction: step.reconstruction as f64,
                 penalty: if has_l0 { step.l0_term as f64 } else { 0.0 }
                     + step.auxk as f64
-                    + step.pre_activation as f64,
+                    + step.pre_activation as f64
+                    + step.matryoshka as f64,
                 auxiliary: 0.0,
                 squared_error: step.squared_error as f64,
                 forward: None,

@@ -10,7 +10,8 @@ use sae_core::constraint::row_norms;
 #[derive(Debug)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct InspectArgs {
-    /// A SAELens directory, a Gemma Scope params.npz, or a directory holding one.
+    /// A SAELens directory, a Gemma Scope params.npz (or a directory holding one), or a Gemma
+    /// Scope 2 folder.
     pub path: PathBuf,
     /// Also write seeded inputs and this SAE's latents and reconstruction to this safetensors
     /// file (keys `inputs`, `<dir name>.latents`, `<dir name>.recon`), for

@@ -30,12 +30,15 @@ use trainer::{DecoderBiasInit, SaeConfig};
 /// 2.17 → 1.88 nats at L0 65 → 58; lr 2e-3 then reached FVU 0.227, delta loss 1.65 at L0 37.
 pub fn short_run(mut sae: SaeConfig, steps: u64) -> SaeConfig {
     use sae_core::Architecture;
-    if sae.architecture == Architecture::JumpRelu {
+    if matches!(
+        sae.architecture,
+        Architecture::JumpRelu | Architecture::JumpReluTranscoder { .. }
+    ) {
         sae.grad_clip_norm = Some(1.0);
         sae.lr_decay_fraction = Some(0.2);
     }
     sae.lr = match sae.architecture {
-        Architecture::JumpRelu => Some(2e-3),
+        Architecture::JumpRelu | Architecture::JumpReluTranscoder { .. } => Some(2e-3),
         Architecture::Gated => Some(7e-4),
         Architecture::Relu => Some(5e-4),
         Architecture::TopK { .. }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Tensor};
 
 use super::{
-    AffineSae, Architecture, ArchitectureName, BatchTopKSae, GatedSae, JumpReluSae, ReluSae,
-    SaeShape, ThresholdParametrisation, TopKSae, TrainableSae,
+    AffineSae, Architecture, ArchitectureName, BatchTopKSae, GatedSae, JumpReluSae,
+    JumpReluTranscoder, ReluSae, SaeShape, ThresholdParametrisation, TopKSae, TrainableSae,
 };
 use crate::init::{InitConfig, gemma_scope_decoder};
 use crate::ste::SteConfig;
@@ -110,13 +110,16 @@ pub fn from_tensors(
             "b_enc"
         };
         let affine = take_affine(tensors, b_enc_name, apply_b_dec_to_input)?;
-        let sae: Box<dyn TrainableSae> = match architecture {
-            Architecture::JumpRelu => Box::new(JumpReluSae::new(
+        let jumprelu = |tensors: &mut NamedTensors, affine| {
+            JumpReluSae::new(
                 affine,
                 tensors.take("threshold")?,
                 options.parametrisation,
                 options.ste,
-            )?),
+            )
+        };
+        let sae: Box<dyn TrainableSae> = match architecture {
+            Architecture::JumpRelu => Box::new(jumprelu(tensors, affine)?),
             Architecture::TopK { k } => Box::new(TopKSae::new(affine, k)?),
             Architecture::BatchTopK { k } => {
                 let threshold = uniform_value(&tensors.take("threshold")?)
@@ -129,6 +132,15 @@ pub fn from_tensors(
                 tensors.take("r_mag")?,
                 tensors.take("b_mag")?,
             )?),
+            Architecture::JumpReluTranscoder { skip } => {
+                let sae = jumprelu(tensors, affine)?;
+                // Files hold SAELens's W_skip [d_out, d_in] (x·W_skipᵀ).
+                let skip = match skip {
+                    true => Some(tensors.take("W_skip")?.t()?.contiguous()?),
+                    false => None,
+                };
+                Box::new(JumpReluTranscoder::new(sae, skip)?)
+            }
             Architecture::Registered { name } => return Err(not_built_here(name)),
         };
         Ok(sae)
@@ -178,18 +190,33 @@ pub fn init(
         Tensor::zeros(shape.d_in, shape.dtype, &shape.device)?,
         init.pre_encoder_bias,
     )?;
-    let sae: Box<dyn TrainableSae> = match architecture {
-        Architecture::JumpRelu => Box::new(JumpReluSae::new(
+    let jumprelu = |affine| {
+        JumpReluSae::new(
             affine,
             Tensor::full(init.threshold as f32, shape.d_sae, &shape.device)?
                 .to_dtype(shape.dtype)?,
             init.threshold_options.parametrisation,
             init.threshold_options.ste,
-        )?),
+        )
+    };
+    let sae: Box<dyn TrainableSae> = match architecture {
+        Architecture::JumpRelu => Box::new(jumprelu(affine)?),
         Architecture::TopK { k } => Box::new(TopKSae::new(affine, k)?),
         Architecture::BatchTopK { k } => Box::new(BatchTopKSae::new(affine, k, None)?),
         Architecture::Relu => Box::new(ReluSae::new(affine)),
         Architecture::Gated => Box::new(GatedSae::new(affine, zeros_sae()?, zeros_sae()?)?),
+        Architecture::JumpReluTranscoder { skip } => {
+            let sae = jumprelu(affine)?;
+            let skip = match skip {
+                true => Some(Tensor::zeros(
+                    (shape.d_in, shape.d_in),
+                    shape.dtype,
+                    &shape.device,
+                )?),
+                false => None,
+            };
+            Box::new(JumpReluTranscoder::new(sae, skip)?)
+        }
         Architecture::Registered { name } => return Err(not_built_here(name)),
     };
     Ok(sae)

@@ -11,6 +11,7 @@
 //! | [`BatchTopKSae`] | training: the k·batch largest ReLU(π) of the batch; inference: ReLU(π)·H(π − θ_global) | `batchtopk` |
 //! | [`ReluSae`] | ReLU(π) (the standard SAE) | `standard` |
 //! | [`GatedSae`] | H(π_gate)·ReLU(π_mag), with W_mag = W_enc ⊙ exp(r_mag) | `gated` |
+//! | [`JumpReluTranscoder`] | JumpReLU latents of one hook decoded into another, ŷ = f·W_dec + b_dec (+ x·W_skip) | `jumprelu_transcoder`, `jumprelu_skip_transcoder` |
 //!
 //! Tensors are row-major with the row-vector convention of SAELens and Gemma Scope:
 //! `W_enc` is `[d_in, d_sae]`, `W_dec` is `[d_sae, d_in]`, inputs are `[tokens, d_in]`.
@@ -23,6 +24,7 @@ mod jumprelu;
 mod relu;
 pub(crate) mod sparse_form;
 mod topk_sae;
+mod transcoder;
 
 pub use affine::{AffineSae, expect_shape};
 pub use batch_topk::BatchTopKSae;
@@ -32,6 +34,7 @@ pub use gated::GatedSae;
 pub use jumprelu::{JumpReluSae, ThresholdParametrisation};
 pub use relu::ReluSae;
 pub use topk_sae::TopKSae;
+pub use transcoder::JumpReluTranscoder;
 
 use std::collections::HashMap;
 
@@ -61,6 +64,11 @@ pub enum Architecture {
     Relu,
     /// Gated SAE (Rajamanoharan et al. 2024a) with the r_mag re-parametrisation.
     Gated,
+    /// A JumpReLU transcoder ([`JumpReluTranscoder`]): reads one hook, predicts another.
+    JumpReluTranscoder {
+        /// Whether it has the affine skip connection x·W_skip.
+        skip: bool,
+    },
     /// An architecture defined outside this crate and built by the registry it was
     /// registered in (`trainer::Registry`); in a config, `{"kind": "registered", "name": …}`.
     Registered {
@@ -135,6 +143,8 @@ impl Architecture {
             Architecture::BatchTopK { .. } => "batchtopk",
             Architecture::Relu => "standard",
             Architecture::Gated => "gated",
+            Architecture::JumpReluTranscoder { skip: false } => "jumprelu_transcoder",
+            Architecture::JumpReluTranscoder { skip: true } => "jumprelu_skip_transcoder",
             Architecture::Registered { name } => name.as_str(),
         }
     }

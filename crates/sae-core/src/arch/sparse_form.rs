@@ -57,7 +57,9 @@ pub struct SparseStep {
     pub auxk: f32,
     /// The unscaled pre-activation loss (0 without one, or when no latent is dead).
     pub pre_activation: f32,
-    /// reconstruction + λ·l0_term + α·auxk + c·pre_activation.
+    /// The unscaled Matryoshka term, Σₖ ‖x − x̂ₖ‖² over the prefixes (0 without one).
+    pub matryoshka: f32,
+    /// reconstruction + λ·l0_term + α·auxk + c·pre_activation + β·matryoshka.
     pub total: f32,
     /// Gradients, one per trainable tensor, shaped like it.
     pub gradients: Vec<(&'static str, Tensor)>,

@@ -6,8 +6,10 @@
 //! `apply_b_dec_to_input` to true). BatchTopK SAEs are written in their inference form, as
 //! SAELens does: `architecture: "jumprelu"` with the global threshold in every entry of
 //! `threshold`; `metadata.training_architecture = "batchtopk"` and `metadata.batch_topk_k` let
-//! this crate load them back as BatchTopK. Older (pre-6, flat) configs are migrated on read the
-//! way SAELens migrates them.
+//! this crate load them back as BatchTopK. Transcoders are `jumprelu_transcoder` and
+//! `jumprelu_skip_transcoder` with `d_out` and `W_skip` `[d_out, d_in]`; SAELens never subtracts
+//! b_dec from a transcoder's input, whatever `apply_b_dec_to_input` says, and neither does this
+//! crate. Older (pre-6, flat) configs are migrated on read the way SAELens migrates them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -32,7 +34,8 @@ pub const SAE_LENS_FORMAT_VERSION: &str = "6.0.0";
 /// `cfg.json` of a SAELens (≥ 6) SAE directory. Unknown keys are kept and written back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SaeLensConfig {
-    /// `jumprelu`, `topk`, `standard` or `gated`.
+    /// `jumprelu`, `topk`, `standard`, `gated`, `jumprelu_transcoder` or
+    /// `jumprelu_skip_transcoder`.
     pub architecture: String,
     /// Input width.
     pub d_in: usize,
@@ -102,6 +105,9 @@ impl SaeLensConfig {
                 config.k = Some(k);
                 config.rescale_acts_by_decoder_norm = Some(false);
             }
+            Architecture::JumpReluTranscoder { .. } => {
+                config.extra.insert("d_out".into(), sae.d_in().into());
+            }
             Architecture::BatchTopK { k } => {
                 config.architecture = Architecture::JumpRelu.name().into();
                 config
@@ -143,11 +149,14 @@ impl SaeLensConfig {
             },
             "standard" => Architecture::Relu,
             "gated" => Architecture::Gated,
+            "jumprelu_transcoder" => Architecture::JumpReluTranscoder { skip: false },
+            "jumprelu_skip_transcoder" => Architecture::JumpReluTranscoder { skip: true },
             other => {
                 return Err(SaeError::format(
                     path,
                     format!(
-                        "unsupported architecture `{other}` (expected jumprelu, topk, standard or gated)"
+                        "unsupported architecture `{other}` (expected jumprelu, topk, standard, \
+                         gated, jumprelu_transcoder or jumprelu_skip_transcoder)"
                     ),
                 ));
             }
@@ -281,12 +290,26 @@ pub fn load_saelens(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedS
         ));
     }
     let architecture = config.architecture(&config_path)?;
+    let transcoder = matches!(architecture, Architecture::JumpReluTranscoder { .. });
+    if let Some(d_out) = config.extra.get("d_out").filter(|_| transcoder)
+        && d_out.as_u64() != Some(config.d_in as u64)
+    {
+        return Err(SaeError::format(
+            &config_path,
+            format!(
+                "d_out = {d_out} differs from d_in = {}: only transcoders with equal input and \
+                 output widths are supported",
+                config.d_in
+            ),
+        ));
+    }
     let weights_path = dir.join(WEIGHTS_FILE);
     let tensors = read_safetensors(&weights_path, device, dtype)?;
     let sae = from_tensors(
         architecture,
         NamedTensors::new(Some(weights_path.clone()), tensors),
-        config.apply_b_dec_to_input,
+        // SAELens's transcoders never subtract b_dec from their input.
+        config.apply_b_dec_to_input && !transcoder,
         ThresholdOptions::default(),
     )?;
     if (sae.d_in(), sae.d_sae()) != (config.d_in, config.d_sae) {
@@ -374,6 +397,15 @@ pub fn save_saelens_with_files(
     sparsity: Option<&Tensor>,
     extra: &[(&str, Vec<u8>)],
 ) -> Result<SaeLensConfig> {
+    if matches!(sae.architecture(), Architecture::JumpReluTranscoder { .. })
+        && sae.apply_b_dec_to_input()
+    {
+        return Err(SaeError::Config(
+            "the transcoder still subtracts b_dec from its input, which SAELens's transcoders \
+             never do: fold it first (Sae::fold_scaling)"
+                .into(),
+        ));
+    }
     let tensors = sae.tensors()?;
     for (name, tensor) in &tensors {
         check_finite(tensor, name, Some(dir))?;

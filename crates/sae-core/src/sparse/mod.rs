@@ -1,5 +1,6 @@
 //! The sparsity-aware training step: the loss and every gradient of `training_loss` for
-//! JumpReLU (L0 penalty), TopK and BatchTopK SAEs (each optionally with AuxK), computed
+//! JumpReLU (L0 penalty), TopK and BatchTopK SAEs (each optionally with AuxK and Matryoshka
+//! prefixes), computed
 //! without a dense decoder.
 //!
 //! Only the encoder forward π = (x − b_dec)·W_enc + b_enc is a dense matrix product. Everything
@@ -17,7 +18,8 @@
 //! | ∂/∂θ = Σ (g·W_dec[j])·(−θ/ε) − λ/(εB) | band pairs |
 //! | AuxK: ê = Σ_aux f·W_dec[j], h = 2α(ê − e)/Σ‖e − ē‖², e = x − x̂ (no gradient) | AuxK pairs |
 //! | pre-activation loss: ∂/∂π = −c‖W_dec[j]‖/B where π < θ, so ∂/∂W_enc[:, j] = −c‖W_dec[j]‖/B·(Σ_all (x − b_dec) − Σ_{π ≥ θ} (x − b_dec)) | dead latents' columns of π, their firing tokens |
-//! | ∂/∂b_dec = Σ g − W_enc·∂/∂b_enc | dense, d_in |
+//! | Matryoshka: x̂ₖ = b_dec + Σ_{j < wₖ} f·W_dec[j]; latent j's pairs use g + Σ_{k: j < wₖ} 2α(x̂ₖ − x)/B in place of g | active pairs |
+//! | ∂/∂b_dec = Σ g (+ every prefix's term) − W_enc·∂/∂b_enc | dense, d_in |
 //!
 //! Passes: the encoder product (OpenBLAS when the system has it, see [`blas`], else candle's
 //! gemm) read once in place to collect each token's pairs; per token, x̂, g and every pair's
@@ -57,6 +59,15 @@ pub struct PreActivationTerm {
     pub dead: Vec<bool>,
 }
 
+/// The Matryoshka term ([`crate::Matryoshka`]) as the sparse step takes it.
+#[derive(Debug, Clone)]
+pub struct MatryoshkaTerm {
+    /// The inner prefix widths, strictly increasing, each below d_sae.
+    pub widths: Vec<usize>,
+    /// The term's coefficient.
+    pub coefficient: f64,
+}
+
 /// The penalties of a sparse step, with this step's coefficients.
 #[derive(Debug, Clone, Default)]
 pub struct SparsePenalties {
@@ -70,6 +81,8 @@ pub struct SparsePenalties {
     pub auxk: Option<AuxKTerm>,
     /// The pre-activation loss, if the SAE is trained with one.
     pub pre_activation: Option<PreActivationTerm>,
+    /// The Matryoshka prefixes' reconstruction term, if the SAE is trained with one.
+    pub matryoshka: Option<MatryoshkaTerm>,
 }
 
 /// A CPU f32 tensor's elements, read in place (no copy); `what` names it in errors.
@@ -137,12 +150,31 @@ fn dead_latent_terms(
         .collect()
 }
 
-/// One token's share of the step: its pairs, g = 2(x̂ − x)/B, ‖x − x̂‖², and AuxK's h.
+/// One token's share of the step: its pairs, g = 2(x̂ − x)/B, ‖x − x̂‖², and AuxK's h; with
+/// Matryoshka prefixes, the gradient each group of latents sees and the prefixes' errors.
 struct TokenTerms {
     pairs: Vec<Pair>,
     g: Vec<f32>,
     squared_error: f32,
     aux: Vec<f32>,
+    /// ∂loss/∂x̂ as seen by the latents of group t < K (those inside prefixes t..K), `[K, d_in]`
+    /// flattened: g plus α·2(x̂ₖ − x)/B of every prefix k they belong to. Empty without
+    /// Matryoshka; group K (outside every prefix) sees g.
+    group_g: Vec<f32>,
+    /// Σₖ ‖x − x̂ₖ‖² over the prefixes (0 without Matryoshka).
+    prefix_error: f32,
+}
+
+impl TokenTerms {
+    /// ∂loss/∂x̂ as seen by a latent of `group` ([`crate::Matryoshka::group`]).
+    fn gradient(&self, group: usize) -> &[f32] {
+        let d_in = self.g.len();
+        if (group + 1) * d_in <= self.group_g.len() {
+            &self.group_g[group * d_in..(group + 1) * d_in]
+        } else {
+            &self.g
+        }
+    }
 }
 
 /// The quadratic L0 term of a batch, the mean of (2/T)·(L0 − T)², and per token the factor
@@ -272,6 +304,14 @@ pub fn sparse_step(
     else {
         return Ok(None);
     };
+    let matryoshka = penalties
+        .matryoshka
+        .as_ref()
+        .filter(|m| m.coefficient != 0.0);
+    if let Some(term) = matryoshka {
+        crate::Matryoshka::check(&term.widths, d_sae)?;
+    }
+    let widths = matryoshka.map_or(&[][..], |m| m.widths.as_slice());
     let x = x.contiguous()?;
     let centred = affine.encoder_input(&x)?.contiguous()?;
     // π without b_enc: the bias is added while the pairs are read, which saves a pass over
@@ -307,7 +347,11 @@ pub fn sparse_step(
     // ∂loss/∂f = g·W_dec[j] (the decoder rows are still in cache from the reconstruction).
     let b_dec = affine.b_dec.as_tensor().to_vec1::<f32>()?;
     let scale = 2.0 / tokens as f32;
-    let mut per_token = token_terms(token_pairs, x_rows, &b_dec, scale, &decoder_row);
+    let prefixes = matryoshka.map(|m| Prefixes {
+        widths,
+        coefficient: m.coefficient as f32,
+    });
+    let mut per_token = token_terms(token_pairs, x_rows, &b_dec, scale, prefixes, &decoder_row);
     let auxk_term = match auxk {
         Some(auxk) => aux_terms(&mut per_token, auxk.coefficient as f32, scale, &decoder_row),
         None => 0.0,
@@ -317,6 +361,8 @@ pub fn sparse_step(
         .map(|t| t.squared_error as f64)
         .sum::<f64>();
     let reconstruction = squared_error / tokens as f64;
+    let matryoshka_term =
+        per_token.iter().map(|t| t.prefix_error as f64).sum::<f64>() / tokens as f64;
     let active = per_token
         .iter()
         .flat_map(|t| t.pairs.iter().filter(|p| p.active));
@@ -377,6 +423,7 @@ pub fn sparse_step(
         .enumerate()
         .map(|(j, ((encoder, decoder), pairs))| {
             let (mut b_enc, mut threshold) = (0f32, 0f32);
+            let group = crate::Matryoshka::group(widths, j);
             for pair in pairs {
                 let token = &per_token[pair.index as usize];
                 if pair.active || pair.aux {
@@ -386,7 +433,7 @@ pub fn sparse_step(
                     b_enc += pre_gradient;
                 }
                 if pair.active {
-                    kernels::axpy(pair.pre, &token.g, decoder);
+                    kernels::axpy(pair.pre, token.gradient(group), decoder);
                 }
                 if pair.aux {
                     kernels::axpy(pair.pre, &token.aux, decoder);
@@ -430,10 +477,12 @@ pub fn sparse_step(
         &per_token,
     )?;
     let auxk_coefficient = auxk.map_or(0.0, |a| a.coefficient);
+    let matryoshka_coefficient = matryoshka.map_or(0.0, |m| m.coefficient);
     let total = reconstruction
         + penalties.l0 * l0_term
         + auxk_coefficient * auxk_term
-        + pre_coefficient as f64 * pre_activation_term;
+        + pre_coefficient as f64 * pre_activation_term
+        + matryoshka_coefficient * matryoshka_term;
     Ok(Some(SparseStep {
         reconstruction: reconstruction as f32,
         squared_error: squared_error as f32,
@@ -442,6 +491,7 @@ pub fn sparse_step(
         l0_term: l0_term as f32,
         auxk: auxk_term as f32,
         pre_activation: pre_activation_term as f32,
+        matryoshka: matryoshka_term as f32,
         total: total as f32,
         gradients,
         active_pairs,
@@ -449,14 +499,23 @@ pub fn sparse_step(
     }))
 }
 
+/// The Matryoshka prefixes of a step: their widths and the term's coefficient α.
+#[derive(Clone, Copy)]
+struct Prefixes<'a> {
+    widths: &'a [usize],
+    coefficient: f32,
+}
+
 /// The token pass: per token, the reconstruction's g = scale·(x̂ − x), its squared error, and
 /// each active or band pair's ∂loss/∂f = g·W_dec[j] (the decoder rows are still in cache from
-/// the reconstruction).
+/// the reconstruction); with Matryoshka `prefixes`, each group's gradient and the prefixes'
+/// errors ([`prefix_terms`]), and each pair's ∂loss/∂f from its group's gradient.
 fn token_terms<'w>(
     token_pairs: Vec<Vec<Pair>>,
     x_rows: &[f32],
     b_dec: &[f32],
     scale: f32,
+    prefixes: Option<Prefixes<'_>>,
     decoder_row: &(impl Fn(u32) -> &'w [f32] + Sync),
 ) -> Vec<TokenTerms> {
     let d_in = b_dec.len();
@@ -464,27 +523,91 @@ fn token_terms<'w>(
         .into_par_iter()
         .zip(x_rows.par_chunks(d_in))
         .map(|(mut pairs, x)| {
-            let mut g = b_dec.to_vec();
-            for pair in pairs.iter().filter(|p| p.active) {
-                kernels::axpy(pair.pre, decoder_row(pair.index), &mut g);
-            }
+            let (mut g, group_g, prefix_error) = match prefixes {
+                Some(prefixes) => prefix_terms(&pairs, x, b_dec, scale, prefixes, decoder_row),
+                None => {
+                    let mut g = b_dec.to_vec();
+                    for pair in pairs.iter().filter(|p| p.active) {
+                        kernels::axpy(pair.pre, decoder_row(pair.index), &mut g);
+                    }
+                    (g, Vec::new(), 0.0)
+                }
+            };
             let mut squared_error = 0f32;
             for (g, x) in g.iter_mut().zip(x) {
                 let difference = *g - x;
                 squared_error += difference * difference;
                 *g = scale * difference;
             }
-            for pair in pairs.iter_mut().filter(|p| p.active || p.band) {
-                pair.output_gradient = kernels::dot(&g, decoder_row(pair.index));
-            }
-            TokenTerms {
-                pairs,
+            let mut token = TokenTerms {
+                pairs: Vec::new(),
                 g,
                 squared_error,
                 aux: Vec::new(),
+                group_g,
+                prefix_error,
+            };
+            if !token.group_g.is_empty() {
+                // Group t's gradient: g plus the prefix terms already summed into group_g.
+                for row in token.group_g.chunks_exact_mut(d_in) {
+                    row.iter_mut().zip(&token.g).for_each(|(r, g)| *r += g);
+                }
             }
+            let widths = prefixes.map_or(&[][..], |p| p.widths);
+            for pair in pairs.iter_mut().filter(|p| p.active || p.band) {
+                let group = crate::Matryoshka::group(widths, pair.index as usize);
+                pair.output_gradient = kernels::dot(token.gradient(group), decoder_row(pair.index));
+            }
+            token.pairs = pairs;
+            token
         })
         .collect()
+}
+
+/// One token's Matryoshka sums: its full reconstruction x̂ (summed group by group), the
+/// prefix part of each group's gradient, Σ_{k > t} α·scale·(x̂ₖ − x) for t < K (`[K, d_in]`
+/// flattened; the caller adds g), and Σₖ ‖x − x̂ₖ‖².
+fn prefix_terms<'w>(
+    pairs: &[Pair],
+    x: &[f32],
+    b_dec: &[f32],
+    scale: f32,
+    prefixes: Prefixes<'_>,
+    decoder_row: &(impl Fn(u32) -> &'w [f32] + Sync),
+) -> (Vec<f32>, Vec<f32>, f32) {
+    let d_in = b_dec.len();
+    let groups = prefixes.widths.len();
+    let mut sums = vec![0f32; (groups + 1) * d_in];
+    for pair in pairs.iter().filter(|p| p.active) {
+        let group = crate::Matryoshka::group(prefixes.widths, pair.index as usize);
+        kernels::axpy(
+            pair.pre,
+            decoder_row(pair.index),
+            &mut sums[group * d_in..(group + 1) * d_in],
+        );
+    }
+    let mut reconstruction = b_dec.to_vec();
+    let mut prefix_g = vec![0f32; groups * d_in];
+    let mut prefix_error = 0f32;
+    let factor = prefixes.coefficient * scale;
+    // Prefix k (1-based) holds groups 0..k; its term reaches the gradients of groups 0..k.
+    for k in 1..=groups {
+        let group_sum = &sums[(k - 1) * d_in..k * d_in];
+        reconstruction
+            .iter_mut()
+            .zip(group_sum)
+            .for_each(|(r, s)| *r += s);
+        let residual: Vec<f32> = reconstruction.iter().zip(x).map(|(r, x)| r - x).collect();
+        prefix_error += residual.iter().map(|r| r * r).sum::<f32>();
+        for row in prefix_g[..k * d_in].chunks_exact_mut(d_in) {
+            kernels::axpy(factor, &residual, row);
+        }
+    }
+    reconstruction
+        .iter_mut()
+        .zip(&sums[groups * d_in..])
+        .for_each(|(r, s)| *r += s);
+    (reconstruction, prefix_g, prefix_error)
 }
 
 /// The pairs regrouped by latent, each pair's index now its token.
@@ -531,9 +654,13 @@ fn gradient_tensors(
     let (d_sae, d_in) = (b_enc.len(), affine.d_in());
     let device = Device::Cpu;
     let b_enc = Tensor::from_vec(b_enc, d_sae, &device)?;
+    // b_dec is in every prefix: group 0's gradient (g itself without Matryoshka).
     let mut b_dec = vec![0f32; d_in];
     for token in per_token {
-        b_dec.iter_mut().zip(&token.g).for_each(|(b, g)| *b += g);
+        b_dec
+            .iter_mut()
+            .zip(token.gradient(0))
+            .for_each(|(b, g)| *b += g);
     }
     let mut b_dec = Tensor::from_vec(b_dec, d_in, &device)?;
     if affine.apply_b_dec_to_input {
