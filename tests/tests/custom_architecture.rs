@@ -4,7 +4,6 @@
 //! trained on a tiny Gemma 3's residual stream streamed from the model, then served by the
 //! explorer and asked over HTTP which latents fire on a text.
 
-use activation_cache::{ContextConfig, StreamingSource};
 use candle_core::{DType, Device, Tensor, Var};
 use gemma_hooks::{HookPoint, load_model};
 use sae_core::{
@@ -12,10 +11,9 @@ use sae_core::{
 };
 use trainer::{PenaltyConfig, Recipe, Registry, RunOptions, SaeConfig, TrainConfig, Trainer};
 
-const MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../crates/gemma-hooks/tests/fixtures/tiny-gemma3"
-);
+mod common;
+
+use common::MODEL;
 
 /// A ReLU SAE whose encoder is its decoder's transpose: latents relu((x/s − b_dec)·W_decᵀ +
 /// b_enc), reconstruction s·(latents·W_dec + b_dec), with `s` the folded input scale.
@@ -159,27 +157,7 @@ fn a_registered_architecture_and_penalty_train_and_are_served_by_the_explorer() 
     config.metrics_every = 10;
     config.scaling_batches = 2;
 
-    let loaded = load_model(MODEL, &Device::Cpu, DType::F32)?;
-    let tokenizer = loaded
-        .tokenizer
-        .clone()
-        .expect("the fixture has a tokenizer");
-    let documents =
-        activation_cache::Corpus::from_spec(&book.display().to_string(), "text")?.documents()?;
-    let contexts = ContextConfig {
-        context_length: 16,
-        min_tokens: 8,
-    };
-    let source = StreamingSource::new(
-        loaded.model,
-        tokenizer,
-        documents,
-        vec![hook],
-        contexts,
-        2,
-        256,
-        0,
-    )?;
+    let (source, _) = common::tiny_stream(&book, vec![hook])?;
     let out = work.path().join("train");
     let mut trainer = Trainer::with_registry(config, source, &out, &registry)?;
     trainer.run(&RunOptions::default())?;

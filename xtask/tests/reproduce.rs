@@ -1,5 +1,5 @@
-//! `cargo xtask reproduce quickstart` and `frontier` end to end on the embedded model at a
-//! small budget: the reports hold the tables, plots and latents, a re-run resumes to the same
+//! `cargo xtask reproduce quickstart`, `frontier` and `gemma-scope-2` end to end on the
+//! embedded model at a small budget: the reports hold the tables, plots and latents, a re-run resumes to the same
 //! results, and a manual label wins over the automatic one.
 
 mod common;
@@ -173,6 +173,103 @@ fn frontier_compares_four_architectures_from_one_harvest() {
             .count(),
         12
     );
+}
+
+/// `gemma-scope-2` at a smoke budget: seventeen SAEs and transcoders from one harvest of four
+/// hooks, the table with each one's recipe, the frontiers, the findings, and the Gemma Scope 2
+/// folders, which read back as the exported SAEs with the hooks they were trained on.
+#[test]
+fn gemma_scope_2_compares_recipes_and_writes_its_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gs2");
+    reproduce("gemma-scope-2", &out);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| sae | recipe | site | target | hook | l0 | fvu | delta_loss |"));
+    for (name, recipe, hook) in [
+        (
+            "gs2-resid_post-small",
+            "gemma-scope-2",
+            "blocks.9.hook_resid_post",
+        ),
+        ("gs2-attn_out-big", "gemma-scope-2", "blocks.9.attn.hook_z"),
+        (
+            "gs2-no-matryoshka-mlp_out-medium",
+            "gemma-scope-2 without Matryoshka",
+            "blocks.9.hook_mlp_out",
+        ),
+        ("gs1-mlp_out", "gemma-scope-1", "blocks.9.hook_mlp_out"),
+        (
+            "gs2-skip-transcoder-medium",
+            "gemma-scope-2 skip-transcoder",
+            "blocks.9.hook_mlp_in",
+        ),
+    ] {
+        let cells = row(&report, name);
+        assert_eq!((cells[1], cells[4]), (recipe, hook), "{name}");
+        let fvu: f64 = cells[6].parse().unwrap();
+        assert!(fvu.is_finite() && fvu >= 0.0, "{name}: FVU {fvu}");
+    }
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("| ")).count(),
+        1 + 17
+    );
+    assert!(report.contains("Transcoders (spliced for the MLP)"));
+    assert!(report.contains("formula is not published"));
+    assert_plot(
+        &out.join("l0_vs_fvu"),
+        &["resid_post: gemma-scope-2", "L0 vs"],
+    );
+    // The transcoders' export records the hook they predict.
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("train/gs2-skip-transcoder-medium/cfg.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["architecture"], "jumprelu_skip_transcoder");
+    assert_eq!(cfg["metadata"]["hook_name_out"], "blocks.9.hook_mlp_out");
+    // The Gemma Scope 2 folders: the same SAE as the export, the hooks mapped back.
+    let release = out.join("gemma-scope-2");
+    for (folder, exported, hook, hook_out) in [
+        (
+            "resid_post/layer_9_width_4k_l0_medium",
+            "gs2-resid_post-medium",
+            "blocks.9.hook_resid_post",
+            None,
+        ),
+        (
+            "attn_out/layer_9_width_4k_l0_small",
+            "gs2-attn_out-small",
+            "blocks.9.attn.hook_z",
+            None,
+        ),
+        (
+            "transcoder/layer_9_width_4k_l0_medium_affine",
+            "gs2-skip-transcoder-medium",
+            "blocks.9.hook_mlp_in",
+            Some("blocks.9.hook_mlp_out"),
+        ),
+    ] {
+        let path = release.join(folder);
+        let hooks = sae_core::format::hook_names(&path).unwrap().unwrap();
+        assert_eq!(
+            (hooks.input.as_str(), hooks.output.as_deref()),
+            (hook, hook_out)
+        );
+        let device = candle_core::Device::Cpu;
+        let ours = sae_core::format::load(&path, &device, candle_core::DType::F32).unwrap();
+        let export = sae_core::format::load(
+            &out.join("train").join(exported),
+            &device,
+            candle_core::DType::F32,
+        )
+        .unwrap();
+        assert_eq!(
+            sae_core::format::fingerprint(ours.as_ref()).unwrap(),
+            sae_core::format::fingerprint(export.as_ref()).unwrap(),
+            "{folder}"
+        );
+    }
+    // Gemma Scope 1's SAEs and the no-Matryoshka ablation have no Gemma Scope 2 folder.
+    assert!(!release.join("resid_post/layer_9_width_4k_l0_λ").exists());
 }
 
 /// `gemma-scope` on a stand-in: the tiny random Gemma fixture as the model and a JumpReLU SAE

@@ -35,14 +35,19 @@ use crate::density::{DensitySummary, summarise};
 use crate::stats::ReconstructionStats;
 use crate::{AnalysisError, Result};
 
-/// An SAE and the hook point it reads and is spliced into.
+/// An SAE and the hook point it reads and is spliced into (a transcoder: the hook it reads and
+/// the one its prediction replaces).
 pub struct SaeAtHook<'a> {
     /// A name for the tables.
     pub name: String,
     /// The SAE, on raw activations (folded: no input scaling).
     pub sae: &'a dyn Sae,
-    /// Where it reads and writes.
+    /// Where it reads (and, for an SAE, writes).
     pub hook: HookPoint,
+    /// Where a transcoder's prediction is spliced in place of the model's activation
+    /// (`blocks.L.hook_mlp_out` for an MLP transcoder reading `blocks.L.hook_mlp_in`): its FVU
+    /// and delta loss are of that hook, and the baselines ablate it. `None` for an SAE.
+    pub output: Option<HookPoint>,
     /// Positions whose activation norm is above this are left unchanged and out of the
     /// metrics (massive-norm tokens; see the module docs).
     pub exclude_norm_above: Option<f32>,
@@ -86,6 +91,9 @@ pub struct Evaluation {
     pub sae: String,
     /// Its hook point.
     pub hook: String,
+    /// The hook a transcoder's prediction replaced (absent for an SAE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_out: Option<String>,
     /// Tokens the SAE read.
     pub tokens: u64,
     /// Predictions the losses average over.
@@ -233,9 +241,9 @@ pub fn evaluate(
     options: &EvalOptions,
 ) -> Result<Vec<Evaluation>> {
     let length = check_contexts(contexts)?;
-    let positions_of = |s: &SaeAtHook<'_>| (s.hook, s.exclude_norm_above.map(f32::to_bits));
+    let positions_of = |s: &SaeAtHook<'_>| (s.spliced(), s.exclude_norm_above.map(f32::to_bits));
     let hooks: Vec<HookPoint> = {
-        let mut points: Vec<HookPoint> = saes.iter().map(|s| s.hook).collect();
+        let mut points: Vec<HookPoint> = saes.iter().flat_map(|s| [s.hook, s.spliced()]).collect();
         points.sort();
         points.dedup();
         points
@@ -253,7 +261,7 @@ pub fn evaluate(
             let sums = Baselines {
                 zero: PositionSums::new(length),
                 mean: mean_tensors
-                    .contains_key(&s.hook)
+                    .contains_key(&s.spliced())
                     .then(|| PositionSums::new(length)),
             };
             (positions_of(s), sums)
@@ -302,14 +310,18 @@ pub fn evaluate(
             replaced.insert((hook, cutoff.map(f32::to_bits)), chosen);
         }
         for (sae, accumulator) in saes.iter().zip(&mut accumulators) {
-            let activation = &activations[&sae.hook];
+            let rows = flatten_rows(&activations[&sae.hook], sae)?;
+            let activation = &activations[&sae.spliced()];
+            let target = match sae.output {
+                Some(_) => flatten_rows(activation, sae)?,
+                None => rows.clone(),
+            };
             let chosen = &replaced[&positions_of(sae)];
-            let rows = flatten_rows(activation, sae)?;
             let (latents, reconstruction) = sae.sae.forward(&rows)?;
             let kept = kept_rows(chosen, &device)?;
             accumulator.excluded += excluded_count(batch, length, chosen);
             accumulator.stats.update(
-                &rows.index_select(&kept, 0)?,
+                &target.index_select(&kept, 0)?,
                 &reconstruction.index_select(&kept, 0)?,
                 &latents.index_select(&kept, 0)?,
             )?;
@@ -318,7 +330,7 @@ pub fn evaluate(
                 .to_dtype(activation.dtype())?;
             let mask = mask_tensor(chosen, batch.len(), length, &device)?;
             let spliced = masked_replace(activation, &reconstruction, &mask)?;
-            let loss = loss_with(model, &ids, sae.hook, spliced)?;
+            let loss = loss_with(model, &ids, sae.spliced(), spliced)?;
             accumulator.spliced.add(&loss, batch);
         }
         bar.inc(batch.len() as u64);
@@ -365,6 +377,7 @@ fn finish(
     Evaluation {
         sae: sae.name.clone(),
         hook: sae.hook.to_string(),
+        hook_out: sae.output.map(|h| h.to_string()),
         tokens: accumulator.stats.tokens(),
         loss_tokens: clean.total(),
         mean_l0: accumulator.stats.mean_l0(),
@@ -492,6 +505,13 @@ fn masked_replace(activation: &Tensor, replacement: &Tensor, mask: &Tensor) -> R
 }
 
 /// The activation as `[tokens, d_in]` f32 rows for the SAE.
+impl SaeAtHook<'_> {
+    /// The hook its output replaces: the output hook of a transcoder, else the one it reads.
+    pub fn spliced(&self) -> HookPoint {
+        self.output.unwrap_or(self.hook)
+    }
+}
+
 fn flatten_rows(activation: &Tensor, sae: &SaeAtHook<'_>) -> Result<Tensor> {
     let (batch, positions) = (activation.dims()[0], activation.dims()[1]);
     let rows = activation

@@ -175,18 +175,21 @@ fn perfect_sae_costs_no_loss_and_zero_sae_recovers_nothing() {
     let hook = HookPoint::ResidPost(3);
     let saes = [
         SaeAtHook {
+            output: None,
             name: "perfect".into(),
             sae: perfect.as_ref(),
             hook,
             exclude_norm_above: None,
         },
         SaeAtHook {
+            output: None,
             name: "zero".into(),
             sae: zero.as_ref(),
             hook,
             exclude_norm_above: None,
         },
         SaeAtHook {
+            output: None,
             name: "perfect-mlp".into(),
             sae: perfect.as_ref(),
             hook: HookPoint::MlpOut(5),
@@ -261,6 +264,7 @@ fn evaluation_rejects_a_width_mismatch_and_ragged_contexts() {
     let loaded = load_hf_dir(&tiny_model_dir(), &Device::Cpu, DType::F32).unwrap();
     let wrong = perfect_sae(5);
     let saes = [SaeAtHook {
+        output: None,
         name: "wrong".into(),
         sae: wrong.as_ref(),
         hook: HookPoint::ResidPost(0),
@@ -347,6 +351,7 @@ fn mean_ablation_and_the_norm_cutoff_replace_the_same_positions_as_the_sae() {
         cutoff: Option<f32>,
     ) -> SaeAtHook<'a> {
         SaeAtHook {
+            output: None,
             name: name.into(),
             sae,
             hook,

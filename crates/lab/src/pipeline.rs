@@ -75,6 +75,8 @@ pub struct TrainedSae {
     pub name: String,
     /// The hook it reads.
     pub hook: HookPoint,
+    /// The hook a transcoder predicts, where evaluation splices its output (`None`: an SAE).
+    pub output: Option<HookPoint>,
     /// The folded SAE, on raw activations.
     pub sae: Box<dyn TrainableSae>,
     /// Evaluation leaves positions with a larger activation norm unchanged (the massive-token
@@ -421,7 +423,8 @@ impl Lab {
             .into_iter()
             .map(|sae| {
                 let mut sae = self.with_overrides(sae)?;
-                if self.massive_tokens.excludes_from_training() {
+                // Transcoders train on every row (their input and target rows must stay paired).
+                if self.massive_tokens.excludes_from_training() && sae.hook_out.is_none() {
                     sae.exclude_norm_above = cutoff_of(&sae.hook);
                 }
                 Ok(sae)
@@ -438,10 +441,10 @@ impl Lab {
             },
             true,
         )?;
-        let names: Vec<(String, String)> = config
+        let names: Vec<(String, String, Option<String>)> = config
             .saes
             .iter()
-            .map(|s| (s.name.clone(), s.hook.clone()))
+            .map(|s| (s.name.clone(), s.hook.clone(), s.hook_out.clone()))
             .collect();
         let hooks: Vec<HookPoint> = source
             .hooks()
@@ -459,14 +462,18 @@ impl Lab {
         })?;
         names
             .into_iter()
-            .map(|(name, hook)| {
+            .map(|(name, hook, output)| {
                 let path = dir.join(&name);
                 let sae = sae_core::format::load(&path, &Device::Cpu, DType::F32)
                     .with_context(|| format!("loading the trained SAE {}", path.display()))?;
                 Ok(TrainedSae {
-                    exclude_norm_above: self.evaluation_cutoff(norms, &hook),
+                    exclude_norm_above: match output {
+                        Some(_) => None,
+                        None => self.evaluation_cutoff(norms, &hook),
+                    },
                     name,
                     hook: hook.parse()?,
+                    output: output.map(|o| o.parse()).transpose()?,
                     sae,
                 })
             })
@@ -549,6 +556,7 @@ impl Lab {
         let at: Vec<SaeAtHook<'_>> = saes
             .iter()
             .map(|s| SaeAtHook {
+                output: s.output,
                 name: s.name.clone(),
                 sae: s.sae.as_ref(),
                 hook: s.hook,

@@ -70,7 +70,7 @@ pub use arch::{
 };
 pub use error::{Result, SaeError};
 pub use init::InitConfig;
-pub use loss::{LossTerms, WeightedPenalty, training_loss};
+pub use loss::{LossTerms, WeightedPenalty, training_loss, training_loss_toward};
 pub use matryoshka::Matryoshka;
 pub use penalty::{
     AuxK, DecoderNormL1, L0Ste, L1, PenaltyContext, PreActivationLoss, QuadraticL0, SparsityPenalty,

@@ -43,8 +43,33 @@ pub fn training_loss(
     penalties: &[WeightedPenalty<'_>],
     context: &PenaltyContext,
 ) -> Result<(TrainOutput, LossTerms)> {
-    let out = sae.train_forward(x)?;
-    let reconstruction = squared_error(&out.input, &out.reconstruction)?;
+    training_loss_toward(sae, x, None, penalties, context)
+}
+
+/// [`training_loss`] with the reconstruction trained toward `target` instead of `x` (a
+/// transcoder's output hook, `[tokens, d_in]` like `x`); `None` is `x` itself. The penalties
+/// that compare a reconstruction with what it should be (AuxK's residual, Matryoshka's
+/// prefixes) compare with the target too.
+pub fn training_loss_toward(
+    sae: &dyn TrainableSae,
+    x: &Tensor,
+    target: Option<&Tensor>,
+    penalties: &[WeightedPenalty<'_>],
+    context: &PenaltyContext,
+) -> Result<(TrainOutput, LossTerms)> {
+    let mut out = sae.train_forward(x)?;
+    if let Some(target) = target {
+        if target.dims() != out.reconstruction.dims() {
+            return Err(crate::SaeError::Shape {
+                path: None,
+                array: "target".into(),
+                expected: format!("{:?} (the reconstruction's)", out.reconstruction.dims()),
+                got: target.dims().to_vec(),
+            });
+        }
+        out.target = target.clone();
+    }
+    let reconstruction = squared_error(&out.target, &out.reconstruction)?;
     let mut total = reconstruction.clone();
     let mut terms = Vec::with_capacity(penalties.len());
     for weighted in penalties {

@@ -10,8 +10,8 @@
 //! latents are pushed to carry the general directions, later ones to refine them, which
 //! counters feature absorption and splitting.
 //!
-//! The term works with every architecture through [`Sae::decode`](crate::Sae::decode) in the
-//! dense step, and the sparse step ([`crate::sparse`]) computes it and its gradients over the
+//! The term works with every architecture whose decoder is f·W_dec + b_dec (all of this
+//! crate's) in the dense step, and the sparse step ([`crate::sparse`]) computes it and its gradients over the
 //! active pairs only (equal to the dense step, test `sparse_step.rs`).
 
 use candle_core::{DType, Tensor};
@@ -49,20 +49,30 @@ impl Matryoshka {
         widths.partition_point(|&w| w <= latent)
     }
 
-    /// Each prefix's reconstruction x̂_w, `[tokens, d_in]`, from the latents of a forward pass.
+    /// Each prefix's reconstruction x̂_w, `[tokens, d_in]`, from the latents of a forward pass:
+    /// the first w latents times the first w rows of W_dec, plus b_dec (the decoder must be the
+    /// linear f·W_dec + b_dec, as every architecture here has). Costs Σ w/d_sae of a full
+    /// decode, not one decode per prefix.
     pub fn prefix_reconstructions(
         &self,
         sae: &dyn TrainableSae,
         latents: &Tensor,
     ) -> Result<Vec<Tensor>> {
         Self::check(&self.widths, sae.d_sae())?;
-        let d_sae = sae.d_sae();
+        let w_dec = sae.decoder_var().as_tensor();
+        // b_dec, with its gradient, as the decoder's output for no active latent.
+        let b_dec = sae.decode(&Tensor::zeros(
+            (1, sae.d_sae()),
+            latents.dtype(),
+            latents.device(),
+        )?)?;
         self.widths
             .iter()
             .map(|&width| {
-                let mask: Vec<f32> = (0..d_sae).map(|j| (j < width) as u8 as f32).collect();
-                let mask = Tensor::new(mask, latents.device())?.to_dtype(latents.dtype())?;
-                sae.decode(&latents.broadcast_mul(&mask)?)
+                let prefix = latents.narrow(1, 0, width)?.contiguous()?;
+                Ok(prefix
+                    .matmul(&w_dec.narrow(0, 0, width)?)?
+                    .broadcast_add(&b_dec)?)
             })
             .collect()
     }
@@ -78,9 +88,9 @@ impl SparsityPenalty for Matryoshka {
         out: &TrainOutput,
         _context: &PenaltyContext,
     ) -> Result<Tensor> {
-        let mut total = Tensor::zeros((), DType::F32, out.input.device())?;
+        let mut total = Tensor::zeros((), DType::F32, out.target.device())?;
         for prefix in self.prefix_reconstructions(sae, &out.latents)? {
-            total = (total + crate::loss::squared_error(&out.input, &prefix)?)?;
+            total = (total + crate::loss::squared_error(&out.target, &prefix)?)?;
         }
         Ok(total)
     }

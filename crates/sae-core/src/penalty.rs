@@ -240,7 +240,7 @@ impl SparsityPenalty for AuxK {
         let w_dec = sae.decoder_var().as_tensor().to_dtype(DType::F32)?;
         let residual_estimate = aux_latents.matmul(&w_dec)?;
         let residual =
-            (out.input.to_dtype(DType::F32)? - out.reconstruction.to_dtype(DType::F32)?)?.detach();
+            (out.target.to_dtype(DType::F32)? - out.reconstruction.to_dtype(DType::F32)?)?.detach();
         let error = (&residual - residual_estimate)?.sqr()?.sum_all()?;
         let centred = residual.broadcast_sub(&residual.mean_keepdim(0)?)?;
         let variance = centred.sqr()?.sum_all()?;

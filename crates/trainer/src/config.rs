@@ -127,6 +127,11 @@ pub struct SaeConfig {
     pub name: String,
     /// The hook point it reads (must be one of the source's hooks).
     pub hook: String,
+    /// The hook a transcoder predicts (`blocks.L.hook_mlp_out` for `blocks.L.hook_mlp_in`);
+    /// must be one of the source's hooks, harvested in the same pass. Only for the
+    /// `jump_relu_transcoder` architecture; absent for an SAE, which reconstructs `hook`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_out: Option<String>,
     /// Architecture (`{"kind": "jump_relu"}`, `{"kind": "top_k", "k": 32}`, …).
     pub architecture: Architecture,
     /// Number of latents.
@@ -192,6 +197,9 @@ pub struct ResolvedSaeConfig {
     pub name: String,
     /// Hook point.
     pub hook: String,
+    /// The hook a transcoder predicts (absent for an SAE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_out: Option<String>,
     /// Architecture.
     pub architecture: Architecture,
     /// Latents.
@@ -249,6 +257,7 @@ impl SaeConfig {
         Self {
             name: name.into(),
             hook: hook.into(),
+            hook_out: None,
             architecture,
             d_sae,
             lr: None,
@@ -301,6 +310,7 @@ impl SaeConfig {
         ResolvedSaeConfig {
             name: self.name.clone(),
             hook: self.hook.clone(),
+            hook_out: self.hook_out.clone(),
             architecture: self.architecture,
             d_sae: self.d_sae,
             lr: self.lr.unwrap_or(recipe.lr),

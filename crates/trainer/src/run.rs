@@ -36,6 +36,8 @@ pub struct SaeRun {
     /// The input scaling constant C (1 when inputs are not normalised).
     pub scale: f64,
     hook_index: usize,
+    /// A transcoder's output hook among the source's hooks (`None` for an SAE).
+    target_index: Option<usize>,
     penalties: Vec<(Box<dyn SparsityPenalty>, PenaltyConfig)>,
     adam: Adam,
     /// Tokens since each latent last fired.
@@ -76,29 +78,31 @@ pub struct Trainer<S: ActivationSource> {
     last_metrics_at: Option<Instant>,
     /// The run's identity (`config.json`), recorded in every checkpoint.
     identity: serde_json::Value,
-    /// Per SAE, held-out rows in its training space ([`Self::set_held_out`]).
-    held_out: Vec<Option<Tensor>>,
+    /// Per SAE, held-out inputs and targets in its training space ([`Self::set_held_out`]).
+    held_out: Vec<Option<(Tensor, Tensor)>>,
     /// Whether the SAEs have been folded (by [`Self::export`]).
     folded: bool,
 }
 
 /// The position of the hook `sae` reads among the source's `hooks`.
 fn hook_index(sae: &SaeConfig, hooks: &[HookSpec]) -> Result<usize> {
-    hooks
-        .iter()
-        .position(|h| h.name == sae.hook)
-        .ok_or_else(|| {
-            TrainError::Invalid(format!(
-                "SAE `{}` reads `{}`, which the activation source does not provide (it has: {})",
-                sae.name,
-                sae.hook,
-                hooks
-                    .iter()
-                    .map(|h| h.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
+    position_of(sae, &sae.hook, "reads", hooks)
+}
+
+/// The position of `hook`, which `sae` `uses` (reads, predicts), among the source's `hooks`.
+fn position_of(sae: &SaeConfig, hook: &str, uses: &str, hooks: &[HookSpec]) -> Result<usize> {
+    hooks.iter().position(|h| h.name == hook).ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "SAE `{}` {uses} `{}`, which the activation source does not provide (it has: {})",
+            sae.name,
+            hook,
+            hooks
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
 }
 
 /// The settings of `sae` that would fail only later (or silently): positive clip and norm
@@ -137,12 +141,23 @@ fn check_settings(sae: &SaeConfig) -> Result<()> {
             )));
         }
     }
-    if let sae_core::Architecture::JumpReluTranscoder { .. } = sae.architecture {
-        return Err(TrainError::Invalid(format!(
-            "SAE `{}`: training transcoders is not supported yet (the trainer reconstructs the \
-             hook an SAE reads; a transcoder predicts another hook)",
-            sae.name
-        )));
+    let transcoder = matches!(
+        sae.architecture,
+        sae_core::Architecture::JumpReluTranscoder { .. }
+    );
+    let unsupported = match (&sae.hook_out, transcoder) {
+        (None, true) => Some("a transcoder needs hook_out, the hook it predicts"),
+        (Some(_), false) => Some("hook_out is for transcoders (architecture jump_relu_transcoder)"),
+        (Some(_), true) if sae.exclude_norm_above.is_some() => {
+            Some("exclude_norm_above is not supported for transcoders")
+        }
+        (Some(_), true) if sae.resample.is_some() => {
+            Some("resampling dead latents is not supported for transcoders")
+        }
+        _ => None,
+    };
+    if let Some(why) = unsupported {
+        return Err(TrainError::Invalid(format!("SAE `{}`: {why}", sae.name)));
     }
     if let Some(resample) = &sae.resample {
         resample.validate(&sae.name)?;
@@ -276,16 +291,38 @@ impl<S: ActivationSource> Trainer<S> {
         } else {
             (vec![1.0; resolved.len()], vec![Vec::new(); resolved.len()])
         };
+        let targets: Vec<Option<usize>> = config
+            .saes
+            .iter()
+            .map(|sae| {
+                sae.hook_out
+                    .as_deref()
+                    .map(|hook| position_of(sae, hook, "predicts", &hooks))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        for ((sae, (_, _, d_in)), target) in config.saes.iter().zip(&resolved).zip(&targets) {
+            if let Some(target) = target
+                && hooks[*target].width != *d_in
+            {
+                return Err(TrainError::Invalid(format!(
+                    "SAE `{}`: `{}` has {} values per token and `{}` {}; transcoders need \
+                     equal widths",
+                    sae.name, sae.hook, d_in, hooks[*target].name, hooks[*target].width
+                )));
+            }
+        }
         let runs = resolved
             .into_iter()
+            .zip(targets)
             .enumerate()
-            .map(|(run_index, (config, hook_index, d_in))| {
+            .map(|(run_index, ((config, hook_index, d_in), target_index))| {
                 let scale = if config.normalise_inputs {
                     scales[run_index]
                 } else {
                     1.0
                 };
-                SaeRun::new(
+                let mut run = SaeRun::new(
                     config,
                     hook_index,
                     d_in,
@@ -293,7 +330,9 @@ impl<S: ActivationSource> Trainer<S> {
                     &means[run_index],
                     &device,
                     registry,
-                )
+                )?;
+                run.target_index = target_index;
+                Ok(run)
             })
             .collect::<Result<Vec<_>>>()?;
         let mut trainer = Self {
@@ -357,9 +396,15 @@ impl<S: ActivationSource> Trainer<S> {
                 if rows.dim(0)? < 2 {
                     return Ok(None);
                 }
-                Ok(Some(
-                    (rows.to_dtype(DType::F32)?.to_device(&self.device)? / run.scale)?,
-                ))
+                let space = |rows: &Tensor| -> Result<Tensor> {
+                    Ok((rows.to_dtype(DType::F32)?.to_device(&self.device)? / run.scale)?)
+                };
+                let input = space(&rows)?;
+                let target = match run.target_index {
+                    Some(target) => space(&activations[target])?,
+                    None => input.clone(),
+                };
+                Ok(Some((input, target)))
             })
             .collect::<Result<_>>()?;
         Ok(())
@@ -376,8 +421,16 @@ impl<S: ActivationSource> Trainer<S> {
         for (index, run) in self.runs.iter_mut().enumerate() {
             let trained = training_rows(&batch.activations[run.hook_index], &run.config)?;
             let x = (trained.to_device(&self.device)? / run.scale)?;
+            // A transcoder's target shares its input's scale C (as Gemma Scope's transcoders).
+            let target = match run.target_index {
+                Some(target) => {
+                    Some((batch.activations[target].to_device(&self.device)? / run.scale)?)
+                }
+                None => None,
+            };
             let row = run.train_step(
                 &x,
+                target.as_ref(),
                 self.step,
                 self.config.steps,
                 self.config.dead_window_tokens,
@@ -386,8 +439,8 @@ impl<S: ActivationSource> Trainer<S> {
             if let Some(mut row) = row {
                 row.step = self.step + 1;
                 row.tokens = self.tokens + rows;
-                if let Some(Some(held_out)) = self.held_out.get(index) {
-                    row.held_out_fvu = run.fvu_on(held_out)?;
+                if let Some(Some((input, target))) = self.held_out.get(index) {
+                    row.held_out_fvu = run.fvu_on(input, target)?;
                 }
                 self.metrics.push(row);
             }
@@ -450,6 +503,9 @@ impl<S: ActivationSource> Trainer<S> {
         for run in &mut self.runs {
             let mut metadata = self.config.metadata.clone();
             metadata.insert("hook_name".into(), run.config.hook.clone().into());
+            if let Some(hook_out) = &run.config.hook_out {
+                metadata.insert("hook_name_out".into(), hook_out.clone().into());
+            }
             metadata.insert("training_tokens".into(), run.total_tokens.into());
             metadata.insert("scaling_factor_folded".into(), run.scale.into());
             let density: Vec<f32> = run
@@ -642,6 +698,7 @@ impl SaeRun {
             sae,
             scale,
             hook_index,
+            target_index: None,
             penalties,
             adam,
             since_fired: vec![0; config.d_sae],
@@ -656,10 +713,12 @@ impl SaeRun {
 }
 
 impl SaeRun {
-    /// One step on `x` (training space); returns a metrics row when `record`.
+    /// One step on `x` (training space) toward `target` (a transcoder's output hook; `None`:
+    /// `x` itself); returns a metrics row when `record`.
     fn train_step(
         &mut self,
         x: &Tensor,
+        target: Option<&Tensor>,
         step_index: u64,
         total: u64,
         dead_window: u64,
@@ -681,7 +740,7 @@ impl SaeRun {
                 coefficient: c.coefficient() * if c.warms_up() { warm } else { 1.0 },
             })
             .collect();
-        let mut step = self.gradients(x, &weighted, &context, &dead)?;
+        let mut step = self.gradients(x, target, &weighted, &context, &dead)?;
         self.check_finite(&step, step_index)?;
         if let Some(max_norm) = self.config.grad_clip_norm {
             clip_gradient_norm(&mut step.gradients, max_norm)?;
@@ -731,7 +790,7 @@ impl SaeRun {
         if !record {
             return Ok(None);
         }
-        let row = self.metrics_row(x, &step, lr, warm, dead_window)?;
+        let row = self.metrics_row(target.unwrap_or(x), &step, lr, warm, dead_window)?;
         self.window_fires.iter_mut().for_each(|f| *f = 0);
         self.window_tokens = 0;
         Ok(Some(row))
@@ -739,8 +798,9 @@ impl SaeRun {
 }
 
 impl SaeRun {
-    /// The metrics row of the step just taken (`step`, on `x`, at learning rate `lr` and λ
-    /// factor `warm`), from the counters of the current window.
+    /// The metrics row of the step just taken (`step`, toward `x`, the input or a transcoder's
+    /// target, at learning rate `lr` and λ factor `warm`), from the counters of the current
+    /// window.
     fn metrics_row(
         &self,
         x: &Tensor,
@@ -799,10 +859,12 @@ impl SaeRun {
         Ok(row)
     }
 
-    /// The SAE's fraction of variance unexplained on `x` (training space): the summed squared
-    /// error over the summed squared deviation from `x`'s own mean, in f64.
-    fn fvu_on(&self, x: &Tensor) -> Result<f64> {
+    /// The SAE's fraction of variance unexplained on `x` toward `target` (training space; an
+    /// SAE's target is `x`): the summed squared error over the summed squared deviation from
+    /// the target's own mean, in f64.
+    fn fvu_on(&self, x: &Tensor, target: &Tensor) -> Result<f64> {
         let (_, reconstruction) = self.sae.forward(x)?;
+        let x = target;
         let sum = |t: Tensor| -> Result<f64> {
             Ok(t.to_dtype(DType::F64)?
                 .sqr()?
@@ -963,11 +1025,13 @@ impl SaeRun {
     fn gradients(
         &self,
         x: &Tensor,
+        target: Option<&Tensor>,
         weighted: &[WeightedPenalty<'_>],
         context: &PenaltyContext,
         dead: &[bool],
     ) -> Result<StepResult> {
-        let sparse_inputs = x.dtype() == DType::F32 && x.device().is_cpu();
+        // The sparse step reconstructs its input: a transcoder trains with the dense step.
+        let sparse_inputs = x.dtype() == DType::F32 && x.device().is_cpu() && target.is_none();
         if let Some(penalties) = self
             .sparse_penalties(weighted, dead)
             .filter(|_| self.config.sparse_step && sparse_inputs)
@@ -999,7 +1063,8 @@ impl SaeRun {
                 sparse: Some(step),
             });
         }
-        let (out, loss) = sae_core::training_loss(self.sae.as_ref(), x, weighted, context)?;
+        let (out, loss) =
+            sae_core::training_loss_toward(self.sae.as_ref(), x, target, weighted, context)?;
         let grads = loss.total.backward()?;
         let gradients = self
             .sae
@@ -1031,7 +1096,7 @@ impl SaeRun {
                 .map(scalar)
                 .transpose()?
                 .unwrap_or(0.0),
-            squared_error: scalar(&(x - &out.reconstruction)?.sqr()?.sum_all()?)?,
+            squared_error: scalar(&(&out.target - &out.reconstruction)?.sqr()?.sum_all()?)?,
             forward: Some(out),
             sparse: None,
         })

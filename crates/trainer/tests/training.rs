@@ -358,6 +358,37 @@ fn matryoshka_prefixes_hold_the_true_dictionary_in_the_first_latents() {
     assert!(error.to_string().contains("Matryoshka"), "{error}");
 }
 
+/// A transcoder needs the hook it predicts, among the source's hooks and as wide as its input;
+/// an SAE takes none.
+#[test]
+fn transcoder_settings_are_validated() {
+    let refused = |tweak: &dyn Fn(&mut SaeConfig), expected: &str| {
+        let mut sae = SaeConfig::new(
+            "tc",
+            HOOK,
+            Architecture::JumpReluTranscoder { skip: true },
+            96,
+        );
+        sae.hook_out = Some(HOOK.into());
+        tweak(&mut sae);
+        let dir = tempfile::tempdir().unwrap();
+        let error = Trainer::new(config(vec![sae], 10), Synthetic::new(), dir.path())
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains(expected), "{error}");
+    };
+    refused(&|s| s.hook_out = None, "needs hook_out");
+    refused(
+        &|s| s.architecture = Architecture::JumpRelu,
+        "hook_out is for transcoders",
+    );
+    refused(
+        &|s| s.hook_out = Some("blocks.0.hook_mlp_out".into()),
+        "predicts `blocks.0.hook_mlp_out`, which the activation source does not provide",
+    );
+    refused(&|s| s.exclude_norm_above = Some(10.0), "exclude_norm_above");
+}
+
 /// JumpReLU latents whose thresholds all start above every pre-activation are dead from the
 /// first step: nothing reaches them (no reconstruction gradient through a shut gate, no L0
 /// gradient outside the straight-through band). The pre-activation loss revives them.

@@ -9,9 +9,10 @@
 //! | `sites` | residual vs MLP vs attention SAEs of one layer at equal L0 |
 //! | `layers` | an SAE per layer and site from one pass: metrics by layer |
 //! | `gemma-scope` | released Gemma Scope SAEs on Gemma 2 (files needed; says which) |
+//! | `gemma-scope-2` | Gemma Scope 2's recipe (quadratic L0, Matryoshka) vs Gemma Scope 1's on the three sites, and MLP transcoders with and without the skip |
 
 use lab::ExperimentOptions;
-use lab::experiments::{frontier, gemma_scope, layers, quickstart, sites};
+use lab::experiments::{frontier, gemma_scope, gemma_scope_2, layers, quickstart, sites};
 
 /// Arguments of `reproduce`.
 #[derive(Debug, clap::Args)]
@@ -32,6 +33,9 @@ enum Experiment {
     Layers(ExperimentOptions),
     /// Evaluate released Gemma Scope SAEs on Gemma 2 weights (paths as arguments).
     GemmaScope(gemma_scope::GemmaScopeArgs),
+    /// Gemma Scope 2's recipe vs Gemma Scope 1's at the middle layer, and MLP transcoders.
+    #[command(name = "gemma-scope-2")]
+    GemmaScope2(ExperimentOptions),
 }
 
 /// Runs an experiment.
@@ -42,5 +46,6 @@ pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
         Experiment::Sites(common) => sites::run(common),
         Experiment::Layers(common) => layers::run(common),
         Experiment::GemmaScope(args) => gemma_scope::run(args),
+        Experiment::GemmaScope2(common) => gemma_scope_2::run(common),
     }
 }

@@ -114,6 +114,7 @@ pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
                     r.average_l0.unwrap_or(f64::NAN)
                 ),
                 hook: r.hook_name().parse()?,
+                output: None,
                 sae: sae_core::format::load(&r.path, &Device::Cpu, DType::F32)?,
                 exclude_norm_above: None,
             })

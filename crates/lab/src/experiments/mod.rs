@@ -9,9 +9,11 @@
 //! | `sites` | residual vs MLP vs attention SAEs of one layer at equal L0 |
 //! | `layers` | an SAE per layer and site from one pass: metrics by layer |
 //! | `gemma-scope` | released Gemma Scope SAEs on Gemma 2 (files needed; says which) |
+//! | `gemma-scope-2` | Gemma Scope 2's recipe (quadratic L0, Matryoshka) vs Gemma Scope 1's on the three sites, and MLP transcoders with and without the skip |
 
 pub mod frontier;
 pub mod gemma_scope;
+pub mod gemma_scope_2;
 pub mod layers;
 pub mod quality;
 pub mod quickstart;

@@ -192,6 +192,7 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
                 saes.push(TrainedSae {
                     name: name.clone(),
                     hook,
+                    output: None,
                     sae,
                     exclude_norm_above: lab.evaluation_cutoff(&norms, &hook.to_string()),
                 });

@@ -106,6 +106,7 @@ impl TrainableSae for GatedSae {
         let reconstruction = self.affine.decode(&latents)?;
         Ok(TrainOutput {
             input: x.clone(),
+            target: x.clone(),
             sparsity_input: gate.relu()?,
             pre_activations: gate,
             latents,
@@ -117,7 +118,7 @@ impl TrainableSae for GatedSae {
             .sparsity_input
             .matmul(&self.affine.w_dec.as_tensor().detach())?
             .broadcast_add(&self.affine.b_dec.as_tensor().detach())?;
-        Ok(Some(crate::loss::squared_error(&out.input, &frozen)?))
+        Ok(Some(crate::loss::squared_error(&out.target, &frozen)?))
     }
     fn decoder_var(&self) -> &Var {
         &self.affine.w_dec

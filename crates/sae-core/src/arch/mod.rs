@@ -195,6 +195,9 @@ pub trait Sae: Send + Sync {
 pub struct TrainOutput {
     /// The input x (training space).
     pub input: Tensor,
+    /// What the reconstruction is trained toward: the input for an SAE, the output hook's
+    /// activation for a transcoder ([`crate::loss::training_loss_toward`]).
+    pub target: Tensor,
     /// Pre-activations π (gate pre-activations for Gated).
     pub pre_activations: Tensor,
     /// Latents f, with each architecture's training gradients (the STE for JumpReLU).
@@ -366,6 +369,7 @@ impl TrainOutput {
     ) -> Self {
         Self {
             input: input.clone(),
+            target: input.clone(),
             pre_activations,
             sparsity_input: latents.clone(),
             latents,
