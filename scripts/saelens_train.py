@@ -9,6 +9,11 @@ L0 coefficient with SAELens's own `SAETrainer.step` (its Adam, its linear lr war
 end decay, its λ warm-up, its gradient clipping at norm 1), folds C into the weights and writes each SAE as
 a SAELens inference directory (cfg.json + sae_weights.safetensors) that `sae_core` loads.
 
+With `--gaussian ROWS --d-in D` the rows are standard-normal instead (seeded; the whole-run
+benchmark of `cargo xtask bench-run`, which gives this project's trainer the same rows
+distribution and recipe); `--autocast` trains in SAELens's bf16 autocast; `--no-save` keeps
+only the statistics line.
+
 Run it with the peers' environment (`bash ../shared/peers/setup.sh`):
   ~/.cache/sae-peer-venv/bin/python scripts/saelens_train.py --store runs/x/cache \\
       --hook blocks.9.hook_resid_post --out runs/x/saelens-seed0 --seed 0 \\
@@ -104,14 +109,21 @@ def train_one(rows, scale, mean, coefficient, args) -> tuple[dict, dict]:
         adam_beta2=0.999,
         dead_feature_window=args.dead_window,
         device="cpu",
+        autocast=args.autocast,
         logger=LoggingConfig(log_to_wandb=False),
     )
     data = (b / scale for b in batches(rows, args.batch, args.seed))
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data)
     started = time.time()
-    for _ in range(args.steps):
+    trace = []
+    every = max(1, args.steps // 10)
+    for step in range(args.steps):
         out = trainer.step(next(data))
         trainer.n_training_steps += 1
+        if (step + 1) % every == 0 or step + 1 == args.steps:
+            l0 = float((out.feature_acts > 0).float().sum(-1).mean())
+            trace.append([step + 1, round(time.time() - started, 3), l0])
+            print(f"[saelens] step {step + 1}: L0 {l0:.1f}, {trace[-1][1]:.1f} s", file=sys.stderr, flush=True)
     elapsed = time.time() - started
     with torch.no_grad():
         threshold = sae.threshold.detach().clamp(min=0.0)
@@ -130,14 +142,23 @@ def train_one(rows, scale, mean, coefficient, args) -> tuple[dict, dict]:
         "tokens_per_second": args.batch * args.steps / elapsed,
         "last_loss": float(out.loss.detach()),
         "last_l0": float((out.feature_acts > 0).float().sum(-1).mean()),
+        "l0_trace": trace,
+        "autocast_bf16": bool(args.autocast),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
     }
     return weights, stats
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", required=True)
-    ap.add_argument("--hook", required=True)
+    ap.add_argument("--store", help="the activation store (or --gaussian)")
+    ap.add_argument("--hook", default="gaussian")
+    ap.add_argument("--gaussian", type=int, default=None,
+                    help="train on this many seeded standard-normal rows of width --d-in instead of a store")
+    ap.add_argument("--d-in", type=int, default=None)
+    ap.add_argument("--autocast", action="store_true", help="SAELens's bf16 autocast")
+    ap.add_argument("--no-save", action="store_true", help="print the statistics only")
     ap.add_argument("--out", required=True, help="folder; one sub-folder per coefficient")
     ap.add_argument("--names", required=True, help="comma-separated folder names, one per coefficient")
     ap.add_argument("--l0-coefficients", required=True, help="comma-separated λ")
@@ -164,7 +185,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows = load_rows(args.store, args.hook)
+    if args.gaussian is not None:
+        if args.d_in is None:
+            sys.exit("--gaussian needs --d-in")
+        rows = np.random.default_rng(1000 + args.seed).standard_normal((args.gaussian, args.d_in), dtype=np.float32)
+    elif args.store is not None:
+        rows = load_rows(args.store, args.hook)
+    else:
+        sys.exit("give --store (and --hook) or --gaussian ROWS --d-in D")
     total = len(rows)
     if args.exclude_norm_above is not None:
         rows = rows[np.linalg.norm(rows.astype(np.float64), axis=1) <= args.exclude_norm_above]
@@ -183,6 +211,9 @@ def main() -> None:
             print(f"[saelens] {folder} exists, kept", file=sys.stderr)
             continue
         weights, stats = train_one(rows, scale, mean, coefficient, args)
+        if args.no_save:
+            print(json.dumps({"sae": name, **stats}), flush=True)
+            continue
         tmp = folder + ".partial"
         os.makedirs(tmp, exist_ok=True)
         save_file(weights, os.path.join(tmp, "sae_weights.safetensors"))

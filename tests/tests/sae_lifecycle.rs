@@ -4,6 +4,7 @@
 //! activations.
 
 use candle_core::{DType, Device, Tensor};
+use sae_core::blas::Kernels;
 use sae_core::constraint::{project_out_parallel, renormalise_rows, row_norms};
 use sae_core::format::{load_saelens, save_saelens};
 use sae_core::scaling::estimate_scaling_factor;
@@ -87,13 +88,13 @@ fn jumprelu_descends_then_folds_saves_and_reloads_for_raw_activations() -> anyho
                 continue;
             };
             let grad = if name == "W_dec" {
-                project_out_parallel(&decoder, grad)?
+                project_out_parallel(&decoder, grad, Kernels::Fastest)?
             } else {
                 grad.clone()
             };
             var.set(&(var.as_tensor() - (grad * learning_rate)?)?)?;
         }
-        renormalise_rows(sae.decoder_var())?;
+        renormalise_rows(sae.decoder_var(), Kernels::Fastest)?;
     }
     let trained = loss_of(sae.as_ref())?;
     assert!(

@@ -69,6 +69,9 @@ pub struct ExploreArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Where the model and the SAEs compute.
+    #[command(flatten)]
+    pub device: lab::device::DeviceOptions,
 }
 
 /// Loads the model, SAEs, dashboards and labels, then serves the explorer until interrupted.
@@ -96,6 +99,8 @@ pub fn run(args: &ExploreArgs) -> anyhow::Result<()> {
             context_length: args.context,
             progress: !args.quiet,
         },
+        device: args.device.device()?,
+        kernels: args.device.kernels,
     })?;
     if let Some(problem) = explorer.labels_problem() {
         eprintln!("[explore] warning: {problem}");

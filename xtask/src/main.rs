@@ -59,6 +59,11 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// JumpReLU training throughput at a given shape.
     BenchTrain(bench::train::BenchTrainArgs),
+    /// A whole JumpReLU training run (Gemma Scope initialisation, λ warm-up, realistic L0)
+    /// timed end to end, with `--peers` against SAELens doing the same run.
+    BenchRun(bench::whole_run::WholeRunArgs),
+    /// Where the sparse step's time goes, phase by phase, against this machine's rooflines.
+    BenchPhases(bench::phases::PhasesArgs),
     /// SAE quality side by side: this project's JumpReLU SAEs and SAELens's on the same activations, over λ and seeds.
     BenchQuality(experiments::quality::QualityArgs),
 }
@@ -84,6 +89,8 @@ fn main() -> anyhow::Result<()> {
         Command::Cache(args) => commands::cache::run(&args),
         Command::Train(args) => commands::train::run(&args),
         Command::BenchTrain(args) => bench::train::run(&args),
+        Command::BenchRun(args) => bench::whole_run::run(&args),
+        Command::BenchPhases(args) => bench::phases::run(&args),
         Command::BenchQuality(args) => experiments::quality::run(&args),
     }
 }

@@ -30,6 +30,58 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
+/// Which kernels a computation may use on the CPU.
+///
+/// [`Kernels::Fastest`] lets each stage take its CPU-specialised kernel where one applies:
+/// this crate's OpenBLAS products, the SAE's sparsity-aware step, the model's fused
+/// activation, Adam's in-place update. [`Kernels::Generic`] keeps every stage on candle's
+/// own tensor operations, the one code path every device (CUDA, Metal) runs: on the CPU it
+/// shows what a GPU computes, and tests compare the two. Off the CPU only the generic path
+/// exists, whichever is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Kernels {
+    /// The CPU-specialised kernels where they apply (the default).
+    #[default]
+    Fastest,
+    /// candle's tensor operations only.
+    Generic,
+}
+
+impl Kernels {
+    /// Whether the CPU-specialised kernels may run on `device`.
+    pub fn specialised_on(self, device: &Device) -> bool {
+        self == Kernels::Fastest && device.is_cpu()
+    }
+
+    /// The name `--kernels` takes: `fastest` or `generic`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Fastest => "fastest",
+            Kernels::Generic => "generic",
+        }
+    }
+}
+
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "fastest" => Ok(Kernels::Fastest),
+            "generic" => Ok(Kernels::Generic),
+            other => Err(format!(
+                "unknown kernels `{other}` (expected `fastest` or `generic`)"
+            )),
+        }
+    }
+}
+
 /// `cblas_sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`.
 type Sgemm = unsafe extern "C" fn(
     i32,
@@ -128,12 +180,18 @@ pub fn backend() -> &'static str {
 /// CPU) when it is in use, and the instruction set gemm (candle's kernel, used for every other
 /// product) dispatches to, e.g. `OpenBLAS 0.3.21 (core Zen) + gemm x86-64-v3 (AVX2, FMA)`.
 pub fn kernel_description() -> String {
-    let gemm = format!("gemm {}", gemm_instruction_set());
+    let gemm = gemm_description();
     match openblas() {
         Some(blas) if blas.core.is_empty() => format!("{} + {gemm}", blas.version),
         Some(blas) => format!("{} (core {}) + {gemm}", blas.version, blas.core),
         None => gemm,
     }
+}
+
+/// candle's own product kernel and the instruction set it dispatches to on this CPU, e.g.
+/// `gemm x86-64-v4 (AVX-512)`: what computes every product under [`Kernels::Generic`].
+pub fn gemm_description() -> String {
+    format!("gemm {}", gemm_instruction_set())
 }
 
 /// The instruction set the gemm crate's run-time dispatch picks on this CPU.

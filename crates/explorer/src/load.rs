@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use candle_core::{DType, Device};
-use gemma_hooks::{HookPoint, load_model};
+use gemma_hooks::{HookPoint, Kernels, load_model};
 
 use crate::dashboards::{self, EvidenceOptions};
 use crate::state::{Explorer, ExplorerSae};
@@ -23,6 +23,10 @@ pub struct LoadOptions {
     pub labels: Option<PathBuf>,
     /// How dashboards are computed when no run provides them.
     pub evidence: EvidenceOptions,
+    /// Where the model and the SAEs compute.
+    pub device: Device,
+    /// The kernels the model may use there.
+    pub kernels: Kernels,
 }
 
 /// Loads the model, every SAE with its dashboards (a reproduce run's, a cached computation or
@@ -32,7 +36,8 @@ pub fn load(options: &LoadOptions) -> anyhow::Result<Explorer> {
     if options.saes.is_empty() {
         bail!("no SAE to explore: give at least one PATH[@HOOK]");
     }
-    let loaded = load_model(&options.model, &Device::Cpu, DType::F32)?;
+    let mut loaded = load_model(&options.model, &options.device, DType::F32)?;
+    loaded.model = loaded.model.with_kernels(options.kernels);
     let tokenizer = loaded
         .tokenizer
         .context("the model has no tokenizer (a Gemma tokenizer.json is needed)")?;
@@ -40,7 +45,7 @@ pub fn load(options: &LoadOptions) -> anyhow::Result<Explorer> {
     for spec in &options.saes {
         let (path, hook) = parse_sae_spec(spec)?;
         let id = unique_id(&path, &saes);
-        let sae = sae_core::format::load(&path, &Device::Cpu, DType::F32)
+        let sae = sae_core::format::load(&path, &options.device, DType::F32)
             .with_context(|| format!("loading the SAE {}", path.display()))?;
         let hook = match hook {
             Some(hook) => hook,

@@ -11,11 +11,17 @@ use candle_core::{DType, Device, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
+use cpu_blas::Kernels;
+
 use crate::Result;
 
-/// GELU_tanh(gate) ⊙ up, same shapes.
-pub(crate) fn gelu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    match fused_gelu_mul(gate, up)? {
+/// GELU_tanh(gate) ⊙ up, same shapes; fused on the CPU unless `kernels` is generic.
+pub(crate) fn gelu_mul(kernels: Kernels, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let fused = match kernels.specialised_on(gate.device()) {
+        true => fused_gelu_mul(gate, up)?,
+        false => None,
+    };
+    match fused {
         Some(values) => Ok(Tensor::from_vec(values, gate.shape(), &Device::Cpu)?),
         None => Ok((gate.gelu()? * up)?),
     }
@@ -94,14 +100,14 @@ mod tests {
         let gate = Tensor::randn(0f32, 3.0, (7, 1000), &Device::Cpu)?;
         let up = Tensor::randn(0f32, 1.0, (7, 1000), &Device::Cpu)?;
         let expected = (gate.gelu()? * &up)?;
-        let fused = gelu_mul(&gate, &up)?;
+        let fused = gelu_mul(Kernels::Fastest, &gate, &up)?;
         let error = (fused - &expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
         // |values| ≲ 30: a few f32 ulps.
         assert!(error < 1e-5, "differs by {error}");
         // Large |x|: GELU → x or 0, no overflow.
         let extreme = Tensor::new(&[[-100f32, -10.0, 0.0, 10.0, 100.0]], &Device::Cpu)?;
         let ones = extreme.ones_like()?;
-        let fused = gelu_mul(&extreme, &ones)?.to_vec2::<f32>()?;
+        let fused = gelu_mul(Kernels::Fastest, &extreme, &ones)?.to_vec2::<f32>()?;
         let expected = extreme.gelu()?.to_vec2::<f32>()?;
         for (a, b) in fused[0].iter().zip(&expected[0]) {
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");

@@ -62,4 +62,6 @@ pub use tokenizer::GemmaTokenizer;
 /// The opening of *Alice's Adventures in Wonderland* (Lewis Carroll, 1865; public domain):
 /// three paragraphs, 302 Gemma 3 tokens with BOS. For smoke tests, demos and loss checks.
 pub const ALICE_OPENING: &str = include_str!("alice_opening.txt");
+/// Which kernels the forward pass may use (re-exported from `cpu-blas`).
+pub use cpu_blas::Kernels;
 pub use weights::Weights;

@@ -6,6 +6,7 @@ use candle_core::{D, DType, Device, Tensor};
 use crate::config::{AttentionKind, Family, GemmaConfig, Rope};
 use crate::weights::Weights;
 use crate::{GemmaError, HookPoint, Hooks, Result, activation};
+use cpu_blas::Kernels;
 
 /// Gemma's RMSNorm: x / √(mean(x²) + ε) · (1 + w), computed in f32 and cast back.
 #[derive(Debug, Clone)]
@@ -60,13 +61,17 @@ impl Linear {
 
     /// One `[tokens, in] × [in, out]` product over all leading dimensions (a batched product
     /// per sequence runs the kernel on smaller, slower blocks): on the system's OpenBLAS for
-    /// f32 on the CPU ([`cpu_blas::linear`]), else candle's matmul.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// f32 on the CPU ([`cpu_blas::linear`]) unless `kernels` is generic, else candle's matmul.
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let dims = x.dims();
         let (lead, input) = dims.split_at(dims.len().saturating_sub(1));
         let tokens = lead.iter().product::<usize>();
         let x = x.reshape((tokens, input.iter().product::<usize>()))?;
-        let y = match cpu_blas::linear(&x, &self.weight)? {
+        let specialised = match kernels.specialised_on(x.device()) {
+            true => cpu_blas::linear(&x, &self.weight)?,
+            false => None,
+        };
+        let y = match specialised {
             Some(y) => y,
             None => x.matmul(&self.weight.t()?)?,
         };
@@ -118,6 +123,7 @@ pub struct GemmaModel {
     final_norm: RmsNorm,
     dtype: DType,
     device: Device,
+    kernels: Kernels,
 }
 
 impl GemmaModel {
@@ -211,7 +217,20 @@ impl GemmaModel {
             final_norm,
             dtype,
             device,
+            kernels: Kernels::default(),
         })
+    }
+
+    /// The same model computing with `kernels` ([`Kernels::Generic`]: candle's operations
+    /// only, what a GPU runs; the default takes the CPU's fastest products and activation).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// The kernels the forward pass may use.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     /// The configuration.
@@ -235,7 +254,13 @@ impl GemmaModel {
     pub fn kernel_description(&self) -> String {
         let dtype = format!("{:?}", self.dtype).to_lowercase();
         match &self.device {
-            Device::Cpu => format!("cpu {dtype}: {}", cpu_blas::kernel_description()),
+            Device::Cpu if self.kernels == Kernels::Fastest => {
+                format!("cpu {dtype}: {}", cpu_blas::kernel_description())
+            }
+            Device::Cpu => format!(
+                "cpu {dtype}: generic candle ops ({})",
+                cpu_blas::gemm_description()
+            ),
             other => format!("{other:?} {dtype}"),
         }
     }
@@ -265,7 +290,7 @@ impl GemmaModel {
         let residual = block
             .attention
             .o
-            .forward(&z.to_dtype(self.dtype)?)?
+            .forward(&z.to_dtype(self.dtype)?, self.kernels)?
             .to_dtype(DType::F32)?;
         Ok(residual.broadcast_mul(&block.post_attention_norm.gain.to_dtype(DType::F32)?)?)
     }
@@ -349,7 +374,7 @@ impl GemmaModel {
         let z = self.attention(&block.attention, layer, &attn_in, ctx, hooks)?;
         let attn_out = block
             .post_attention_norm
-            .forward(&block.attention.o.forward(&z)?)?;
+            .forward(&block.attention.o.forward(&z, self.kernels)?)?;
         let attn_out = hooks.apply(HookPoint::AttnOut(layer), attn_out)?;
         let resid_mid = hooks.apply(HookPoint::ResidMid(layer), (resid_pre + attn_out)?)?;
         let normalized = hooks.apply(
@@ -360,12 +385,15 @@ impl GemmaModel {
             HookPoint::MlpIn(layer),
             block.pre_feedforward_norm.scale(&normalized, self.dtype)?,
         )?;
-        let hidden =
-            activation::gelu_mul(&block.gate.forward(&mlp_in)?, &block.up.forward(&mlp_in)?)?;
+        let hidden = activation::gelu_mul(
+            self.kernels,
+            &block.gate.forward(&mlp_in, self.kernels)?,
+            &block.up.forward(&mlp_in, self.kernels)?,
+        )?;
         let hidden = hooks.apply(HookPoint::MlpPost(layer), hidden)?;
         let mlp_out = block
             .post_feedforward_norm
-            .forward(&block.down.forward(&hidden)?)?;
+            .forward(&block.down.forward(&hidden, self.kernels)?)?;
         let mlp_out = hooks.apply(HookPoint::MlpOut(layer), mlp_out)?;
         hooks.apply(HookPoint::ResidPost(layer), (resid_mid + mlp_out)?)
     }
@@ -382,9 +410,9 @@ impl GemmaModel {
         let c = &self.config;
         let (batch, seq, _) = x.dims3()?;
         let heads = |t: Tensor, n: usize| t.reshape((batch, seq, n, c.head_dim));
-        let mut q = heads(attn.q.forward(x)?, c.num_heads)?;
-        let mut k = heads(attn.k.forward(x)?, c.num_kv_heads)?;
-        let v = heads(attn.v.forward(x)?, c.num_kv_heads)?;
+        let mut q = heads(attn.q.forward(x, self.kernels)?, c.num_heads)?;
+        let mut k = heads(attn.k.forward(x, self.kernels)?, c.num_kv_heads)?;
+        let v = heads(attn.v.forward(x, self.kernels)?, c.num_kv_heads)?;
         if let (Some(q_norm), Some(k_norm)) = (&attn.q_norm, &attn.k_norm) {
             q = q_norm.forward(&q)?;
             k = k_norm.forward(&k)?;

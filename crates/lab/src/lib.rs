@@ -72,6 +72,7 @@
 pub mod allocator;
 pub mod bench;
 pub mod commands;
+pub mod device;
 pub mod experiments;
 pub mod output;
 mod pipeline;

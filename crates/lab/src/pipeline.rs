@@ -15,12 +15,13 @@ use activation_cache::{
 };
 use analysis::{EvalOptions, Evaluation, SaeAtHook, evaluate};
 use anyhow::{Context as _, bail, ensure};
-use candle_core::{DType, Device, Tensor};
-use gemma_hooks::{GemmaModel, GemmaTokenizer, HookPoint, load_model};
+use candle_core::{DType, Tensor};
+use gemma_hooks::{GemmaModel, GemmaTokenizer, HookPoint};
 use sae_core::TrainableSae;
 use serde::{Deserialize, Serialize};
 use trainer::{RunOptions, SaeConfig, TrainConfig, Trainer};
 
+use crate::device::DeviceOptions;
 use crate::report::Report;
 
 /// A run folder's configuration file.
@@ -127,6 +128,9 @@ pub struct ExperimentOptions {
     /// `resample.dead_after_tokens=51200` to resample dead latents.
     #[cfg_attr(feature = "cli", arg(long = "set"))]
     pub overrides: Vec<String>,
+    /// Where the model and the SAEs compute.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub device: DeviceOptions,
 }
 
 impl Default for ExperimentOptions {
@@ -139,6 +143,7 @@ impl Default for ExperimentOptions {
             quiet: false,
             massive_tokens: MassiveTokenPolicy::Exclude,
             overrides: Vec::new(),
+            device: DeviceOptions::default(),
         }
     }
 }
@@ -159,6 +164,7 @@ pub struct Lab {
     corpus: String,
     progress: bool,
     overrides: Vec<String>,
+    device: DeviceOptions,
 }
 
 impl Lab {
@@ -170,7 +176,7 @@ impl Lab {
             .unwrap_or_else(|| PathBuf::from("runs/reproduce").join(experiment));
         claim_run_folder(&out)?;
         eprintln!("[{experiment}] run folder {}", out.display());
-        let loaded = load_model(&args.model, &Device::Cpu, DType::F32)?;
+        let loaded = args.device.load_model(&args.model, DType::F32)?;
         let tokenizer = loaded
             .tokenizer
             .context("the model has no tokenizer (a Gemma tokenizer.json is needed)")?;
@@ -192,6 +198,7 @@ impl Lab {
             corpus: corpus.describe(),
             progress: !args.quiet,
             overrides: args.overrides.clone(),
+            device: args.device.clone(),
         })
     }
 
@@ -464,7 +471,7 @@ impl Lab {
             .into_iter()
             .map(|(name, hook, output)| {
                 let path = dir.join(&name);
-                let sae = sae_core::format::load(&path, &Device::Cpu, DType::F32)
+                let sae = sae_core::format::load(&path, self.model.device(), DType::F32)
                     .with_context(|| format!("loading the trained SAE {}", path.display()))?;
                 Ok(TrainedSae {
                     exclude_norm_above: match output {
@@ -515,7 +522,9 @@ impl Lab {
             },
             "saes": saes,
         });
-        Ok(TrainConfig::from_value(value, &[])?)
+        let mut config = TrainConfig::from_value(value, &[])?;
+        self.device.apply_to(&mut config);
+        Ok(config)
     }
 
     /// Contexts of the held-out document (the corpus's last), enough for `tokens` tokens.

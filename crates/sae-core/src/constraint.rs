@@ -2,12 +2,14 @@
 //!
 //! Before each optimiser update, the component of each decoder row's gradient parallel to the
 //! row is removed ([`project_out_parallel`]); after it, each row is rescaled to unit norm
-//! ([`renormalise_rows`]). For contiguous f32 CPU tensors both are one parallel pass over the
-//! rows (the renormalisation in place); other devices and dtypes use candle's tensor ops.
+//! ([`renormalise_rows`]). For contiguous f32 CPU tensors with [`Kernels::Fastest`] both are one
+//! parallel pass over the rows (the renormalisation in place); other devices, dtypes and
+//! [`Kernels::Generic`] use candle's tensor ops.
 
 use candle_core::{CpuStorage, D, DType, InplaceOp1, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
 
+use crate::blas::Kernels;
 use crate::{Result, blas, kernels};
 
 /// ‖dᵢ‖₂ for every row of `w_dec` `[d_sae, d_in]`, as f32 `[d_sae]`.
@@ -17,8 +19,10 @@ pub fn row_norms(w_dec: &Tensor) -> Result<Tensor> {
 
 /// gᵢ − (gᵢ·d̂ᵢ)d̂ᵢ for every row, with d̂ᵢ = dᵢ/‖dᵢ‖: the gradient with its component along
 /// each latent direction removed. Returned in `grad`'s dtype.
-pub fn project_out_parallel(w_dec: &Tensor, grad: &Tensor) -> Result<Tensor> {
-    if let Some(projected) = project_out_parallel_cpu(w_dec, grad)? {
+pub fn project_out_parallel(w_dec: &Tensor, grad: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    if kernels.specialised_on(w_dec.device())
+        && let Some(projected) = project_out_parallel_cpu(w_dec, grad)?
+    {
         return Ok(projected);
     }
     let w = w_dec.to_dtype(DType::F32)?;
@@ -29,9 +33,10 @@ pub fn project_out_parallel(w_dec: &Tensor, grad: &Tensor) -> Result<Tensor> {
 }
 
 /// Rescales every row of the decoder variable to unit norm.
-pub fn renormalise_rows(w_dec: &Var) -> Result<()> {
+pub fn renormalise_rows(w_dec: &Var, kernels: Kernels) -> Result<()> {
     let tensor = w_dec.as_tensor();
-    if tensor.device().is_cpu() && tensor.dtype() == DType::F32 && tensor.rank() == 2 {
+    if kernels.specialised_on(tensor.device()) && tensor.dtype() == DType::F32 && tensor.rank() == 2
+    {
         tensor.inplace_op1(&RenormaliseRows)?;
         return Ok(());
     }
@@ -110,33 +115,42 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// The one-pass CPU versions agree with the tensor-op versions (run here on f64, which
-    /// takes the generic path) to f32 rounding.
+    /// The one-pass CPU versions agree with the tensor-op versions (the generic kernels, and
+    /// f64, which always takes the generic path) to f32 rounding.
     #[test]
     fn cpu_passes_match_the_tensor_ops() {
         let device = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (37, 19), &device).unwrap();
         let g = Tensor::randn(0f32, 1.0, (37, 19), &device).unwrap();
-        let fast = project_out_parallel(&w, &g).unwrap();
+        let fast = project_out_parallel(&w, &g, Kernels::Fastest).unwrap();
+        let generic_f32 = project_out_parallel(&w, &g, Kernels::Generic).unwrap();
         let generic = project_out_parallel(
             &w.to_dtype(DType::F64).unwrap(),
             &g.to_dtype(DType::F64).unwrap(),
+            Kernels::Fastest,
         )
         .unwrap()
         .to_dtype(DType::F32)
         .unwrap();
-        let difference = (fast - generic).unwrap().abs().unwrap();
-        let worst = difference.max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(worst < 1e-5, "projection differs by {worst}");
+        for other in [generic, generic_f32] {
+            let difference = (&fast - other).unwrap().abs().unwrap();
+            let worst = difference.max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(worst < 1e-5, "projection differs by {worst}");
+        }
 
-        let var = Var::from_tensor(&w).unwrap();
-        renormalise_rows(&var).unwrap();
         let expected = w.broadcast_div(&row_norms(&w).unwrap().unsqueeze(1).unwrap());
-        let difference = (var.as_tensor() - expected.unwrap())
-            .unwrap()
-            .abs()
-            .unwrap();
-        let worst = difference.max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(worst < 1e-6, "renormalisation differs by {worst}");
+        for kernels in [Kernels::Fastest, Kernels::Generic] {
+            let var = Var::from_tensor(&w).unwrap();
+            renormalise_rows(&var, kernels).unwrap();
+            let difference = (var.as_tensor() - expected.as_ref().unwrap())
+                .unwrap()
+                .abs()
+                .unwrap();
+            let worst = difference.max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(
+                worst < 1e-6,
+                "{kernels}: renormalisation differs by {worst}"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use proptest::prelude::*;
+use sae_core::blas::Kernels;
 use sae_core::constraint::{project_out_parallel, renormalise_rows, row_norms};
 use sae_core::format::{
     NpzCompression, load_gemma_scope_npz, load_saelens, save_gemma_scope_npz, save_saelens,
@@ -205,16 +206,16 @@ proptest! {
     ) {
         let w = tensor(seed, &[d_sae, d_in], 2.0, DType::F32);
         let g = tensor(seed + 1, &[d_sae, d_in], 1.0, DType::F32);
-        let projected = project_out_parallel(&w, &g).unwrap();
+        let projected = project_out_parallel(&w, &g, Kernels::Fastest).unwrap();
         let unit = w.broadcast_div(&row_norms(&w).unwrap().unsqueeze(1).unwrap()).unwrap();
         let parallel = (&projected * &unit).unwrap().sum(1).unwrap();
         prop_assert!(common::max_abs(&parallel) <= 1e-5 * (1.0 + common::max_abs(&g)));
         // The perpendicular part is untouched: projecting twice changes nothing more.
-        let again = project_out_parallel(&w, &projected).unwrap();
+        let again = project_out_parallel(&w, &projected, Kernels::Fastest).unwrap();
         prop_assert!(common::max_abs_diff(&again, &projected) <= 1e-5);
 
         let var = candle_core::Var::from_tensor(&w).unwrap();
-        renormalise_rows(&var).unwrap();
+        renormalise_rows(&var, Kernels::Fastest).unwrap();
         for norm in values(&row_norms(var.as_tensor()).unwrap()) {
             prop_assert!((norm - 1.0).abs() <= 1e-6);
         }

@@ -1,15 +1,22 @@
 //! Adam with explicit, saveable state (for bit-identical resume).
+//!
+//! Two update paths, one formula. On the CPU with [`Kernels::Fastest`] the moments live in host
+//! memory and one fused, parallel pass updates weights and moments in place
+//! ([`InPlaceUpdate`]). Everywhere else (CUDA, Metal, or [`Kernels::Generic`] on the CPU) the
+//! moments are tensors on the parameter's device and the update is a handful of candle
+//! operations: nothing is copied to the host in the step loop. The two agree to f32 rounding
+//! (test `generic_updates_equal_the_in_place_kernel`).
 
 use std::collections::HashMap;
 
-use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
+use sae_core::blas::Kernels;
 
 use crate::{Result, TrainError};
 
 /// Adam (Kingma & Ba) without weight decay; β₁ = 0 gives Gemma Scope's RMSProp-like variant
-/// with bias correction. f32 parameters; the update is one fused, parallel pass over each
-/// parameter (no temporaries beyond a copy of the weights and the gradient).
+/// with bias correction. f32 parameters.
 #[derive(Debug)]
 pub struct Adam {
     /// β₁, β₂, ε.
@@ -20,15 +27,72 @@ pub struct Adam {
     pub eps: f64,
     /// Steps taken.
     pub t: u64,
+    /// Whether the CPU's in-place update may run ([`Kernels::Fastest`], the default).
+    pub kernels: Kernels,
     moments: HashMap<String, Moments>,
 }
 
 /// First and second moment estimates of one parameter.
 #[derive(Debug, Clone)]
-struct Moments {
-    shape: Vec<usize>,
-    first: Vec<f32>,
-    second: Vec<f32>,
+enum Moments {
+    /// In host memory, for the in-place CPU update.
+    Host {
+        shape: Vec<usize>,
+        first: Vec<f32>,
+        second: Vec<f32>,
+    },
+    /// Tensors on the parameter's device, for the generic update.
+    Device { first: Tensor, second: Tensor },
+}
+
+impl Moments {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Moments::Host { shape, .. } => shape,
+            Moments::Device { first, .. } => first.dims(),
+        }
+    }
+
+    /// The moments as host vectors (moved off the device if they were there).
+    fn host(&mut self) -> Result<(&mut Vec<f32>, &mut Vec<f32>)> {
+        if let Moments::Device { first, second } = self {
+            let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
+            *self = Moments::Host {
+                shape: first.dims().to_vec(),
+                first: values(first)?,
+                second: values(second)?,
+            };
+        }
+        match self {
+            Moments::Host { first, second, .. } => Ok((first, second)),
+            Moments::Device { .. } => unreachable!("converted to host above"),
+        }
+    }
+
+    /// The moments as tensors on `device` (moved there if they were elsewhere).
+    fn on_device(&mut self, device: &Device) -> Result<(&mut Tensor, &mut Tensor)> {
+        let moved = match self {
+            Moments::Host {
+                shape,
+                first,
+                second,
+            } => Some((
+                Tensor::from_slice(first, shape.as_slice(), device)?,
+                Tensor::from_slice(second, shape.as_slice(), device)?,
+            )),
+            Moments::Device { first, second } if !first.device().same_device(device) => {
+                Some((first.to_device(device)?, second.to_device(device)?))
+            }
+            Moments::Device { .. } => None,
+        };
+        if let Some((first, second)) = moved {
+            *self = Moments::Device { first, second };
+        }
+        match self {
+            Moments::Device { first, second } => Ok((first, second)),
+            Moments::Host { .. } => unreachable!("moved to the device above"),
+        }
+    }
 }
 
 impl Adam {
@@ -39,17 +103,24 @@ impl Adam {
             beta2,
             eps,
             t: 0,
+            kernels: Kernels::default(),
             moments: HashMap::new(),
         }
+    }
+
+    /// The same optimiser updating with `kernels`.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
     }
 
     /// One update of `var` (named `name`) with gradient `grad` and learning rate `lr`.
     /// Call [`Adam::tick`] once per step before the updates.
     ///
-    /// On the CPU the update runs in place: one parallel pass over the weights, the moments and
-    /// the gradient, read where it lies (contiguous, or a transposed 2-D view such as the
-    /// sparse step's `W_enc` gradient); no copy of either is made. Elsewhere the weights are
-    /// copied to the host and back.
+    /// On the CPU (with [`Kernels::Fastest`]) the update runs in place: one parallel pass over
+    /// the weights, the moments and the gradient, read where it lies (contiguous, or a
+    /// transposed 2-D view such as the sparse step's `W_enc` gradient); no copy of either is
+    /// made. Elsewhere it is candle operations on the parameter's device.
     pub fn update(&mut self, name: &str, var: &Var, grad: &Tensor, lr: f64) -> Result<()> {
         if var.dtype() != DType::F32 || grad.dims() != var.dims() {
             return Err(TrainError::Invalid(format!(
@@ -68,28 +139,30 @@ impl Adam {
             lr: lr as f32,
             eps: self.eps as f32,
         };
-        let moments = self
-            .moments
-            .entry(name.to_string())
-            .or_insert_with(|| Moments {
+        let in_place = self.kernels.specialised_on(var.device()) && grad.device().is_cpu();
+        let moments = self.moments.entry(name.to_string()).or_insert_with(|| {
+            let count = var.elem_count();
+            Moments::Host {
                 shape: var.dims().to_vec(),
-                first: vec![0.0; var.elem_count()],
-                second: vec![0.0; var.elem_count()],
-            });
-        if var.device().is_cpu() && grad.device().is_cpu() {
+                first: vec![0.0; count],
+                second: vec![0.0; count],
+            }
+        });
+        if in_place {
+            let (first, second) = moments.host()?;
             // The gradient is read in place, so no backward graph is kept alive by the optimiser.
             let grad = grad.to_dtype(DType::F32)?.detach();
             let op = InPlaceUpdate {
                 step,
-                moments: std::sync::Mutex::new(moments),
+                moments: std::sync::Mutex::new((first, second)),
             };
             var.as_tensor().inplace_op2(&grad, &op)?;
             return Ok(());
         }
-        let gradient = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let mut weights = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        step.apply(&mut weights, moments, Gradient::RowMajor(&gradient));
-        var.set(&Tensor::from_vec(weights, var.dims(), var.device())?)?;
+        let (first, second) = moments.on_device(var.device())?;
+        let grad = grad.to_dtype(DType::F32)?.to_device(var.device())?.detach();
+        let updated = step.apply_tensors(var.as_tensor(), first, second, &grad)?;
+        var.set(&updated)?;
         Ok(())
     }
 
@@ -97,30 +170,34 @@ impl Adam {
     /// resampled): first moments 0, second moments the mean second moment of the parameter's
     /// other entries. A zero second moment would make the next step ≈ 1/√(1 − β₂) ≈ 32× the
     /// usual size (β₂ = 0.999); the mean keeps it at the size of its neighbours'. A parameter
-    /// not yet updated has no moments and nothing to restart.
+    /// not yet updated has no moments and nothing to restart. (Rare: the moments go through
+    /// host memory.)
     pub fn reset_latents(&mut self, name: &str, axis: usize, latents: &[usize]) -> Result<()> {
         let Some(moments) = self.moments.get_mut(name) else {
             return Ok(());
         };
-        let Some(&width) = moments.shape.get(axis) else {
+        let shape = moments.shape().to_vec();
+        let Some(&width) = shape.get(axis) else {
             return Err(TrainError::Invalid(format!(
-                "Adam: `{name}` {:?} has no axis {axis}",
-                moments.shape
+                "Adam: `{name}` {shape:?} has no axis {axis}"
             )));
         };
-        let stride: usize = moments.shape[axis + 1..].iter().product();
+        let stride: usize = shape[axis + 1..].iter().product();
         let mut reset = vec![false; width];
         for &latent in latents {
             *reset.get_mut(latent).ok_or_else(|| {
                 TrainError::Invalid(format!(
-                    "Adam: latent {latent} is outside axis {axis} of `{name}` {:?}",
-                    moments.shape
+                    "Adam: latent {latent} is outside axis {axis} of `{name}` {shape:?}"
                 ))
             })? = true;
         }
+        let device = match moments {
+            Moments::Device { first, .. } => Some(first.device().clone()),
+            Moments::Host { .. } => None,
+        };
+        let (first, second) = moments.host()?;
         let is_reset = |e: usize| reset[(e / stride) % width];
-        let (sum, kept) = moments
-            .second
+        let (sum, kept) = second
             .iter()
             .enumerate()
             .filter(|(e, _)| !is_reset(*e))
@@ -132,9 +209,12 @@ impl Adam {
         } else {
             (sum / kept as f64) as f32
         };
-        for e in (0..moments.second.len()).filter(|&e| is_reset(e)) {
-            moments.first[e] = 0.0;
-            moments.second[e] = mean;
+        for e in (0..second.len()).filter(|&e| is_reset(e)) {
+            first[e] = 0.0;
+            second[e] = mean;
+        }
+        if let Some(device) = device {
+            moments.on_device(&device)?;
         }
         Ok(())
     }
@@ -144,21 +224,28 @@ impl Adam {
         self.t += 1;
     }
 
-    /// The moment estimates as named tensors (`m.<var>`, `v.<var>`).
-    pub fn state(&self) -> Vec<(String, Tensor)> {
-        let tensor = |values: &[f32], shape: &[usize]| {
-            Tensor::from_slice(values, shape, &candle_core::Device::Cpu)
-                .expect("moments have their parameter's shape")
+    /// The moment estimates as named host tensors (`m.<var>`, `v.<var>`).
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let host = |values: &[f32], shape: &[usize]| -> Result<Tensor> {
+            Ok(Tensor::from_slice(values, shape, &Device::Cpu)?)
         };
-        self.moments
-            .iter()
-            .flat_map(|(name, m)| {
-                [
-                    (format!("m.{name}"), tensor(&m.first, &m.shape)),
-                    (format!("v.{name}"), tensor(&m.second, &m.shape)),
-                ]
-            })
-            .collect()
+        let mut state = Vec::with_capacity(2 * self.moments.len());
+        for (name, moments) in &self.moments {
+            let (first, second) = match moments {
+                Moments::Host {
+                    shape,
+                    first,
+                    second,
+                } => (host(first, shape)?, host(second, shape)?),
+                Moments::Device { first, second } => (
+                    first.to_device(&Device::Cpu)?,
+                    second.to_device(&Device::Cpu)?,
+                ),
+            };
+            state.push((format!("m.{name}"), first));
+            state.push((format!("v.{name}"), second));
+        }
+        Ok(state)
     }
 
     /// Restores moments saved by [`Adam::state`] and the step counter.
@@ -174,15 +261,18 @@ impl Adam {
                     "the optimiser state has `m.{name}` but no `v.{name}`"
                 ))
             })?;
-            let values = |t: &Tensor| -> Result<Vec<f32>> {
-                Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-            };
+            if first.dims() != second.dims() {
+                return Err(TrainError::Invalid(format!(
+                    "the optimiser state's `m.{name}` is {:?} but `v.{name}` is {:?}",
+                    first.dims(),
+                    second.dims()
+                )));
+            }
             self.moments.insert(
                 name.to_string(),
-                Moments {
-                    shape: first.dims().to_vec(),
-                    first: values(first)?,
-                    second: values(second)?,
+                Moments::Device {
+                    first: first.to_dtype(DType::F32)?,
+                    second: second.to_dtype(DType::F32)?,
                 },
             );
         }
@@ -223,9 +313,36 @@ impl AdamStep {
         *w -= self.lr * (*m / self.correction1) / ((*v / self.correction2).sqrt() + self.eps);
     }
 
+    /// The generic update in candle operations on the weights' device: replaces `first` and
+    /// `second` and returns the new weights. The same f32 constants as [`AdamStep::element`];
+    /// the results can differ from the in-place kernel's in the last bits (candle divides by a
+    /// scalar as a product with its reciprocal, and squares g before scaling it).
+    fn apply_tensors(
+        &self,
+        weights: &Tensor,
+        first: &mut Tensor,
+        second: &mut Tensor,
+        grad: &Tensor,
+    ) -> Result<Tensor> {
+        let f = f64::from;
+        *first = (first.affine(f(self.beta1), 0.0)? + grad.affine(f(1.0 - self.beta1), 0.0)?)?;
+        *second =
+            (second.affine(f(self.beta2), 0.0)? + grad.sqr()?.affine(f(1.0 - self.beta2), 0.0)?)?;
+        let denominator = second
+            .affine(1.0 / f(self.correction2), 0.0)?
+            .sqrt()?
+            .affine(1.0, f(self.eps))?;
+        let step = (first.affine(1.0 / f(self.correction1), 0.0)? / denominator)?;
+        Ok((weights - step.affine(f(self.lr), 0.0)?)?)
+    }
+
     /// Updates every weight (row-major) and its moments, in parallel.
-    fn apply(&self, weights: &mut [f32], moments: &mut Moments, gradient: Gradient<'_>) {
-        let (first, second) = (&mut moments.first, &mut moments.second);
+    fn apply(
+        &self,
+        weights: &mut [f32],
+        (first, second): (&mut [f32], &mut [f32]),
+        gradient: Gradient<'_>,
+    ) {
         match gradient {
             Gradient::RowMajor(g) => weights
                 .par_iter_mut()
@@ -277,8 +394,9 @@ impl AdamStep {
 /// [`AdamStep::apply`] as an in-place candle op on the variable's own storage.
 struct InPlaceUpdate<'a> {
     step: AdamStep,
-    /// Behind a mutex only because candle's op trait takes `&self`.
-    moments: std::sync::Mutex<&'a mut Moments>,
+    /// The first and second moments, behind a mutex only because candle's op trait takes
+    /// `&self`.
+    moments: std::sync::Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
 }
 
 impl InplaceOp2 for InPlaceUpdate<'_> {
@@ -309,8 +427,9 @@ impl InplaceOp2 for InPlaceUpdate<'_> {
             _ => candle_core::bail!("Adam reads contiguous or transposed 2-D gradients"),
         };
         let mut moments = self.moments.lock().unwrap_or_else(|e| e.into_inner());
+        let (first, second) = &mut *moments;
         self.step
-            .apply(&mut weights[start..end], &mut moments, gradient);
+            .apply(&mut weights[start..end], (first, second), gradient);
         Ok(())
     }
 }
@@ -330,7 +449,8 @@ mod tests {
         adam.update("W", &var, &grad, 1e-3).unwrap();
         // v = (1 − β₂)·g²; resetting column 1 (axis 1) sets its v to the mean of columns 0 and 2.
         adam.reset_latents("W", 1, &[1]).unwrap();
-        let state: std::collections::HashMap<String, Tensor> = adam.state().into_iter().collect();
+        let state: std::collections::HashMap<String, Tensor> =
+            adam.state().unwrap().into_iter().collect();
         let m = state["m.W"].to_vec2::<f32>().unwrap();
         let v = state["v.W"].to_vec2::<f32>().unwrap();
         // The kept entries are (1 − β₂)·g² with 1 − β₂ rounded in f32 (relative error ≈ 1e-5);
@@ -367,7 +487,7 @@ mod tests {
         let mut adam = Adam::new(0.9, 0.999, 1e-8);
         adam.tick();
         adam.update("w", &var, grad, 0.1).unwrap();
-        for (name, moment) in adam.state() {
+        for (name, moment) in adam.state().unwrap() {
             assert!(!moment.track_op(), "{name} still references the graph");
         }
         // First Adam step moves each weight by lr (the bias-corrected ratio m̂/√v̂ is ±1).
@@ -399,6 +519,7 @@ mod tests {
             }
             let mut moments: Vec<(String, Vec<f32>)> = adam
                 .state()
+                .unwrap()
                 .into_iter()
                 .map(|(name, t)| (name, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
                 .collect();
@@ -411,5 +532,83 @@ mod tests {
             results[0].0,
             start.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         );
+    }
+
+    /// The generic update (candle operations, what a GPU runs) on the CPU equals the in-place
+    /// kernel over several steps with β₁ > 0 and β₁ = 0, from contiguous and transposed
+    /// gradients, and the saved state of either restores into the other.
+    #[test]
+    fn generic_updates_equal_the_in_place_kernel() {
+        let device = Device::Cpu;
+        let start = Tensor::randn(0f32, 1.0, (70, 33), &device).unwrap();
+        let gradients: Vec<Tensor> = (0..4)
+            .map(|_| {
+                Tensor::randn(0f32, 1.0, (33, 70), &device)
+                    .unwrap()
+                    .t()
+                    .unwrap()
+            })
+            .collect();
+        for beta1 in [0.9, 0.0] {
+            let run = |kernels: Kernels| {
+                let var = Var::from_tensor(&start).unwrap();
+                let mut adam = Adam::new(beta1, 0.999, 1e-8).with_kernels(kernels);
+                for (step, g) in gradients.iter().enumerate() {
+                    adam.tick();
+                    let g = if step % 2 == 0 {
+                        g.clone()
+                    } else {
+                        g.contiguous().unwrap()
+                    };
+                    adam.update("w", &var, &g, 0.01).unwrap();
+                }
+                let mut state = adam.state().unwrap();
+                state.sort_by(|a, b| a.0.cmp(&b.0));
+                (var, state, adam)
+            };
+            let (fast, fast_state, _) = run(Kernels::Fastest);
+            let (generic, generic_state, mut generic_adam) = run(Kernels::Generic);
+            let max_difference = |a: &Tensor, b: &Tensor| -> f32 {
+                let difference = (a - b).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>());
+                difference.unwrap()
+            };
+            // Each step rounds w − lr·m̂/(√v̂ + ε) to the nearest f32 on both paths, whose
+            // m̂/(√v̂ + ε) can differ in its last bits: after four steps the weights are a few
+            // ulps of the largest weight apart (measured: 1 ulp); 8 ulps bounds that, and a
+            // wrong formula (a missing correction, β swapped) moves weights by ≥ 1e-4.
+            let largest = max_difference(fast.as_tensor(), &fast.as_tensor().zeros_like().unwrap());
+            let weights = max_difference(fast.as_tensor(), generic.as_tensor());
+            let ulps = weights / (largest * f32::EPSILON);
+            assert!(
+                ulps <= 8.0,
+                "β₁ {beta1}: weights differ by {weights} ({ulps} ulps)"
+            );
+            assert!(max_difference(fast.as_tensor(), &start) > 0.01);
+            for ((name, a), (_, b)) in fast_state.iter().zip(&generic_state) {
+                let scale = a
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let difference = max_difference(a, b);
+                assert!(
+                    difference <= 1e-6 * scale,
+                    "β₁ {beta1}: {name} differs by {difference}"
+                );
+            }
+            // The generic optimiser resumes from the in-place one's saved moments.
+            let restored: HashMap<String, Tensor> = fast_state.into_iter().collect();
+            generic_adam.load_state(4, &restored).unwrap();
+            generic_adam.tick();
+            generic_adam
+                .update("w", &generic, &gradients[0], 0.01)
+                .unwrap();
+            generic_adam.reset_latents("w", 1, &[3]).unwrap();
+            let state: HashMap<String, Tensor> =
+                generic_adam.state().unwrap().into_iter().collect();
+            assert_eq!(state["m.w"].to_vec2::<f32>().unwrap()[5][3], 0.0);
+        }
     }
 }

@@ -5,6 +5,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use sae_core::blas::Kernels;
 use sae_core::{Architecture, ThresholdParametrisation};
 
 use crate::resample::ResampleConfig;
@@ -468,6 +469,12 @@ pub struct TrainConfig {
     /// a run may resume on another device.
     #[serde(default = "defaults::device", skip_serializing)]
     pub device: String,
+    /// The kernels of the step and the optimiser: [`Kernels::Fastest`] (the CPU's
+    /// sparsity-aware step and in-place Adam where they apply) or [`Kernels::Generic`] (candle's
+    /// dense autograd step and tensor Adam, the path every device runs). Not part of a run's
+    /// identity, and set by the caller, not the file.
+    #[serde(skip)]
+    pub kernels: Kernels,
     /// The SAEs.
     pub saes: Vec<SaeConfig>,
 }
@@ -475,30 +482,38 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// The candle device named by [`TrainConfig::device`].
     pub fn device(&self) -> Result<Device> {
-        let (kind, ordinal) = match self.device.split_once(':') {
-            Some((kind, ordinal)) => (
-                kind,
-                ordinal.parse::<usize>().map_err(|_| {
-                    TrainError::Invalid(format!(
-                        "device `{}`: the ordinal after `:` is not a number",
-                        self.device
-                    ))
-                })?,
-            ),
-            None => (self.device.as_str(), 0),
-        };
-        let unavailable = |e: candle_core::Error| {
-            TrainError::Invalid(format!("device `{}` is not available: {e}", self.device))
-        };
-        match kind {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Device::new_cuda(ordinal).map_err(unavailable),
-            "metal" => Device::new_metal(ordinal).map_err(unavailable),
-            _ => Err(TrainError::Invalid(format!(
-                "unknown device `{}` (expected cpu, cuda, cuda:N, metal or metal:N)",
-                self.device
-            ))),
-        }
+        device_named(&self.device)
+    }
+}
+
+/// The candle device `spec` names: `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N` (the GPU
+/// backends need this crate's `cuda` or `metal` feature); an error says which part is wrong,
+/// or why the device is not available.
+pub fn device_named(spec: &str) -> Result<Device> {
+    let (kind, ordinal) = match spec.split_once(':') {
+        Some((kind, ordinal)) => (
+            kind,
+            ordinal.parse::<usize>().map_err(|_| {
+                TrainError::Invalid(format!(
+                    "device `{spec}`: the ordinal after `:` is not a number"
+                ))
+            })?,
+        ),
+        None => (spec, 0),
+    };
+    let unavailable = |e: candle_core::Error| {
+        TrainError::Invalid(format!("device `{spec}` is not available: {e}"))
+    };
+    match kind {
+        "cpu" if ordinal == 0 => Ok(Device::Cpu),
+        "cpu" => Err(TrainError::Invalid(format!(
+            "device `{spec}`: the CPU has no ordinals (say `cpu`)"
+        ))),
+        "cuda" => Device::new_cuda(ordinal).map_err(unavailable),
+        "metal" => Device::new_metal(ordinal).map_err(unavailable),
+        _ => Err(TrainError::Invalid(format!(
+            "unknown device `{spec}` (expected cpu, cuda, cuda:N, metal or metal:N)"
+        ))),
     }
 }
 

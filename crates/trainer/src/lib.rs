@@ -67,10 +67,12 @@ pub mod schedule;
 
 pub use adam::Adam;
 pub use config::{
-    DecoderBiasInit, PenaltyConfig, Recipe, ResolvedSaeConfig, SaeConfig, TrainConfig,
+    DecoderBiasInit, PenaltyConfig, Recipe, ResolvedSaeConfig, SaeConfig, TrainConfig, device_named,
 };
 pub use error::{Result, TrainError};
 pub use metrics::MetricsRow;
 pub use registry::Registry;
 pub use resample::ResampleConfig;
 pub use run::{RunOptions, SaeRun, Trainer};
+/// Which kernels the step and the optimiser may use (from `cpu-blas`).
+pub use sae_core::blas::Kernels;

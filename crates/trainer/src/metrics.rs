@@ -61,6 +61,9 @@ pub struct MetricsRow {
     /// ([`crate::Trainer::set_held_out`]); NaN without them.
     #[serde(default = "nan", deserialize_with = "nan_from_null")]
     pub held_out_fvu: f64,
+    /// Whether this step took the sparsity-aware step (else candle's dense autograd step).
+    #[serde(default)]
+    pub sparse_step: bool,
 }
 
 fn nan() -> f64 {
@@ -100,6 +103,10 @@ pub fn to_frame(rows: &[MetricsRow]) -> Result<DataFrame> {
         Column::new("lambda".into(), f(|r| r.lambda)),
         Column::new("resampled".into(), u(|r| r.resampled)),
         Column::new("held_out_fvu".into(), f(|r| r.held_out_fvu)),
+        Column::new(
+            "sparse_step".into(),
+            rows.iter().map(|r| r.sparse_step).collect::<Vec<bool>>(),
+        ),
     ];
     Ok(DataFrame::new(rows.len(), columns)?)
 }

@@ -7,6 +7,7 @@ use activation_cache::ActivationSource;
 use activation_cache::store::HookSpec;
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
+use sae_core::blas::Kernels;
 use sae_core::format::save_saelens_with_files;
 use sae_core::resample::ResampleRequest;
 use sae_core::sparse::{AuxKTerm, MatryoshkaTerm, PreActivationTerm, SparsePenalties};
@@ -40,6 +41,8 @@ pub struct SaeRun {
     target_index: Option<usize>,
     penalties: Vec<(Box<dyn SparsityPenalty>, PenaltyConfig)>,
     adam: Adam,
+    /// Whether the CPU's sparsity-aware step may run (the optimiser keeps its own copy).
+    kernels: Kernels,
     /// Tokens since each latent last fired.
     since_fired: Vec<u64>,
     /// Firings per latent since the last metrics row, and tokens in that window.
@@ -256,6 +259,7 @@ impl<S: ActivationSource> Trainer<S> {
             ));
         }
         let device = config.device()?;
+        let kernels = config.kernels;
         let hooks = source.hooks().to_vec();
         let resolved: Vec<(ResolvedSaeConfig, usize, usize)> = config
             .saes
@@ -279,7 +283,7 @@ impl<S: ActivationSource> Trainer<S> {
             "train": &config,
             "saes": resolved.iter().map(|(r, ..)| r).collect::<Vec<_>>(),
             "source": source.identity(),
-            "kernel": kernel_description(&device),
+            "kernel": kernel_description(&device, config.kernels),
         });
         let names: Vec<&str> = resolved.iter().map(|(r, ..)| r.name.as_str()).collect();
         let saved = checkpoint::load(out, &effective, &names, &device)?;
@@ -332,6 +336,8 @@ impl<S: ActivationSource> Trainer<S> {
                     registry,
                 )?;
                 run.target_index = target_index;
+                run.kernels = kernels;
+                run.adam.kernels = kernels;
                 Ok(run)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -583,7 +589,7 @@ impl<S: ActivationSource> Trainer<S> {
                     r.config.hook.clone(),
                     RunTensors {
                         sae: r.sae.training_state()?.into_iter().collect(),
-                        adam: r.adam.state().into_iter().collect(),
+                        adam: r.adam.state()?.into_iter().collect(),
                     },
                 ))
             })
@@ -642,11 +648,18 @@ impl<S: ActivationSource> Trainer<S> {
     }
 }
 
-/// What computes the training steps on `device`: the CPU's matrix-product kernels
-/// ([`sae_core::blas::kernel_description`]), or the device.
-fn kernel_description(device: &Device) -> String {
+/// What computes the training steps on `device` with `kernels`: the CPU's matrix-product
+/// kernels ([`sae_core::blas::kernel_description`]), candle's generic operations, or the
+/// device.
+fn kernel_description(device: &Device, kernels: Kernels) -> String {
     match device {
-        Device::Cpu => format!("cpu: {}", sae_core::blas::kernel_description()),
+        Device::Cpu if kernels == Kernels::Fastest => {
+            format!("cpu: {}", sae_core::blas::kernel_description())
+        }
+        Device::Cpu => format!(
+            "cpu: generic candle ops ({})",
+            sae_core::blas::gemm_description()
+        ),
         other => format!("{other:?}"),
     }
 }
@@ -701,6 +714,7 @@ impl SaeRun {
             target_index: None,
             penalties,
             adam,
+            kernels: Kernels::default(),
             since_fired: vec![0; config.d_sae],
             window_fires: vec![0; config.d_sae],
             window_tokens: 0,
@@ -752,7 +766,7 @@ impl SaeRun {
                 continue;
             };
             let grad = if name == "W_dec" && self.config.decoder_constraint {
-                sae_core::constraint::project_out_parallel(&decoder, grad)?
+                sae_core::constraint::project_out_parallel(&decoder, grad, self.kernels)?
             } else {
                 grad.clone()
             };
@@ -760,7 +774,7 @@ impl SaeRun {
         }
         self.sae.project_parameters()?;
         if self.config.decoder_constraint {
-            sae_core::constraint::renormalise_rows(self.sae.decoder_var())?;
+            sae_core::constraint::renormalise_rows(self.sae.decoder_var(), self.kernels)?;
         }
         match (&step.forward, &step.sparse) {
             (Some(out), _) => self.sae.after_step(out)?,
@@ -855,6 +869,7 @@ impl SaeRun {
                 .map_or(0.0, |(_, c)| c.coefficient() * warm),
             resampled: self.resampled,
             held_out_fvu: f64::NAN,
+            sparse_step: step.sparse.is_some(),
         };
         Ok(row)
     }
@@ -1031,7 +1046,8 @@ impl SaeRun {
         dead: &[bool],
     ) -> Result<StepResult> {
         // The sparse step reconstructs its input: a transcoder trains with the dense step.
-        let sparse_inputs = x.dtype() == DType::F32 && x.device().is_cpu() && target.is_none();
+        let sparse_inputs =
+            x.dtype() == DType::F32 && self.kernels.specialised_on(x.device()) && target.is_none();
         if let Some(penalties) = self
             .sparse_penalties(weighted, dead)
             .filter(|_| self.config.sparse_step && sparse_inputs)

@@ -3,8 +3,8 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
-use gemma_hooks::{GemmaModel, HookPoint, Hooks, load_model};
+use candle_core::{DType, Tensor};
+use gemma_hooks::{GemmaModel, HookPoint, Hooks};
 
 /// Arguments of `bench-forward`.
 #[derive(Debug)]
@@ -28,6 +28,9 @@ pub struct BenchForwardArgs {
     /// Only the harvest (default: the full pass too).
     #[cfg_attr(feature = "cli", arg(long))]
     pub harvest_only: bool,
+    /// Where the model computes.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub device: crate::device::DeviceOptions,
 }
 
 /// Forward tokens/s of `model` on `batch` × `context` synthetic token ids, best of `repeats`
@@ -43,7 +46,7 @@ pub fn forward_tokens_per_s(
     let ids: Vec<u32> = (0..batch * context)
         .map(|i| 2 + (i as u32 * 7919) % 20_000)
         .collect();
-    let ids = Tensor::from_vec(ids, (batch, context), &Device::Cpu)?;
+    let ids = Tensor::from_vec(ids, (batch, context), model.device())?;
     let middle = HookPoint::ResidPost(model.config().num_layers / 2);
     let mut best = f64::INFINITY;
     for repeat in 0..=repeats {
@@ -67,8 +70,12 @@ pub fn run(args: &BenchForwardArgs) -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     println!(
-        "model {}, batch {} × context {}, {cpu} threads",
-        args.model, args.batch, args.context
+        "model {}, batch {} × context {}, {cpu} threads, on {} ({} kernels)",
+        args.model,
+        args.batch,
+        args.context,
+        args.device.name(),
+        args.device.kernels
     );
     let dtypes: &[DType] = if args.f32_only {
         &[DType::F32]
@@ -84,7 +91,7 @@ pub fn run(args: &BenchForwardArgs) -> anyhow::Result<()> {
         ]
     };
     for &dtype in dtypes {
-        let loaded = load_model(&args.model, &Device::Cpu, dtype)?;
+        let loaded = args.device.load_model(&args.model, dtype)?;
         for &(label, harvest) in passes {
             let rate = forward_tokens_per_s(
                 &loaded.model,

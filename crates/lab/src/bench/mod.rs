@@ -18,7 +18,9 @@
 //! implemented.
 
 pub mod forward;
+pub mod phases;
 pub mod train;
+pub mod whole_run;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,8 +58,8 @@ pub struct BenchArgs {
     /// Model of the forward-pass benchmark.
     #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
     pub model: String,
-    /// Where our training rows run: cpu, cuda[:N] or metal[:N] (xtask built with the `cuda` or
-    /// `metal` feature); off the CPU the trainer takes candle's dense step.
+    /// Where our training and forward rows run: cpu, cuda[:N] or metal[:N] (xtask built with
+    /// the `cuda` or `metal` feature); off the CPU the trainer takes candle's dense step.
     #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]
     pub device: String,
 }
@@ -87,6 +89,59 @@ struct Record {
     /// Training rows: the peak heap during the timed steps and the step's own share, GB.
     #[serde(skip_serializing_if = "Option::is_none")]
     memory_gb: Option<(f64, f64)>,
+}
+
+/// The shape of an SAE training step; the default is the Gemma 2 2B residual stream with a
+/// 16k dictionary and Gemma Scope's batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct StepShape {
+    /// Input width (Gemma 2 2B's residual stream: 2304).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2304))]
+    pub d_in: usize,
+    /// Latents.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 16384))]
+    pub d_sae: usize,
+    /// Tokens per step.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 4096))]
+    pub batch: usize,
+}
+
+impl Default for StepShape {
+    fn default() -> Self {
+        Self {
+            d_in: 2304,
+            d_sae: 16384,
+            batch: 4096,
+        }
+    }
+}
+
+/// The vector and matrix instruction-set flags of this CPU that decide which kernels run
+/// (`avx2`, `fma`, every `avx512*`, every `amx*`, `neon`), space-separated, from
+/// `/proc/cpuinfo`; `unknown` where it cannot be read.
+pub fn cpu_flags() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let Some(line) = info
+        .lines()
+        .find(|l| l.starts_with("flags") || l.starts_with("Features"))
+    else {
+        return "unknown".into();
+    };
+    let mut flags: Vec<&str> = line
+        .split(':')
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter(|f| {
+            ["avx2", "fma", "neon", "asimd"].contains(f)
+                || f.starts_with("avx512")
+                || f.starts_with("amx")
+        })
+        .collect();
+    flags.sort_unstable();
+    flags.dedup();
+    flags.join(" ")
 }
 
 /// The machine, as each record repeats it.
@@ -242,6 +297,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             records.extend(peer_train_benchmarks(&machine, shape, &python, args)?);
         }
         records.push(encode_benchmark(&machine, shape)?);
+        records.extend(whole_run_records(&machine, shape, args)?);
     }
     records.extend(forward_benchmarks(&machine, args, &python)?);
     records.extend(store_benchmarks(&machine, args)?);
@@ -423,6 +479,52 @@ fn peer_train_benchmarks(
     Ok(records)
 }
 
+/// The whole run ([`whole_run`]) at `shape`, ours and (with `--peers`) SAELens's in its
+/// fastest precision, as tokens/s over the whole run (so the table's ratios read as speed-ups).
+fn whole_run_records(
+    machine: &Machine,
+    shape: &Shape,
+    args: &BenchArgs,
+) -> anyhow::Result<Vec<Record>> {
+    let run_args = whole_run::WholeRunArgs {
+        shape: StepShape {
+            d_in: shape.d_in,
+            d_sae: shape.d_sae,
+            batch: shape.batch,
+        },
+        peers: args.peers,
+        device: crate::device::DeviceOptions {
+            device: Some(args.device.clone()),
+            ..Default::default()
+        },
+        ..whole_run::WholeRunArgs::default()
+    };
+    let what = format!(
+        "JumpReLU whole run: {} steps from θ₀ 0.001, λ warmed up over {}",
+        run_args.steps, run_args.lambda_warmup
+    );
+    let runs = whole_run::runs(&run_args)?;
+    Ok(runs
+        .iter()
+        .map(|run| {
+            let implementation = match run.implementation.as_str() {
+                "saelens (f32)" => "saelens",
+                "saelens (bf16 autocast)" => "saelens-bf16-autocast",
+                _ => "gemma-scope-rs",
+            };
+            let tokens = (run_args.steps as usize * run_args.shape.batch) as f64;
+            machine.record(
+                "run",
+                &what,
+                implementation,
+                &shape.label(),
+                Some(run.final_l0),
+                tokens / run.seconds,
+            )
+        })
+        .collect())
+}
+
 /// JSON lines a Python script prints, run with `threads` OpenMP threads.
 fn run_python(
     python: &Path,
@@ -502,7 +604,11 @@ fn forward_benchmarks(
     python: &Path,
 ) -> anyhow::Result<Vec<Record>> {
     let (batch, context) = (4, 256);
-    let loaded = load_model(&args.model, &Device::Cpu, DType::F32)?;
+    let loaded = load_model(
+        &args.model,
+        &trainer::device_named(&args.device)?,
+        DType::F32,
+    )?;
     let shape = format!("{}, {batch} × {context} tokens", args.model);
     let mut records = Vec::new();
     for (what, harvest) in [
@@ -660,18 +766,20 @@ fn table(records: &[Record], machine: &Machine, stamp: &str, args: &BenchArgs) -
         .map(|r| format!("{:.2}", r.load_average))
         .collect();
     format!(
-        "# Benchmarks\n\n`cargo xtask bench{}{}` at {stamp}: {} with {} threads, f32 products on \
+        "# Benchmarks\n\n`cargo xtask bench{}{}` at {stamp}: {} with {} threads (CPU flags: {}), f32 products on \
          {}; 1-minute load average per measurement {} (JSON lines in `{}`). Peer cells: the peer's figure (its L0) → our ratio to it.\n\n\
          Training: the full step (forward, backward, Adam, decoder constraint) on Gaussian inputs; \
          JumpReLU's realistic L0 (≈ 100) comes from θ₀ = Φ⁻¹(1 − 100/d_sae)/√d_in, random-init L0 from \
          θ₀ = 0.001. The peers get the same θ₀ but their initialisation reaches another L0 (shown); \
          their dense steps cost the same at any L0, so each of our JumpReLU rows is compared with \
-         their one figure. Ours is f32 only (no bf16 training){}. Forward: synthetic ids, best of 3; transformers runs \
+         their one figure. Whole runs: tokens/s over a whole run from the Gemma Scope initialisation \
+         through the λ warm-up (`cargo xtask bench-run`; L0 = the last step's). Ours is f32 only (no bf16 training){}. Forward: synthetic ids, best of 3; transformers runs \
          the same GGUF dequantised to f32 and, for the harvest, only the layers up to the middle one.\n\n{}",
         if args.quick { " --quick" } else { "" },
         if args.peers { " --peers" } else { "" },
         machine.cpu,
         machine.threads,
+        cpu_flags(),
         sae_core::blas::kernel_description(),
         load.join(", "),
         args.results.display(),

@@ -71,10 +71,21 @@ impl BenchArchitecture {
 /// Standard-normal batches, generated once and then cycled (as the peers' scripts do), so
 /// the timed steps measure training, not the random number generator (candle's unseeded
 /// generator: fine for timing).
-struct Gaussian {
+pub(crate) struct Gaussian {
     hooks: Vec<HookSpec>,
     emitted: u64,
     pool: Vec<Tensor>,
+}
+
+impl Gaussian {
+    /// A source of standard-normal rows of `hooks`' (one) width.
+    pub(crate) fn new(hooks: Vec<HookSpec>) -> Self {
+        Self {
+            hooks,
+            emitted: 0,
+            pool: Vec::new(),
+        }
+    }
 }
 
 /// Distinct batches in [`Gaussian`]'s pool.
@@ -166,14 +177,10 @@ pub struct TrainMeasure {
 
 /// Times the trainer's full step (forward, backward, Adam, decoder constraint, statistics).
 pub fn measure(bench: &TrainBench<'_>) -> anyhow::Result<TrainMeasure> {
-    let source = Gaussian {
-        hooks: vec![HookSpec {
-            name: "blocks.0.hook_resid_post".into(),
-            width: bench.d_in,
-        }],
-        emitted: 0,
-        pool: Vec::new(),
-    };
+    let source = Gaussian::new(vec![HookSpec {
+        name: "blocks.0.hook_resid_post".into(),
+        width: bench.d_in,
+    }]);
     let mut config = TrainConfig::from_value(serde_json::json!({ "saes": [] }), &[])?;
     config.steps = bench.steps + bench.warmup;
     config.batch_size = bench.batch;

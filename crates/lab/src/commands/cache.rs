@@ -10,8 +10,10 @@ use activation_cache::{
     contexts::ContextSampling, harvest,
 };
 use anyhow::Context;
-use candle_core::{DType, Device};
-use gemma_hooks::{HookPoint, load_model};
+use candle_core::DType;
+use gemma_hooks::HookPoint;
+
+use crate::device::DeviceOptions;
 
 /// Arguments of `cache`.
 #[derive(Debug)]
@@ -54,6 +56,9 @@ pub struct CacheArgs {
     /// Seed of the spread sample's choice and order.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub sample_seed: u64,
+    /// Where the model computes (activations are stored from there).
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub device: DeviceOptions,
 }
 
 impl CacheArgs {
@@ -73,6 +78,7 @@ impl CacheArgs {
             field: "text".into(),
             in_order: false,
             sample_seed: 0,
+            device: DeviceOptions::default(),
         }
     }
 }
@@ -89,7 +95,7 @@ pub fn run(args: &CacheArgs) -> anyhow::Result<()> {
 
 /// Harvests (or resumes) the store `args` describe and prints the harvest rate.
 pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
-    let loaded = load_model(&args.model, &Device::Cpu, DType::F32)?;
+    let loaded = args.device.load_model(&args.model, DType::F32)?;
     let tokenizer = loaded
         .tokenizer
         .clone()

@@ -11,11 +11,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, ensure};
-use candle_core::{DType, Device, Tensor};
-use gemma_hooks::{HookPoint, Hooks, load_model};
+use candle_core::{DType, Tensor};
+use gemma_hooks::{HookPoint, Hooks};
 use sae_core::format::{load_saelens, save_saelens};
 use sae_core::scaling::estimate_scaling_factor;
 use sae_core::{Architecture, InitConfig, SaeShape};
+
+use crate::device::DeviceOptions;
 
 /// Arguments of `demo`.
 #[derive(Debug)]
@@ -30,18 +32,21 @@ pub struct DemoArgs {
     /// Seed of the initialisation.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub seed: u64,
+    /// Where the model and the SAEs compute.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub device: DeviceOptions,
 }
 
 /// Residual-stream activations `[tokens, d_model]` of the middle layer on the sample text,
 /// without the BOS position; also returns the hook's name.
-fn harvest(model: &str) -> anyhow::Result<(Tensor, HookPoint)> {
-    let loaded = load_model(model, &Device::Cpu, DType::F32)?;
+fn harvest(model: &str, device: &DeviceOptions) -> anyhow::Result<(Tensor, HookPoint)> {
+    let loaded = device.load_model(model, DType::F32)?;
     let tokenizer = loaded
         .tokenizer
         .as_ref()
         .context("the model has no tokenizer")?;
     let ids = tokenizer.encode(gemma_hooks::ALICE_OPENING, true)?;
-    let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+    let ids = Tensor::new(ids.as_slice(), loaded.model.device())?.unsqueeze(0)?;
     let site = HookPoint::ResidPost(loaded.model.config().num_layers / 2);
     let mut hooks = Hooks::observing([site]);
     hooks.stop_after_deepest_hook();
@@ -53,7 +58,8 @@ fn harvest(model: &str) -> anyhow::Result<(Tensor, HookPoint)> {
 
 /// Runs the demo and prints one line per architecture.
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let (raw, site) = harvest(&args.model)?;
+    let (raw, site) = harvest(&args.model, &args.device)?;
+    let device = raw.device().clone();
     let (tokens, d_in) = raw.dims2()?;
     let c = estimate_scaling_factor(&raw)?;
     let x = (&raw / c)?;
@@ -69,7 +75,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         d_in,
         d_sae: 4 * d_in,
         dtype: DType::F32,
-        device: Device::Cpu,
+        device: device.clone(),
     };
     let init = InitConfig {
         seed: args.seed,
@@ -106,7 +112,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         sae.fold_scaling(c)?;
         let dir = args.out.join(architecture.name());
         save_saelens(sae.as_ref(), &dir, Default::default(), None)?;
-        let reloaded = load_saelens(&dir, &Device::Cpu, DType::F32)
+        let reloaded = load_saelens(&dir, &device, DType::F32)
             .with_context(|| format!("reloading {}", dir.display()))?
             .sae;
         let (raw_latents, raw_recon) = reloaded.forward(&raw)?;

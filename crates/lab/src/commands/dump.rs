@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail, ensure};
 use candle_core::{DType, Device, Tensor};
-use gemma_hooks::{HookPoint, Hooks, load_model, next_token_loss};
+use gemma_hooks::{HookPoint, Hooks, next_token_loss};
+
+use crate::device::DeviceOptions;
 
 /// Arguments of `dump-activations`.
 #[derive(Debug)]
@@ -34,6 +36,9 @@ pub struct DumpArgs {
     /// Activation dtype of the forward pass (the file is always f32).
     #[cfg_attr(feature = "cli", arg(long, default_value = "f32", value_parser = ["f32", "bf16"]))]
     pub dtype: String,
+    /// Where the model computes.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub device: DeviceOptions,
 }
 
 /// Token ids `[batch, pos]` from `--text` or `--tokens`.
@@ -89,7 +94,7 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<()> {
     } else {
         DType::F32
     };
-    let loaded = load_model(&args.model, &Device::Cpu, dtype)?;
+    let loaded = args.device.load_model(&args.model, dtype)?;
     let layers = loaded.model.config().num_layers;
     let points: Vec<HookPoint> = if args.hooks.iter().any(|h| h == "all") {
         HookPoint::all(layers)
@@ -99,7 +104,7 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<()> {
             .map(|h| h.parse())
             .collect::<Result<_, _>>()?
     };
-    let ids = input_ids(args, loaded.tokenizer.as_ref())?;
+    let ids = input_ids(args, loaded.tokenizer.as_ref())?.to_device(loaded.model.device())?;
     let mut hooks = Hooks::observing(points.iter().copied());
     let logits = loaded
         .model
@@ -112,20 +117,30 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{point} was not reached"))?;
         out.insert(
             point.to_string(),
-            activation.to_dtype(DType::F32)?.contiguous()?,
+            activation
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+                .contiguous()?,
         );
     }
     if ids.dims()[1] >= 2 {
-        out.insert("loss".into(), next_token_loss(&logits, &ids)?);
+        let loss = next_token_loss(&logits, &ids)?.to_device(&Device::Cpu)?;
+        out.insert("loss".into(), loss);
     }
-    out.insert("logits".into(), logits.contiguous()?);
+    out.insert(
+        "logits".into(),
+        logits.to_device(&Device::Cpu)?.contiguous()?,
+    );
     // A forward pass that overflowed (bf16) or a model that slipped past the load checks: an
     // error naming the tensor, never a file of NaN reported as success.
     for (name, tensor) in &out {
         sae_core::format::check_finite(tensor, name, None)
             .with_context(|| format!("the model's `{name}` is not finite; nothing was written"))?;
     }
-    out.insert("input_ids".into(), ids.to_dtype(DType::I64)?);
+    out.insert(
+        "input_ids".into(),
+        ids.to_dtype(DType::I64)?.to_device(&Device::Cpu)?,
+    );
     crate::output::write_safetensors(&args.out, &out)?;
     println!(
         "wrote {} tensors ({} hook points) to {}",

@@ -19,6 +19,9 @@ pub struct InspectArgs {
     /// the folded scaling constant.
     #[cfg_attr(feature = "cli", arg(long))]
     pub probe: Option<PathBuf>,
+    /// Where the SAE is loaded and the probe computed.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub device: crate::device::DeviceOptions,
 }
 
 /// Min, mean and max of a 1-D f32 tensor.
@@ -32,7 +35,7 @@ pub fn summary(values: &candle_core::Tensor) -> anyhow::Result<(f32, f32, f32)> 
 
 /// Prints the summary.
 pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
-    let sae = sae_core::format::load(&args.path, &Device::Cpu, DType::F32)
+    let sae = sae_core::format::load(&args.path, &args.device.device()?, DType::F32)
         .with_context(|| format!("loading {}", args.path.display()))?;
     println!("path                  {}", args.path.display());
     println!("architecture          {:?}", sae.architecture());
@@ -70,7 +73,11 @@ fn write_probe(
         .map(|_| normal.sample(&mut rng))
         .collect();
     let inputs = candle_core::Tensor::from_vec(values, (16, sae.d_in()), &Device::Cpu)?;
-    let (latents, recon) = sae.forward(&inputs)?;
+    let (latents, recon) = sae.forward(&inputs.to_device(sae.decoder_weight().device())?)?;
+    let (latents, recon) = (
+        latents.to_device(&Device::Cpu)?,
+        recon.to_device(&Device::Cpu)?,
+    );
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

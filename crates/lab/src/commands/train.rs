@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use activation_cache::{ContextConfig, ShuffleConfig, StoreSource, StreamingSource};
 use anyhow::Context;
-use candle_core::{DType, Device};
-use gemma_hooks::{HookPoint, load_model};
+use candle_core::DType;
+use gemma_hooks::HookPoint;
 use trainer::{RunOptions, TrainConfig, Trainer};
+
+use crate::device::DeviceOptions;
 
 /// Arguments of `train`.
 #[derive(Debug)]
@@ -46,17 +48,26 @@ pub struct TrainArgs {
     /// Train on a store whose harvest did not finish (its complete shards only).
     #[cfg_attr(feature = "cli", arg(long, conflicts_with = "stream"))]
     pub allow_incomplete_store: bool,
+    /// Where the SAEs (and, with `--stream`, the model) compute; `--device` replaces the
+    /// config's `device`.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub device: DeviceOptions,
 }
 
 /// Trains and exports.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
-    let config = TrainConfig::from_file(&args.config, &args.overrides)?;
+    let mut config = TrainConfig::from_file(&args.config, &args.overrides)?;
+    args.device.apply_to(&mut config);
     let options = RunOptions {
         progress: true,
         ..Default::default()
     };
     if args.stream {
-        let loaded = load_model(&args.model, &Device::Cpu, DType::F32)?;
+        let on_device = DeviceOptions {
+            device: Some(config.device.clone()),
+            kernels: config.kernels,
+        };
+        let loaded = on_device.load_model(&args.model, DType::F32)?;
         let tokenizer = loaded
             .tokenizer
             .clone()

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use sae_core::format::ReleasePath;
 
 use crate::ExperimentOptions;
@@ -42,6 +42,9 @@ pub struct GemmaScopeArgs {
     /// Hide progress bars.
     #[cfg_attr(feature = "cli", arg(long))]
     pub quiet: bool,
+    /// Where the model and the SAEs compute.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub device: crate::device::DeviceOptions,
 }
 
 const DOWNLOAD_HELP: &str = "\
@@ -95,6 +98,7 @@ pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
         quiet: args.quiet,
         massive_tokens: activation_cache::norms::MassiveTokenPolicy::Keep,
         overrides: Vec::new(),
+        device: args.device.clone(),
     };
     let lab = Lab::open("gemma-scope", &common).context(DOWNLOAD_HELP)?;
     lab.pin_config(&serde_json::json!({
@@ -115,7 +119,7 @@ pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
                 ),
                 hook: r.hook_name().parse()?,
                 output: None,
-                sae: sae_core::format::load(&r.path, &Device::Cpu, DType::F32)?,
+                sae: sae_core::format::load(&r.path, lab.model.device(), DType::F32)?,
                 exclude_norm_above: None,
             })
         })

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use gemma_hooks::HookPoint;
 use trainer::{PenaltyConfig, SaeConfig};
 
@@ -182,7 +182,7 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
             )?;
             for (name, &lambda) in names.iter().zip(&args.lambdas) {
                 let path = folder.join(name);
-                let sae = sae_core::format::load(&path, &Device::Cpu, DType::F32)
+                let sae = sae_core::format::load(&path, lab.model.device(), DType::F32)
                     .with_context(|| format!("loading SAELens's SAE {}", path.display()))?;
                 entries.push(Entry {
                     trainer: "saelens",

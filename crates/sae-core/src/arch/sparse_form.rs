@@ -71,4 +71,29 @@ pub struct SparseStep {
     pub fires: Vec<u32>,
     /// The smallest non-zero latent value of the batch (BatchTopK's threshold statistic).
     pub smallest_active: Option<f32>,
+    /// Where the step's time went.
+    pub phases: SparsePhases,
+}
+
+/// Wall seconds of each phase of one sparse step (`cargo xtask bench-phases` sets them
+/// against their rooflines).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SparsePhases {
+    /// The one dense product (x − b_dec)·W_enc.
+    pub encoder_product: f64,
+    /// Reading π once to collect each token's pairs.
+    pub selection: f64,
+    /// Per token: x̂, g and every pair's g·W_dec[j] (and AuxK's terms).
+    pub token_pass: f64,
+    /// Per latent: the gradient rows of W_enc and W_dec, b_enc and θ.
+    pub latent_pass: f64,
+    /// Everything else: the encoder input, statistics, the gradient tensors.
+    pub other: f64,
+}
+
+impl SparsePhases {
+    /// The sum of the phases: the step's wall time.
+    pub fn total(&self) -> f64 {
+        self.encoder_product + self.selection + self.token_pass + self.latent_pass + self.other
+    }
 }

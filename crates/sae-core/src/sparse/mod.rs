@@ -31,10 +31,12 @@
 mod select;
 
 use candle_core::{DType, Device, Layout, Storage, Tensor};
+use std::time::Instant;
+
 use rayon::prelude::*;
 
 use self::select::Pair;
-pub use crate::arch::sparse_form::{SelectionRule, SparseForm, SparseStep};
+pub use crate::arch::sparse_form::{SelectionRule, SparseForm, SparsePhases, SparseStep};
 use crate::arch::{AffineSae, ThresholdParametrisation, TrainableSae};
 use crate::{Result, SaeError, blas, kernels};
 
@@ -312,11 +314,15 @@ pub fn sparse_step(
         crate::Matryoshka::check(&term.widths, d_sae)?;
     }
     let widths = matryoshka.map_or(&[][..], |m| m.widths.as_slice());
+    let mut clock = Lap::start();
+    let mut phases = SparsePhases::default();
     let x = x.contiguous()?;
     let centred = affine.encoder_input(&x)?.contiguous()?;
+    phases.other += clock.lap();
     // π without b_enc: the bias is added while the pairs are read, which saves a pass over
     // (and a second copy of) the [tokens × d_sae] matrix.
     let product = encoder_product(&centred, affine.w_enc.as_tensor())?;
+    phases.encoder_product += clock.lap();
     let b_enc = affine.b_enc.as_tensor().to_vec1::<f32>()?;
     let (token_pairs, dead_terms) = {
         let (storage, layout) = product.storage_and_layout();
@@ -330,6 +336,7 @@ pub fn sparse_step(
         (select::token_pairs(rows, &b_enc, &rule, auxk), dead_terms)
     };
     drop(product);
+    phases.selection += clock.lap();
     let pairs: usize = token_pairs.iter().map(Vec::len).sum();
     if pairs as f64 > max_active_fraction * (tokens * d_sae) as f64 {
         return Ok(None);
@@ -356,6 +363,7 @@ pub fn sparse_step(
         Some(auxk) => aux_terms(&mut per_token, auxk.coefficient as f32, scale, &decoder_row),
         None => 0.0,
     };
+    phases.token_pass += clock.lap();
     let squared_error = per_token
         .iter()
         .map(|t| t.squared_error as f64)
@@ -414,6 +422,7 @@ pub fn sparse_step(
         / tokens as f64;
     // Per latent (threads own whole rows, written in place): its W_enc column gradient (a row
     // of Wᵀ_enc), W_dec row gradient, b_enc and θ gradients.
+    phases.other += clock.lap();
     let mut encoder_t = vec![0f32; d_sae * d_in];
     let mut decoder = vec![0f32; d_sae * d_in];
     let (b_enc, threshold): (Vec<f32>, Vec<f32>) = encoder_t
@@ -461,6 +470,7 @@ pub fn sparse_step(
             (b_enc, threshold)
         })
         .unzip();
+    phases.latent_pass += clock.lap();
     let fires: Vec<u32> = by_latent
         .iter()
         .map(|pairs| pairs.iter().filter(|p| p.active && p.pre != 0.0).count() as u32)
@@ -483,6 +493,7 @@ pub fn sparse_step(
         + auxk_coefficient * auxk_term
         + pre_coefficient as f64 * pre_activation_term
         + matryoshka_coefficient * matryoshka_term;
+    phases.other += clock.lap();
     Ok(Some(SparseStep {
         reconstruction: reconstruction as f32,
         squared_error: squared_error as f32,
@@ -496,7 +507,25 @@ pub fn sparse_step(
         gradients,
         active_pairs,
         smallest_active,
+        phases,
     }))
+}
+
+/// A stopwatch read in laps.
+struct Lap(Instant);
+
+impl Lap {
+    fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    /// Seconds since the previous lap (or the start).
+    fn lap(&mut self) -> f64 {
+        let now = Instant::now();
+        let seconds = now.duration_since(self.0).as_secs_f64();
+        self.0 = now;
+        seconds
+    }
 }
 
 /// The Matryoshka prefixes of a step: their widths and the term's coefficient α.
