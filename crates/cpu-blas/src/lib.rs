@@ -218,50 +218,89 @@ fn gemm_instruction_set() -> &'static str {
     }
 }
 
-/// How B is laid out in [`product`].
+/// The CPU's fast bf16 instructions, named as `/proc/cpuinfo` names them (`avx512_bf16`,
+/// `amx_bf16`), or `None` where it has none: bf16 products would then be emulated and slower
+/// than f32. Detected at run time. No product here uses them yet: neither candle's CPU backend
+/// nor the OpenBLAS builds at hand (Debian's 0.3.21, PyPI's) export a bf16 product, so every
+/// CPU product is f32; this says what a bf16 kernel would find.
+pub fn bf16_support() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let has = |flag: &str| {
+            flags
+                .lines()
+                .find(|line| line.starts_with("flags"))
+                .is_some_and(|line| line.split_whitespace().any(|f| f == flag))
+        };
+        if has("amx_bf16") {
+            return Some("amx_bf16");
+        }
+        if std::arch::is_x86_feature_detected!("avx512bf16") {
+            return Some("avx512_bf16");
+        }
+    }
+    None
+}
+
+/// How an operand of [`product`] is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RightOperand {
-    /// Row-major `[k, n]`.
+enum Operand {
+    /// Row-major as used: A `[m, k]`, B `[k, n]`.
     AsStored,
-    /// Row-major `[n, k]`, used as its transpose (a linear layer's `[out, in]` weight).
+    /// Row-major transposed: A stored `[k, m]`, B stored `[n, k]` (a linear layer's
+    /// `[out, in]` weight).
     Transposed,
 }
 
-/// A·B (or A·Bᵀ) into a new row-major `[m, n]` buffer, in blocks of [`ROWS_PER_CALL`] rows
+/// op(A)·op(B) into a new row-major `[m, n]` buffer, in blocks of [`ROWS_PER_CALL`] rows of C
 /// spread over rayon's threads.
 fn product(
     a: &[f32],
     b: &[f32],
     (m, k, n): (usize, usize, usize),
-    right: RightOperand,
+    (left, right): (Operand, Operand),
 ) -> Option<Vec<f32>> {
     let blas = openblas()?;
-    assert_eq!(a.len(), m * k, "A is not [{m}, {k}]");
+    assert_eq!(a.len(), m * k, "A does not hold {m} × {k} values");
     assert_eq!(b.len(), k * n, "B does not hold {k} × {n} values");
     let dim = |d: usize| i32::try_from(d).expect("matrix dimension fits in i32");
+    let (trans_a, lda) = match left {
+        Operand::AsStored => (NO_TRANS, k),
+        Operand::Transposed => (TRANS, m),
+    };
     let (trans_b, ldb) = match right {
-        RightOperand::AsStored => (NO_TRANS, n),
-        RightOperand::Transposed => (TRANS, k),
+        Operand::AsStored => (NO_TRANS, n),
+        Operand::Transposed => (TRANS, k),
     };
     let mut c = vec![0f32; m * n];
     c.par_chunks_mut(ROWS_PER_CALL * n.max(1))
-        .zip(a.par_chunks(ROWS_PER_CALL * k.max(1)))
-        .for_each(|(c, a)| {
+        .enumerate()
+        .for_each(|(block, c)| {
             let rows = c.len() / n.max(1);
-            // SAFETY: A is [rows, k] (leading dimension k), B is [k, n] (ldb n) or [n, k]
-            // (ldb k) and C is [rows, n] (ldc n), all row-major, as the asserts and chunk
-            // sizes above guarantee; OpenBLAS reads A and B and writes only C.
+            let first = block * ROWS_PER_CALL;
+            // The block's rows of op(A): rows of A as stored, or columns of Aᵀ's storage.
+            let a = match left {
+                Operand::AsStored => &a[first * k..(first + rows) * k],
+                Operand::Transposed => &a[first..],
+            };
+            // SAFETY: op(A) is [rows, k] with leading dimension lda (A as stored: the block's
+            // own rows, lda k; transposed: the storage [k, m] from column `first` on, whose
+            // last element read, (k − 1)·m + rows − 1, lies within the slice since
+            // first + rows ≤ m), op(B) is [k, n] (ldb n, or [n, k] with ldb k) and C is
+            // [rows, n] (ldc n), all row-major, as the asserts and chunk sizes above
+            // guarantee; OpenBLAS reads A and B and writes only C.
             unsafe {
                 (blas.sgemm)(
                     ROW_MAJOR,
-                    NO_TRANS,
+                    trans_a,
                     trans_b,
                     dim(rows),
                     dim(n),
                     dim(k),
                     1.0,
                     a.as_ptr(),
-                    dim(k),
+                    dim(lda),
                     b.as_ptr(),
                     dim(ldb),
                     0.0,
@@ -279,7 +318,7 @@ fn product(
 /// # Panics
 /// When the slices' lengths are not `m·k` and `k·n`, or a dimension exceeds `i32::MAX`.
 pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Option<Vec<f32>> {
-    product(a, b, (m, k, n), RightOperand::AsStored)
+    product(a, b, (m, k, n), (Operand::AsStored, Operand::AsStored))
 }
 
 /// A·Wᵀ for row-major A `[m, k]` and W `[n, k]` (a linear layer's `[out, in]` weight), or
@@ -288,7 +327,16 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Option<Vec<
 /// # Panics
 /// When the slices' lengths are not `m·k` and `n·k`, or a dimension exceeds `i32::MAX`.
 pub fn matmul_transposed(a: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Option<Vec<f32>> {
-    product(a, w, (m, k, n), RightOperand::Transposed)
+    product(a, w, (m, k, n), (Operand::AsStored, Operand::Transposed))
+}
+
+/// Aᵀ·B for row-major A stored `[k, m]` and B `[k, n]` (a weight gradient: Σ over the k rows
+/// of the outer products of A's and B's rows), or `None` when OpenBLAS is not available.
+///
+/// # Panics
+/// When the slices' lengths are not `k·m` and `k·n`, or a dimension exceeds `i32::MAX`.
+pub fn transposed_matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Option<Vec<f32>> {
+    product(a, b, (m, k, n), (Operand::Transposed, Operand::AsStored))
 }
 
 /// A contiguous f32 CPU tensor's elements, read in place (no copy), or `None` for any other
@@ -336,27 +384,32 @@ mod tests {
     /// on small integers (exact in f32); elsewhere the backend says it is gemm.
     #[test]
     fn openblas_products_are_exact_on_small_integers() {
-        let (m, k, n) = (37, 19, 23);
+        // m spans two blocks of rows, so the transposed operand's second block starts mid-row.
+        let (m, k, n) = (ROWS_PER_CALL + 37, 19, 23);
         let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 - 2.0).collect();
         // Bᵀ stored as [n, k].
         let b_t: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        // Aᵀ stored as [k, m].
+        let a_t: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
         match (
             matmul(&a, &b, m, k, n),
             matmul_transposed(&a, &b_t, m, k, n),
+            transposed_matmul(&a_t, &b, m, k, n),
         ) {
-            (Some(c), Some(c_t)) => {
+            (Some(c), Some(c_t), Some(t_c)) => {
                 assert_eq!(backend(), "openblas");
                 for i in 0..m {
                     for j in 0..n {
                         let expected: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
                         assert_eq!(c[i * n + j], expected, "C[{i}, {j}]");
                         assert_eq!(c_t[i * n + j], expected, "A·Wᵀ [{i}, {j}]");
+                        assert_eq!(t_c[i * n + j], expected, "Aᵀ·B [{i}, {j}]");
                     }
                 }
             }
-            (None, None) => assert_eq!(backend(), "gemm"),
-            _ => panic!("one product ran on OpenBLAS and the other did not"),
+            (None, None, None) => assert_eq!(backend(), "gemm"),
+            _ => panic!("some products ran on OpenBLAS and others did not"),
         }
     }
 

@@ -39,6 +39,19 @@ impl DeviceOptions {
         Ok(trainer::device_named(self.name())?)
     }
 
+    /// The dtype a model computes in here: bf16 on a GPU (its tensor cores multiply bf16 with
+    /// f32 accumulation; norms, softmax and the harvested activations stay f32), f32 on the
+    /// CPU, where candle has no bf16 product and the CPU-specialised kernels are f32 (what a
+    /// CPU with AVX-512 BF16 or AMX would offer is [`sae_core::blas::bf16_support`]; no bf16 kernel
+    /// uses it yet).
+    pub fn model_dtype(&self) -> anyhow::Result<DType> {
+        Ok(if self.device()?.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        })
+    }
+
     /// Loads `model` (see [`load_model`]) onto the device in `dtype`, computing with these
     /// kernels.
     pub fn load_model(&self, model: &str, dtype: DType) -> anyhow::Result<LoadedModel> {
@@ -82,6 +95,7 @@ mod tests {
             error("cuda:x")
         );
         assert!(error("cpu:1").contains("no ordinals"), "{}", error("cpu:1"));
+        assert_eq!(cpu.model_dtype().unwrap(), DType::F32);
         assert_eq!("generic".parse::<Kernels>().unwrap(), Kernels::Generic);
         assert!(
             "fast"

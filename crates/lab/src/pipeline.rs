@@ -176,7 +176,9 @@ impl Lab {
             .unwrap_or_else(|| PathBuf::from("runs/reproduce").join(experiment));
         claim_run_folder(&out)?;
         eprintln!("[{experiment}] run folder {}", out.display());
-        let loaded = args.device.load_model(&args.model, DType::F32)?;
+        let loaded = args
+            .device
+            .load_model(&args.model, args.device.model_dtype()?)?;
         let tokenizer = loaded
             .tokenizer
             .context("the model has no tokenizer (a Gemma tokenizer.json is needed)")?;

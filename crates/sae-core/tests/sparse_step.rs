@@ -11,7 +11,8 @@ use candle_core::{DType, Device, Tensor};
 use sae_core::arch::{AffineSae, BatchTopKSae, JumpReluSae, ThresholdParametrisation, TopKSae};
 use sae_core::penalty::{AuxK, L0Ste, PenaltyContext, PreActivationLoss, QuadraticL0};
 use sae_core::sparse::{
-    AuxKTerm, MatryoshkaTerm, PreActivationTerm, SparsePenalties, SparseStep, sparse_step,
+    AuxKTerm, MatryoshkaTerm, Passes, PreActivationTerm, ProductPrecision, SelectionRule,
+    SparsePenalties, SparseStep, generic_sparse_step, sparse_step,
 };
 use sae_core::{Matryoshka, Sae, SteConfig, TrainableSae, WeightedPenalty, training_loss};
 
@@ -150,41 +151,99 @@ fn dense_gradients(
     (terms.total.to_scalar::<f32>().unwrap(), by_name)
 }
 
-/// Runs the sparse step and checks its loss and every gradient against the dense step's.
+/// Runs the sparse step and checks its loss and every gradient against the dense step's, with
+/// the pair passes, where the terms allow them with the passes as dense products (a limit of
+/// 0 sends every batch there), and for JumpReLU without per-token terms in the device-generic
+/// form (candle's operations, the code a GPU runs); returns the pair passes' step.
 fn assert_equals_dense(
     sae: &dyn TrainableSae,
     penalties: &SparsePenalties,
     what: &str,
 ) -> SparseStep {
     let x = inputs();
-    let sparse = sparse_step(sae, &x, penalties, 1.0).unwrap().unwrap();
     let (total, dense) = dense_gradients(sae, &x, penalties);
-    assert!(
-        (sparse.total - total).abs() <= 1e-5 * total.abs().max(1.0),
-        "{what}: loss {} vs {total}",
-        sparse.total
+    // Terms that take part: a coefficient, and for AuxK and the pre-activation loss a dead
+    // latent.
+    let pairs_only = penalties
+        .auxk
+        .as_ref()
+        .is_some_and(|a| a.coefficient != 0.0 && a.k_aux > 0 && a.dead.contains(&true))
+        || penalties
+            .pre_activation
+            .as_ref()
+            .is_some_and(|p| p.coefficient != 0.0 && p.dead.contains(&true))
+        || penalties
+            .matryoshka
+            .as_ref()
+            .is_some_and(|m| m.coefficient != 0.0);
+    let products = sparse_step(sae, &x, penalties, 0.0).unwrap();
+    assert_eq!(
+        products.is_none(),
+        pairs_only,
+        "{what}: the product passes run exactly when no term needs the pairs"
     );
-    assert!(
-        sparse.active_pairs > 0 && sparse.active_pairs < TOKENS * D_SAE,
-        "{what}: {} active pairs",
-        sparse.active_pairs
+    let pairs = sparse_step(sae, &x, penalties, 1.0).unwrap().unwrap();
+    assert_eq!(pairs.passes, Passes::Pairs, "{what}");
+    let threshold_rule = matches!(
+        sae.sparse_form().unwrap().unwrap().rule,
+        SelectionRule::Threshold { .. }
     );
-    assert_eq!(sparse.gradients.len(), dense.len(), "{what}");
-    for (name, gradient) in &sparse.gradients {
-        let reference = &dense[*name];
-        assert_eq!(gradient.dims(), reference.dims(), "{what}: {name}");
-        // f32 sums in a different order: relative to the gradient's scale.
-        let scale = max_abs(reference).max(1e-6);
-        let error = max_abs_diff(gradient, reference);
+    let generic = generic_sparse_step(sae, &x, penalties, 1.0, ProductPrecision::F32).unwrap();
+    assert_eq!(
+        generic.is_some(),
+        threshold_rule && !pairs_only,
+        "{what}: the generic form runs for JumpReLU without per-token terms"
+    );
+    let steps = [
+        ("pairs", Some(&pairs)),
+        ("products", products.as_ref()),
+        ("generic", generic.as_ref()),
+    ];
+    for (form, sparse) in steps.into_iter().filter_map(|(f, s)| Some((f, s?))) {
+        let what = format!("{what} ({form})");
         assert!(
-            error <= 1e-4 * scale,
-            "{what}: {name} differs by {error} (scale {scale})"
+            (sparse.total - total).abs() <= 1e-5 * total.abs().max(1.0),
+            "{what}: loss {} vs {total}",
+            sparse.total
         );
-        if *name == "threshold" || *name == "log_threshold" {
-            assert!(scale > 1e-6, "{what}: pairs in the band give θ a gradient");
+        assert!(
+            sparse.active_pairs > 0 && sparse.active_pairs < TOKENS * D_SAE,
+            "{what}: {} active pairs",
+            sparse.active_pairs
+        );
+        assert_eq!(sparse.gradients.len(), dense.len(), "{what}");
+        for (name, gradient) in &sparse.gradients {
+            let reference = &dense[*name];
+            assert_eq!(gradient.dims(), reference.dims(), "{what}: {name}");
+            // f32 sums in a different order: relative to the gradient's scale.
+            let scale = max_abs(reference).max(1e-6);
+            let error = max_abs_diff(gradient, reference);
+            assert!(
+                error <= 1e-4 * scale,
+                "{what}: {name} differs by {error} (scale {scale})"
+            );
+            if *name == "threshold" || *name == "log_threshold" {
+                assert!(scale > 1e-6, "{what}: pairs in the band give θ a gradient");
+            }
         }
     }
-    sparse
+    if let Some(products) = &products {
+        assert_eq!(products.passes, Passes::Products, "{what}");
+    }
+    for other in products.iter().chain(&generic) {
+        assert_eq!(other.fires, pairs.fires, "{what}: firing counts");
+        assert_eq!(other.active_pairs, pairs.active_pairs, "{what}");
+    }
+    if let Some(generic) = &generic {
+        assert!(
+            generic_sparse_step(sae, &x, penalties, 1e-4, ProductPrecision::F32)
+                .unwrap()
+                .is_none(),
+            "{what}: the generic form leaves a batch above its limit to the dense step"
+        );
+        assert_eq!(generic.smallest_active, pairs.smallest_active, "{what}");
+    }
+    pairs
 }
 
 fn with_auxk(l0: f64) -> SparsePenalties {
@@ -226,10 +285,10 @@ fn jumprelu_sparse_step_equals_the_dense_autograd_step() {
         };
         assert_equals_dense(&sae, &penalties, &what);
         assert!(
-            sparse_step(&sae, &inputs(), &penalties, 1e-4)
+            sparse_step(&sae, &inputs(), &with_auxk(0.02), 1e-4)
                 .unwrap()
                 .is_none(),
-            "{what}: dense fallback above the active fraction"
+            "{what}: with AuxK, the dense autograd step above the pair passes' limit"
         );
     }
     let sae = jumprelu(ThresholdParametrisation::Raw, 0.05);
@@ -529,4 +588,65 @@ fn sparse_step_rejects_bad_inputs() {
     short_mask.pre_activation.as_mut().unwrap().dead = vec![true; D_SAE - 1];
     let error = sparse_step(&sae, &inputs(), &short_mask, 1.0).unwrap_err();
     assert!(error.to_string().contains("dead-latent mask"), "{error}");
+}
+
+/// The bf16 encoder product (operands rounded to bf16, f32 accumulation: what a GPU's tensor
+/// cores compute) stays within bf16's rounding of the f32 product, and the generic step built
+/// on it within that rounding's effect of the f32 step.
+#[test]
+fn bf16_encoder_product_is_within_bf16_rounding_of_f32() {
+    let sae = jumprelu(ThresholdParametrisation::Raw, 0.05);
+    let x = inputs();
+    let centred = sae.affine.encoder_input(&x).unwrap();
+    let w_enc = sae.affine.w_enc.as_tensor();
+    let exact = ProductPrecision::F32.matmul(&centred, w_enc).unwrap();
+    let bf16 = ProductPrecision::Bf16.matmul(&centred, w_enc).unwrap();
+    // Each operand is off by at most 2⁻⁹ of itself (bf16 keeps 8 significant bits, rounding to
+    // nearest), so each term c·w by at most (1 + 2⁻⁹)² − 1 < 2⁻⁸ of |c·w|, and the sum by
+    // 2⁻⁸·Σ|c·w| (plus f32 rounding, far smaller).
+    let bound = (centred
+        .abs()
+        .unwrap()
+        .matmul(&w_enc.abs().unwrap())
+        .unwrap()
+        * 2f64.powi(-8))
+    .unwrap();
+    let error = (&bf16 - &exact).unwrap().abs().unwrap();
+    let excess = (error - &bound)
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        excess <= 1e-6,
+        "the bf16 product leaves its bound by {excess}"
+    );
+    assert!(
+        max_abs_diff(&bf16, &exact) > 0.0,
+        "the bf16 product rounds its operands"
+    );
+    // The step: pairs within bf16 rounding of θ or of the band's edges may change sides, so
+    // the loss moves by about the rounding's relative size (2⁻⁸ ≈ 0.4 %), not f32's.
+    let penalties = SparsePenalties {
+        l0: 0.02,
+        ..SparsePenalties::default()
+    };
+    let step = |precision| {
+        generic_sparse_step(&sae, &x, &penalties, 1.0, precision)
+            .unwrap()
+            .unwrap()
+    };
+    let (f32_step, bf16_step) = (step(ProductPrecision::F32), step(ProductPrecision::Bf16));
+    let relative = (bf16_step.total - f32_step.total).abs() / f32_step.total.abs();
+    assert!(
+        relative <= 2f32.powi(-8) * 4.0,
+        "loss {} in bf16 against {} in f32",
+        bf16_step.total,
+        f32_step.total
+    );
+    assert_eq!(
+        ProductPrecision::fastest_on(&Device::Cpu),
+        ProductPrecision::F32
+    );
 }

@@ -122,6 +122,20 @@ impl Adam {
     /// transposed 2-D view such as the sparse step's `W_enc` gradient); no copy of either is
     /// made. Elsewhere it is candle operations on the parameter's device.
     pub fn update(&mut self, name: &str, var: &Var, grad: &Tensor, lr: f64) -> Result<()> {
+        self.update_scaled(name, var, grad, 1.0, lr)
+    }
+
+    /// [`Adam::update`] with the gradient multiplied by `grad_scale` as it is read (gradient
+    /// clipping's factor), so a clipped gradient is never written out; a scale of 1 gives
+    /// exactly [`Adam::update`]'s result.
+    pub fn update_scaled(
+        &mut self,
+        name: &str,
+        var: &Var,
+        grad: &Tensor,
+        grad_scale: f64,
+        lr: f64,
+    ) -> Result<()> {
         if var.dtype() != DType::F32 || grad.dims() != var.dims() {
             return Err(TrainError::Invalid(format!(
                 "Adam: `{name}` is {:?} {:?} with a {:?} gradient; f32 and equal shapes are required",
@@ -138,6 +152,7 @@ impl Adam {
             correction2: (1.0 - self.beta2.powi(t)) as f32,
             lr: lr as f32,
             eps: self.eps as f32,
+            grad_scale: grad_scale as f32,
         };
         let in_place = self.kernels.specialised_on(var.device()) && grad.device().is_cpu();
         let moments = self.moments.entry(name.to_string()).or_insert_with(|| {
@@ -289,6 +304,8 @@ struct AdamStep {
     correction2: f32,
     lr: f32,
     eps: f32,
+    /// Multiplies every gradient value as it is read (1: none).
+    grad_scale: f32,
 }
 
 /// Where a gradient's elements lie, for a parameter laid out row-major.
@@ -308,6 +325,7 @@ impl AdamStep {
     /// Updates one element.
     #[inline(always)]
     fn element(&self, w: &mut f32, m: &mut f32, v: &mut f32, g: f32) {
+        let g = g * self.grad_scale;
         *m = self.beta1 * *m + (1.0 - self.beta1) * g;
         *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
         *w -= self.lr * (*m / self.correction1) / ((*v / self.correction2).sqrt() + self.eps);
@@ -325,6 +343,13 @@ impl AdamStep {
         grad: &Tensor,
     ) -> Result<Tensor> {
         let f = f64::from;
+        let scaled;
+        let grad = if self.grad_scale == 1.0 {
+            grad
+        } else {
+            scaled = grad.affine(f(self.grad_scale), 0.0)?;
+            &scaled
+        };
         *first = (first.affine(f(self.beta1), 0.0)? + grad.affine(f(1.0 - self.beta1), 0.0)?)?;
         *second =
             (second.affine(f(self.beta2), 0.0)? + grad.sqr()?.affine(f(1.0 - self.beta2), 0.0)?)?;

@@ -59,6 +59,7 @@ mod adam;
 pub mod checkpoint;
 pub mod config;
 mod error;
+mod grad_norm;
 pub mod metrics;
 pub mod registry;
 pub mod resample;

@@ -61,9 +61,14 @@ pub struct MetricsRow {
     /// ([`crate::Trainer::set_held_out`]); NaN without them.
     #[serde(default = "nan", deserialize_with = "nan_from_null")]
     pub held_out_fvu: f64,
-    /// Whether this step took the sparsity-aware step (else candle's dense autograd step).
+    /// Whether this step took the sparsity-aware step over the (token, latent) pairs (else
+    /// its product passes, or candle's dense autograd step).
     #[serde(default)]
     pub sparse_step: bool,
+    /// Whether this step took the sparse step's product passes (many active pairs: the dense
+    /// step's products, without autograd; [`sae_core::sparse::Passes::Products`]).
+    #[serde(default)]
+    pub product_passes: bool,
 }
 
 fn nan() -> f64 {
@@ -106,6 +111,10 @@ pub fn to_frame(rows: &[MetricsRow]) -> Result<DataFrame> {
         Column::new(
             "sparse_step".into(),
             rows.iter().map(|r| r.sparse_step).collect::<Vec<bool>>(),
+        ),
+        Column::new(
+            "product_passes".into(),
+            rows.iter().map(|r| r.product_passes).collect::<Vec<bool>>(),
         ),
     ];
     Ok(DataFrame::new(rows.len(), columns)?)

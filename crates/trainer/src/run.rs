@@ -10,7 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::blas::Kernels;
 use sae_core::format::save_saelens_with_files;
 use sae_core::resample::ResampleRequest;
-use sae_core::sparse::{AuxKTerm, MatryoshkaTerm, PreActivationTerm, SparsePenalties};
+use sae_core::sparse::{
+    AuxKTerm, MatryoshkaTerm, Passes, PreActivationTerm, ProductPrecision, SparsePenalties,
+};
 use sae_core::{
     InitConfig, PenaltyContext, PreActivationLoss, QuadraticL0, SaeShape, SparsityPenalty,
     SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
@@ -22,6 +24,7 @@ use crate::checkpoint::{
     write_json,
 };
 use crate::config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig, SaeConfig, TrainConfig};
+use crate::grad_norm;
 use crate::metrics::{self, MetricsRow};
 use crate::registry::Registry;
 use crate::resample::{self, ResampleConfig};
@@ -649,18 +652,19 @@ impl<S: ActivationSource> Trainer<S> {
 }
 
 /// What computes the training steps on `device` with `kernels`: the CPU's matrix-product
-/// kernels ([`sae_core::blas::kernel_description`]), candle's generic operations, or the
-/// device.
+/// kernels ([`sae_core::blas::kernel_description`]), or candle's generic operations on the
+/// device, with the precision of the generic sparse step's encoder product.
 fn kernel_description(device: &Device, kernels: Kernels) -> String {
+    let precision = ProductPrecision::fastest_on(device).name();
     match device {
         Device::Cpu if kernels == Kernels::Fastest => {
             format!("cpu: {}", sae_core::blas::kernel_description())
         }
         Device::Cpu => format!(
-            "cpu: generic candle ops ({})",
+            "cpu: generic candle ops ({}), encoder product {precision}",
             sae_core::blas::gemm_description()
         ),
-        other => format!("{other:?}"),
+        other => format!("{other:?}: generic candle ops, encoder product {precision}"),
     }
 }
 
@@ -754,11 +758,18 @@ impl SaeRun {
                 coefficient: c.coefficient() * if c.warms_up() { warm } else { 1.0 },
             })
             .collect();
-        let mut step = self.gradients(x, target, &weighted, &context, &dead)?;
-        self.check_finite(&step, step_index)?;
-        if let Some(max_norm) = self.config.grad_clip_norm {
-            clip_gradient_norm(&mut step.gradients, max_norm)?;
-        }
+        let step = self.gradients(x, target, &weighted, &context, &dead)?;
+        let squares = step
+            .gradients
+            .iter()
+            .map(|(_, gradient)| grad_norm::squared_norm(gradient))
+            .collect::<Result<Vec<f64>>>()?;
+        self.check_finite(&step, &squares, step_index)?;
+        // Clipping scales every gradient by one factor; Adam applies it as it reads them.
+        let grad_scale = self
+            .config
+            .grad_clip_norm
+            .map_or(1.0, |max_norm| grad_norm::clip_factor(&squares, max_norm));
         self.adam.tick();
         let decoder = self.sae.decoder_var().as_tensor().clone();
         for (name, var) in self.sae.vars() {
@@ -770,7 +781,7 @@ impl SaeRun {
             } else {
                 grad.clone()
             };
-            self.adam.update(name, var, &grad, lr)?;
+            self.adam.update_scaled(name, var, &grad, grad_scale, lr)?;
         }
         self.sae.project_parameters()?;
         if self.config.decoder_constraint {
@@ -841,6 +852,7 @@ impl SaeRun {
             .iter()
             .filter(|&&f| f as f64 > 0.1 * self.window_tokens as f64)
             .count() as u64;
+        let passes = step.sparse.as_ref().map(|s| s.passes);
         let row = MetricsRow {
             step: 0,
             sae: self.config.name.clone(),
@@ -869,7 +881,8 @@ impl SaeRun {
                 .map_or(0.0, |(_, c)| c.coefficient() * warm),
             resampled: self.resampled,
             held_out_fvu: f64::NAN,
-            sparse_step: step.sparse.is_some(),
+            sparse_step: passes == Some(Passes::Pairs),
+            product_passes: passes == Some(Passes::Products),
         };
         Ok(row)
     }
@@ -931,26 +944,19 @@ impl SaeRun {
 
     /// Stops training at the first non-finite loss or gradient: an update with it would make
     /// every later step, checkpoint and export NaN.
-    fn check_finite(&self, step: &StepResult, step_index: u64) -> Result<()> {
+    fn check_finite(&self, step: &StepResult, squares: &[f64], step_index: u64) -> Result<()> {
         let problem = if !step.total.is_finite() {
             Some(format!(
                 "the loss is {} (reconstruction {}, penalties {})",
                 step.total, step.reconstruction, step.penalty
             ))
         } else {
-            let mut found = None;
-            for (name, gradient) in &step.gradients {
-                // One pass: a sum over values with a NaN or inf is not finite.
-                let sum = gradient
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?;
-                if !sum.is_finite() {
-                    found = Some(format!("the gradient of `{name}` holds NaN or inf"));
-                    break;
-                }
-            }
-            found
+            // Σg² is finite exactly when every value is (see `grad_norm`).
+            step.gradients
+                .iter()
+                .zip(squares)
+                .find(|(_, square)| !square.is_finite())
+                .map(|((name, _), _)| format!("the gradient of `{name}` holds NaN or inf"))
         };
         match problem {
             None => Ok(()),
@@ -964,9 +970,18 @@ impl SaeRun {
     }
 }
 
-/// Above this fraction of (token, latent) pairs active or in the STE band, the dense autograd
-/// step is faster than the sparse one (early in training, from the initial θ).
-const MAX_SPARSE_FRACTION: f64 = 0.05;
+/// Up to this fraction of (token, latent) pairs active or in the STE band, the CPU's sparse
+/// step runs over the pairs; above it (early in JumpReLU training, from the initial θ) it runs
+/// its passes as the dense step's products ([`sae_core::sparse::Passes`]), which cost the same
+/// at any L0. At the Gemma 2 2B shape the two cost the same at ≈ 7 % of pairs on AMD Zen 3
+/// (OpenBLAS; 10.2 s a step) and ≈ 6 % on Zen 4 (`cargo xtask bench-phases [--products]`,
+/// BENCHMARKS.md); near the crossing either costs about the same.
+const MAX_PAIR_FRACTION: f64 = 0.06;
+
+/// Up to this fraction of pairs, the device-generic sparse step
+/// ([`sae_core::sparse::generic_sparse_step`]) runs off the CPU's specialised kernels; above it,
+/// candle's dense autograd step, whose products a GPU runs at its full rate.
+const MAX_GENERIC_PAIR_FRACTION: f64 = 0.05;
 
 /// What one step computed: gradients by parameter name and the numbers metrics need.
 struct StepResult {
@@ -1046,18 +1061,25 @@ impl SaeRun {
         dead: &[bool],
     ) -> Result<StepResult> {
         // The sparse step reconstructs its input: a transcoder trains with the dense step.
-        let sparse_inputs =
-            x.dtype() == DType::F32 && self.kernels.specialised_on(x.device()) && target.is_none();
-        if let Some(penalties) = self
+        let sparse_inputs = x.dtype() == DType::F32 && target.is_none();
+        let specialised = self.kernels.specialised_on(x.device());
+        let sparse = match self
             .sparse_penalties(weighted, dead)
             .filter(|_| self.config.sparse_step && sparse_inputs)
-            && let Some(mut step) = sae_core::sparse::sparse_step(
+        {
+            Some(penalties) if specialised => {
+                sae_core::sparse::sparse_step(self.sae.as_ref(), x, &penalties, MAX_PAIR_FRACTION)?
+            }
+            Some(penalties) => sae_core::sparse::generic_sparse_step(
                 self.sae.as_ref(),
                 x,
                 &penalties,
-                MAX_SPARSE_FRACTION,
-            )?
-        {
+                MAX_GENERIC_PAIR_FRACTION,
+                ProductPrecision::fastest_on(x.device()),
+            )?,
+            None => None,
+        };
+        if let Some(mut step) = sparse {
             let has_l0 = self.penalties.iter().any(|(_, c)| {
                 matches!(
                     c,
@@ -1139,27 +1161,6 @@ fn training_rows(activations: &Tensor, sae: &ResolvedSaeConfig) -> Result<Tensor
     }
     let kept = Tensor::new(kept, activations.device())?;
     Ok(activations.index_select(&kept, 0)?)
-}
-
-/// Scales `gradients` by `max_norm / ‖g‖` when their global L2 norm ‖g‖ (over every
-/// parameter, as `torch.nn.utils.clip_grad_norm_`) is above `max_norm`.
-fn clip_gradient_norm(gradients: &mut [(&'static str, Tensor)], max_norm: f64) -> Result<()> {
-    let mut squares = 0.0;
-    for (_, gradient) in gradients.iter() {
-        squares += gradient
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-    }
-    let norm = squares.sqrt();
-    if norm > max_norm {
-        let factor = max_norm / norm;
-        for (_, gradient) in gradients.iter_mut() {
-            *gradient = gradient.affine(factor, 0.0)?;
-        }
-    }
-    Ok(())
 }
 
 /// Overwrites the SAE's trainable tensor `name`.

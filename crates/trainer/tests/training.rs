@@ -730,6 +730,18 @@ fn sparse_jumprelu_step_trains_like_the_dense_step() {
     });
 }
 
+/// From the Gemma Scope initialisation (θ₀ = 0.001: about half the pairs active, far above the
+/// pair passes' limit) the sparse step runs its passes as products, and trains like candle's
+/// dense autograd step.
+#[test]
+fn sparse_jumprelu_step_from_a_dense_start_trains_like_the_dense_step() {
+    assert_sparse_trains_like_dense(Architecture::JumpRelu, 8, |sae| {
+        sae.penalties = Some(vec![PenaltyConfig::L0 { coefficient: 0.01 }]);
+        sae.bandwidth = Some(0.05);
+        sae.threshold_init = Some(0.001);
+    });
+}
+
 /// With the pre-activation loss: 512 latents on 48 atoms, so after a few steps of the 1,280-token
 /// window many latents are dead and the term acts in the later steps.
 #[test]

@@ -36,6 +36,10 @@ pub struct PhasesArgs {
     /// Timed steps (after one warm-up); the median of each phase is reported.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
     pub repeats: usize,
+    /// Run the passes after the encoder product as dense products (what the trainer does
+    /// above its pair limit) instead of over the pairs.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub products: bool,
 }
 
 /// This machine's rates, measured alone.
@@ -155,7 +159,8 @@ pub fn phases(args: &PhasesArgs, roofline: &Rooflines) -> anyhow::Result<(Vec<Ph
     let mut measured: Vec<SparsePhases> = Vec::new();
     let mut pairs = 0;
     for repeat in 0..=args.repeats {
-        let step = sparse_step(sae.as_ref(), &x, &penalties, 1.0)?
+        let pair_limit = if args.products { 0.0 } else { 1.0 };
+        let step = sparse_step(sae.as_ref(), &x, &penalties, pair_limit)?
             .context("the sparse step declined this SAE")?;
         pairs = step.active_pairs;
         if repeat > 0 {
@@ -172,12 +177,25 @@ pub fn phases(args: &PhasesArgs, roofline: &Rooflines) -> anyhow::Result<(Vec<Ph
         args.shape.d_sae as f64,
     );
     let memory = |bytes: f64| bytes / (roofline.read_gbs * 1e9);
+    let compute = |flops: f64| flops / (roofline.matmul_gflops * 1e9);
     let product_flops = 2.0 * tokens * args.shape.d_in as f64 * latents;
     let selection_bytes = 4.0 * tokens * latents;
-    // x and x̂ per token, one decoder row per pair.
-    let token_bytes = 2.0 * tokens * row + pairs * row;
-    // An input row and a token-gradient row per pair, two gradient rows written per latent.
-    let latent_bytes = 2.0 * pairs * row + 2.0 * latents * row;
+    // Pairs: x and x̂ per token, one decoder row per pair; an input row and a token-gradient
+    // row per pair, two gradient rows written per latent. Products: two of the encoder's size
+    // in each pass.
+    let (pass_bound, token_work, latent_work) = if args.products {
+        ("compute", 2.0 * product_flops, 2.0 * product_flops)
+    } else {
+        (
+            "memory",
+            2.0 * tokens * row + pairs * row,
+            2.0 * pairs * row + 2.0 * latents * row,
+        )
+    };
+    let pass_roofline = |work: f64| match pass_bound {
+        "compute" => compute(work),
+        _ => memory(work),
+    };
     // Encoder input, gradient tensors (W_enc's and W_dec's gradients moved into tensors).
     let other_bytes = 2.0 * tokens * row + 2.0 * latents * row;
     Ok((
@@ -187,7 +205,7 @@ pub fn phases(args: &PhasesArgs, roofline: &Rooflines) -> anyhow::Result<(Vec<Ph
                 seconds: phase(|p| p.encoder_product),
                 bound: "compute",
                 work: product_flops,
-                roofline_seconds: product_flops / (roofline.matmul_gflops * 1e9),
+                roofline_seconds: compute(product_flops),
             },
             Phase {
                 name: "selection (read π once)",
@@ -199,16 +217,16 @@ pub fn phases(args: &PhasesArgs, roofline: &Rooflines) -> anyhow::Result<(Vec<Ph
             Phase {
                 name: "token pass (x̂, g, g·W_dec[j])",
                 seconds: phase(|p| p.token_pass),
-                bound: "memory",
-                work: token_bytes,
-                roofline_seconds: memory(token_bytes),
+                bound: pass_bound,
+                work: token_work,
+                roofline_seconds: pass_roofline(token_work),
             },
             Phase {
                 name: "latent pass (gradient rows)",
                 seconds: phase(|p| p.latent_pass),
-                bound: "memory",
-                work: latent_bytes,
-                roofline_seconds: memory(latent_bytes),
+                bound: pass_bound,
+                work: latent_work,
+                roofline_seconds: pass_roofline(latent_work),
             },
             Phase {
                 name: "other (encoder input, tensors)",
@@ -256,7 +274,8 @@ pub fn run(args: &PhasesArgs) -> anyhow::Result<()> {
     let roofline = rooflines(args)?;
     let (phases, l0) = phases(args, &roofline)?;
     println!(
-        "sparse JumpReLU step, {} × {}, batch {}, L0 {l0:.1}: {} threads, CPU flags {}, products on {}",
+        "sparse JumpReLU step ({} passes), {} × {}, batch {}, L0 {l0:.1}: {} threads, CPU flags {}, products on {}",
+        if args.products { "product" } else { "pair" },
         args.shape.d_in,
         args.shape.d_sae,
         args.shape.batch,
@@ -288,6 +307,7 @@ mod tests {
             },
             l0: 20.0,
             repeats: 1,
+            products: false,
         };
         let roofline = Rooflines {
             matmul_gflops: 10.0,
@@ -307,5 +327,15 @@ mod tests {
         let table = markdown(&phases);
         assert_eq!(table.lines().count(), 2 + 5 + 1);
         assert!(table.contains("**step**"));
+        // The product passes: the same L0, two products' work in each pass.
+        let products = PhasesArgs {
+            products: true,
+            ..args
+        };
+        let (phases, product_l0) = super::phases(&products, &roofline).unwrap();
+        assert!((product_l0 - 20.0).abs() < 3.0, "L0 {product_l0}");
+        assert_eq!(phases[2].bound, "compute");
+        assert_eq!(phases[2].work, 2.0 * product.work);
+        assert_eq!(phases[3].work, 2.0 * product.work);
     }
 }

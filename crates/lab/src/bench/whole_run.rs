@@ -53,7 +53,8 @@ pub struct WholeRunArgs {
     /// has AVX-512 BF16 or AMX, else f32.
     #[cfg_attr(feature = "cli", arg(long))]
     pub peers: bool,
-    /// With `--peers`, SAELens in f32 as well where bf16 autocast is its fastest.
+    /// With `--peers`, SAELens in both precisions (f32 and bf16 autocast), not only its
+    /// fastest on this CPU.
     #[cfg_attr(feature = "cli", arg(long))]
     pub all_peer_precisions: bool,
     /// Where this project's run computes.
@@ -89,8 +90,10 @@ pub struct WholeRun {
     pub final_l0: f64,
     /// (step, seconds so far, L0 of that step), about ten points.
     pub trace: Vec<(u64, f64, f64)>,
-    /// Steps that took the sparsity-aware step (this project's runs only).
+    /// Steps that took the sparsity-aware step over the pairs (this project's runs only).
     pub sparse_steps: Option<u64>,
+    /// Steps that took the sparse step's product passes (this project's runs only).
+    pub product_steps: Option<u64>,
 }
 
 impl WholeRunArgs {
@@ -167,6 +170,7 @@ pub fn ours(args: &WholeRunArgs) -> anyhow::Result<WholeRun> {
         final_l0: trace.last().map_or(f64::NAN, |t| t.2),
         trace,
         sparse_steps: Some(trainer.metrics.iter().filter(|m| m.sparse_step).count() as u64),
+        product_steps: Some(trainer.metrics.iter().filter(|m| m.product_passes).count() as u64),
     })
 }
 
@@ -249,6 +253,7 @@ pub fn saelens(
         final_l0: line["last_l0"].as_f64().unwrap_or(f64::NAN),
         trace,
         sparse_steps: None,
+        product_steps: None,
     })
 }
 
@@ -268,7 +273,7 @@ pub fn runs(args: &WholeRunArgs) -> anyhow::Result<Vec<WholeRun>> {
         if !machine.native_bf16 || args.all_peer_precisions {
             runs.push(saelens(args, &python, false, machine.threads)?);
         }
-        if machine.native_bf16 {
+        if machine.native_bf16 || args.all_peer_precisions {
             runs.push(saelens(args, &python, true, machine.threads)?);
         }
     }
@@ -293,9 +298,12 @@ pub fn run(args: &WholeRunArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(step, _, l0)| format!("{step}:{l0:.0}"))
             .collect();
-        let sparse = run
-            .sparse_steps
-            .map_or(String::new(), |n| format!(", {n} sparse steps"));
+        let sparse = match (run.sparse_steps, run.product_steps) {
+            (Some(pairs), Some(products)) => {
+                format!(", {pairs} sparse steps over pairs, {products} with product passes")
+            }
+            _ => String::new(),
+        };
         println!(
             "{:<32} {:>8.1} s  ({:.2}× ours)  final L0 {:>7.1}{sparse}  L0 by step {}",
             run.implementation,
@@ -336,6 +344,9 @@ mod tests {
         assert!(run.final_l0 < first / 3.0, "L0 {first} → {}", run.final_l0);
         let sparse = run.sparse_steps.unwrap();
         assert!(sparse > 0 && sparse < 80, "{sparse} sparse steps of 80");
+        // The dense start runs the sparse step's product passes (no autograd step: JumpReLU
+        // with the L0 penalty has a sparse form at any L0).
+        assert_eq!(sparse + run.product_steps.unwrap(), 80);
         assert!(run.seconds > 0.0 && run.trace.windows(2).all(|w| w[0].1 <= w[1].1));
     }
 }

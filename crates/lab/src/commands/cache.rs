@@ -10,7 +10,6 @@ use activation_cache::{
     contexts::ContextSampling, harvest,
 };
 use anyhow::Context;
-use candle_core::DType;
 use gemma_hooks::HookPoint;
 
 use crate::device::DeviceOptions;
@@ -95,7 +94,9 @@ pub fn run(args: &CacheArgs) -> anyhow::Result<()> {
 
 /// Harvests (or resumes) the store `args` describe and prints the harvest rate.
 pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
-    let loaded = args.device.load_model(&args.model, DType::F32)?;
+    let loaded = args
+        .device
+        .load_model(&args.model, args.device.model_dtype()?)?;
     let tokenizer = loaded
         .tokenizer
         .clone()

@@ -40,7 +40,7 @@ pub struct DemoArgs {
 /// Residual-stream activations `[tokens, d_model]` of the middle layer on the sample text,
 /// without the BOS position; also returns the hook's name.
 fn harvest(model: &str, device: &DeviceOptions) -> anyhow::Result<(Tensor, HookPoint)> {
-    let loaded = device.load_model(model, DType::F32)?;
+    let loaded = device.load_model(model, device.model_dtype()?)?;
     let tokenizer = loaded
         .tokenizer
         .as_ref()

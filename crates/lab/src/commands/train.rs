@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use activation_cache::{ContextConfig, ShuffleConfig, StoreSource, StreamingSource};
 use anyhow::Context;
-use candle_core::DType;
 use gemma_hooks::HookPoint;
 use trainer::{RunOptions, TrainConfig, Trainer};
 
@@ -67,7 +66,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             device: Some(config.device.clone()),
             kernels: config.kernels,
         };
-        let loaded = on_device.load_model(&args.model, DType::F32)?;
+        let loaded = on_device.load_model(&args.model, on_device.model_dtype()?)?;
         let tokenizer = loaded
             .tokenizer
             .clone()

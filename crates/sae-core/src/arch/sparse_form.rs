@@ -71,8 +71,19 @@ pub struct SparseStep {
     pub fires: Vec<u32>,
     /// The smallest non-zero latent value of the batch (BatchTopK's threshold statistic).
     pub smallest_active: Option<f32>,
+    /// How the passes after the encoder product ran.
+    pub passes: Passes,
     /// Where the step's time went.
     pub phases: SparsePhases,
+}
+
+/// How a sparse step ran its passes after the encoder product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passes {
+    /// Row operations over the (token, latent) pairs that take part.
+    Pairs,
+    /// The dense step's products over the latents laid out densely (many pairs take part).
+    Products,
 }
 
 /// Wall seconds of each phase of one sparse step (`cargo xtask bench-phases` sets them

@@ -28,6 +28,8 @@
 //! accumulator is shared). Row loops use [`kernels`]' vectorised dot and axpy. The result
 //! equals candle's autograd of the dense loss to f32 rounding (test `sparse_step.rs`).
 
+mod generic;
+mod products;
 mod select;
 
 use candle_core::{DType, Device, Layout, Storage, Tensor};
@@ -35,8 +37,9 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+pub use self::generic::{ProductPrecision, generic_sparse_step};
 use self::select::Pair;
-pub use crate::arch::sparse_form::{SelectionRule, SparseForm, SparsePhases, SparseStep};
+pub use crate::arch::sparse_form::{Passes, SelectionRule, SparseForm, SparsePhases, SparseStep};
 use crate::arch::{AffineSae, ThresholdParametrisation, TrainableSae};
 use crate::{Result, SaeError, blas, kernels};
 
@@ -266,10 +269,13 @@ fn active_terms<'p>(
 
 /// The sparse step of `sae` on inputs `x` `[tokens, d_in]` (already scaled), f32 on the CPU.
 ///
-/// `Ok(None)` when the SAE has no sparse form ([`TrainableSae::sparse_form`]), when an L0
-/// penalty is asked of an SAE without a threshold (the dense step reports that), or when more
-/// than `max_active_fraction` of the (token, latent) pairs take part (early in JumpReLU
-/// training, when the dense step is faster).
+/// Up to `max_pair_fraction` of the (token, latent) pairs taking part, the step runs over
+/// the pairs; above it (early in JumpReLU training) it runs the same passes as dense products
+/// ([`products`], [`Passes::Products`]). `Ok(None)` when the SAE has no sparse form
+/// ([`TrainableSae::sparse_form`]), when an L0 penalty is asked of an SAE without a threshold
+/// (the dense step reports that), or when the batch is above the fraction and a term needs the
+/// pair passes (AuxK, pre-activation, Matryoshka: the dense autograd step is then the one to
+/// run).
 ///
 /// The `W_enc` gradient comes back as a transposed view of a `[d_sae, d_in]` buffer (each
 /// latent's column is written as one row); [`Tensor::contiguous`] lays it out if needed.
@@ -283,7 +289,7 @@ pub fn sparse_step(
     sae: &dyn TrainableSae,
     x: &Tensor,
     penalties: &SparsePenalties,
-    max_active_fraction: f64,
+    max_pair_fraction: f64,
 ) -> Result<Option<SparseStep>> {
     let Some(SparseForm { affine, rule }) = sae.sparse_form()? else {
         return Ok(None);
@@ -338,9 +344,13 @@ pub fn sparse_step(
     drop(product);
     phases.selection += clock.lap();
     let pairs: usize = token_pairs.iter().map(Vec::len).sum();
-    if pairs as f64 > max_active_fraction * (tokens * d_sae) as f64 {
+    let passes = if pairs as f64 <= max_pair_fraction * (tokens * d_sae) as f64 {
+        Passes::Pairs
+    } else if auxk.is_none() && pre_activation.is_none() && matryoshka.is_none() {
+        Passes::Products
+    } else {
         return Ok(None);
-    }
+    };
     let w_dec_tensor = affine.w_dec.as_tensor();
     let (w_dec_storage, w_dec_layout) = w_dec_tensor.storage_and_layout();
     let w_dec = contiguous_f32(&w_dec_storage, w_dec_layout, "W_dec")?;
@@ -358,7 +368,16 @@ pub fn sparse_step(
         widths,
         coefficient: m.coefficient as f32,
     });
-    let mut per_token = token_terms(token_pairs, x_rows, &b_dec, scale, prefixes, &decoder_row);
+    let (mut per_token, mut product_pass) = match passes {
+        Passes::Pairs => (
+            token_terms(token_pairs, x_rows, &b_dec, scale, prefixes, &decoder_row),
+            None,
+        ),
+        Passes::Products => {
+            let mut pass = products::token_pass(token_pairs, x_rows, &b_dec, scale, w_dec)?;
+            (std::mem::take(&mut pass.per_token), Some(pass))
+        }
+    };
     let auxk_term = match auxk {
         Some(auxk) => aux_terms(&mut per_token, auxk.coefficient as f32, scale, &decoder_row),
         None => 0.0,
@@ -380,7 +399,6 @@ pub fn sparse_step(
         .map(|p| p.pre)
         .min_by(f32::total_cmp);
 
-    let by_latent = pairs_by_latent(&per_token, d_sae);
     let (theta, bandwidth) = match &rule {
         SelectionRule::Threshold {
             theta, bandwidth, ..
@@ -395,97 +413,46 @@ pub fn sparse_step(
         Some(q) => quadratic_l0_terms(&per_token, q),
         None => (l0, Vec::new()),
     };
-    let l0_gradient_of = |token: usize| match l0_slope.get(token) {
-        Some(slope) => l0_gradient * slope,
-        None => l0_gradient,
+    let threshold_terms = products::ThresholdTerms {
+        theta,
+        bandwidth,
+        l0_gradient_of: |token: usize| match l0_slope.get(token) {
+            Some(slope) => l0_gradient * slope,
+            None => l0_gradient,
+        },
     };
     // The pre-activation loss: Σ over tokens of x − b_dec (its W_enc gradient is this sum less
     // the firing tokens' rows), each dead latent's decoder norm, and the term itself.
     let pre_coefficient = pre_activation.map_or(0.0, |p| p.coefficient) as f32;
-    let centred_sum: Vec<f32> = if dead_terms.is_empty() {
-        Vec::new()
-    } else {
-        (0..d_in)
-            .map(|k| {
-                (0..tokens)
-                    .map(|i| centred[i * d_in + k] as f64)
-                    .sum::<f64>() as f32
-            })
-            .collect()
-    };
-    let decoder_norm = |j: usize| kernels::dot(decoder_row(j as u32), decoder_row(j as u32)).sqrt();
     let pre_activation_term: f64 = dead_terms
         .iter()
         .enumerate()
-        .filter_map(|(j, t)| t.as_ref().map(|t| decoder_norm(j) as f64 * t.gap))
+        .filter_map(|(j, t)| {
+            t.as_ref()
+                .map(|t| norm(decoder_row(j as u32)) as f64 * t.gap)
+        })
         .sum::<f64>()
         / tokens as f64;
-    // Per latent (threads own whole rows, written in place): its W_enc column gradient (a row
-    // of Wᵀ_enc), W_dec row gradient, b_enc and θ gradients.
     phases.other += clock.lap();
-    let mut encoder_t = vec![0f32; d_sae * d_in];
-    let mut decoder = vec![0f32; d_sae * d_in];
-    let (b_enc, threshold): (Vec<f32>, Vec<f32>) = encoder_t
-        .par_chunks_mut(d_in)
-        .zip(decoder.par_chunks_mut(d_in))
-        .zip(by_latent.par_iter())
-        .enumerate()
-        .map(|(j, ((encoder, decoder), pairs))| {
-            let (mut b_enc, mut threshold) = (0f32, 0f32);
-            let group = crate::Matryoshka::group(widths, j);
-            for pair in pairs {
-                let token = &per_token[pair.index as usize];
-                if pair.active || pair.aux {
-                    let i = pair.index as usize;
-                    let pre_gradient = pair.pre_gradient();
-                    kernels::axpy(pre_gradient, &centred[i * d_in..(i + 1) * d_in], encoder);
-                    b_enc += pre_gradient;
-                }
-                if pair.active {
-                    kernels::axpy(pair.pre, token.gradient(group), decoder);
-                }
-                if pair.aux {
-                    kernels::axpy(pair.pre, &token.aux, decoder);
-                }
-                if pair.band {
-                    threshold += pair.output_gradient * (-theta[j] / bandwidth)
-                        + l0_gradient_of(pair.index as usize);
-                }
-            }
-            if let Some(Some(dead)) = dead_terms.get(j) {
-                let norm = decoder_norm(j);
-                let pre_gradient = -pre_coefficient * norm / tokens as f32;
-                kernels::axpy(pre_gradient, &centred_sum, encoder);
-                for &i in &dead.not_below {
-                    let i = i as usize;
-                    kernels::axpy(-pre_gradient, &centred[i * d_in..(i + 1) * d_in], encoder);
-                }
-                b_enc += pre_gradient * dead.below as f32;
-                threshold -= pre_gradient * dead.below as f32;
-                if norm > 0.0 {
-                    let along = pre_coefficient * dead.gap as f32 / (tokens as f32 * norm);
-                    kernels::axpy(along, decoder_row(j as u32), decoder);
-                }
-            }
-            (b_enc, threshold)
-        })
-        .unzip();
+    let (per_token, latent_gradients, fires) = match product_pass.take() {
+        Some(mut pass) => {
+            pass.per_token = per_token;
+            products::latent_pass(pass, centred, &threshold_terms)?
+        }
+        None => {
+            let pass = LatentPass {
+                centred,
+                widths,
+                dead_terms: &dead_terms,
+                pre_coefficient,
+                decoder_row: &decoder_row,
+            };
+            let (gradients, fires) = pass.run(&per_token, d_sae, &threshold_terms);
+            (per_token, gradients, fires)
+        }
+    };
     phases.latent_pass += clock.lap();
-    let fires: Vec<u32> = by_latent
-        .iter()
-        .map(|pairs| pairs.iter().filter(|p| p.active && p.pre != 0.0).count() as u32)
-        .collect();
-    let gradients = gradient_tensors(
-        affine,
-        rule,
-        LatentGradients {
-            encoder_t,
-            decoder,
-            b_enc,
-            threshold,
-        },
-        &per_token,
-    )?;
+    let gradients = gradient_tensors(affine, rule, latent_gradients, &per_token)?;
     let auxk_coefficient = auxk.map_or(0.0, |a| a.coefficient);
     let matryoshka_coefficient = matryoshka.map_or(0.0, |m| m.coefficient);
     let total = reconstruction
@@ -507,8 +474,118 @@ pub fn sparse_step(
         gradients,
         active_pairs,
         smallest_active,
+        passes,
         phases,
     }))
+}
+
+/// The pair passes' latent pass: per latent (threads own whole rows, written in place), its
+/// W_enc column gradient (a row of Wᵀ_enc), W_dec row gradient, b_enc and θ gradients, with
+/// the AuxK, pre-activation and Matryoshka terms.
+struct LatentPass<'a, R: Fn(u32) -> &'a [f32] + Sync> {
+    /// x − b_dec (or x), `[tokens, d_in]`.
+    centred: &'a [f32],
+    /// The Matryoshka prefix widths (empty without).
+    widths: &'a [usize],
+    /// Each dead latent's pre-activation terms (empty without the loss).
+    dead_terms: &'a [Option<DeadLatentTerms>],
+    /// The pre-activation loss's coefficient c.
+    pre_coefficient: f32,
+    /// W_dec's row j.
+    decoder_row: &'a R,
+}
+
+impl<'a, R: Fn(u32) -> &'a [f32] + Sync> LatentPass<'a, R> {
+    /// The gradient rows and sums, and each latent's firing count.
+    fn run<L: Fn(usize) -> f32 + Sync>(
+        &self,
+        per_token: &[TokenTerms],
+        d_sae: usize,
+        threshold_terms: &products::ThresholdTerms<'_, L>,
+    ) -> (LatentGradients, Vec<u32>) {
+        let (theta, bandwidth) = (threshold_terms.theta, threshold_terms.bandwidth);
+        let centred = self.centred;
+        let d_in = per_token.first().map_or(0, |t| t.g.len());
+        let tokens = per_token.len();
+        let by_latent = pairs_by_latent(per_token, d_sae);
+        let centred_sum: Vec<f32> = if self.dead_terms.is_empty() {
+            Vec::new()
+        } else {
+            (0..d_in)
+                .map(|k| {
+                    (0..tokens)
+                        .map(|i| centred[i * d_in + k] as f64)
+                        .sum::<f64>() as f32
+                })
+                .collect()
+        };
+        let mut encoder_t = vec![0f32; d_sae * d_in];
+        let mut decoder = vec![0f32; d_sae * d_in];
+        let (b_enc, threshold): (Vec<f32>, Vec<f32>) = encoder_t
+            .par_chunks_mut(d_in)
+            .zip(decoder.par_chunks_mut(d_in))
+            .zip(by_latent.par_iter())
+            .enumerate()
+            .map(|(j, ((encoder, decoder), pairs))| {
+                let (mut b_enc, mut threshold) = (0f32, 0f32);
+                let group = crate::Matryoshka::group(self.widths, j);
+                for pair in pairs {
+                    let token = &per_token[pair.index as usize];
+                    if pair.active || pair.aux {
+                        let i = pair.index as usize;
+                        let pre_gradient = pair.pre_gradient();
+                        kernels::axpy(pre_gradient, &centred[i * d_in..(i + 1) * d_in], encoder);
+                        b_enc += pre_gradient;
+                    }
+                    if pair.active {
+                        kernels::axpy(pair.pre, token.gradient(group), decoder);
+                    }
+                    if pair.aux {
+                        kernels::axpy(pair.pre, &token.aux, decoder);
+                    }
+                    if pair.band {
+                        threshold += pair.output_gradient * (-theta[j] / bandwidth)
+                            + (threshold_terms.l0_gradient_of)(pair.index as usize);
+                    }
+                }
+                if let Some(Some(dead)) = self.dead_terms.get(j) {
+                    let row_norm = norm((self.decoder_row)(j as u32));
+                    let pre_gradient = -self.pre_coefficient * row_norm / tokens as f32;
+                    kernels::axpy(pre_gradient, &centred_sum, encoder);
+                    for &i in &dead.not_below {
+                        let i = i as usize;
+                        kernels::axpy(-pre_gradient, &centred[i * d_in..(i + 1) * d_in], encoder);
+                    }
+                    b_enc += pre_gradient * dead.below as f32;
+                    threshold -= pre_gradient * dead.below as f32;
+                    if row_norm > 0.0 {
+                        let along =
+                            self.pre_coefficient * dead.gap as f32 / (tokens as f32 * row_norm);
+                        kernels::axpy(along, (self.decoder_row)(j as u32), decoder);
+                    }
+                }
+                (b_enc, threshold)
+            })
+            .unzip();
+        let fires: Vec<u32> = by_latent
+            .iter()
+            .map(|pairs| pairs.iter().filter(|p| p.active && p.pre != 0.0).count() as u32)
+            .collect();
+        (
+            LatentGradients {
+                encoder_t,
+                decoder,
+                b_enc,
+                threshold,
+            },
+            fires,
+        )
+    }
+}
+
+/// A row's Euclidean norm.
+fn norm(row: &[f32]) -> f32 {
+    kernels::dot(row, row).sqrt()
 }
 
 /// A stopwatch read in laps.
