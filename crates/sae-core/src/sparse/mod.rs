@@ -368,7 +368,8 @@ pub fn sparse_step(
         widths,
         coefficient: m.coefficient as f32,
     });
-    let (mut per_token, mut product_pass) = match passes {
+    // The product passes keep the dense latents F and g's rows for their latent pass.
+    let (mut per_token, product_pass) = match passes {
         Passes::Pairs => (
             token_terms(token_pairs, x_rows, &b_dec, scale, prefixes, &decoder_row),
             None,
@@ -434,7 +435,7 @@ pub fn sparse_step(
         .sum::<f64>()
         / tokens as f64;
     phases.other += clock.lap();
-    let (per_token, latent_gradients, fires) = match product_pass.take() {
+    let (per_token, latent_gradients, fires) = match product_pass {
         Some(mut pass) => {
             pass.per_token = per_token;
             products::latent_pass(pass, centred, &threshold_terms)?
