@@ -221,8 +221,8 @@ fn gemm_instruction_set() -> &'static str {
 /// The CPU's fast bf16 instructions, named as `/proc/cpuinfo` names them (`avx512_bf16`,
 /// `amx_bf16`), or `None` where it has none: bf16 products would then be emulated and slower
 /// than f32. Detected at run time. No product here uses them yet: neither candle's CPU backend
-/// nor the OpenBLAS builds at hand (Debian's 0.3.21, PyPI's) export a bf16 product, so every
-/// CPU product is f32; this says what a bf16 kernel would find.
+/// (which widens bf16 to f32) nor the OpenBLAS builds at hand (Debian's 0.3.21, PyPI's) has a
+/// bf16 kernel, so every CPU product is f32; this says what a bf16 kernel would find.
 pub fn bf16_support() -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
     {

@@ -41,9 +41,9 @@ impl DeviceOptions {
 
     /// The dtype a model computes in here: bf16 on a GPU (its tensor cores multiply bf16 with
     /// f32 accumulation; norms, softmax and the harvested activations stay f32), f32 on the
-    /// CPU, where candle has no bf16 product and the CPU-specialised kernels are f32 (what a
-    /// CPU with AVX-512 BF16 or AMX would offer is [`sae_core::blas::bf16_support`]; no bf16 kernel
-    /// uses it yet).
+    /// CPU, where candle has no bf16 kernel (it widens bf16 to f32 to multiply) and the
+    /// CPU-specialised kernels are f32 (what a CPU with AVX-512 BF16 or AMX would offer is
+    /// [`sae_core::blas::bf16_support`]; no bf16 kernel uses it yet).
     pub fn model_dtype(&self) -> anyhow::Result<DType> {
         Ok(if self.device()?.is_cpu() {
             DType::F32

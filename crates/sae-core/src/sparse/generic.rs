@@ -42,17 +42,17 @@ pub enum ProductPrecision {
     /// f32 operands and accumulation.
     #[default]
     F32,
-    /// Operands rounded to bf16, products accumulated in f32: a GPU's bf16 tensor-core
-    /// product (cuBLAS with f32 compute). candle's CPU backend has no bf16 product, so on the
-    /// CPU the rounded operands are multiplied in f32 — the same numbers, without the speed
-    /// (tests use it to bound bf16's error on any machine).
+    /// Operands rounded to bf16, products accumulated in f32, the result rounded to bf16:
+    /// candle's bf16 product on every device (cuBLAS with f32 compute on a GPU; on the CPU,
+    /// where candle widens bf16 to f32 to multiply, the same numbers without the speed — tests
+    /// use it to bound bf16's error on any machine).
     Bf16,
 }
 
 impl ProductPrecision {
     /// The fastest precision on `device`: bf16 on a GPU (tensor cores); f32 on the CPU, where
-    /// neither candle nor the system's OpenBLAS offers a bf16 product (see
-    /// [`crate::blas::bf16_support`] for what the CPU itself has).
+    /// neither candle (it widens bf16 to f32 to multiply) nor the system's OpenBLAS has a bf16
+    /// kernel (see [`crate::blas::bf16_support`] for what the CPU itself has).
     pub fn fastest_on(device: &Device) -> Self {
         if device.is_cpu() {
             ProductPrecision::F32
@@ -73,10 +73,6 @@ impl ProductPrecision {
     pub fn matmul(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Ok(match self {
             ProductPrecision::F32 => a.matmul(b)?,
-            ProductPrecision::Bf16 if a.device().is_cpu() => {
-                let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
-                round(a)?.matmul(&round(b)?)?
-            }
             ProductPrecision::Bf16 => a
                 .to_dtype(DType::BF16)?
                 .matmul(&b.to_dtype(DType::BF16)?)?

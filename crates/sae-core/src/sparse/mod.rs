@@ -271,7 +271,7 @@ fn active_terms<'p>(
 ///
 /// Up to `max_pair_fraction` of the (token, latent) pairs taking part, the step runs over
 /// the pairs; above it (early in JumpReLU training) it runs the same passes as dense products
-/// ([`products`], [`Passes::Products`]). `Ok(None)` when the SAE has no sparse form
+/// ([`Passes::Products`]). `Ok(None)` when the SAE has no sparse form
 /// ([`TrainableSae::sparse_form`]), when an L0 penalty is asked of an SAE without a threshold
 /// (the dense step reports that), or when the batch is above the fraction and a term needs the
 /// pair passes (AuxK, pre-activation, Matryoshka: the dense autograd step is then the one to
