@@ -15,6 +15,10 @@ pub enum CacheError {
     /// requires (the workspace's shared file vocabulary, with the path).
     #[error(transparent)]
     File(#[from] file_io::FileError),
+    /// An object store (or a local folder through the same interface) failed, or returned
+    /// bytes that are not the ones written.
+    #[error(transparent)]
+    Object(#[from] object_io::ObjectError),
     /// NaN or infinite activations.
     #[error("non-finite activation at {location}, hook `{hook}`")]
     NonFinite {

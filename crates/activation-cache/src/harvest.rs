@@ -10,9 +10,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::contexts::{Context, ContextSampling, SpecialTokens, contexts, spread_contexts};
 use crate::corpus::Document;
-use crate::store::{HookSpec, MANIFEST, Manifest, ShardBuffer, StoreDtype, StoreSpec, prepare_dir};
+use crate::store::{HookSpec, MANIFEST, Manifest, ShardBuffer, StoreDtype, StoreSpec, prepare_at};
 use crate::validate::check_row;
 use crate::{CacheError, Result};
+use object_io::Location;
 
 /// The store's description of `points` in a model of `config`: each one's name and width.
 pub fn hook_specs(config: &GemmaConfig, points: &[HookPoint]) -> Vec<HookSpec> {
@@ -131,11 +132,34 @@ fn append_rows(
 /// complete shard (files of an unfinished shard are discarded); a manifest with a different
 /// spec or kernel is an error naming both; a complete store is returned as is.
 ///
+pub fn harvest(
+    dir: &Path,
+    model: &dyn HookedModel,
+    tokenizer: &gemma_hooks::GemmaTokenizer,
+    documents: &[Document],
+    spec: StoreSpec,
+    options: &HarvestOptions,
+) -> Result<Manifest> {
+    harvest_at(
+        &Location::local(dir),
+        model,
+        tokenizer,
+        documents,
+        spec,
+        options,
+    )
+}
+
+/// [`harvest()`] into a store at any [`Location`]: a local folder, or an object-store prefix
+/// (`s3://bucket/prefix`, …) where each shard's files are uploaded whole, then the manifest.
+/// Resuming works the same way from the prefix's manifest; a harvest killed mid-upload and run
+/// again produces the same objects, byte for byte.
+///
 /// Long because validation, resume and the shard loop share the manifest being written; the
 /// loop body (forward pass, rows, shard flush) is the only part that would split, and it
 /// reads as one unit with the resume state it updates.
-pub fn harvest(
-    dir: &Path,
+pub fn harvest_at(
+    location: &Location,
     model: &dyn HookedModel,
     tokenizer: &gemma_hooks::GemmaTokenizer,
     documents: &[Document],
@@ -163,9 +187,9 @@ pub fn harvest(
         ));
     }
     let kernel = model.kernel_description();
-    let mut manifest = match prepare_dir(dir)? {
+    let mut manifest = match prepare_at(location)? {
         Some(existing) => {
-            check_resumable(dir, &existing, &spec, &kernel)?;
+            check_resumable(location, &existing, &spec, &kernel)?;
             existing
         }
         None => Manifest {
@@ -217,13 +241,13 @@ pub fn harvest(
         }
         let first = index as u64 * spec.contexts_per_shard as u64;
         let shard = buffer.write(
-            dir,
+            location,
             index,
             &spec,
             [first, first + shard_contexts.len() as u64],
         )?;
         manifest.shards.push(shard);
-        manifest.write(dir)?;
+        manifest.write_at(location)?;
         written_now += 1;
         if options.stop_after_shards.is_some_and(|n| written_now >= n) {
             progress.abandon_with_message("interrupted");
@@ -231,7 +255,7 @@ pub fn harvest(
         }
     }
     manifest.complete = true;
-    manifest.write(dir)?;
+    manifest.write_at(location)?;
     let rate = manifest.rows() as f64 / started.elapsed().as_secs_f64().max(1e-9);
     progress.finish_with_message(format!("{} rows, {rate:.0} tokens/s", manifest.rows()));
     Ok(manifest)
@@ -239,8 +263,13 @@ pub fn harvest(
 
 /// Refuses to resume `existing` with another spec or kernel, which would mix bytes of two
 /// computations in one store.
-fn check_resumable(dir: &Path, existing: &Manifest, spec: &StoreSpec, kernel: &str) -> Result<()> {
-    let path = dir.join(MANIFEST);
+fn check_resumable(
+    location: &Location,
+    existing: &Manifest,
+    spec: &StoreSpec,
+    kernel: &str,
+) -> Result<()> {
+    let path = location.describe(MANIFEST);
     if existing.spec != *spec {
         return Err(CacheError::format(
             path,

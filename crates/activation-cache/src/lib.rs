@@ -53,6 +53,7 @@ pub mod corpus;
 mod error;
 mod harvest;
 pub mod norms;
+mod remote;
 mod source;
 pub mod store;
 pub mod validate;
@@ -60,7 +61,8 @@ pub mod validate;
 pub use contexts::{Context, ContextConfig, SpecialTokens};
 pub use corpus::{Corpus, Document};
 pub use error::{CacheError, Result};
-pub use harvest::{HarvestOptions, harvest, hook_specs, hook_width};
+pub use harvest::{HarvestOptions, harvest, harvest_at, hook_specs, hook_width};
+pub use object_io::Location;
 pub use source::{
     ActivationBatch, ActivationSource, Cursor, ShuffleConfig, StoreSource, StreamingSource,
     TokenInfo,

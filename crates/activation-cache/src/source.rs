@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::contexts::{Context, ContextConfig, SpecialTokens, document_contexts};
 use crate::corpus::Document;
 use crate::harvest::{context_activations, hook_specs};
+use crate::remote::{RemoteLayout, RemoteRows, ResidentRows};
 use crate::store::{HookSpec, Manifest, StoreDtype, verify_file};
 use crate::validate::check_row;
 use crate::{CacheError, Result};
+use object_io::Location;
 
 /// Where a stored token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,10 +106,17 @@ fn map(path: &Path) -> Result<Mmap> {
 }
 
 struct MappedShard {
-    rows: u64,
     tokens: Mmap,
     activations: Vec<Mmap>,
     names: Vec<PathBuf>,
+}
+
+/// Where a store's rows are read from.
+enum Backing {
+    /// A local folder: every shard file memory-mapped.
+    Mapped(Vec<MappedShard>),
+    /// An object store: a bucket of rows at a time, verified, the next one fetched ahead.
+    Remote(RemoteRows),
 }
 
 /// The on-disk store as an [`ActivationSource`].
@@ -115,7 +124,9 @@ pub struct StoreSource {
     manifest: Manifest,
     /// SHA-256 of the manifest file as opened (the store's identity).
     digest: String,
-    shards: Vec<MappedShard>,
+    backing: Backing,
+    /// Bytes per row of the token file, then of each hook's file.
+    row_bytes: Vec<usize>,
     /// First global row of each shard.
     offsets: Vec<u64>,
     total_rows: u64,
@@ -140,17 +151,85 @@ impl StoreSource {
     /// checked.
     pub fn open(dir: &Path, shuffle: ShuffleConfig, verify: bool) -> Result<Self> {
         let (manifest, digest) = Manifest::read_with_digest(dir)?;
-        if !manifest.complete {
-            return Err(CacheError::format(
-                dir.join(crate::store::MANIFEST),
-                format!(
-                    "the harvest of this store did not finish ({} rows of {} so far): resume it with the same command, or open it explicitly as incomplete",
-                    manifest.rows(),
-                    manifest.spec.target_rows
-                ),
-            ));
-        }
+        Self::refuse_incomplete(&manifest, dir.join(crate::store::MANIFEST))?;
         Self::with_manifest(dir, manifest, digest, shuffle, verify)
+    }
+
+    /// [`StoreSource::open`] for a store at any [`Location`]: a local folder is memory-mapped as
+    /// [`StoreSource::open`] does; a store in an object store is read a shuffle bucket at a time
+    /// by range reads (several requests in flight), each block verified against the manifest's
+    /// digests before its rows are used, while the next bucket is fetched in the background.
+    /// Remote reading holds up to three buckets in memory (two across a batch that spans a
+    /// boundary, one on its way), so pick [`ShuffleConfig::bucket_rows`] to fit; `verify` has
+    /// nothing to add there (every byte read is verified), and object sizes are always checked
+    /// against the manifest when opening.
+    pub fn open_at(location: &Location, shuffle: ShuffleConfig, verify: bool) -> Result<Self> {
+        if let Some(dir) = location.local_dir() {
+            return Self::open(dir, shuffle, verify);
+        }
+        let (manifest, digest) = Manifest::read_at(location)?.ok_or_else(|| {
+            CacheError::Invalid(format!(
+                "{}: no manifest; is this an activation store?",
+                location.describe(crate::store::MANIFEST)
+            ))
+        })?;
+        Self::refuse_incomplete(&manifest, location.describe(crate::store::MANIFEST))?;
+        let row_bytes = Self::check_sizes(&manifest, |name| location.describe(name))?;
+        let layout = RemoteLayout::new(location.clone(), &manifest, row_bytes.clone())?;
+        let backing = Backing::Remote(RemoteRows::new(layout));
+        Self::new(
+            manifest,
+            digest,
+            backing,
+            row_bytes,
+            shuffle,
+            location.to_string(),
+        )
+    }
+
+    /// An error when `manifest`'s harvest did not finish.
+    fn refuse_incomplete(manifest: &Manifest, path: impl Into<PathBuf>) -> Result<()> {
+        if manifest.complete {
+            return Ok(());
+        }
+        Err(CacheError::format(
+            path,
+            format!(
+                "the harvest of this store did not finish ({} rows of {} so far): resume it with the same command, or open it explicitly as incomplete",
+                manifest.rows(),
+                manifest.spec.target_rows
+            ),
+        ))
+    }
+
+    /// Checks that every file the manifest lists has the size its rows need; returns the bytes
+    /// per row of the token file and of each hook's file.
+    fn check_sizes(manifest: &Manifest, describe: impl Fn(&str) -> String) -> Result<Vec<usize>> {
+        let row_bytes: Vec<usize> = std::iter::once(16)
+            .chain(
+                manifest
+                    .spec
+                    .hooks
+                    .iter()
+                    .map(|hook| hook.width * manifest.spec.dtype.size()),
+            )
+            .collect();
+        for shard in &manifest.shards {
+            let files = std::iter::once(&shard.tokens).chain(&shard.activations);
+            for (file, &size) in files.zip(&row_bytes) {
+                let expected = shard.rows * size as u64;
+                if file.bytes != expected {
+                    return Err(CacheError::format(
+                        describe(&file.name),
+                        format!(
+                            "the manifest lists {} bytes but {} rows need {expected}",
+                            file.bytes, shard.rows
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(row_bytes)
     }
 
     /// [`StoreSource::open`] for a store whose harvest may not have finished: its complete
@@ -167,34 +246,14 @@ impl StoreSource {
         shuffle: ShuffleConfig,
         verify: bool,
     ) -> Result<Self> {
-        if manifest.rows() == 0 {
-            return Err(CacheError::format(dir, "the store holds no rows"));
-        }
-        if shuffle.bucket_rows == 0 {
-            return Err(CacheError::Invalid("bucket_rows must be positive".into()));
-        }
+        let row_bytes = Self::check_sizes(&manifest, |name| dir.join(name).display().to_string())?;
         let mut shards = Vec::new();
         for shard in &manifest.shards {
             let files: Vec<_> = std::iter::once(&shard.tokens)
                 .chain(&shard.activations)
                 .collect();
-            for (i, file) in files.iter().enumerate() {
-                let expected = if i == 0 {
-                    shard.rows * 16
-                } else {
-                    shard.rows
-                        * (manifest.spec.hooks[i - 1].width * manifest.spec.dtype.size()) as u64
-                };
-                if file.bytes != expected {
-                    return Err(CacheError::format(
-                        dir.join(&file.name),
-                        format!(
-                            "the manifest lists {} bytes but {} rows need {expected}",
-                            file.bytes, shard.rows
-                        ),
-                    ));
-                }
-                if verify {
+            if verify {
+                for file in &files {
                     verify_file(dir, file)?;
                 }
             }
@@ -216,22 +275,43 @@ impl StoreSource {
             }
             let mut maps = maps.into_iter();
             shards.push(MappedShard {
-                rows: shard.rows,
                 tokens: maps.next().expect("tokens file"),
                 activations: maps.collect(),
                 names: files.iter().map(|f| dir.join(&f.name)).collect(),
             });
         }
-        let mut offsets = Vec::with_capacity(shards.len());
+        let origin = dir.display().to_string();
+        let backing = Backing::Mapped(shards);
+        Self::new(manifest, digest, backing, row_bytes, shuffle, origin)
+    }
+
+    /// A source over `manifest`'s rows from `backing` (rows of `row_bytes` bytes per part), at
+    /// the start of the first epoch; errors name the store as `origin`.
+    fn new(
+        manifest: Manifest,
+        digest: String,
+        backing: Backing,
+        row_bytes: Vec<usize>,
+        shuffle: ShuffleConfig,
+        origin: String,
+    ) -> Result<Self> {
+        if manifest.rows() == 0 {
+            return Err(CacheError::format(origin, "the store holds no rows"));
+        }
+        if shuffle.bucket_rows == 0 {
+            return Err(CacheError::Invalid("bucket_rows must be positive".into()));
+        }
+        let mut offsets = Vec::with_capacity(manifest.shards.len());
         let mut total_rows = 0;
-        for shard in &shards {
+        for shard in &manifest.shards {
             offsets.push(total_rows);
             total_rows += shard.rows;
         }
         let mut source = Self {
             manifest,
             digest,
-            shards,
+            backing,
+            row_bytes,
             offsets,
             total_rows,
             shuffle,
@@ -257,20 +337,68 @@ impl StoreSource {
         self.total_rows.div_ceil(self.shuffle.bucket_rows)
     }
 
-    fn plan_epoch(&mut self) {
+    /// The order in which epoch `epoch` visits the buckets.
+    fn bucket_order_of(&self, epoch: u64) -> Vec<u64> {
         let mut order: Vec<u64> = (0..self.buckets()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(mix(&[
-            self.shuffle.seed,
-            self.cursor.epoch,
-        ])));
-        self.epoch_order = order;
+        order.shuffle(&mut StdRng::seed_from_u64(mix(&[self.shuffle.seed, epoch])));
+        order
+    }
+
+    fn plan_epoch(&mut self) {
+        self.epoch_order = self.bucket_order_of(self.cursor.epoch);
+    }
+
+    /// The global rows of bucket `bucket`.
+    fn bucket_rows(&self, bucket: u64) -> std::ops::Range<u64> {
+        let start = bucket * self.shuffle.bucket_rows;
+        start..(start + self.shuffle.bucket_rows).min(self.total_rows)
+    }
+
+    /// The bucket after the one the cursor is in (in the next epoch after the last), if the
+    /// epochs go on.
+    fn following_bucket(&self) -> Option<u64> {
+        let next = self.cursor.bucket + 1;
+        if next < self.buckets() {
+            return Some(self.epoch_order[next as usize]);
+        }
+        let epoch = self.cursor.epoch + 1;
+        self.shuffle
+            .epochs
+            .is_none_or(|e| epoch < e)
+            .then(|| self.bucket_order_of(epoch)[0])
+    }
+
+    /// For a remote store: holds the buckets `rows` come from in memory and starts fetching the
+    /// bucket that comes next.
+    fn hold_remote_rows(&mut self, rows: &[u64]) -> Result<()> {
+        if !matches!(self.backing, Backing::Remote(_)) {
+            return Ok(());
+        }
+        let mut needed: Vec<u64> = rows.iter().map(|r| r / self.shuffle.bucket_rows).collect();
+        needed.sort_unstable();
+        needed.dedup();
+        let needed: Vec<_> = needed.into_iter().map(|b| self.bucket_rows(b)).collect();
+        let epochs_left = self.shuffle.epochs.is_none_or(|e| self.cursor.epoch < e);
+        let current =
+            epochs_left.then(|| self.bucket_rows(self.epoch_order[self.cursor.bucket as usize]));
+        let ahead = match current {
+            Some(rows) if !needed.contains(&rows) => Some(rows),
+            Some(_) => self.following_bucket().map(|b| self.bucket_rows(b)),
+            None => None,
+        };
+        let Backing::Remote(remote) = &mut self.backing else {
+            return Ok(());
+        };
+        remote.hold(&needed)?;
+        if let Some(rows) = ahead {
+            remote.fetch_ahead(rows);
+        }
+        Ok(())
     }
 
     fn plan_bucket(&mut self) {
         let bucket = self.epoch_order[self.cursor.bucket as usize];
-        let start = bucket * self.shuffle.bucket_rows;
-        let end = (start + self.shuffle.bucket_rows).min(self.total_rows);
-        let mut rows: Vec<u64> = (start..end).collect();
+        let mut rows: Vec<u64> = self.bucket_rows(bucket).collect();
         rows.shuffle(&mut StdRng::seed_from_u64(mix(&[
             self.shuffle.seed,
             self.cursor.epoch,
@@ -309,17 +437,54 @@ impl StoreSource {
         (shard, (row - self.offsets[shard]) as usize)
     }
 
-    fn read_rows(&self, rows: &[u64]) -> Result<ActivationBatch> {
+    /// The bytes of part `part` (0: tokens, 1…: hooks) of a row: (shard, row in shard) and
+    /// global row; remote rows come from `resident`.
+    fn row_bytes<'a>(
+        &'a self,
+        resident: &'a [ResidentRows],
+        part: usize,
+        (shard, local): (usize, usize),
+        global: u64,
+    ) -> Result<&'a [u8]> {
+        let size = self.row_bytes[part];
+        match &self.backing {
+            Backing::Mapped(shards) => {
+                let map = match part {
+                    0 => &shards[shard].tokens,
+                    hook => &shards[shard].activations[hook - 1],
+                };
+                Ok(&map[local * size..(local + 1) * size])
+            }
+            Backing::Remote(_) => {
+                let held = resident
+                    .iter()
+                    .find(|held| held.rows.contains(&global))
+                    .ok_or_else(|| {
+                        CacheError::Invalid(format!("row {global} was read before it was fetched"))
+                    })?;
+                let start = (global - held.rows.start) as usize * size;
+                Ok(&held.parts[part][start..start + size])
+            }
+        }
+    }
+
+    /// The file that holds part `part` of `shard`, as messages name it.
+    fn part_name(&self, shard: usize, part: usize) -> String {
+        match &self.backing {
+            Backing::Mapped(shards) => shards[shard].names[part].display().to_string(),
+            Backing::Remote(remote) => remote.layout.describe(shard, part),
+        }
+    }
+
+    fn read_rows(&self, rows: &[u64], resident: &[ResidentRows]) -> Result<ActivationBatch> {
         let spec = &self.manifest.spec;
         let mut activations = Vec::with_capacity(spec.hooks.len());
         let located: Vec<(usize, usize)> = rows.iter().map(|&r| self.locate(r)).collect();
         for (hook_index, hook) in spec.hooks.iter().enumerate() {
             let width = hook.width;
             let mut values = Vec::with_capacity(rows.len() * width);
-            for &(shard, local) in &located {
-                let size = spec.dtype.size();
-                let bytes = &self.shards[shard].activations[hook_index]
-                    [local * width * size..(local + 1) * width * size];
+            for (&at, &global) in located.iter().zip(rows) {
+                let bytes = self.row_bytes(resident, hook_index + 1, at, global)?;
                 let start = values.len();
                 match spec.dtype {
                     StoreDtype::F32 => values.extend(
@@ -334,40 +499,49 @@ impl StoreSource {
                     ),
                 }
                 check_row(&values[start..], &hook.name, || {
-                    format!(
-                        "{} row {local}",
-                        self.shards[shard].names[hook_index + 1].display()
-                    )
+                    format!("{} row {}", self.part_name(at.0, hook_index + 1), at.1)
                 })?;
             }
             activations.push(Tensor::from_vec(values, (rows.len(), width), &Device::Cpu)?);
         }
         let tokens = located
             .iter()
-            .map(|&(shard, local)| {
-                let b = &self.shards[shard].tokens[local * 16..(local + 1) * 16];
+            .zip(rows)
+            .map(|(&at, &global)| {
+                let b = self.row_bytes(resident, 0, at, global)?;
                 let word = |i: usize| {
                     u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
                 };
-                TokenInfo {
+                Ok(TokenInfo {
                     token: word(0),
                     document: word(1),
                     context: word(2),
                     position: word(3),
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(ActivationBatch {
             activations,
             tokens,
         })
     }
 
+    /// The rows held in memory for a remote store (none for a local one).
+    fn resident(&self) -> &[ResidentRows] {
+        match &self.backing {
+            Backing::Mapped(_) => &[],
+            Backing::Remote(remote) => &remote.resident,
+        }
+    }
+
     /// Rows `[start, start + count)` in storage order (no shuffle), for sequential scans.
     pub fn read_sequential(&self, start: u64, count: usize) -> Result<ActivationBatch> {
         let end = (start + count as u64).min(self.total_rows);
         let rows: Vec<u64> = (start..end).collect();
-        self.read_rows(&rows)
+        match &self.backing {
+            Backing::Mapped(_) => self.read_rows(&rows, &[]),
+            Backing::Remote(remote) => self.read_rows(&rows, &[remote.layout.load(start..end)?]),
+        }
     }
 }
 
@@ -387,7 +561,8 @@ impl ActivationSource for StoreSource {
         if indices.is_empty() {
             return Ok(None);
         }
-        self.read_rows(&indices).map(Some)
+        self.hold_remote_rows(&indices)?;
+        self.read_rows(&indices, self.resident()).map(Some)
     }
 
     fn cursor(&self) -> Cursor {

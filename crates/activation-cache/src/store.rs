@@ -26,6 +26,14 @@
 //! give the same bytes bit for bit, on any number of threads; another CPU or BLAS gives values
 //! equal to float rounding, not bit-equal. A resumed harvest must match both, or it is refused.
 //!
+//! **Object stores.** The same layout lives under an object-store prefix (`s3://bucket/run/store`,
+//! `gs://…`, `az://…`, see [`object_io::Location`]): each file is one object, uploaded whole (a
+//! multipart upload is invisible until complete), the manifest last. Every file also lists the
+//! SHA-256 of each of its 8 MiB blocks ([`ShardFile::blocks`]), so a reader that fetches a range
+//! of a shard verifies exactly the blocks it read. A harvest into a prefix that was interrupted
+//! resumes from the prefix's manifest; shard objects uploaded after the last manifest are simply
+//! uploaded again, with the same bytes.
+//!
 //! **What may be deleted.** A store folder is empty or has a manifest; anything else is refused.
 //! Only the store's own names — shard files (`shard-NNNNN.PART.bin`) the manifest does not list
 //! and `.partial-…` temporaries, both leftovers of an interrupted write — are ever removed;
@@ -36,8 +44,8 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use object_io::{BlockDigests, Location};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::{CacheError, Result};
 
@@ -114,6 +122,10 @@ pub struct ShardFile {
     pub bytes: u64,
     /// SHA-256, lower-case hex.
     pub sha256: String,
+    /// SHA-256 of each block, for verified range reads (absent in stores written before they
+    /// were recorded; such stores are read locally only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<object_io::BlockDigests>,
 }
 
 /// A complete shard.
@@ -171,7 +183,22 @@ impl Manifest {
     pub fn read_with_digest(dir: &Path) -> Result<(Self, String)> {
         let path = dir.join(MANIFEST);
         let bytes = fs::read(&path).map_err(|e| CacheError::io(&path, e))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)
+        Self::parse(&bytes, &path)
+    }
+
+    /// The manifest of a store at a [`Location`] (a folder or an object-store prefix) with its
+    /// digest, or `None` when the location has no manifest.
+    pub fn read_at(location: &Location) -> Result<Option<(Self, String)>> {
+        match location.get(MANIFEST)? {
+            Some(bytes) => Self::parse(&bytes, location.describe(MANIFEST)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Parses and checks a manifest's bytes; errors name `source`.
+    fn parse(bytes: &[u8], source: impl Into<PathBuf>) -> Result<(Self, String)> {
+        let path = source.into();
+        let manifest: Manifest = serde_json::from_slice(bytes)
             .map_err(|e| CacheError::format(&path, format!("invalid manifest: {e}")))?;
         if manifest.format_version != FORMAT_VERSION {
             return Err(CacheError::format(
@@ -190,14 +217,19 @@ impl Manifest {
                 ));
             }
         }
-        Ok((manifest, hex_sha256(&bytes)))
+        Ok((manifest, hex_sha256(bytes)))
     }
 
     /// Writes `dir/manifest.json` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
+        self.write_at(&Location::local(dir))
+    }
+
+    /// Writes the manifest of a store at a [`Location`], whole (atomically).
+    pub fn write_at(&self, location: &Location) -> Result<()> {
         let json =
             serde_json::to_vec_pretty(self).map_err(|e| CacheError::Invalid(e.to_string()))?;
-        write_atomically(&dir.join(MANIFEST), &json)?;
+        location.put(MANIFEST, json.into())?;
         Ok(())
     }
 }
@@ -207,28 +239,19 @@ pub fn shard_file_name(index: usize, part: &str) -> String {
     format!("shard-{index:05}.{part}.bin")
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, synced and renamed.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<ShardFile> {
-    file_io::write_bytes_atomically(path, bytes)?;
-    Ok(ShardFile {
-        name: path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned(),
+pub use object_io::{hex_digest, hex_sha256};
+
+/// Puts `bytes` as file `name` of the store at `location` (whole, atomically) and returns its
+/// manifest entry, with its block digests.
+pub fn put_file(location: &Location, name: String, bytes: Vec<u8>) -> Result<ShardFile> {
+    let entry = ShardFile {
         bytes: bytes.len() as u64,
-        sha256: hex_sha256(bytes),
-    })
-}
-
-/// SHA-256 of bytes, lower-case hex.
-pub fn hex_sha256(bytes: &[u8]) -> String {
-    hex_digest(&Sha256::digest(bytes))
-}
-
-/// A digest's bytes as lower-case hex.
-pub fn hex_digest(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+        sha256: hex_sha256(&bytes),
+        blocks: Some(BlockDigests::of(&bytes, object_io::DEFAULT_BLOCK_BYTES)),
+        name,
+    };
+    location.put(&entry.name, bytes.into())?;
+    Ok(entry)
 }
 
 /// Checks a shard file's size and SHA-256 against the manifest, naming the shard on failure.
@@ -282,10 +305,10 @@ impl ShardBuffer {
         }
     }
 
-    /// Writes the shard's files and returns its manifest entry.
+    /// Writes the shard's files to the store at `location` and returns its manifest entry.
     pub fn write(
         self,
-        dir: &Path,
+        location: &Location,
         index: usize,
         spec: &StoreSpec,
         contexts: [u64; 2],
@@ -294,14 +317,12 @@ impl ShardBuffer {
         for value in &self.tokens {
             token_bytes.extend_from_slice(&value.to_le_bytes());
         }
-        let tokens = write_atomically(&dir.join(shard_file_name(index, "tokens")), &token_bytes)?;
+        let tokens = put_file(location, shard_file_name(index, "tokens"), token_bytes)?;
         let activations = spec
             .hooks
             .iter()
-            .zip(&self.activations)
-            .map(|(hook, bytes)| {
-                write_atomically(&dir.join(shard_file_name(index, &hook.name)), bytes)
-            })
+            .zip(self.activations)
+            .map(|(hook, bytes)| put_file(location, shard_file_name(index, &hook.name), bytes))
             .collect::<Result<Vec<_>>>()?;
         Ok(Shard {
             index,
@@ -395,6 +416,32 @@ pub fn prepare_dir(dir: &Path) -> Result<Option<Manifest>> {
         fs::remove_file(&leftover).map_err(|e| CacheError::io(&leftover, e))?;
     }
     Ok(manifest)
+}
+
+/// [`prepare_dir`] for any [`Location`]: a local folder goes through [`prepare_dir`]; an
+/// object-store prefix is read, not cleaned (objects are whole or absent, and a shard uploaded
+/// after the last manifest is uploaded again with the same bytes), and one that holds other
+/// objects but no manifest is refused.
+pub fn prepare_at(location: &Location) -> Result<Option<Manifest>> {
+    if let Some(dir) = location.local_dir() {
+        return prepare_dir(dir);
+    }
+    if let Some((manifest, _)) = Manifest::read_at(location)? {
+        return Ok(Some(manifest));
+    }
+    let foreign: Vec<String> = location
+        .list()?
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| !is_store_file_name(name))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(CacheError::Invalid(format!(
+            "{location} is not an activation store (it has no {MANIFEST}) and holds other objects ({}); harvest into an empty or new prefix — nothing was changed",
+            preview(&foreign)
+        )));
+    }
+    Ok(None)
 }
 
 /// Deletes a store: the files its manifest lists, its leftovers and the manifest, then the
