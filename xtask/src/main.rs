@@ -55,6 +55,9 @@ enum Command {
     BenchForward(bench::forward::BenchForwardArgs),
     /// Harvest activations over a corpus into a sharded store (re-running resumes it).
     Cache(commands::cache::CacheArgs),
+    /// Copy an activation store between folders and object stores (s3://, gs://, az://), every
+    /// file checked against the manifest, the manifest last.
+    CopyStore(commands::cache::CopyStoreArgs),
     /// Train one or many SAEs from an activation store (or a stream) with a config file.
     Train(commands::train::TrainArgs),
     /// JumpReLU training throughput at a given shape.
@@ -87,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::BenchForward(args) => bench::forward::run(&args),
         Command::Cache(args) => commands::cache::run(&args),
+        Command::CopyStore(args) => commands::cache::copy(&args),
         Command::Train(args) => commands::train::run(&args),
         Command::BenchTrain(args) => bench::train::run(&args),
         Command::BenchRun(args) => bench::whole_run::run(&args),

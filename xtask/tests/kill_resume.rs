@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
+use s3_test_server::S3TestServer;
 
 /// The files under `dir` (relative path → bytes), the wall-clock log left out.
 fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -85,6 +86,11 @@ d_sae = 96
     }
 
     fn cache(&self, root: &Path) -> Command {
+        self.cache_into(&root.join("store").display().to_string())
+    }
+
+    /// `cache` into the store at `out` (a folder or a URL).
+    fn cache_into(&self, out: &str) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
         command
             .args([
@@ -107,18 +113,30 @@ d_sae = 96
             .arg("--corpus")
             .arg(&self.corpus)
             .arg("--out")
-            .arg(root.join("store"));
+            .arg(out);
         command
     }
 
     fn train(&self, root: &Path) -> Command {
+        self.train_from(&root.join("store").display().to_string(), root)
+    }
+
+    /// `cache` into an object-store prefix, with the server's settings in the environment.
+    fn cache_to(&self, url: &str, server: &S3TestServer) -> Command {
+        let mut command = self.cache_into(url);
+        command.envs(server.client_env());
+        command
+    }
+
+    /// `train` from the store at `store` (a folder or a URL) into `root/train`.
+    fn train_from(&self, store: &str, root: &Path) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
         command
             .arg("train")
             .arg("--config")
             .arg(&self.config)
             .arg("--store")
-            .arg(root.join("store"))
+            .arg(store)
             .arg("--out")
             .arg(root.join("train"));
         command
@@ -195,5 +213,45 @@ fn harvest_and_training_give_the_same_bytes_twice_and_after_kill_9_at_random_poi
     assert!(
         harvest_kills + train_kills > 0,
         "no kill landed inside a run (harvest {harvest_time:?}, training {train_time:?})"
+    );
+}
+
+#[test]
+fn a_harvest_into_s3_killed_at_random_points_resumes_to_the_local_bytes_and_trains_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::new(dir.path());
+    let server = S3TestServer::start("activations").unwrap();
+    let local = dir.path().join("local");
+    let harvest_time = run(pipeline.cache(&local), "cache");
+
+    // SIGKILLed at seeded random moments (uploads cut anywhere), then run to the end.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    let delays: Vec<Duration> = (0..4)
+        .map(|_| harvest_time.mul_f64(rng.random_range(0.05..0.8)))
+        .collect();
+    let url = server.url("sweep/store");
+    let kills = kill_and_resume(|| pipeline.cache_to(&url, &server), &delays, "cache to s3");
+    eprintln!("killed the harvest into S3 {kills} times (local harvest: {harvest_time:?})");
+    let objects = files(&server.object_path("sweep/store"));
+    assert_eq!(
+        objects.keys().collect::<Vec<_>>(),
+        files(&local.join("store")).keys().collect::<Vec<_>>()
+    );
+    assert_same_files(
+        &local.join("store"),
+        &server.object_path("sweep/store"),
+        "s3 store",
+    );
+
+    // Training reads the same rows from S3 as from the folder: the same files, bit for bit.
+    let remote = dir.path().join("remote");
+    run(pipeline.train(&local), "train");
+    let mut train = pipeline.train_from(&url, &remote);
+    train.envs(server.client_env());
+    run(train, "train from s3");
+    assert_same_files(
+        &local.join("train"),
+        &remote.join("train"),
+        "training from s3",
     );
 }

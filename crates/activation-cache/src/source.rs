@@ -164,8 +164,29 @@ impl StoreSource {
     /// nothing to add there (every byte read is verified), and object sizes are always checked
     /// against the manifest when opening.
     pub fn open_at(location: &Location, shuffle: ShuffleConfig, verify: bool) -> Result<Self> {
-        if let Some(dir) = location.local_dir() {
-            return Self::open(dir, shuffle, verify);
+        Self::open_location(location, shuffle, verify, false)
+    }
+
+    /// [`StoreSource::open_incomplete`] for a store at any [`Location`] (see
+    /// [`StoreSource::open_at`]).
+    pub fn open_incomplete_at(
+        location: &Location,
+        shuffle: ShuffleConfig,
+        verify: bool,
+    ) -> Result<Self> {
+        Self::open_location(location, shuffle, verify, true)
+    }
+
+    fn open_location(
+        location: &Location,
+        shuffle: ShuffleConfig,
+        verify: bool,
+        incomplete: bool,
+    ) -> Result<Self> {
+        match location.local_dir() {
+            Some(dir) if incomplete => return Self::open_incomplete(dir, shuffle, verify),
+            Some(dir) => return Self::open(dir, shuffle, verify),
+            None => {}
         }
         let (manifest, digest) = Manifest::read_at(location)?.ok_or_else(|| {
             CacheError::Invalid(format!(
@@ -173,7 +194,9 @@ impl StoreSource {
                 location.describe(crate::store::MANIFEST)
             ))
         })?;
-        Self::refuse_incomplete(&manifest, location.describe(crate::store::MANIFEST))?;
+        if !incomplete {
+            Self::refuse_incomplete(&manifest, location.describe(crate::store::MANIFEST))?;
+        }
         let row_bytes = Self::check_sizes(&manifest, |name| location.describe(name))?;
         let layout = RemoteLayout::new(location.clone(), &manifest, row_bytes.clone())?;
         let backing = Backing::Remote(RemoteRows::new(layout));

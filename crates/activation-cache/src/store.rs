@@ -444,6 +444,55 @@ pub fn prepare_at(location: &Location) -> Result<Option<Manifest>> {
     Ok(None)
 }
 
+/// Copies the complete or partial store at `from` to `to` (folders or object-store prefixes in
+/// any combination): every file is read whole, checked against the manifest's size and SHA-256,
+/// and written whole with its block digests (added when the source store predates them); the
+/// manifest goes last, so `to` is a store only once every file is in place. `to` must be empty,
+/// or hold an earlier, interrupted copy (no manifest, only a store's file names); a copy that
+/// stopped is simply run again. Returns the manifest written.
+pub fn copy_store(from: &Location, to: &Location, progress: bool) -> Result<Manifest> {
+    let (mut manifest, _) = Manifest::read_at(from)?.ok_or_else(|| {
+        CacheError::Invalid(format!(
+            "{}: no manifest; is this an activation store?",
+            from.describe(MANIFEST)
+        ))
+    })?;
+    if let Some(existing) = prepare_at(to)? {
+        return Err(CacheError::Invalid(format!(
+            "{} already holds a store ({} rows); copy into an empty folder or prefix — nothing was changed",
+            to,
+            existing.rows()
+        )));
+    }
+    let bar = if progress {
+        indicatif::ProgressBar::new(manifest.files().map(|f| f.bytes).sum())
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    for shard in &mut manifest.shards {
+        for file in std::iter::once(&mut shard.tokens).chain(&mut shard.activations) {
+            let bytes = from.get(&file.name)?.ok_or_else(|| {
+                CacheError::Invalid(format!(
+                    "{}: listed in the manifest but missing",
+                    from.describe(&file.name)
+                ))
+            })?;
+            if bytes.len() as u64 != file.bytes || hex_sha256(&bytes) != file.sha256 {
+                return Err(CacheError::Invalid(format!(
+                    "{}: {} bytes that do not match the manifest's size or SHA-256 (corrupted or truncated); nothing more was copied",
+                    from.describe(&file.name),
+                    bytes.len()
+                )));
+            }
+            *file = put_file(to, file.name.clone(), bytes.to_vec())?;
+            bar.inc(file.bytes);
+        }
+    }
+    manifest.write_at(to)?;
+    bar.finish_and_clear();
+    Ok(manifest)
+}
+
 /// Deletes a store: the files its manifest lists, its leftovers and the manifest, then the
 /// folder if nothing else is in it (other files are left, with the folder).
 pub fn remove_store(dir: &Path) -> Result<()> {

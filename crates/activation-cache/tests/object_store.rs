@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use activation_cache::store::{MANIFEST, StoreDtype, shard_file_name};
+use activation_cache::store::{MANIFEST, StoreDtype, copy_store, shard_file_name};
 use activation_cache::{
     ActivationSource, HarvestOptions, Location, ShuffleConfig, StoreSource, harvest, harvest_at,
 };
@@ -255,4 +255,68 @@ fn corrupted_truncated_or_missing_objects_are_named() {
     .unwrap();
     assert!(error.to_string().contains("notes.txt"), "{error}");
     assert_eq!(foreign.get("notes.txt").unwrap().unwrap().as_ref(), b"mine");
+}
+
+#[test]
+fn copies_between_folders_and_prefixes_are_verified_and_give_stores_without_block_digests_theirs() {
+    let server = S3TestServer::start("activations").unwrap();
+    let model = tiny();
+    let local = tempfile::tempdir().unwrap();
+    harvest_local(local.path(), &model);
+
+    // A store written before block digests: its manifest without them.
+    let old = tempfile::tempdir().unwrap();
+    for (name, bytes) in local_files(local.path()) {
+        std::fs::write(old.path().join(name), bytes).unwrap();
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(old.path().join(MANIFEST)).unwrap()).unwrap();
+    for shard in manifest["shards"].as_array_mut().unwrap() {
+        shard["tokens"].as_object_mut().unwrap().remove("blocks");
+        for file in shard["activations"].as_array_mut().unwrap() {
+            file.as_object_mut().unwrap().remove("blocks");
+        }
+    }
+    std::fs::write(
+        old.path().join(MANIFEST),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    let old = Location::local(old.path());
+    let shuffle = ShuffleConfig::default();
+    let old_remote = location(&server, "old");
+    for (name, bytes) in local_files(old.local_dir().unwrap()) {
+        old_remote.put(&name, bytes.into()).unwrap();
+    }
+    let message = StoreSource::open_at(&old_remote, shuffle, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("no block digests"), "{message}");
+
+    // Copied up, the old store gains its digests: the copy is the store harvested today.
+    let remote = location(&server, "copied");
+    copy_store(&old, &remote, false).unwrap();
+    assert_eq!(objects(&server, "copied"), local_files(local.path()));
+    // And back down into a new folder.
+    let back = tempfile::tempdir().unwrap();
+    let back_dir = back.path().join("store");
+    copy_store(&remote, &Location::local(&back_dir), false).unwrap();
+    assert_eq!(local_files(&back_dir), local_files(local.path()));
+
+    // Never over another store; a corrupted source file stops the copy before the manifest.
+    let error = copy_store(&old, &remote, false).unwrap_err().to_string();
+    assert!(error.contains("already holds a store"), "{error}");
+    let first = shard_file_name(0, "tokens");
+    let path = server.object_path(&format!("copied/{first}"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[3] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let target = location(&server, "again");
+    let error = copy_store(&remote, &target, false).unwrap_err().to_string();
+    assert!(
+        error.contains(&first) && error.contains("corrupted"),
+        "{error}"
+    );
+    assert_eq!(target.get(MANIFEST).unwrap(), None);
 }

@@ -112,6 +112,15 @@ impl S3TestServer {
         .collect()
     }
 
+    /// [`S3TestServer::client_options`] as the environment variables `object_store`'s
+    /// `AmazonS3Builder::from_env` reads (`AWS_ENDPOINT`, …), for a child process.
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        self.client_options()
+            .into_iter()
+            .map(|(key, value)| (key.to_ascii_uppercase(), value))
+            .collect()
+    }
+
     /// The file that holds object `key` of the bucket on the server's disk.
     pub fn object_path(&self, key: &str) -> PathBuf {
         self.root.path().join(&self.bucket).join(key)

@@ -656,32 +656,37 @@ fn forward_benchmarks(
     Ok(records)
 }
 
-/// Harvests a small store of the embedded model's middle layer and reads it back.
+/// Harvests a small store of the embedded model's middle layer and reads it back from its
+/// folder, then from an S3-compatible server on the loopback address (the object-store reader's
+/// own cost: range requests, block verification, bucket assembly; no network in between).
 fn store_benchmarks(machine: &Machine, args: &BenchArgs) -> anyhow::Result<Vec<Record>> {
     let dir = tempfile::tempdir()?;
     let store = dir.path().join("store");
     let cache_args = crate::commands::cache::CacheArgs::for_benchmark(&args.model, &store, 16_384);
     crate::commands::cache::harvest_store(&cache_args)?;
-    let (sequential, shuffled) = crate::commands::cache::read_throughput(&store)?;
+    let local = activation_cache::Location::local(&store);
+    let server = s3_test_server::S3TestServer::start("bench")?;
+    let remote = activation_cache::Location::parse_with_options(
+        &server.url("store"),
+        server.client_options(),
+    )?;
+    activation_cache::store::copy_store(&local, &remote, false)?;
     let shape = format!("{}, 16,384 rows (f32)", args.model);
-    Ok(vec![
-        machine.record(
-            "store",
-            "store read, sequential",
-            "gemma-scope-rs",
-            &shape,
-            None,
-            sequential,
-        ),
-        machine.record(
-            "store",
-            "store read, shuffled",
-            "gemma-scope-rs",
-            &shape,
-            None,
-            shuffled,
-        ),
-    ])
+    let mut records = Vec::new();
+    for (location, place) in [(&local, ""), (&remote, ", S3 on 127.0.0.1")] {
+        let (sequential, shuffled) = crate::commands::cache::read_throughput(location)?;
+        for (order, rate) in [("sequential", sequential), ("shuffled", shuffled)] {
+            records.push(machine.record(
+                "store",
+                &format!("store read, {order}{place}"),
+                "gemma-scope-rs",
+                &shape,
+                None,
+                rate,
+            ));
+        }
+    }
+    Ok(records)
 }
 
 fn utc_stamp() -> String {

@@ -1,13 +1,12 @@
 //! `cargo xtask cache`: harvest activations from a model over a corpus into a store, then
 //! measure how fast the store reads back.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use activation_cache::store::{StoreDtype, StoreSpec};
 use activation_cache::{
-    ActivationSource, ContextConfig, Corpus, HarvestOptions, ShuffleConfig, StoreSource,
-    contexts::ContextSampling, harvest,
+    ActivationSource, ContextConfig, Corpus, HarvestOptions, Location, ShuffleConfig, StoreSource,
+    contexts::ContextSampling, harvest_at,
 };
 use anyhow::Context;
 use gemma_hooks::HookPoint;
@@ -27,9 +26,11 @@ pub struct CacheArgs {
     /// Stop after at least this many stored tokens (rows).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 100_000))]
     pub tokens: u64,
-    /// Store directory (re-running resumes it).
+    /// Store: a folder, or an object-store prefix (`s3://bucket/prefix`, `gs://…`, `az://…`;
+    /// credentials from the environment, e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`). Re-running
+    /// resumes it.
     #[cfg_attr(feature = "cli", arg(long, default_value = "runs/cache"))]
-    pub out: PathBuf,
+    pub out: String,
     /// Stored element type.
     #[cfg_attr(feature = "cli", arg(long, default_value = "f32", value_parser = ["f32", "bf16"]))]
     pub dtype: String,
@@ -60,6 +61,30 @@ pub struct CacheArgs {
     pub device: DeviceOptions,
 }
 
+/// Arguments of `copy-store`.
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct CopyStoreArgs {
+    /// The store to copy: a folder or an object-store prefix.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub from: String,
+    /// Where the copy goes: an empty (or missing) folder or prefix.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub to: String,
+}
+
+/// Copies a store ([`activation_cache::store::copy_store`]).
+pub fn copy(args: &CopyStoreArgs) -> anyhow::Result<()> {
+    let (from, to) = (Location::parse(&args.from)?, Location::parse(&args.to)?);
+    let manifest = activation_cache::store::copy_store(&from, &to, true)?;
+    println!(
+        "copied {} rows in {} shards from {from} to {to}",
+        manifest.rows(),
+        manifest.shards.len()
+    );
+    Ok(())
+}
+
 impl CacheArgs {
     /// The settings `cargo xtask bench` harvests with: the middle residual stream of `model`
     /// (block 9 of the embedded model), `tokens` rows of the Gutenberg corpus into `out`.
@@ -68,7 +93,7 @@ impl CacheArgs {
             model: model.into(),
             hooks: vec!["blocks.9.hook_resid_post".into()],
             tokens,
-            out: out.to_path_buf(),
+            out: out.display().to_string(),
             dtype: "f32".into(),
             context: 1024,
             contexts_per_shard: 16,
@@ -85,7 +110,7 @@ impl CacheArgs {
 /// Harvests, then reports read throughput.
 pub fn run(args: &CacheArgs) -> anyhow::Result<()> {
     harvest_store(args)?;
-    let (sequential, shuffled) = read_throughput(&args.out)?;
+    let (sequential, shuffled) = read_throughput(&Location::parse(&args.out)?)?;
     println!(
         "read back into f32 tensors: sequential {sequential:.2} GB/s, shuffled {shuffled:.2} GB/s (stored bytes)"
     );
@@ -134,14 +159,16 @@ pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
     };
     let documents = corpus.documents()?;
     let started = Instant::now();
-    let before = activation_cache::store::Manifest::read(&args.out)
-        .map(|m| m.rows())
-        .unwrap_or(0);
+    let store = Location::parse(&args.out)?;
+    let before = activation_cache::store::Manifest::read_at(&store)
+        .ok()
+        .flatten()
+        .map_or(0, |(m, _)| m.rows());
     let options = HarvestOptions {
         ..Default::default()
     };
-    let manifest = harvest(
-        &args.out,
+    let manifest = harvest_at(
+        &store,
         &loaded.model,
         &tokenizer,
         &documents,
@@ -151,7 +178,7 @@ pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
     let harvested = manifest.rows() - before;
     println!(
         "store {}: {} rows in {} shards; harvested {harvested} rows at {:.0} tokens/s",
-        args.out.display(),
+        store,
         manifest.rows(),
         manifest.shards.len(),
         harvested as f64 / started.elapsed().as_secs_f64()
@@ -160,17 +187,17 @@ pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Read throughput of the store at `dir` in GB/s of stored bytes, into f32 tensors: sequential
-/// reads of 4,096 rows, then one shuffled epoch in batches of 4,096.
-pub fn read_throughput(dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
-    let manifest = activation_cache::store::Manifest::read(dir)?;
+/// Read throughput of the store at `store` in GB/s of stored bytes, into f32 tensors: sequential
+/// reads of 4,096 rows, then one shuffled epoch in batches of 4,096 (buckets of 65,536 rows).
+pub fn read_throughput(store: &Location) -> anyhow::Result<(f64, f64)> {
+    let source = StoreSource::open_at(store, ShuffleConfig::default(), true)?;
+    let manifest = source.manifest().clone();
     let bytes_per_row: usize = manifest
         .spec
         .hooks
         .iter()
         .map(|h| h.width * manifest.spec.dtype.size())
         .sum();
-    let source = StoreSource::open(dir, ShuffleConfig::default(), true)?;
     let rows = source.rows();
     let started = Instant::now();
     let mut start = 0;
@@ -179,8 +206,8 @@ pub fn read_throughput(dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
         start += 4096;
     }
     let sequential = (rows as usize * bytes_per_row) as f64 / started.elapsed().as_secs_f64() / 1e9;
-    let mut shuffled_source = StoreSource::open(
-        dir,
+    let mut shuffled_source = StoreSource::open_at(
+        store,
         ShuffleConfig {
             seed: 1,
             bucket_rows: 1 << 16,

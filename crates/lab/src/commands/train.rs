@@ -23,12 +23,14 @@ pub struct TrainArgs {
     /// Output directory (re-running resumes from its checkpoint).
     #[cfg_attr(feature = "cli", arg(long, default_value = "runs/train"))]
     pub out: PathBuf,
-    /// Activation store to read (from `cargo xtask cache`).
+    /// Activation store to read (from `cargo xtask cache`): a folder or an object-store prefix
+    /// (`s3://…`, `gs://…`, `az://…`), read a shuffle bucket at a time with the next one
+    /// fetched ahead.
     #[cfg_attr(
         feature = "cli",
         arg(long, default_value = "runs/cache", conflicts_with = "stream")
     )]
-    pub store: PathBuf,
+    pub store: String,
     /// Stream activations from the model over the corpus instead of reading a store.
     #[cfg_attr(feature = "cli", arg(long))]
     pub stream: bool,
@@ -100,12 +102,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             epochs: None,
             ..Default::default()
         };
+        let store = activation_cache::Location::parse(&args.store)?;
         let source = if args.allow_incomplete_store {
-            StoreSource::open_incomplete(&args.store, shuffle, true)
+            StoreSource::open_incomplete_at(&store, shuffle, true)
         } else {
-            StoreSource::open(&args.store, shuffle, true)
+            StoreSource::open_at(&store, shuffle, true)
         }
-        .with_context(|| format!("opening the store {}", args.store.display()))?;
+        .with_context(|| format!("opening the store {store}"))?;
         Trainer::new(config, source, &args.out)?.run(&options)?;
     }
     println!(
