@@ -131,7 +131,6 @@ fn append_rows(
 /// Resuming: an existing manifest with the same spec and kernel continues after its last
 /// complete shard (files of an unfinished shard are discarded); a manifest with a different
 /// spec or kernel is an error naming both; a complete store is returned as is.
-///
 pub fn harvest(
     dir: &Path,
     model: &dyn HookedModel,

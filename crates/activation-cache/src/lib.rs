@@ -5,10 +5,13 @@
 //! - [`contexts`](mod@contexts): documents → BOS-first fixed-length contexts (the rule is
 //!   documented there); BOS and PAD positions are never stored.
 //! - [`harvest()`]: one model pass fills any number of hook points of a sharded store with a
-//!   manifest and checksums, written atomically and resumable ([`store`] documents the format).
+//!   manifest and checksums, written atomically and resumable ([`store`] documents the format);
+//!   [`harvest_at`] does the same into any [`Location`], a folder or an object-store prefix
+//!   (`s3://…`, `gs://…`, `az://…`), and [`store::copy_store`] copies stores between them.
 //! - [`norms`]: massive-norm tokens measured per hook, and the policy for them.
 //! - [`ActivationSource`]: what trainers read — [`StoreSource`] (memory-mapped, bucket shuffle,
-//!   exact resume from a [`Cursor`]) or [`StreamingSource`] (model → shuffle buffer, no disk).
+//!   exact resume from a [`Cursor`]; from an object store a bucket at a time by verified range
+//!   reads, [`StoreSource::open_at`]) or [`StreamingSource`] (model → shuffle buffer, no disk).
 //!
 //! Harvesting a tiny random Gemma 3 (the tests' fixture; pass `gemma_hooks::EMBEDDED_MODEL`
 //! and [`Corpus::gutenberg`] for the real ones) over a text file, then reading it back shuffled:

@@ -460,37 +460,6 @@ impl StoreSource {
         (shard, (row - self.offsets[shard]) as usize)
     }
 
-    /// The bytes of part `part` (0: tokens, 1…: hooks) of a row: (shard, row in shard) and
-    /// global row; remote rows come from `resident`.
-    fn row_bytes<'a>(
-        &'a self,
-        resident: &'a [ResidentRows],
-        part: usize,
-        (shard, local): (usize, usize),
-        global: u64,
-    ) -> Result<&'a [u8]> {
-        let size = self.row_bytes[part];
-        match &self.backing {
-            Backing::Mapped(shards) => {
-                let map = match part {
-                    0 => &shards[shard].tokens,
-                    hook => &shards[shard].activations[hook - 1],
-                };
-                Ok(&map[local * size..(local + 1) * size])
-            }
-            Backing::Remote(_) => {
-                let held = resident
-                    .iter()
-                    .find(|held| held.rows.contains(&global))
-                    .ok_or_else(|| {
-                        CacheError::Invalid(format!("row {global} was read before it was fetched"))
-                    })?;
-                let start = (global - held.rows.start) as usize * size;
-                Ok(&held.parts[part][start..start + size])
-            }
-        }
-    }
-
     /// The file that holds part `part` of `shard`, as messages name it.
     fn part_name(&self, shard: usize, part: usize) -> String {
         match &self.backing {
@@ -499,7 +468,36 @@ impl StoreSource {
         }
     }
 
+    /// The rows `rows` (global indices); a remote store's rows come from `resident`.
     fn read_rows(&self, rows: &[u64], resident: &[ResidentRows]) -> Result<ActivationBatch> {
+        let sizes = &self.row_bytes;
+        match &self.backing {
+            Backing::Mapped(shards) => self.assemble(rows, |part, (shard, local), _| {
+                let map = match part {
+                    0 => &shards[shard].tokens,
+                    hook => &shards[shard].activations[hook - 1],
+                };
+                Some(&map[local * sizes[part]..(local + 1) * sizes[part]])
+            }),
+            Backing::Remote(_) => self.assemble(rows, |part, _, global| {
+                let held = resident.iter().find(|held| held.rows.contains(&global))?;
+                let start = (global - held.rows.start) as usize * sizes[part];
+                Some(&held.parts[part][start..start + sizes[part]])
+            }),
+        }
+    }
+
+    /// A batch of `rows`, each part of each row's bytes from `lookup(part, (shard, row in
+    /// shard), global row)` (part 0: tokens, 1…: hooks); generic so that each backing's lookup
+    /// is inlined into the copy loop.
+    fn assemble<'a>(
+        &self,
+        rows: &[u64],
+        lookup: impl Fn(usize, (usize, usize), u64) -> Option<&'a [u8]>,
+    ) -> Result<ActivationBatch> {
+        let missing = |global: u64| {
+            CacheError::Invalid(format!("row {global} was read before it was fetched"))
+        };
         let spec = &self.manifest.spec;
         let mut activations = Vec::with_capacity(spec.hooks.len());
         let located: Vec<(usize, usize)> = rows.iter().map(|&r| self.locate(r)).collect();
@@ -507,7 +505,7 @@ impl StoreSource {
             let width = hook.width;
             let mut values = Vec::with_capacity(rows.len() * width);
             for (&at, &global) in located.iter().zip(rows) {
-                let bytes = self.row_bytes(resident, hook_index + 1, at, global)?;
+                let bytes = lookup(hook_index + 1, at, global).ok_or_else(|| missing(global))?;
                 let start = values.len();
                 match spec.dtype {
                     StoreDtype::F32 => values.extend(
@@ -531,7 +529,7 @@ impl StoreSource {
             .iter()
             .zip(rows)
             .map(|(&at, &global)| {
-                let b = self.row_bytes(resident, 0, at, global)?;
+                let b = lookup(0, at, global).ok_or_else(|| missing(global))?;
                 let word = |i: usize| {
                     u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
                 };

@@ -200,8 +200,9 @@ impl Machine {
             memory_gb: None,
         };
         eprintln!(
-            "[bench] {group:<7} {what:<40} {implementation:<22} {shape:<28} {}{value:>10.1} {unit}",
-            l0.map_or(String::new(), |l| format!("L0 {l:>6.0}  "))
+            "[bench] {group:<7} {what:<40} {implementation:<22} {shape:<28} {}{:>10} {unit}",
+            l0.map_or(String::new(), |l| format!("L0 {l:>6.0}  ")),
+            figure(value, unit)
         );
         record
     }
@@ -689,6 +690,16 @@ fn store_benchmarks(machine: &Machine, args: &BenchArgs) -> anyhow::Result<Vec<R
     Ok(records)
 }
 
+/// A measurement as the table prints it: rates in GB/s to three decimals (a slow reader's
+/// 0.04 GB/s must not read as zero), tokens/s to one.
+fn figure(value: f64, unit: &str) -> String {
+    if unit == "GB/s" {
+        format!("{value:.3}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
 fn utc_stamp() -> String {
     Command::new("date")
         .args(["-u", "+%Y%m%dT%H%M%SZ"])
@@ -747,7 +758,7 @@ fn table(records: &[Record], machine: &Machine, stamp: &str, args: &BenchArgs) -
                 r.what.clone(),
                 r.shape.clone(),
                 r.l0.map_or("".into(), |l| format!("{l:.0}")),
-                format!("{:.1}", r.value),
+                figure(r.value, r.unit),
                 r.unit.to_string(),
                 r.memory_gb
                     .map_or("".into(), |(peak, step)| format!("{peak:.2} / {step:.2}")),
