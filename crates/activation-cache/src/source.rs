@@ -188,12 +188,7 @@ impl StoreSource {
             Some(dir) => return Self::open(dir, shuffle, verify),
             None => {}
         }
-        let (manifest, digest) = Manifest::read_at(location)?.ok_or_else(|| {
-            CacheError::Invalid(format!(
-                "{}: no manifest; is this an activation store?",
-                location.describe(crate::store::MANIFEST)
-            ))
-        })?;
+        let (manifest, digest) = Manifest::require_at(location)?;
         if !incomplete {
             Self::refuse_incomplete(&manifest, location.describe(crate::store::MANIFEST))?;
         }

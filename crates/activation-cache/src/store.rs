@@ -44,6 +44,7 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use object_io::{BlockDigests, Location};
 use serde::{Deserialize, Serialize};
 
@@ -195,6 +196,16 @@ impl Manifest {
         }
     }
 
+    /// [`Manifest::read_at`] for a location that must hold a store: no manifest is an error.
+    pub fn require_at(location: &Location) -> Result<(Self, String)> {
+        Self::read_at(location)?.ok_or_else(|| {
+            CacheError::Invalid(format!(
+                "{}: no manifest; is this an activation store?",
+                location.describe(MANIFEST)
+            ))
+        })
+    }
+
     /// Parses and checks a manifest's bytes; errors name `source`.
     fn parse(bytes: &[u8], source: impl Into<PathBuf>) -> Result<(Self, String)> {
         let path = source.into();
@@ -243,14 +254,15 @@ pub use object_io::{hex_digest, hex_sha256};
 
 /// Puts `bytes` as file `name` of the store at `location` (whole, atomically) and returns its
 /// manifest entry, with its block digests.
-pub fn put_file(location: &Location, name: String, bytes: Vec<u8>) -> Result<ShardFile> {
+pub fn put_file(location: &Location, name: String, bytes: impl Into<Bytes>) -> Result<ShardFile> {
+    let bytes = bytes.into();
     let entry = ShardFile {
         bytes: bytes.len() as u64,
         sha256: hex_sha256(&bytes),
         blocks: Some(BlockDigests::of(&bytes, object_io::DEFAULT_BLOCK_BYTES)),
         name,
     };
-    location.put(&entry.name, bytes.into())?;
+    location.put(&entry.name, bytes)?;
     Ok(entry)
 }
 
@@ -261,9 +273,14 @@ pub fn verify_file(dir: &Path, file: &ShardFile) -> Result<()> {
     File::open(&path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| CacheError::io(&path, e))?;
+    verify_contents(file, &bytes, path)
+}
+
+/// Checks a shard file's bytes, read from `path`, against the manifest's size and SHA-256.
+fn verify_contents(file: &ShardFile, bytes: &[u8], path: impl Into<PathBuf>) -> Result<()> {
     if bytes.len() as u64 != file.bytes {
         return Err(CacheError::format(
-            &path,
+            path,
             format!(
                 "shard is {} bytes, the manifest says {} (truncated?)",
                 bytes.len(),
@@ -271,10 +288,10 @@ pub fn verify_file(dir: &Path, file: &ShardFile) -> Result<()> {
             ),
         ));
     }
-    let digest = hex_sha256(&bytes);
+    let digest = hex_sha256(bytes);
     if digest != file.sha256 {
         return Err(CacheError::format(
-            &path,
+            path,
             format!(
                 "shard checksum mismatch: {digest}, the manifest says {} (corrupted)",
                 file.sha256
@@ -451,12 +468,7 @@ pub fn prepare_at(location: &Location) -> Result<Option<Manifest>> {
 /// or hold an earlier, interrupted copy (no manifest, only a store's file names); a copy that
 /// stopped is simply run again. Returns the manifest written.
 pub fn copy_store(from: &Location, to: &Location, progress: bool) -> Result<Manifest> {
-    let (mut manifest, _) = Manifest::read_at(from)?.ok_or_else(|| {
-        CacheError::Invalid(format!(
-            "{}: no manifest; is this an activation store?",
-            from.describe(MANIFEST)
-        ))
-    })?;
+    let (mut manifest, _) = Manifest::require_at(from)?;
     if let Some(existing) = prepare_at(to)? {
         return Err(CacheError::Invalid(format!(
             "{} already holds a store ({} rows); copy into an empty folder or prefix — nothing was changed",
@@ -477,14 +489,8 @@ pub fn copy_store(from: &Location, to: &Location, progress: bool) -> Result<Mani
                     from.describe(&file.name)
                 ))
             })?;
-            if bytes.len() as u64 != file.bytes || hex_sha256(&bytes) != file.sha256 {
-                return Err(CacheError::Invalid(format!(
-                    "{}: {} bytes that do not match the manifest's size or SHA-256 (corrupted or truncated); nothing more was copied",
-                    from.describe(&file.name),
-                    bytes.len()
-                )));
-            }
-            *file = put_file(to, file.name.clone(), bytes.to_vec())?;
+            verify_contents(file, &bytes, from.describe(&file.name))?;
+            *file = put_file(to, file.name.clone(), bytes)?;
             bar.inc(file.bytes);
         }
     }
