@@ -10,6 +10,7 @@
 //! | `bench` | the speed table: SAE training (JumpReLU sparse/dense, TopK), encode, forward, store reads; `--peers` adds SAELens, PyTorch and transformers side by side with ratios (writes `BENCHMARKS.md`) |
 //! | `bench-forward` | forward-pass tokens/s of a model (full pass and harvest to the middle layer), f32 and bf16 |
 //! | `cache` | harvests activations over a corpus into a store (resumable), then measures read throughput |
+//! | `plan`, `task`, `run-plan`, `slurm`, `kubernetes`, `plan-status` | a sweep across machines: a plan of tasks stored with the data (a folder or `s3://…`), one task at a time, all of them with local workers, as Slurm job arrays, or as a Kubernetes Indexed Job (the `sweep` crate) |
 //! | `train` | trains one or many SAEs from a store or a stream, with checkpoints, metrics and export |
 //! | `bench-train` | JumpReLU, TopK or BatchTopK training tokens/s and peak heap at a given shape |
 //! | `dump-activations` | a model's activations at hook points, logits and loss, to safetensors |
@@ -58,6 +59,18 @@ enum Command {
     /// Copy an activation store between folders and object stores (s3://, gs://, az://), every
     /// file checked against the manifest, the manifest last.
     CopyStore(commands::cache::CopyStoreArgs),
+    /// Turn a sweep file into a plan of tasks stored at the sweep's root (a folder or s3://…).
+    Plan(commands::sweep::PlanArgs),
+    /// Run one task of a plan (idempotent, resumable): what every engine starts.
+    Task(commands::sweep::TaskArgs),
+    /// Run a plan with worker processes on this machine.
+    RunPlan(commands::sweep::RunPlanArgs),
+    /// Run a plan on Slurm: submit job arrays with dependencies, show their state, cancel them.
+    Slurm(commands::sweep::SlurmArgs),
+    /// Print a plan's Kubernetes Indexed Job (JSON, for `kubectl apply -f`).
+    Kubernetes(commands::sweep::KubernetesArgs),
+    /// Which tasks of a plan are done.
+    PlanStatus(commands::sweep::PlanStatusArgs),
     /// Train one or many SAEs from an activation store (or a stream) with a config file.
     Train(commands::train::TrainArgs),
     /// JumpReLU training throughput at a given shape.
@@ -91,6 +104,12 @@ fn main() -> anyhow::Result<()> {
         Command::BenchForward(args) => bench::forward::run(&args),
         Command::Cache(args) => commands::cache::run(&args),
         Command::CopyStore(args) => commands::cache::copy(&args),
+        Command::Plan(args) => commands::sweep::plan(&args),
+        Command::Task(args) => commands::sweep::task(&args),
+        Command::RunPlan(args) => commands::sweep::run_plan(&args),
+        Command::Slurm(args) => commands::sweep::slurm(&args),
+        Command::Kubernetes(args) => commands::sweep::kubernetes(&args),
+        Command::PlanStatus(args) => commands::sweep::status(&args),
         Command::Train(args) => commands::train::run(&args),
         Command::BenchTrain(args) => bench::train::run(&args),
         Command::BenchRun(args) => bench::whole_run::run(&args),

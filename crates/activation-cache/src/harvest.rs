@@ -10,7 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::contexts::{Context, ContextSampling, SpecialTokens, contexts, spread_contexts};
 use crate::corpus::Document;
-use crate::store::{HookSpec, MANIFEST, Manifest, ShardBuffer, StoreDtype, StoreSpec, prepare_at};
+use crate::store::{
+    HookSpec, MANIFEST, Manifest, Shard, ShardBuffer, StoreDtype, StoreSpec, prepare_at,
+};
 use crate::validate::check_row;
 use crate::{CacheError, Result};
 use object_io::Location;
@@ -165,6 +167,55 @@ pub fn harvest_at(
     spec: StoreSpec,
     options: &HarvestOptions,
 ) -> Result<Manifest> {
+    check_spec(model, &spec)?;
+    let kernel = model.kernel_description();
+    let mut manifest = match prepare_at(location)? {
+        Some(existing) => {
+            check_resumable(location, &existing, &spec, &kernel)?;
+            existing
+        }
+        None => Manifest {
+            format_version: crate::store::FORMAT_VERSION,
+            spec: spec.clone(),
+            shards: Vec::new(),
+            complete: false,
+            kernel: Some(kernel),
+        },
+    };
+    if manifest.complete {
+        return Ok(manifest);
+    }
+
+    let schedule = ShardSchedule::new(tokenizer, documents, model.config(), &spec)?;
+    let progress = progress_bar(options.progress, spec.target_rows, manifest.rows());
+    let started = Instant::now();
+    let store = [(location.clone(), spec.clone())];
+    for (written_before, planned) in schedule.skip(manifest.shards.len()).enumerate() {
+        let planned = planned?;
+        let done_before = manifest.rows();
+        let mut shards = write_shard(model, &planned, &store, &|rows| {
+            progress.set_position(done_before + rows)
+        })?;
+        manifest.shards.push(shards.remove(0));
+        manifest.write_at(location)?;
+        if options
+            .stop_after_shards
+            .is_some_and(|n| written_before + 1 >= n)
+        {
+            progress.abandon_with_message("interrupted");
+            return Ok(manifest);
+        }
+    }
+    manifest.complete = true;
+    manifest.write_at(location)?;
+    let rate = manifest.rows() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    progress.finish_with_message(format!("{} rows, {rate:.0} tokens/s", manifest.rows()));
+    Ok(manifest)
+}
+
+/// Checks that `model` can fill a store of `spec`: every hook exists in it with the spec's
+/// width, and the spec has a hook, a context per shard and a context per forward pass.
+pub fn check_spec(model: &dyn HookedModel, spec: &StoreSpec) -> Result<()> {
     let points: Vec<HookPoint> = spec
         .hooks
         .iter()
@@ -185,79 +236,165 @@ pub fn harvest_at(
             "a store needs at least one hook, one context per shard and one context per forward pass".into(),
         ));
     }
-    let kernel = model.kernel_description();
-    let mut manifest = match prepare_at(location)? {
-        Some(existing) => {
-            check_resumable(location, &existing, &spec, &kernel)?;
-            existing
-        }
-        None => Manifest {
-            format_version: crate::store::FORMAT_VERSION,
-            spec: spec.clone(),
-            shards: Vec::new(),
-            complete: false,
-            kernel: Some(kernel),
-        },
-    };
-    if manifest.complete {
-        return Ok(manifest);
-    }
+    Ok(())
+}
 
-    let config = model.config();
-    let special = SpecialTokens::of(config);
-    let first_context = (manifest.shards.len() * spec.contexts_per_shard) as u64;
-    let ordered: Box<dyn Iterator<Item = Result<Context>>> = match spec.sampling {
-        ContextSampling::InOrder => {
-            Box::new(contexts(tokenizer, documents, spec.contexts, special))
-        }
-        ContextSampling::Spread { seed } => {
-            // Enough contexts for the target with a shard to spare (short last chunks hold
-            // fewer rows); the harvest stops at the target.
-            let per_context = spec.contexts.context_length.saturating_sub(1).max(1) as u64;
-            let wanted =
-                spec.target_rows.div_ceil(per_context) as usize * 21 / 20 + spec.contexts_per_shard;
-            let sample =
-                spread_contexts(tokenizer, documents, spec.contexts, special, wanted, seed)?;
-            Box::new(sample.into_iter().map(Ok))
-        }
-    };
-    let mut remaining = ordered.skip(first_context as usize).peekable();
-    let progress = progress_bar(options.progress, spec.target_rows, manifest.rows());
-    let started = Instant::now();
-    let mut written_now = 0;
-    while remaining.peek().is_some() && manifest.rows() < spec.target_rows {
-        let index = manifest.shards.len();
-        let mut buffer = ShardBuffer::new(spec.hooks.len());
-        let shard_contexts: Vec<Context> = remaining
-            .by_ref()
-            .take(spec.contexts_per_shard)
-            .collect::<Result<_>>()?;
-        for batch in shard_contexts.chunks(spec.batch_contexts) {
-            let activations =
-                context_activations(model, batch, spec.contexts.context_length, &points)?;
-            append_rows(&mut buffer, batch, &activations, &spec)?;
-            progress.set_position(manifest.rows() + buffer.rows);
-        }
-        let first = index as u64 * spec.contexts_per_shard as u64;
-        let shard = buffer.write(
-            location,
-            index,
-            &spec,
-            [first, first + shard_contexts.len() as u64],
-        )?;
-        manifest.shards.push(shard);
-        manifest.write_at(location)?;
-        written_now += 1;
-        if options.stop_after_shards.is_some_and(|n| written_now >= n) {
-            progress.abandon_with_message("interrupted");
-            return Ok(manifest);
-        }
+/// The shards of the store a spec describes, in order, with the contexts each one holds: what
+/// [`harvest_at`] writes, decided by the tokenizer and the corpus alone (no forward pass), so
+/// independent workers can each harvest a range of shards of one store.
+///
+/// Shard `k` holds contexts `[k·S, (k+1)·S)` of the spec's context sequence (`S` =
+/// `contexts_per_shard`; the last one may hold fewer); shards follow until the stored rows
+/// (every real position but BOS) reach `target_rows` or the corpus runs out.
+pub struct ShardSchedule<'a> {
+    contexts: std::iter::Peekable<Box<dyn Iterator<Item = Result<Context>> + 'a>>,
+    contexts_per_shard: usize,
+    target_rows: u64,
+    rows: u64,
+    next: usize,
+}
+
+/// One shard of a [`ShardSchedule`].
+#[derive(Debug, Clone)]
+pub struct PlannedShard {
+    /// Shard number.
+    pub index: usize,
+    /// Its contexts, in order.
+    pub contexts: Vec<Context>,
+    /// Contexts `[first, end)` of the corpus's sequence it covers.
+    pub context_range: [u64; 2],
+}
+
+impl PlannedShard {
+    /// Rows the shard stores (each context's real positions but BOS).
+    pub fn rows(&self) -> u64 {
+        self.contexts.iter().map(|c| c.len as u64 - 1).sum()
     }
-    manifest.complete = true;
-    manifest.write_at(location)?;
-    let rate = manifest.rows() as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    progress.finish_with_message(format!("{} rows, {rate:.0} tokens/s", manifest.rows()));
-    Ok(manifest)
+}
+
+impl<'a> ShardSchedule<'a> {
+    /// The schedule of `spec` over `documents` (tokenised by `tokenizer`, special tokens of a
+    /// model of `config`).
+    pub fn new(
+        tokenizer: &'a gemma_hooks::GemmaTokenizer,
+        documents: &'a [Document],
+        config: &GemmaConfig,
+        spec: &StoreSpec,
+    ) -> Result<Self> {
+        let special = SpecialTokens::of(config);
+        let ordered: Box<dyn Iterator<Item = Result<Context>> + 'a> = match spec.sampling {
+            ContextSampling::InOrder => {
+                Box::new(contexts(tokenizer, documents, spec.contexts, special))
+            }
+            ContextSampling::Spread { seed } => {
+                // Enough contexts for the target with a shard to spare (short last chunks hold
+                // fewer rows); the schedule stops at the target.
+                let per_context = spec.contexts.context_length.saturating_sub(1).max(1) as u64;
+                let wanted = spec.target_rows.div_ceil(per_context) as usize * 21 / 20
+                    + spec.contexts_per_shard;
+                let sample =
+                    spread_contexts(tokenizer, documents, spec.contexts, special, wanted, seed)?;
+                Box::new(sample.into_iter().map(Ok))
+            }
+        };
+        Ok(Self {
+            contexts: ordered.peekable(),
+            contexts_per_shard: spec.contexts_per_shard.max(1),
+            target_rows: spec.target_rows,
+            rows: 0,
+            next: 0,
+        })
+    }
+}
+
+impl Iterator for ShardSchedule<'_> {
+    type Item = Result<PlannedShard>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rows >= self.target_rows || self.contexts.peek().is_none() {
+            return None;
+        }
+        let contexts: Vec<Context> = match self
+            .contexts
+            .by_ref()
+            .take(self.contexts_per_shard)
+            .collect::<Result<_>>()
+        {
+            Ok(contexts) => contexts,
+            Err(e) => {
+                self.rows = self.target_rows;
+                return Some(Err(e));
+            }
+        };
+        let first = (self.next * self.contexts_per_shard) as u64;
+        let shard = PlannedShard {
+            index: self.next,
+            context_range: [first, first + contexts.len() as u64],
+            contexts,
+        };
+        self.rows += shard.rows();
+        self.next += 1;
+        Some(Ok(shard))
+    }
+}
+
+/// Computes one planned shard with `model` and writes it into every store of `stores` (each a
+/// location and its spec; the specs may differ in their hooks only), one forward pass per batch
+/// of contexts for the union of their hooks. Returns each store's manifest entry, in order;
+/// `progress` is told the rows computed so far. Nothing is written to a manifest: the caller
+/// records the entries ([`harvest_at`] in its manifest, a distributed harvest in its parts).
+pub fn write_shard(
+    model: &dyn HookedModel,
+    planned: &PlannedShard,
+    stores: &[(Location, StoreSpec)],
+    progress: &dyn Fn(u64),
+) -> Result<Vec<Shard>> {
+    let Some((_, first_spec)) = stores.first() else {
+        return Ok(Vec::new());
+    };
+    let mut points: Vec<HookPoint> = Vec::new();
+    let mut selections = Vec::with_capacity(stores.len());
+    for (location, spec) in stores {
+        let same_except_hooks = StoreSpec {
+            hooks: first_spec.hooks.clone(),
+            ..spec.clone()
+        } == *first_spec;
+        if !same_except_hooks {
+            return Err(CacheError::Invalid(format!(
+                "the stores of one harvest must share every setting but their hooks; {location} differs"
+            )));
+        }
+        let mut selection = Vec::with_capacity(spec.hooks.len());
+        for hook in &spec.hooks {
+            let point: HookPoint = hook.name.parse()?;
+            let at = points.iter().position(|p| *p == point).unwrap_or_else(|| {
+                points.push(point);
+                points.len() - 1
+            });
+            selection.push(at);
+        }
+        selections.push(selection);
+    }
+    let mut buffers: Vec<ShardBuffer> = stores
+        .iter()
+        .map(|(_, spec)| ShardBuffer::new(spec.hooks.len()))
+        .collect();
+    for batch in planned.contexts.chunks(first_spec.batch_contexts) {
+        let activations =
+            context_activations(model, batch, first_spec.contexts.context_length, &points)?;
+        for ((buffer, selection), (_, spec)) in buffers.iter_mut().zip(&selections).zip(stores) {
+            let chosen: Vec<Tensor> = selection.iter().map(|&i| activations[i].clone()).collect();
+            append_rows(buffer, batch, &chosen, spec)?;
+        }
+        progress(buffers[0].rows);
+    }
+    buffers
+        .into_iter()
+        .zip(stores)
+        .map(|(buffer, (location, spec))| {
+            buffer.write(location, planned.index, spec, planned.context_range)
+        })
+        .collect()
 }
 
 /// Refuses to resume `existing` with another spec or kernel, which would mix bytes of two

@@ -64,7 +64,10 @@ pub mod validate;
 pub use contexts::{Context, ContextConfig, SpecialTokens};
 pub use corpus::{Corpus, Document};
 pub use error::{CacheError, Result};
-pub use harvest::{HarvestOptions, harvest, harvest_at, hook_specs, hook_width};
+pub use harvest::{
+    HarvestOptions, PlannedShard, ShardSchedule, check_spec, harvest, harvest_at, hook_specs,
+    hook_width, write_shard,
+};
 pub use object_io::Location;
 pub use source::{
     ActivationBatch, ActivationSource, Cursor, ShuffleConfig, StoreSource, StreamingSource,

@@ -499,6 +499,65 @@ pub fn copy_store(from: &Location, to: &Location, progress: bool) -> Result<Mani
     Ok(manifest)
 }
 
+/// Completes a store whose shards were written by independent workers
+/// ([`crate::write_shard`]): checks that `shards` are shards `0..n` of `spec`, each with one
+/// file per hook, and that every file is at `location` with its listed size, then writes the
+/// complete manifest (recording `kernel`, what computed the shards). Sealing again with the same
+/// shards changes nothing; a store already sealed with other shards is an error.
+pub fn seal_store(
+    location: &Location,
+    spec: &StoreSpec,
+    shards: Vec<Shard>,
+    kernel: &str,
+) -> Result<Manifest> {
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        spec: spec.clone(),
+        shards,
+        complete: true,
+        kernel: Some(kernel.to_string()),
+    };
+    if let Some((existing, _)) = Manifest::read_at(location)? {
+        if existing == manifest {
+            return Ok(existing);
+        }
+        return Err(CacheError::format(
+            location.describe(MANIFEST),
+            "the store is already sealed with other shards or settings; seal into another prefix",
+        ));
+    }
+    for (position, shard) in manifest.shards.iter().enumerate() {
+        if shard.index != position || shard.activations.len() != spec.hooks.len() {
+            return Err(CacheError::Invalid(format!(
+                "{location}: shard entry {position} is shard {} with {} activation files; a sealed store needs shards 0..n in order, one file per hook ({})",
+                shard.index,
+                shard.activations.len(),
+                spec.hooks.len()
+            )));
+        }
+    }
+    let sizes: std::collections::HashMap<String, u64> = location.list()?.into_iter().collect();
+    for file in manifest.files() {
+        match sizes.get(&file.name) {
+            Some(&bytes) if bytes == file.bytes => {}
+            Some(&bytes) => {
+                return Err(CacheError::format(
+                    location.describe(&file.name),
+                    format!("{bytes} bytes, the shard lists {}", file.bytes),
+                ));
+            }
+            None => {
+                return Err(CacheError::format(
+                    location.describe(&file.name),
+                    "listed by a harvested shard but missing",
+                ));
+            }
+        }
+    }
+    manifest.write_at(location)?;
+    Ok(manifest)
+}
+
 /// Deletes a store: the files its manifest lists, its leftovers and the manifest, then the
 /// folder if nothing else is in it (other files are left, with the folder).
 pub fn remove_store(dir: &Path) -> Result<()> {

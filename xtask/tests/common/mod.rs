@@ -4,9 +4,11 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use sae_core::arch::{AffineSae, JumpReluSae, ThresholdParametrisation};
@@ -178,4 +180,71 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The files under `dir` (relative path → bytes), the wall-clock log left out.
+pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n != "timing.csv") {
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+pub fn assert_same_files(a: &Path, b: &Path, what: &str) {
+    let (a, b) = (files(a), files(b));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}: different files"
+    );
+    for (name, bytes) in &a {
+        assert!(bytes == &b[name], "{what}: {name} differs");
+    }
+}
+
+/// Runs `command` to completion and returns how long it took.
+pub fn run(mut command: Command, what: &str) -> Duration {
+    let started = Instant::now();
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    started.elapsed()
+}
+
+/// Starts `make()` and kills it with SIGKILL after each of `delays` (a fresh start each time;
+/// a run that finishes first just finishes), then runs it to completion. Returns how many runs
+/// were killed before finishing.
+pub fn kill_and_resume(make: impl Fn() -> Command, delays: &[Duration], what: &str) -> usize {
+    let mut killed = 0;
+    for delay in delays {
+        let mut child = make()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(*delay);
+        match child.try_wait().unwrap() {
+            Some(status) => assert!(status.success(), "{what} failed before the kill"),
+            None => {
+                child.kill().unwrap(); // SIGKILL on Unix: no cleanup runs.
+                child.wait().unwrap();
+                killed += 1;
+            }
+        }
+    }
+    run(make(), what);
+    killed
 }

@@ -1,6 +1,7 @@
 //! The workflows behind the project's commands, one module each: `cache` (harvest a store,
 //! measure its reads), `train` (one or many SAEs from a config file), `dump-activations`,
-//! `inspect`, `convert` (between SAE file layouts) and `demo`. Each takes its options struct (with `clap` derives under the `cli`
+//! `inspect`, `convert` (between SAE file layouts), `demo`, and the sweep commands (`plan`, `task`,
+//! `run-plan`, `slurm`, `kubernetes`, `plan-status`). Each takes its options struct (with `clap` derives under the `cli`
 //! feature) and does what the command does, so a researcher's own binary can call them.
 
 pub mod cache;
@@ -8,4 +9,5 @@ pub mod convert;
 pub mod demo;
 pub mod dump;
 pub mod inspect;
+pub mod sweep;
 pub mod train;
