@@ -110,6 +110,7 @@ fn task_options(scratch: &Path) -> TaskOptions {
         device: "cpu".into(),
         model_dtype: DType::F32,
         kernels: Default::default(),
+        sae_devices: Vec::new(),
         scratch: scratch.to_path_buf(),
         wait_for_dependencies: None,
         progress: false,
@@ -162,8 +163,18 @@ fn a_sweep_run_by_three_workers_from_s3_equals_the_sweep_run_in_one_process() {
     let plan_read = Plan::read_at(&Location::local(&objects)).unwrap();
     check_plan_shape(&plan_read);
 
-    // Three workers on two cores, every byte through the S3 server.
-    let mut workers = xtask(&["run-plan", "--workers", "3", "--plan", &url, "--logs"]);
+    // Three workers on two cores, every byte through the S3 server; each training task spreads
+    // its SAEs over two device slots (threads; GPUs on a GPU node).
+    let mut workers = xtask(&[
+        "run-plan",
+        "--workers",
+        "3",
+        "--sae-devices",
+        "cpu,cpu",
+        "--plan",
+        &url,
+        "--logs",
+    ]);
     workers
         .arg(dir.path().join("logs"))
         .envs(server.client_env());

@@ -18,6 +18,12 @@ pub struct DeviceOptions {
     /// generic path exists.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = Kernels::Fastest))]
     pub kernels: Kernels,
+    /// Spread the SAEs being trained over these devices, e.g. `cuda:0,cuda:1,cuda:2,cuda:3`:
+    /// round-robin in config order, each device stepping its SAEs on a thread of its own, each
+    /// batch read once (see `trainer::TrainConfig::sae_devices`). Default: every SAE on
+    /// `--device`.
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ','))]
+    pub sae_devices: Vec<String>,
 }
 
 impl DeviceOptions {
@@ -26,6 +32,7 @@ impl DeviceOptions {
         Self {
             device: Some(device.to_string()),
             kernels: Kernels::Generic,
+            sae_devices: Vec::new(),
         }
     }
 
@@ -60,10 +67,14 @@ impl DeviceOptions {
         Ok(loaded)
     }
 
-    /// `config` set to train here: the device (when one was given) and the kernels.
+    /// `config` set to train here: the device (when one was given), the SAEs' devices (when
+    /// given) and the kernels.
     pub fn apply_to(&self, config: &mut trainer::TrainConfig) {
         if let Some(device) = &self.device {
             config.device = device.clone();
+        }
+        if !self.sae_devices.is_empty() {
+            config.sae_devices = self.sae_devices.clone();
         }
         config.kernels = self.kernels;
     }

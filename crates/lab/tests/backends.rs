@@ -84,8 +84,8 @@ fn the_generic_path_equals_the_specialised_one_in_every_stage() -> anyhow::Resul
             // the comparison measures the paths, not the sign of rounding noise.
             overrides: vec!["adam_eps=1e-3".into()],
             device: DeviceOptions {
-                device: None,
                 kernels,
+                ..DeviceOptions::default()
             },
             ..ExperimentOptions::default()
         };

@@ -55,6 +55,7 @@
 //!     device: "cpu".into(),
 //!     model_dtype: DType::F32,
 //!     kernels: gemma_hooks::Kernels::Fastest,
+//!     sae_devices: Vec::new(),
 //!     scratch: work.path().join("scratch"),
 //!     wait_for_dependencies: None,
 //!     progress: false,

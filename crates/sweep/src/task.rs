@@ -28,6 +28,9 @@ pub struct TaskOptions {
     pub model_dtype: DType,
     /// Which kernels compute (recorded with every result: another kernel gives other last bits).
     pub kernels: Kernels,
+    /// A training task's SAEs spread over these devices (one thread each, every batch read
+    /// once; `trainer::TrainConfig::sae_devices`); empty: all on `device`.
+    pub sae_devices: Vec<String>,
     /// A local folder for a training task's working copy (its run folder), deleted when the
     /// task is done.
     pub scratch: PathBuf,
@@ -95,6 +98,7 @@ pub fn run_task(
             let mut config: TrainConfig = serde_json::from_value(config.clone())
                 .with_context(|| format!("task {index}: its training config"))?;
             config.device = options.device.clone();
+            config.sae_devices = options.sae_devices.clone();
             config.kernels = options.kernels;
             let scratch = options
                 .scratch

@@ -196,12 +196,13 @@ pub(crate) fn save(
 }
 
 /// Reads and verifies `out/checkpoint`: `None` when there is none; an error when any piece is
-/// missing or damaged, or when it belongs to another run (`identity` differs).
+/// missing or damaged, or when it belongs to another run (`identity` differs). Each SAE's tensors
+/// are loaded onto its device (`devices`, in the order of `names`).
 pub(crate) fn load(
     out: &Path,
     identity: &Value,
     names: &[&str],
-    device: &Device,
+    devices: &[Device],
 ) -> Result<Option<(CheckpointState, Vec<RunTensors>)>> {
     let dir = out.join(CHECKPOINT);
     if !dir.exists() {
@@ -243,7 +244,7 @@ pub(crate) fn load(
             format!("holds the SAEs {saved:?} where the config has {names:?}"),
         ));
     }
-    let read = |file: String| -> Result<HashMap<String, Tensor>> {
+    let read = |file: String, device: &Device| -> Result<HashMap<String, Tensor>> {
         let path = dir.join(&file);
         if !path.exists() {
             return Err(incomplete(&path));
@@ -260,10 +261,11 @@ pub(crate) fn load(
     };
     let tensors = names
         .iter()
-        .map(|name| {
+        .zip(devices)
+        .map(|(name, device)| {
             Ok(RunTensors {
-                sae: read(sae_file(name))?,
-                adam: read(adam_file(name))?,
+                sae: read(sae_file(name), device)?,
+                adam: read(adam_file(name), device)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;

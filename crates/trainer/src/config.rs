@@ -469,6 +469,13 @@ pub struct TrainConfig {
     /// a run may resume on another device.
     #[serde(default = "defaults::device", skip_serializing)]
     pub device: String,
+    /// Devices the SAEs are spread over, one or more SAEs per device, round-robin in config
+    /// order (SAE i on `sae_devices[i % n]`): each batch is read once, copied to each device,
+    /// and the devices step their SAEs at the same time (a thread each). Empty: every SAE on
+    /// [`TrainConfig::device`]. All must be of one kind (`cuda:0`, `cuda:1`, …). Not part of a
+    /// run's identity: a run may resume on another number of GPUs.
+    #[serde(default, skip_serializing)]
+    pub sae_devices: Vec<String>,
     /// The kernels of the step and the optimiser: [`Kernels::Fastest`] (the CPU's
     /// sparsity-aware step and in-place Adam where they apply) or [`Kernels::Generic`] (candle's
     /// dense autograd step and tensor Adam, the path every device runs). Not part of a run's
@@ -483,6 +490,35 @@ impl TrainConfig {
     /// The candle device named by [`TrainConfig::device`].
     pub fn device(&self) -> Result<Device> {
         device_named(&self.device)
+    }
+
+    /// Where each SAE trains, in config order: its slot (the index in
+    /// [`TrainConfig::sae_devices`], round-robin; 0 for every SAE without it) and the device.
+    /// Each slot steps its SAEs on a thread of its own.
+    pub fn placement(&self) -> Result<Vec<(usize, Device)>> {
+        if self.sae_devices.is_empty() {
+            let device = self.device()?;
+            return Ok(vec![(0, device); self.saes.len()]);
+        }
+        let kind = |spec: &str| spec.split(':').next().unwrap_or_default().to_string();
+        if self
+            .sae_devices
+            .iter()
+            .any(|spec| kind(spec) != kind(&self.sae_devices[0]))
+        {
+            return Err(TrainError::Invalid(format!(
+                "sae_devices {:?} mixes kinds of device; give devices of one kind (cuda:0, cuda:1, …)",
+                self.sae_devices
+            )));
+        }
+        let devices = self
+            .sae_devices
+            .iter()
+            .map(|spec| device_named(spec))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((0..self.saes.len())
+            .map(|i| (i % devices.len(), devices[i % devices.len()].clone()))
+            .collect())
     }
 }
 

@@ -56,6 +56,9 @@ pub struct SaeRun {
     total_tokens: u64,
     /// Latents resampled so far.
     resampled: u64,
+    /// Where it trains, and its device slot (the thread that steps it).
+    device: Device,
+    slot: usize,
 }
 
 /// Options that do not change results.
@@ -70,7 +73,6 @@ pub struct RunOptions {
 /// Trains every SAE of a [`TrainConfig`] from one [`ActivationSource`].
 pub struct Trainer<S: ActivationSource> {
     config: TrainConfig,
-    device: Device,
     source: S,
     out: PathBuf,
     /// The SAEs.
@@ -261,7 +263,7 @@ impl<S: ActivationSource> Trainer<S> {
                 "the training config has no SAEs".into(),
             ));
         }
-        let device = config.device()?;
+        let placement = config.placement()?;
         let kernels = config.kernels;
         let hooks = source.hooks().to_vec();
         let resolved: Vec<(ResolvedSaeConfig, usize, usize)> = config
@@ -286,10 +288,11 @@ impl<S: ActivationSource> Trainer<S> {
             "train": &config,
             "saes": resolved.iter().map(|(r, ..)| r).collect::<Vec<_>>(),
             "source": source.identity(),
-            "kernel": kernel_description(&device, config.kernels),
+            "kernel": kernel_description(&placement[0].1, config.kernels),
         });
         let names: Vec<&str> = resolved.iter().map(|(r, ..)| r.name.as_str()).collect();
-        let saved = checkpoint::load(out, &effective, &names, &device)?;
+        let devices: Vec<Device> = placement.iter().map(|(_, d)| d.clone()).collect();
+        let saved = checkpoint::load(out, &effective, &names, &devices)?;
         check_or_record_identity(out, &effective, saved.is_some())?;
 
         // Resumed runs restore C from the checkpoint.
@@ -335,9 +338,10 @@ impl<S: ActivationSource> Trainer<S> {
                     d_in,
                     scale,
                     &means[run_index],
-                    &device,
+                    &placement[run_index].1,
                     registry,
                 )?;
+                run.slot = placement[run_index].0;
                 run.target_index = target_index;
                 run.kernels = kernels;
                 run.adam.kernels = kernels;
@@ -346,7 +350,6 @@ impl<S: ActivationSource> Trainer<S> {
             .collect::<Result<Vec<_>>>()?;
         let mut trainer = Self {
             config,
-            device,
             source,
             out: out.to_path_buf(),
             runs,
@@ -406,7 +409,7 @@ impl<S: ActivationSource> Trainer<S> {
                     return Ok(None);
                 }
                 let space = |rows: &Tensor| -> Result<Tensor> {
-                    Ok((rows.to_dtype(DType::F32)?.to_device(&self.device)? / run.scale)?)
+                    Ok((rows.to_dtype(DType::F32)?.to_device(&run.device)? / run.scale)?)
                 };
                 let input = space(&rows)?;
                 let target = match run.target_index {
@@ -427,32 +430,61 @@ impl<S: ActivationSource> Trainer<S> {
         let rows = batch.tokens.len() as u64;
         let record = (self.step + 1).is_multiple_of(self.config.metrics_every)
             || self.step + 1 == self.config.steps;
-        for (index, run) in self.runs.iter_mut().enumerate() {
-            let trained = training_rows(&batch.activations[run.hook_index], &run.config)?;
-            let x = (trained.to_device(&self.device)? / run.scale)?;
-            // A transcoder's target shares its input's scale C (as Gemma Scope's transcoders).
-            let target = match run.target_index {
-                Some(target) => {
-                    Some((batch.activations[target].to_device(&self.device)? / run.scale)?)
-                }
-                None => None,
-            };
-            let row = run.train_step(
-                &x,
-                target.as_ref(),
-                self.step,
-                self.config.steps,
-                self.config.dead_window_tokens,
-                record,
-            )?;
-            if let Some(mut row) = row {
-                row.step = self.step + 1;
-                row.tokens = self.tokens + rows;
-                if let Some(Some((input, target))) = self.held_out.get(index) {
-                    row.held_out_fvu = run.fvu_on(input, target)?;
-                }
-                self.metrics.push(row);
+        let context = StepContext {
+            activations: &batch.activations,
+            step: self.step,
+            steps: self.config.steps,
+            dead_window: self.config.dead_window_tokens,
+            record,
+        };
+        let held_out = &self.held_out;
+        let step_run = |index: usize, run: &mut SaeRun| -> Result<Option<MetricsRow>> {
+            let held_out = held_out.get(index).and_then(Option::as_ref);
+            run.step_on_batch(&context, held_out)
+        };
+        let slots = self.runs.iter().map(|r| r.slot).max().unwrap_or(0) + 1;
+        let rows_out: Vec<Option<MetricsRow>> = if slots == 1 {
+            self.runs
+                .iter_mut()
+                .enumerate()
+                .map(|(index, run)| step_run(index, run))
+                .collect::<Result<_>>()?
+        } else {
+            // One thread per device slot, each stepping its SAEs in config order; rows come
+            // back in config order, so the metrics do not depend on which finished first.
+            let mut groups: Vec<Vec<(usize, &mut SaeRun)>> =
+                (0..slots).map(|_| Vec::new()).collect();
+            for (index, run) in self.runs.iter_mut().enumerate() {
+                groups[run.slot].push((index, run));
             }
+            let mut results: Vec<(usize, Result<Option<MetricsRow>>)> =
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = groups
+                        .into_iter()
+                        .map(|group| {
+                            scope.spawn(|| {
+                                group
+                                    .into_iter()
+                                    .map(|(index, run)| (index, step_run(index, run)))
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().expect("a device's training thread panicked"))
+                        .collect()
+                });
+            results.sort_by_key(|(index, _)| *index);
+            results
+                .into_iter()
+                .map(|(_, row)| row)
+                .collect::<Result<_>>()?
+        };
+        for mut row in rows_out.into_iter().flatten() {
+            row.step = self.step + 1;
+            row.tokens = self.tokens + rows;
+            self.metrics.push(row);
         }
         if record {
             self.log_timing(self.step + 1, self.tokens + rows)?;
@@ -725,8 +757,55 @@ impl SaeRun {
             total_fires: vec![0; config.d_sae],
             total_tokens: 0,
             resampled: 0,
+            device: device.clone(),
+            slot: 0,
             config,
         })
+    }
+}
+
+/// What every SAE's step of one batch shares.
+struct StepContext<'a> {
+    /// The batch, one tensor per hook of the source (on the CPU, as read).
+    activations: &'a [Tensor],
+    step: u64,
+    steps: u64,
+    dead_window: u64,
+    record: bool,
+}
+
+impl SaeRun {
+    /// One step on the batch: its rows (those under the norm cutoff) copied to this SAE's
+    /// device and divided by C; a metrics row (with the held-out FVU) when recording.
+    fn step_on_batch(
+        &mut self,
+        context: &StepContext<'_>,
+        held_out: Option<&(Tensor, Tensor)>,
+    ) -> Result<Option<MetricsRow>> {
+        let trained = training_rows(&context.activations[self.hook_index], &self.config)?;
+        let x = (trained.to_device(&self.device)? / self.scale)?;
+        // A transcoder's target shares its input's scale C (as Gemma Scope's transcoders).
+        let target = match self.target_index {
+            Some(target) => {
+                Some((context.activations[target].to_device(&self.device)? / self.scale)?)
+            }
+            None => None,
+        };
+        let row = self.train_step(
+            &x,
+            target.as_ref(),
+            context.step,
+            context.steps,
+            context.dead_window,
+            context.record,
+        )?;
+        match (row, held_out) {
+            (Some(mut row), Some((input, target))) => {
+                row.held_out_fvu = self.fvu_on(input, target)?;
+                Ok(Some(row))
+            }
+            (row, _) => Ok(row),
+        }
     }
 }
 

@@ -1323,3 +1323,53 @@ fn gradient_clipping_bounds_the_first_update() {
     .to_string();
     assert!(error.contains("grad_clip_norm"), "{error}");
 }
+
+#[test]
+fn saes_spread_over_device_slots_train_to_the_same_bits_as_on_one_device() {
+    // Three SAEs over two slots (one thread each, both on the CPU here; on a GPU node each slot
+    // is a GPU): the batch is read once and each SAE steps on its slot's thread.
+    let saes = || {
+        let mut saes = two_saes();
+        let mut relu = SaeConfig::new("relu", HOOK, Architecture::Relu, 48);
+        relu.penalties = Some(vec![PenaltyConfig::L1 { coefficient: 1e-3 }]);
+        saes.push(relu);
+        saes
+    };
+    let one = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(config(saes(), 60), Synthetic::new(), one.path()).unwrap();
+    trainer.run(&RunOptions::default()).unwrap();
+    let one_metrics = format!("{:?}", trainer.metrics);
+
+    let spread = tempfile::tempdir().unwrap();
+    let mut spread_config = config(saes(), 60);
+    spread_config.sae_devices = vec!["cpu".into(), "cpu".into()];
+    let placement = spread_config.placement().unwrap();
+    assert_eq!(
+        placement.iter().map(|(slot, _)| *slot).collect::<Vec<_>>(),
+        [0, 1, 0]
+    );
+    let mut trainer = Trainer::new(spread_config, Synthetic::new(), spread.path()).unwrap();
+    trainer.run(&RunOptions::default()).unwrap();
+    assert_eq!(
+        format!("{:?}", trainer.metrics),
+        one_metrics,
+        "metrics differ"
+    );
+    for name in ["jump", "batchtopk", "relu"] {
+        for file in ["sae_weights.safetensors", "sparsity.safetensors"] {
+            assert!(
+                std::fs::read(one.path().join(name).join(file)).unwrap()
+                    == std::fs::read(spread.path().join(name).join(file)).unwrap(),
+                "{name}/{file} differs"
+            );
+        }
+    }
+    // The placement is not part of the run's identity: the spread run resumes on one device.
+    let resumed = Trainer::new(config(saes(), 60), Synthetic::new(), spread.path()).unwrap();
+    assert_eq!(resumed.step, 60);
+
+    let mut mixed = config(saes(), 60);
+    mixed.sae_devices = vec!["cpu".into(), "cuda:0".into()];
+    let error = mixed.placement().unwrap_err().to_string();
+    assert!(error.contains("mixes kinds of device"), "{error}");
+}

@@ -155,6 +155,9 @@ fn device_args(device: &DeviceOptions) -> Vec<String> {
         args.extend(["--device".to_string(), name.clone()]);
     }
     args.extend(["--kernels".to_string(), device.kernels.to_string()]);
+    if !device.sae_devices.is_empty() {
+        args.extend(["--sae-devices".to_string(), device.sae_devices.join(",")]);
+    }
     args
 }
 
@@ -221,6 +224,7 @@ pub fn task(args: &TaskArgs) -> anyhow::Result<()> {
         device: args.device.name().to_string(),
         model_dtype: args.device.model_dtype()?,
         kernels: args.device.kernels,
+        sae_devices: args.device.sae_devices.clone(),
         scratch: args
             .scratch
             .clone()

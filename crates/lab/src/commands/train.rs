@@ -67,6 +67,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         let on_device = DeviceOptions {
             device: Some(config.device.clone()),
             kernels: config.kernels,
+            sae_devices: Vec::new(),
         };
         let loaded = on_device.load_model(&args.model, on_device.model_dtype()?)?;
         let tokenizer = loaded
