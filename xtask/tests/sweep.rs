@@ -94,15 +94,7 @@ fn outputs(root: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn assert_same_outputs(a: &Path, b: &Path, what: &str) {
-    let (a, b) = (outputs(a), outputs(b));
-    assert_eq!(
-        a.keys().collect::<Vec<_>>(),
-        b.keys().collect::<Vec<_>>(),
-        "{what}: different files"
-    );
-    for (name, bytes) in &a {
-        assert!(bytes == &b[name], "{what}: {name} differs");
-    }
+    common::assert_same_contents(&outputs(a), &outputs(b), what);
 }
 
 fn task_options(scratch: &Path) -> TaskOptions {
@@ -199,13 +191,39 @@ fn a_sweep_run_by_three_workers_from_s3_equals_the_sweep_run_in_one_process() {
         .unwrap();
     assert!(at_once >= 2, "the workers never overlapped: {stdout}");
 
-    // The same sweep in this process, one task after another, into a folder.
+    // The same sweep in this process, one task after another, into a folder; and by three
+    // workers into a folder (the storage of the one-process run, for the wall times).
     let one = dir.path().join("one");
     let single = run_in_one_process(&file, &one);
+    let folder = dir.path().join("folder");
+    plan(&file, &folder.display().to_string(), None);
+    let mut workers = xtask(&["run-plan", "--workers", "3", "--plan"]);
+    workers
+        .arg(&folder)
+        .arg("--logs")
+        .arg(dir.path().join("logs"));
+    let multi_folder = run(workers, "run-plan into a folder");
     eprintln!(
-        "sweep of {} tasks: one process {single:?}, three workers from S3 {multi:?}",
+        "sweep of {} tasks: one process {single:?}; three workers, folder {multi_folder:?}, S3 {multi:?}",
         plan_read.tasks.len()
     );
+    for (name, root) in [
+        ("one process", &one),
+        ("workers, folder", &folder),
+        ("workers, S3", &objects),
+    ] {
+        let seconds: Vec<String> = (0..plan_read.tasks.len())
+            .map(|i| {
+                let record: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(root.join(format!("done/task-{i:05}.json"))).unwrap(),
+                )
+                .unwrap();
+                format!("{:.2}", record["seconds"].as_f64().unwrap())
+            })
+            .collect();
+        eprintln!("  task seconds, {name}: {}", seconds.join(" "));
+    }
+    assert_same_outputs(&one, &folder, "three workers into a folder vs one process");
     assert_same_outputs(&one, &objects, "three workers from S3 vs one process");
     assert_eq!(
         files(&one.join("done")).keys().collect::<Vec<_>>(),
@@ -407,9 +425,8 @@ fn submitted(scripts: &Path) -> Vec<String> {
 fn a_sweep_on_single_node_slurm_with_a_cancelled_and_a_requeued_task_equals_the_sweep_in_one_process()
  {
     let dir = tempfile::tempdir().unwrap();
-    // Long enough for the requeue to land mid-task: every epoch re-reads each shard file from
-    // the server, about 40 ms a request.
-    let file = sweep_file(dir.path(), 400);
+    // Training tasks of a few seconds each, so the requeue lands mid-task.
+    let file = sweep_file(dir.path(), 1500);
     let server = S3TestServer::start("sweeps").unwrap();
     let url = server.url("slurm");
     plan(&file, &url, Some(&server));

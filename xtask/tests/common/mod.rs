@@ -201,13 +201,21 @@ pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 pub fn assert_same_files(a: &Path, b: &Path, what: &str) {
-    let (a, b) = (files(a), files(b));
+    assert_same_contents(&files(a), &files(b), what);
+}
+
+/// The same file names with the same bytes (from [`files`], maybe filtered).
+pub fn assert_same_contents(
+    a: &BTreeMap<String, Vec<u8>>,
+    b: &BTreeMap<String, Vec<u8>>,
+    what: &str,
+) {
     assert_eq!(
         a.keys().collect::<Vec<_>>(),
         b.keys().collect::<Vec<_>>(),
         "{what}: different files"
     );
-    for (name, bytes) in &a {
+    for (name, bytes) in a {
         assert!(bytes == &b[name], "{what}: {name} differs");
     }
 }
