@@ -314,12 +314,58 @@ fn tasks_refuse_what_they_cannot_do_and_name_it() {
         &file.display().to_string(),
     ]);
     assert!(error.contains("holds another sweep's plan"), "{error}");
-    // A corpus changed since planning is refused before any shard is written.
+    // A corpus changed since planning is refused before any shard is written; the local
+    // engine stops and names the task, its log, and the log's last lines.
     let corpus = dir.path().join("corpus/a.txt");
     std::fs::write(&corpus, "something else entirely. ".repeat(120)).unwrap();
     let error = fails(&["task", "--plan", &root_text, "--index", "0"]);
     assert!(error.contains("changed since planning"), "{error}");
+    let logs = dir.path().join("logs").display().to_string();
+    let error = fails(&["run-plan", "--plan", &root_text, "--logs", &logs]);
+    assert!(
+        error.contains("(harvest shards ") && error.contains("failed"),
+        "{error}"
+    );
+    assert!(
+        error.contains("task-0000") && error.contains("changed since planning"),
+        "{error}"
+    );
     assert!(!root.join("parts").exists());
+}
+
+#[test]
+fn a_task_told_to_wait_starts_once_its_dependencies_are_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sweep_file(dir.path(), 20);
+    let root = dir.path().join("root").display().to_string();
+    plan(&file, &root, None);
+    // The seal (task 5) waits for the five harvests, as a Kubernetes pod does.
+    let mut seal = xtask(&[
+        "task",
+        "--plan",
+        &root,
+        "--index",
+        "5",
+        "--wait-for-dependencies",
+        "120",
+    ])
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(seal.try_wait().unwrap().is_none(), "the seal did not wait");
+    for index in 0..5 {
+        run(
+            xtask(&["task", "--plan", &root, "--index", &index.to_string()]),
+            "harvest",
+        );
+    }
+    assert!(seal.wait().unwrap().success());
+    assert!(dir.path().join("root/done/task-00005.json").exists());
+    assert!(
+        dir.path()
+            .join("root/stores/blocks.2.hook_resid_post/manifest.json")
+            .exists()
+    );
 }
 
 #[test]

@@ -89,7 +89,7 @@ pub fn run_local(
                             "task {index} ({}) failed ({status}); its log {}:\n{}",
                             plan.tasks[index].work.describe(),
                             log.display(),
-                            tail(&log, 20)
+                            failure_excerpt(&log)
                         )
                     });
                 }
@@ -107,9 +107,20 @@ pub fn run_local(
     })
 }
 
-/// The last `lines` lines of a log file.
-fn tail(path: &Path, lines: usize) -> String {
+/// What a failed task's log says: from its last `Error:` line up to a backtrace (the error and
+/// its causes, as `anyhow` prints them), or else its last 20 lines.
+fn failure_excerpt(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let lines: Vec<&str> = text.lines().collect();
+    let shown = match lines.iter().rposition(|l| l.starts_with("Error:")) {
+        Some(start) => {
+            let end = lines[start..]
+                .iter()
+                .position(|l| l.trim_start().starts_with("Stack backtrace:"))
+                .map_or(lines.len(), |e| start + e);
+            &lines[start..end.min(start + 40)]
+        }
+        None => &lines[lines.len().saturating_sub(20)..],
+    };
+    shown.join("\n").trim_end().to_string()
 }
