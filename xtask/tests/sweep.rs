@@ -298,6 +298,20 @@ fn tasks_refuse_what_they_cannot_do_and_name_it() {
     );
     let error = fails(&["task", "--plan", &root_text, "--index", "99"]);
     assert!(error.contains("there is no task 99"), "{error}");
+    // A folder that holds anything else is not a sweep's root.
+    let busy = dir.path().join("busy");
+    std::fs::create_dir_all(busy.join("stores")).unwrap();
+    let error = fails(&[
+        "plan",
+        "--out",
+        &busy.display().to_string(),
+        "--sweep",
+        &file.display().to_string(),
+    ]);
+    assert!(
+        error.contains("is not empty and has no plan.json (stores)"),
+        "{error}"
+    );
     // Planning another sweep into the same root is refused.
     std::fs::write(
         &file,

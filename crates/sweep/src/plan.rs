@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use activation_cache::store::{StoreSpec, hex_sha256};
+use activation_cache::store::StoreSpec;
 use activation_cache::{ContextConfig, PlannedShard, ShardSchedule, hook_specs};
 use anyhow::{Context as _, bail, ensure};
 use gemma_hooks::{GemmaConfig, GemmaTokenizer};
@@ -244,7 +244,16 @@ impl Plan {
                 root.describe(PLAN)
             ),
             None => {
-                let foreign: Vec<String> = root.list()?.into_iter().map(|(n, _)| n).collect();
+                let mut foreign: Vec<String> = root.list()?.into_iter().map(|(n, _)| n).collect();
+                if let Some(dir) = root.local_dir()
+                    && let Ok(entries) = std::fs::read_dir(dir)
+                {
+                    // Sub-folders too: a folder is a sweep's root only when it is empty.
+                    foreign = entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect();
+                }
                 ensure!(
                     foreign.is_empty(),
                     "{root} is not empty and has no {PLAN} ({}); plan into an empty folder or prefix",
@@ -366,10 +375,16 @@ impl Layout {
     }
 }
 
-/// SHA-256 of a plan's bytes as stored: the plan's identity in logs and scratch folders.
+/// The identity of a sweep in logs, job names and scratch folders: the first 16 hex digits of
+/// the SHA-256 of its root's address and its plan's bytes (the same sweep planned into two
+/// roots gets two ids).
 pub fn plan_id(root: &Location) -> anyhow::Result<String> {
     let bytes = root
         .get(PLAN)?
         .with_context(|| format!("{}: no plan", root.describe(PLAN)))?;
-    Ok(hex_sha256(&bytes)[..16].to_string())
+    let mut hasher = Sha256::new();
+    hasher.update(root.to_string().as_bytes());
+    hasher.update([0]);
+    hasher.update(&bytes);
+    Ok(object_io::hex_digest(&hasher.finalize())[..16].to_string())
 }
