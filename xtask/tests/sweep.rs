@@ -268,6 +268,23 @@ fn a_sweep_run_by_three_workers_from_s3_equals_the_sweep_run_in_one_process() {
         );
     }
 
+    // The results: every SAE's last metrics row.
+    let mut status = xtask(&["plan-status", "--plan", &url]);
+    status.envs(server.client_env());
+    let output = status.output().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    for store in &plan_read.stores {
+        for sae in ["jumprelu-w48", "topk-w48"] {
+            assert!(
+                printed
+                    .lines()
+                    .any(|l| l.contains(&store.name) && l.contains(sae) && l.contains(" 200 ")),
+                "no result for {sae} on {}:\n{printed}",
+                store.name
+            );
+        }
+    }
     // Done is done: running the plan or a task again does nothing.
     let mut again = xtask(&["run-plan", "--plan", &url, "--logs"]);
     again.arg(dir.path().join("logs")).envs(server.client_env());

@@ -15,7 +15,8 @@
 //! checkpoint). The engines only start tasks: [`local::run_local`] as worker processes on this
 //! machine, [`slurm::submit`] as job arrays with `afterok` dependencies, and
 //! [`kubernetes::render_job`] as an Indexed Job. [`run_serially`] runs the whole plan in this
-//! process (the reference the engines are tested against).
+//! process (the reference the engines are tested against); [`results::results`] reads back
+//! each trained SAE's last metrics.
 //!
 //! A two-hook sweep of the tests' tiny Gemma 3 over a small text, planned and run in this
 //! process:
@@ -69,6 +70,7 @@
 pub mod kubernetes;
 pub mod local;
 pub mod plan;
+pub mod results;
 pub mod slurm;
 pub mod spec;
 mod sync;

@@ -210,11 +210,29 @@ fn print_tasks(plan: &Plan, layout: &Layout) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints each task's state.
+/// Prints each task's state, then the last metrics of every SAE trained so far.
 pub fn status(args: &PlanStatusArgs) -> anyhow::Result<()> {
     let root = Location::parse(&args.plan)?;
     let plan = Plan::read_at(&root)?;
-    print_tasks(&plan, &Layout::new(root))
+    print_tasks(&plan, &Layout::new(root.clone()))?;
+    let results = sweep::results::results(&root)?;
+    if !results.is_empty() {
+        println!(
+            "trained SAEs (last metrics row; under {}):",
+            root.join("train")
+        );
+        println!(
+            "  {:<28} {:<24} {:>7} {:>9} {:>7} {:>6}",
+            "hook", "sae", "step", "L0", "FVU", "dead"
+        );
+        for r in results {
+            println!(
+                "  {:<28} {:<24} {:>7} {:>9.2} {:>7.4} {:>6.3}",
+                r.hook, r.sae, r.step, r.l0, r.fvu, r.dead_fraction
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs one task.

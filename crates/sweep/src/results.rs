@@ -1,0 +1,86 @@
+//! What a sweep produced so far: each trained SAE's last metrics row, read from the training
+//! tasks' `metrics.parquet` in the plan's storage.
+
+use std::io::Cursor;
+
+use anyhow::Context as _;
+use object_io::Location;
+use polars::prelude::{DataType, ParquetReader, SerReader};
+
+use crate::plan::{Layout, Plan, Work};
+
+/// One trained SAE's last metrics row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SaeResult {
+    /// The hook (training task) it trained on.
+    pub hook: String,
+    /// Its name.
+    pub sae: String,
+    /// Steps taken.
+    pub step: u64,
+    /// Mean active latents per token.
+    pub l0: f64,
+    /// Fraction of variance unexplained, on the training batch.
+    pub fvu: f64,
+    /// Fraction of latents that did not fire in the dead window.
+    pub dead_fraction: f64,
+}
+
+/// The last metrics row of every SAE of every finished training task, in plan order.
+pub fn results(root: &Location) -> anyhow::Result<Vec<SaeResult>> {
+    let plan = Plan::read_at(root)?;
+    let layout = Layout::new(root.clone());
+    let mut out = Vec::new();
+    for task in &plan.tasks {
+        let Work::Train { store, .. } = &task.work else {
+            continue;
+        };
+        let folder = layout.train(store);
+        if folder.size(trainer::checkpoint::DONE)?.is_none() {
+            continue;
+        }
+        let name = "metrics.parquet";
+        let bytes = folder
+            .get(name)?
+            .with_context(|| format!("{}: missing from a finished task", folder.describe(name)))?;
+        let frame = ParquetReader::new(Cursor::new(bytes.to_vec()))
+            .finish()
+            .with_context(|| format!("{}: not a metrics table", folder.describe(name)))?;
+        let column = |name: &str, dtype: DataType| {
+            frame
+                .column(name)
+                .and_then(|c| c.cast(&dtype))
+                .with_context(|| format!("{}: column `{name}`", folder.describe("metrics.parquet")))
+        };
+        let saes = column("sae", DataType::String)?;
+        let steps = column("step", DataType::UInt64)?;
+        let l0 = column("l0", DataType::Float64)?;
+        let fvu = column("fvu", DataType::Float64)?;
+        let dead = column("dead_fraction", DataType::Float64)?;
+        let (saes, steps, l0, fvu, dead) = (
+            saes.str()?,
+            steps.u64()?,
+            l0.f64()?,
+            fvu.f64()?,
+            dead.f64()?,
+        );
+        let mut last: Vec<SaeResult> = Vec::new();
+        for row in 0..frame.height() {
+            let result = SaeResult {
+                hook: store.clone(),
+                sae: saes.get(row).unwrap_or_default().to_string(),
+                step: steps.get(row).unwrap_or_default(),
+                l0: l0.get(row).unwrap_or(f64::NAN),
+                fvu: fvu.get(row).unwrap_or(f64::NAN),
+                dead_fraction: dead.get(row).unwrap_or(f64::NAN),
+            };
+            match last.iter_mut().find(|r| r.sae == result.sae) {
+                Some(existing) if existing.step <= result.step => *existing = result,
+                Some(_) => {}
+                None => last.push(result),
+            }
+        }
+        out.extend(last);
+    }
+    Ok(out)
+}
