@@ -1,5 +1,6 @@
 //! A sweep as a plan of tasks (`plan`, `task`, `run-plan`, `slurm`) on the tiny Gemma 3
-//! fixture: five harvest tasks, a seal and three training tasks of two SAEs each, with the
+//! fixture: five harvest tasks, a seal, three training tasks of two SAEs each and their three
+//! evaluations on a held-out book, with the
 //! plan, stores, checkpoints and SAEs in an S3-compatible server on 127.0.0.1 (started by the
 //! test) or a folder. Run by several worker processes, killed and resumed, or through a real
 //! single-node Slurm, the sweep gives the same bytes as the same sweep run in one process; the
@@ -24,7 +25,7 @@ use sweep::{Plan, TaskOptions, Work};
 /// two-book corpus into `dir`.
 fn sweep_file(dir: &Path, steps: u64) -> PathBuf {
     let corpus = dir.join("corpus");
-    common::write_corpus(&corpus, 120);
+    common::write_corpus(&corpus, 500);
     let file = dir.join("sweep.toml");
     let text = format!(
         r#"
@@ -40,6 +41,7 @@ sites = ["hook_resid_post"]
 hooks = ["blocks.1.attn.hook_z"]
 widths = [48]
 bucket_rows = 1000
+eval_tokens = 200
 
 [train]
 steps = {steps}
@@ -234,7 +236,8 @@ fn a_sweep_run_by_three_workers_from_s3_equals_the_sweep_run_in_one_process() {
             .exists()
     );
 
-    // Each store equals an ordinary single-process harvest of its spec.
+    // Each store equals an ordinary single-process harvest of its spec (over every book but
+    // the held-out one).
     let loaded = gemma_hooks::load_model(
         &common::Fixture::model().display().to_string(),
         &Device::Cpu,
@@ -256,7 +259,7 @@ fn a_sweep_run_by_three_workers_from_s3_equals_the_sweep_run_in_one_process() {
             &harvested,
             &loaded.model,
             &tokenizer,
-            &documents,
+            plan_read.sweep.harvest_documents(&documents).unwrap(),
             store.spec.clone(),
             &options,
         )
@@ -277,9 +280,10 @@ fn a_sweep_run_by_three_workers_from_s3_equals_the_sweep_run_in_one_process() {
     for store in &plan_read.stores {
         for sae in ["jumprelu-w48", "topk-w48"] {
             assert!(
-                printed
-                    .lines()
-                    .any(|l| l.contains(&store.name) && l.contains(sae) && l.contains(" 200 ")),
+                printed.lines().any(|l| l.contains(&store.name)
+                    && l.contains(sae)
+                    && l.contains(" 200 ")
+                    && !l.trim_end().ends_with('-')),
                 "no result for {sae} on {}:\n{printed}",
                 store.name
             );
@@ -520,22 +524,27 @@ fn a_sweep_on_single_node_slurm_with_a_cancelled_and_a_requeued_task_equals_the_
     // (afterok) can never start and Slurm cancels it and the training stage.
     let started = Instant::now();
     let first = submit(&["--sbatch=--hold"]);
-    assert_eq!(first.len(), 3, "three stages: harvests, seal, training");
+    assert_eq!(
+        first.len(),
+        4,
+        "four stages: harvests, seal, training, evaluation"
+    );
     slurm("scancel", &[&format!("{}_4", first[0])]);
     slurm("scontrol", &["release", &first.join(",")]);
     wait_until_gone(&first, Duration::from_secs(120));
     let layout = sweep::Layout::new(Location::local(&objects));
-    let done: Vec<bool> = (0..9).map(|i| layout.is_done(i).unwrap()).collect();
-    assert_eq!(
-        done,
-        [true, true, true, true, false, false, false, false, false],
-        "after the cancellation"
-    );
+    let done: Vec<bool> = (0..12).map(|i| layout.is_done(i).unwrap()).collect();
+    let expected: Vec<bool> = (0..12).map(|i| i < 4).collect();
+    assert_eq!(done, expected, "after the cancellation");
 
     // Submitting again runs what is missing; a running training task is requeued (killed and
     // started again by Slurm, as a pre-emption would) once it has uploaded a checkpoint.
     let second = submit(&[]);
-    assert_eq!(second.len(), 3, "harvest 4, the seal, the training tasks");
+    assert_eq!(
+        second.len(),
+        4,
+        "harvest 4, the seal, the training tasks, the evaluations"
+    );
     let training = format!("{}_0", second[2]);
     let checkpoint = objects.join("checkpoints/blocks.1.hook_resid_post/latest.json");
     let waited = Instant::now();
@@ -583,7 +592,7 @@ fn a_sweep_on_single_node_slurm_with_a_cancelled_and_a_requeued_task_equals_the_
     );
     let slurm_time = started.elapsed();
     assert!(
-        (0..9).all(|i| layout.is_done(i).unwrap()),
+        (0..12).all(|i| layout.is_done(i).unwrap()),
         "not every task finished"
     );
 

@@ -10,6 +10,7 @@
 //! | `parts/shard-NNNNN.json` | one harvested shard's manifest entries in every store, and the kernel that computed it |
 //! | `checkpoints/HOOK/` | the latest checkpoint of a training task (`latest.json` names it) |
 //! | `train/HOOK/` | a training task's run folder: one SAELens folder per SAE, metrics, `config.json`, `DONE` |
+//! | `eval/HOOK.json` | an evaluation task's results: each SAE spliced into the model on held-out text |
 //! | `done/task-NNNNN.json` | written when a task has finished |
 
 use std::ops::Range;
@@ -88,6 +89,11 @@ pub enum Work {
         /// The training configuration (a `trainer::TrainConfig`).
         config: Value,
     },
+    /// Evaluates the SAEs one training task trained, spliced into the model on held-out text.
+    Evaluate {
+        /// The training task's store (and output folder) name.
+        store: String,
+    },
 }
 
 impl Work {
@@ -103,6 +109,7 @@ impl Work {
                     .and_then(Value::as_array)
                     .map_or(0, Vec::len)
             ),
+            Work::Evaluate { store } => format!("evaluate the SAEs of {store}"),
         }
     }
 }
@@ -185,7 +192,11 @@ impl Plan {
                 },
             })
             .collect();
-        let schedule = ShardSchedule::new(tokenizer, documents, config, &stores[0].spec)?;
+        let harvested = sweep.harvest_documents(documents)?;
+        if sweep.eval_tokens > 0 {
+            sweep.held_out_contexts(tokenizer, documents, config)?;
+        }
+        let schedule = ShardSchedule::new(tokenizer, harvested, config, &stores[0].spec)?;
         let survey = survey(schedule, 0..0)?;
         ensure!(
             survey.shards > 0,
@@ -211,8 +222,10 @@ impl Plan {
             work: Work::Seal,
             depends_on: (0..harvest_tasks).collect(),
         });
+        let mut trainings = Vec::with_capacity(stores.len());
         for (store, hook) in stores.iter().zip(&hooks) {
             let config = sweep.train_config(*hook)?;
+            trainings.push(tasks.len());
             tasks.push(Task {
                 index: tasks.len(),
                 work: Work::Train {
@@ -221,6 +234,17 @@ impl Plan {
                 },
                 depends_on: vec![seal],
             });
+        }
+        if sweep.eval_tokens > 0 {
+            for (store, training) in stores.iter().zip(trainings) {
+                tasks.push(Task {
+                    index: tasks.len(),
+                    work: Work::Evaluate {
+                        store: store.name.clone(),
+                    },
+                    depends_on: vec![training],
+                });
+            }
         }
         Ok(Self {
             format_version: FORMAT_VERSION,
@@ -372,6 +396,11 @@ impl Layout {
     /// A training task's run folder.
     pub fn train(&self, store: &str) -> Location {
         self.root.join("train").join(store)
+    }
+
+    /// The evaluations: `HOOK.json` each.
+    pub fn eval(&self) -> Location {
+        self.root.join("eval")
     }
 }
 

@@ -1,5 +1,5 @@
 //! What a sweep produced so far: each trained SAE's last metrics row, read from the training
-//! tasks' `metrics.parquet` in the plan's storage.
+//! tasks' `metrics.parquet` in the plan's storage, with its held-out evaluation where one ran.
 
 use std::io::Cursor;
 
@@ -24,6 +24,8 @@ pub struct SaeResult {
     pub fvu: f64,
     /// Fraction of latents that did not fire in the dead window.
     pub dead_fraction: f64,
+    /// Its evaluation on held-out text, when the sweep's evaluation task has run.
+    pub evaluation: Option<analysis::Evaluation>,
 }
 
 /// The last metrics row of every SAE of every finished training task, in plan order.
@@ -73,11 +75,20 @@ pub fn results(root: &Location) -> anyhow::Result<Vec<SaeResult>> {
                 l0: l0.get(row).unwrap_or(f64::NAN),
                 fvu: fvu.get(row).unwrap_or(f64::NAN),
                 dead_fraction: dead.get(row).unwrap_or(f64::NAN),
+                evaluation: None,
             };
             match last.iter_mut().find(|r| r.sae == result.sae) {
                 Some(existing) if existing.step <= result.step => *existing = result,
                 Some(_) => {}
                 None => last.push(result),
+            }
+        }
+        let name = format!("{store}.json");
+        if let Some(bytes) = layout.eval().get(&name)? {
+            let evaluations: Vec<analysis::Evaluation> = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: not an evaluation", layout.eval().describe(&name)))?;
+            for result in &mut last {
+                result.evaluation = evaluations.iter().find(|e| e.sae == result.sae).cloned();
             }
         }
         out.extend(last);

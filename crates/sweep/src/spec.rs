@@ -55,6 +55,11 @@ pub struct SweepSpec {
     pub hooks: Vec<String>,
     /// Dictionary widths, crossed with the SAE templates.
     pub widths: Vec<usize>,
+    /// Held-out tokens every trained SAE is evaluated on, spliced into the model (FVU, delta LM
+    /// loss, CE loss recovered against zero and mean ablation): the corpus's last document is
+    /// then left out of the harvest and read here. 0: no evaluation tasks.
+    #[serde(default)]
+    pub eval_tokens: u64,
     /// Rows per shuffle bucket of the training readers (a reader from an object store holds up
     /// to three buckets in memory: rows × hook width × 4 bytes each).
     #[serde(default = "defaults::bucket_rows")]
@@ -171,6 +176,53 @@ impl SweepSpec {
             }
         }
         Ok(points)
+    }
+
+    /// The documents the stores are harvested from: all but the last when the sweep evaluates
+    /// (the last is held out), else all.
+    pub fn harvest_documents<'a>(
+        &self,
+        documents: &'a [activation_cache::Document],
+    ) -> anyhow::Result<&'a [activation_cache::Document]> {
+        if self.eval_tokens == 0 {
+            return Ok(documents);
+        }
+        ensure!(
+            documents.len() >= 2,
+            "the corpus `{}` has {} document(s); evaluating on a held-out document needs at least 2 (or set eval_tokens = 0)",
+            self.corpus,
+            documents.len()
+        );
+        Ok(&documents[..documents.len() - 1])
+    }
+
+    /// The held-out contexts of the evaluation: full contexts of the corpus's last document,
+    /// enough for `eval_tokens` tokens.
+    pub fn held_out_contexts(
+        &self,
+        tokenizer: &gemma_hooks::GemmaTokenizer,
+        documents: &[activation_cache::Document],
+        config: &gemma_hooks::GemmaConfig,
+    ) -> anyhow::Result<Vec<activation_cache::Context>> {
+        let document = documents.last().context("the corpus has no documents")?;
+        let contexts = activation_cache::contexts::document_contexts(
+            tokenizer,
+            document,
+            activation_cache::ContextConfig {
+                context_length: self.context_length,
+                min_tokens: self.context_length - 1,
+            },
+            activation_cache::SpecialTokens::of(config),
+            0,
+        )?;
+        ensure!(
+            !contexts.is_empty(),
+            "the held-out document `{}` is shorter than one context of {} tokens",
+            document.name,
+            self.context_length
+        );
+        let wanted = self.eval_tokens.div_ceil(self.context_length as u64 - 1) as usize;
+        Ok(contexts.into_iter().take(wanted.max(1)).collect())
     }
 
     /// The sampling of contexts the store uses.

@@ -125,3 +125,18 @@ fn upload_folder(folder: &Path, to: &Location, top: bool) -> anyhow::Result<()> 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
+
+/// Writes every file of `from` (not its sub-folders) into the new local folder `to`.
+pub fn download_folder(from: &Location, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    let files = from.list()?;
+    anyhow::ensure!(!files.is_empty(), "{from}: no files");
+    for (name, _) in files {
+        let bytes = from
+            .get(&name)?
+            .with_context(|| format!("{}: listed but missing", from.describe(&name)))?;
+        let path = to.join(&name);
+        std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -105,6 +105,12 @@ pub fn run_task(
                 .join(format!("{}-task-{index:05}", plan_id(root)?));
             train(&plan, &layout, store, config, &scratch, options.progress)?;
         }
+        Work::Evaluate { store } => {
+            let scratch = options
+                .scratch
+                .join(format!("{}-task-{index:05}", plan_id(root)?));
+            evaluate(&plan, &layout, store, &scratch, options)?;
+        }
     }
     let record = DoneRecord {
         index,
@@ -177,7 +183,8 @@ fn harvest(
     for (_, spec) in &stores {
         check_spec(&loaded.model, spec)?;
     }
-    let schedule = ShardSchedule::new(&tokenizer, &documents, loaded.model.config(), &stores[0].1)?;
+    let harvested = plan.sweep.harvest_documents(&documents)?;
+    let schedule = ShardSchedule::new(&tokenizer, harvested, loaded.model.config(), &stores[0].1)?;
     let survey = survey(schedule, range)?;
     ensure!(
         survey.shards == plan.shards && survey.contexts_sha256 == plan.contexts_sha256,
@@ -314,5 +321,86 @@ fn train(
             format!("removing this task's scratch folder {}", scratch.display())
         })?;
     }
+    Ok(())
+}
+
+/// Evaluates the SAEs trained on `store`, spliced into the model on held-out contexts of the
+/// corpus's last document (FVU, delta LM loss, CE loss recovered against zero ablation and
+/// against the mean of the store's rows), into `eval/HOOK.json`.
+fn evaluate(
+    plan: &Plan,
+    layout: &Layout,
+    store: &str,
+    scratch: &Path,
+    options: &TaskOptions,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = plan
+        .tasks
+        .iter()
+        .find_map(|t| match &t.work {
+            Work::Train { store: s, config } if s == store => {
+                config["saes"].as_array().map(|saes| {
+                    saes.iter()
+                        .filter_map(|s| s["name"].as_str().map(String::from))
+                        .collect()
+                })
+            }
+            _ => None,
+        })
+        .with_context(|| format!("the plan has no training task for {store}"))?;
+    let device = trainer::device_named(&options.device)?;
+    let loaded = load_model(&plan.sweep.model, &device, options)?;
+    let tokenizer = loaded
+        .tokenizer
+        .clone()
+        .context("the model has no tokenizer (a Gemma tokenizer.json is needed)")?;
+    let documents = Corpus::from_spec(&plan.sweep.corpus, &plan.sweep.field)?.documents()?;
+    let contexts = plan
+        .sweep
+        .held_out_contexts(&tokenizer, &documents, loaded.model.config())?;
+    let hook: gemma_hooks::HookPoint = store
+        .parse()
+        .map_err(|e| anyhow::anyhow!("store `{store}`: {e}"))?;
+
+    // The mean-ablation baseline: the mean of the store's rows.
+    let source = StoreSource::open_at(&layout.store(store), ShuffleConfig::default(), false)?;
+    let profile = activation_cache::norms::norm_profile(&source, 0, 262_144)?;
+    let means = std::collections::BTreeMap::from([(hook, profile.mean_all.clone())]);
+
+    if scratch.exists() {
+        std::fs::remove_dir_all(scratch).with_context(|| {
+            format!("clearing this task's scratch folder {}", scratch.display())
+        })?;
+    }
+    let trained = layout.train(store);
+    let mut saes = Vec::with_capacity(names.len());
+    for name in &names {
+        let folder = scratch.join(name);
+        sync::download_folder(&trained.join(name), &folder)?;
+        let sae = sae_core::format::load(&folder, &device, DType::F32)
+            .with_context(|| format!("loading the trained SAE {}", trained.describe(name)))?;
+        saes.push((name.clone(), sae));
+    }
+    let at: Vec<analysis::SaeAtHook<'_>> = saes
+        .iter()
+        .map(|(name, sae)| analysis::SaeAtHook {
+            name: name.clone(),
+            sae: sae.as_ref(),
+            hook,
+            output: None,
+            exclude_norm_above: None,
+        })
+        .collect();
+    let eval_options = analysis::EvalOptions {
+        batch_contexts: plan.sweep.batch_contexts,
+        progress: options.progress,
+    };
+    let results = analysis::evaluate(&loaded.model, &at, &contexts, &means, &eval_options)?;
+    layout.eval().put(
+        &format!("{store}.json"),
+        serde_json::to_vec_pretty(&results)?.into(),
+    )?;
+    std::fs::remove_dir_all(scratch)
+        .with_context(|| format!("removing this task's scratch folder {}", scratch.display()))?;
     Ok(())
 }

@@ -218,16 +218,29 @@ pub fn status(args: &PlanStatusArgs) -> anyhow::Result<()> {
     let results = sweep::results::results(&root)?;
     if !results.is_empty() {
         println!(
-            "trained SAEs (last metrics row; under {}):",
+            "trained SAEs (last training metrics; held-out evaluation where it ran; under {}):",
             root.join("train")
         );
         println!(
-            "  {:<28} {:<24} {:>7} {:>9} {:>7} {:>6}",
-            "hook", "sae", "step", "L0", "FVU", "dead"
+            "  {:<28} {:<24} {:>7} {:>9} {:>7} {:>6} {:>9} {:>9} {:>9}",
+            "hook", "sae", "step", "L0", "FVU", "dead", "eval FVU", "Δ loss", "CE rec."
         );
         for r in results {
+            let (fvu, delta, recovered) = r.evaluation.as_ref().map_or(
+                ("-".to_string(), "-".to_string(), "-".to_string()),
+                |e| {
+                    (
+                        format!("{:.4}", e.fvu),
+                        format!("{:+.4}", e.delta_loss),
+                        format!(
+                            "{:.3}",
+                            e.ce_loss_recovered_vs_mean.unwrap_or(e.ce_loss_recovered)
+                        ),
+                    )
+                },
+            );
             println!(
-                "  {:<28} {:<24} {:>7} {:>9.2} {:>7.4} {:>6.3}",
+                "  {:<28} {:<24} {:>7} {:>9.2} {:>7.4} {:>6.3} {fvu:>9} {delta:>9} {recovered:>9}",
                 r.hook, r.sae, r.step, r.l0, r.fvu, r.dead_fraction
             );
         }
