@@ -10,7 +10,7 @@ use activation_cache::{
     Corpus, ShardSchedule, ShuffleConfig, StoreSource, check_spec, write_shard,
 };
 use anyhow::{Context as _, bail, ensure};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use gemma_hooks::Kernels;
 use object_io::Location;
 use serde::{Deserialize, Serialize};
@@ -168,13 +168,7 @@ fn harvest(
     if missing.is_empty() {
         return Ok(());
     }
-    let device = trainer::device_named(&options.device)?;
-    let loaded = load_model(&plan.sweep.model, &device, options)?;
-    let tokenizer = loaded
-        .tokenizer
-        .clone()
-        .context("the model has no tokenizer (a Gemma tokenizer.json is needed)")?;
-    let documents = Corpus::from_spec(&plan.sweep.corpus, &plan.sweep.field)?.documents()?;
+    let (loaded, tokenizer, documents) = model_and_corpus(plan, options)?;
     let stores: Vec<(Location, StoreSpec)> = plan
         .stores
         .iter()
@@ -218,14 +212,35 @@ fn harvest(
     Ok(())
 }
 
-fn load_model(
-    model: &str,
-    device: &Device,
+/// The sweep's model on the task's device (with the task's kernels), its tokenizer, and the
+/// corpus's documents.
+fn model_and_corpus(
+    plan: &Plan,
     options: &TaskOptions,
-) -> anyhow::Result<gemma_hooks::LoadedModel> {
-    let mut loaded = gemma_hooks::load_model(model, device, options.model_dtype)?;
+) -> anyhow::Result<(
+    gemma_hooks::LoadedModel,
+    gemma_hooks::GemmaTokenizer,
+    Vec<activation_cache::Document>,
+)> {
+    let device = trainer::device_named(&options.device)?;
+    let mut loaded = gemma_hooks::load_model(&plan.sweep.model, &device, options.model_dtype)?;
     loaded.model = loaded.model.with_kernels(options.kernels);
-    Ok(loaded)
+    let tokenizer = loaded
+        .tokenizer
+        .clone()
+        .context("the model has no tokenizer (a Gemma tokenizer.json is needed)")?;
+    let documents = Corpus::from_spec(&plan.sweep.corpus, &plan.sweep.field)?.documents()?;
+    Ok((loaded, tokenizer, documents))
+}
+
+/// Removes a task's scratch folder (made by this task, or by an earlier attempt of it).
+fn remove_scratch(scratch: &Path) -> anyhow::Result<()> {
+    if scratch.exists() {
+        std::fs::remove_dir_all(scratch).with_context(|| {
+            format!("removing this task's scratch folder {}", scratch.display())
+        })?;
+    }
+    Ok(())
 }
 
 /// Writes every store's manifest from the parts; all shards must come from one kernel.
@@ -282,11 +297,7 @@ fn train(
     let outputs = layout.train(store);
     if outputs.size(trainer::checkpoint::DONE)?.is_none() {
         let checkpoints = layout.checkpoints(store);
-        if scratch.exists() {
-            std::fs::remove_dir_all(scratch).with_context(|| {
-                format!("clearing this task's scratch folder {}", scratch.display())
-            })?;
-        }
+        remove_scratch(scratch)?;
         if let Some(step) = sync::restore_checkpoint(&checkpoints, scratch)? {
             eprintln!(
                 "[train {store}] resuming from the checkpoint of step {step} ({checkpoints})"
@@ -316,11 +327,7 @@ fn train(
         })?;
         sync::upload_run(scratch, &outputs)?;
     }
-    if scratch.exists() {
-        std::fs::remove_dir_all(scratch).with_context(|| {
-            format!("removing this task's scratch folder {}", scratch.display())
-        })?;
-    }
+    remove_scratch(scratch)?;
     Ok(())
 }
 
@@ -348,13 +355,7 @@ fn evaluate(
             _ => None,
         })
         .with_context(|| format!("the plan has no training task for {store}"))?;
-    let device = trainer::device_named(&options.device)?;
-    let loaded = load_model(&plan.sweep.model, &device, options)?;
-    let tokenizer = loaded
-        .tokenizer
-        .clone()
-        .context("the model has no tokenizer (a Gemma tokenizer.json is needed)")?;
-    let documents = Corpus::from_spec(&plan.sweep.corpus, &plan.sweep.field)?.documents()?;
+    let (loaded, tokenizer, documents) = model_and_corpus(plan, options)?;
     let contexts = plan
         .sweep
         .held_out_contexts(&tokenizer, &documents, loaded.model.config())?;
@@ -367,17 +368,13 @@ fn evaluate(
     let profile = activation_cache::norms::norm_profile(&source, 0, 262_144)?;
     let means = std::collections::BTreeMap::from([(hook, profile.mean_all.clone())]);
 
-    if scratch.exists() {
-        std::fs::remove_dir_all(scratch).with_context(|| {
-            format!("clearing this task's scratch folder {}", scratch.display())
-        })?;
-    }
+    remove_scratch(scratch)?;
     let trained = layout.train(store);
     let mut saes = Vec::with_capacity(names.len());
     for name in &names {
         let folder = scratch.join(name);
         sync::download_folder(&trained.join(name), &folder)?;
-        let sae = sae_core::format::load(&folder, &device, DType::F32)
+        let sae = sae_core::format::load(&folder, loaded.model.device(), DType::F32)
             .with_context(|| format!("loading the trained SAE {}", trained.describe(name)))?;
         saes.push((name.clone(), sae));
     }
@@ -400,7 +397,5 @@ fn evaluate(
         &format!("{store}.json"),
         serde_json::to_vec_pretty(&results)?.into(),
     )?;
-    std::fs::remove_dir_all(scratch)
-        .with_context(|| format!("removing this task's scratch folder {}", scratch.display()))?;
-    Ok(())
+    remove_scratch(scratch)
 }
