@@ -91,6 +91,9 @@ pub fn run_task(
         options.wait_for_dependencies,
     )?;
     let started = Instant::now();
+    let scratch = options
+        .scratch
+        .join(format!("{}-task-{index:05}", plan_id(root)?));
     match &task.work {
         Work::Harvest { shards } => harvest(&plan, &layout, shards[0]..shards[1], options)?,
         Work::Seal => seal(&plan, &layout)?,
@@ -100,15 +103,9 @@ pub fn run_task(
             config.device = options.device.clone();
             config.sae_devices = options.sae_devices.clone();
             config.kernels = options.kernels;
-            let scratch = options
-                .scratch
-                .join(format!("{}-task-{index:05}", plan_id(root)?));
             train(&plan, &layout, store, config, &scratch, options.progress)?;
         }
         Work::Evaluate { store } => {
-            let scratch = options
-                .scratch
-                .join(format!("{}-task-{index:05}", plan_id(root)?));
             evaluate(&plan, &layout, store, &scratch, options)?;
         }
     }

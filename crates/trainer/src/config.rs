@@ -470,8 +470,8 @@ pub struct TrainConfig {
     #[serde(default = "defaults::device", skip_serializing)]
     pub device: String,
     /// Devices the SAEs are spread over, one or more SAEs per device, round-robin in config
-    /// order (SAE i on `sae_devices[i % n]`): each batch is read once, copied to each device,
-    /// and the devices step their SAEs at the same time (a thread each). Empty: every SAE on
+    /// order (SAE i on `sae_devices[i % n]`): each batch is read once, each SAE copies its rows
+    /// to its device, and the devices step their SAEs at the same time (a thread each). Empty: every SAE on
     /// [`TrainConfig::device`]. All must be of one kind (`cuda:0`, `cuda:1`, …). Not part of a
     /// run's identity: a run may resume on another number of GPUs.
     #[serde(default, skip_serializing)]

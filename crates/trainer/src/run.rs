@@ -807,9 +807,7 @@ impl SaeRun {
             (row, _) => Ok(row),
         }
     }
-}
 
-impl SaeRun {
     /// One step on `x` (training space) toward `target` (a transcoder's output hook; `None`:
     /// `x` itself); returns a metrics row when `record`.
     fn train_step(

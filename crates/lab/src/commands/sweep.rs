@@ -148,9 +148,10 @@ pub struct PlanStatusArgs {
     pub plan: String,
 }
 
-/// The `task` arguments that carry `device` to a task's process.
-fn device_args(device: &DeviceOptions) -> Vec<String> {
-    let mut args = Vec::new();
+/// The arguments every engine adds to a task's `task` command: `--quiet` (no progress bars in
+/// logs) and `device`'s options.
+fn task_args(device: &DeviceOptions) -> Vec<String> {
+    let mut args = vec!["--quiet".to_string()];
     if let Some(name) = &device.device {
         args.extend(["--device".to_string(), name.clone()]);
     }
@@ -273,11 +274,11 @@ pub fn task(args: &TaskArgs) -> anyhow::Result<()> {
 pub fn run_plan(args: &RunPlanArgs) -> anyhow::Result<()> {
     let root = Location::parse(&args.plan)?;
     let program = std::env::current_exe().context("locating this program")?;
-    let extra = device_args(&args.device);
+    let extra = task_args(&args.device);
     let command = |index: usize| {
         let mut command = Command::new(&program);
         command
-            .args(["task", "--quiet", "--plan", &args.plan, "--index"])
+            .args(["task", "--plan", &args.plan, "--index"])
             .arg(index.to_string())
             .args(&extra);
         command
@@ -303,11 +304,9 @@ pub fn slurm(args: &SlurmArgs) -> anyhow::Result<()> {
                 Some(binary) => binary.clone(),
                 None => std::env::current_exe().context("locating this program")?,
             };
-            let mut task_args = device_args(&args.device);
-            task_args.push("--quiet".into());
             let options = SlurmOptions {
                 binary,
-                task_args,
+                task_args: task_args(&args.device),
                 partition: args.partition.clone(),
                 gres: args.gres.clone(),
                 cpus_per_task: args.cpus_per_task,
@@ -329,25 +328,22 @@ pub fn slurm(args: &SlurmArgs) -> anyhow::Result<()> {
                 println!("every task of {root} is done; nothing submitted");
             }
         }
-        "status" => {
+        action => {
             let ids: Vec<String> = sweep::slurm::submitted(&args.scripts)?
                 .into_iter()
                 .map(|s| s.job_id)
                 .collect();
-            for (id, state) in sweep::slurm::job_states(&ids)? {
-                println!("{id} {state}");
+            if action == "status" {
+                for (id, state) in sweep::slurm::job_states(&ids)? {
+                    println!("{id} {state}");
+                }
+                status(&PlanStatusArgs {
+                    plan: args.plan.clone(),
+                })?;
+            } else {
+                sweep::slurm::cancel(&ids)?;
+                println!("cancelled jobs {}", ids.join(" "));
             }
-            status(&PlanStatusArgs {
-                plan: args.plan.clone(),
-            })?;
-        }
-        _ => {
-            let ids: Vec<String> = sweep::slurm::submitted(&args.scripts)?
-                .into_iter()
-                .map(|s| s.job_id)
-                .collect();
-            sweep::slurm::cancel(&ids)?;
-            println!("cancelled jobs {}", ids.join(" "));
         }
     }
     Ok(())
@@ -357,8 +353,6 @@ pub fn slurm(args: &SlurmArgs) -> anyhow::Result<()> {
 pub fn kubernetes(args: &KubernetesArgs) -> anyhow::Result<()> {
     let root = Location::parse(&args.plan)?;
     let plan = Plan::read_at(&root)?;
-    let mut task_args = device_args(&args.device);
-    task_args.push("--quiet".into());
     let options = KubernetesOptions {
         name: args.name.clone(),
         image: args.image.clone(),
@@ -366,7 +360,7 @@ pub fn kubernetes(args: &KubernetesArgs) -> anyhow::Result<()> {
         parallelism: args.parallelism,
         gpus: args.gpus,
         credentials_secret: args.credentials_secret.clone(),
-        task_args,
+        task_args: task_args(&args.device),
         retries_per_task: 3,
     };
     let job = sweep::kubernetes::render_job(&plan, &args.plan, &options);
