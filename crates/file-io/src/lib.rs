@@ -145,3 +145,6 @@ mod tests {
         assert_eq!(error.path(), Path::new("/nonexistent/x.json"));
     }
 }
+
+pub mod names;
+pub use names::{NameError, check_name};
