@@ -62,7 +62,8 @@ impl SpecialTokens {
     }
 }
 
-/// The contexts of one document, numbered from `first_index`.
+/// The contexts of one document, numbered from `first_index`. A context length below
+/// [`crate::limits::MIN_CONTEXT_LENGTH`] (BOS and one token) is an error.
 pub fn document_contexts(
     tokenizer: &GemmaTokenizer,
     document: &Document,
@@ -70,7 +71,17 @@ pub fn document_contexts(
     special: SpecialTokens,
     first_index: u32,
 ) -> Result<Vec<Context>> {
-    let chunk = config.context_length.saturating_sub(1).max(1);
+    if config.context_length < crate::limits::MIN_CONTEXT_LENGTH {
+        return Err(crate::CacheError::Setting {
+            setting: "contexts.context_length".into(),
+            value: config.context_length.to_string(),
+            detail: format!(
+                "a context holds BOS and at least one token, so at least {} positions",
+                crate::limits::MIN_CONTEXT_LENGTH
+            ),
+        });
+    }
+    let chunk = config.context_length - 1;
     let tokens = tokenizer.encode(&document.text, false)?;
     Ok(tokens
         .chunks(chunk)

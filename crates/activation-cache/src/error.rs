@@ -40,6 +40,44 @@ pub enum CacheError {
         /// The value.
         value: f32,
     },
+    /// A manifest (or the shards given to [`crate::store::seal_store`]) names a file or hook
+    /// with a name that is not a plain name ([`file_io::check_name`]): joined to the store's
+    /// folder, it could lead outside it. Nothing was read or written under it.
+    #[error("{path}: {entry}: {source}")]
+    Name {
+        /// The manifest (or the manifest being sealed).
+        path: PathBuf,
+        /// Which entry holds the name (`shard 3, token file`, `hook 0`).
+        entry: String,
+        /// What is wrong with the name.
+        #[source]
+        source: file_io::NameError,
+    },
+    /// A setting outside the range it must lie in.
+    #[error("{setting} = {value}: {detail}")]
+    Setting {
+        /// The setting, as the caller named it (`--context`, `contexts.context_length`).
+        setting: String,
+        /// The value given.
+        value: String,
+        /// The valid range and why.
+        detail: String,
+    },
+    /// A harvest would need more memory than the machine has available
+    /// ([`crate::limits::check_harvest_memory`]).
+    #[error(
+        "a harvest with these settings needs about {needed_gib:.1} GiB of memory ({detail}), and this machine has {available_gib:.1} GiB available (MemAvailable in /proc/meminfo): lower the contexts per forward pass (cache --batch), the context length (--context) or the contexts per shard (--contexts-per-shard)",
+        needed_gib = *needed as f64 / GIB,
+        available_gib = *available as f64 / GIB
+    )]
+    Memory {
+        /// Bytes the harvest needs, estimated.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+        /// The estimate's terms, in words.
+        detail: String,
+    },
     /// Invalid settings or arguments.
     #[error("{0}")]
     Invalid(String),
@@ -55,6 +93,9 @@ impl CacheError {
         Self::File(file_io::FileError::format(path, detail))
     }
 }
+
+/// Bytes in a GiB, for messages.
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// `Result` with [`CacheError`].
 pub type Result<T> = std::result::Result<T, CacheError>;

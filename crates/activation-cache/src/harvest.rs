@@ -131,8 +131,10 @@ fn append_rows(
 ///
 /// `dir` must be missing, empty, or a store (see [`crate::store`] for what may be deleted).
 /// Resuming: an existing manifest with the same spec and kernel continues after its last
-/// complete shard (files of an unfinished shard are discarded); a manifest with a different
-/// spec or kernel is an error naming both; a complete store is returned as is.
+/// complete shard (files of an unfinished shard and `.partial-…` temporaries of a killed
+/// harvest are discarded); a manifest with a different spec or kernel is an error naming both;
+/// a complete store is returned as is. A finished harvest removes any `.partial-…` temporary
+/// left in its folder ([`crate::store::remove_partial_files`]).
 pub fn harvest(
     dir: &Path,
     model: &dyn HookedModel,
@@ -208,14 +210,21 @@ pub fn harvest_at(
     }
     manifest.complete = true;
     manifest.write_at(location)?;
+    crate::store::remove_partial_files(location)?;
     let rate = manifest.rows() as f64 / started.elapsed().as_secs_f64().max(1e-9);
     progress.finish_with_message(format!("{} rows, {rate:.0} tokens/s", manifest.rows()));
     Ok(manifest)
 }
 
 /// Checks that `model` can fill a store of `spec`: every hook exists in it with the spec's
-/// width, and the spec has a hook, a context per shard and a context per forward pass.
+/// width and no hook twice, the spec has a hook, a context per shard and a context per forward pass, and its
+/// context length is one the model takes ([`crate::limits::check_context_length`]).
 pub fn check_spec(model: &dyn HookedModel, spec: &StoreSpec) -> Result<()> {
+    crate::limits::check_context_length(
+        model.config(),
+        spec.contexts.context_length,
+        "contexts.context_length",
+    )?;
     let points: Vec<HookPoint> = spec
         .hooks
         .iter()
@@ -228,6 +237,14 @@ pub fn check_spec(model: &dyn HookedModel, spec: &StoreSpec) -> Result<()> {
             return Err(CacheError::Invalid(format!(
                 "hook {} has width {width} in this model, the spec says {}",
                 hook.name, hook.width
+            )));
+        }
+    }
+    for (i, hook) in spec.hooks.iter().enumerate() {
+        if spec.hooks[..i].iter().any(|h| h.name == hook.name) {
+            return Err(CacheError::Invalid(format!(
+                "hook {} is listed twice; a store holds each hook once",
+                hook.name
             )));
         }
     }

@@ -8,6 +8,8 @@
 //!   manifest and checksums, written atomically and resumable ([`store`] documents the format);
 //!   [`harvest_at`] does the same into any [`Location`], a folder or an object-store prefix
 //!   (`s3://…`, `gs://…`, `az://…`), and [`store::copy_store`] copies stores between them.
+//! - [`limits`]: what a harvest's settings must respect before work starts — the context
+//!   length the model takes, and an estimate of the memory a harvest needs.
 //! - [`norms`]: massive-norm tokens measured per hook, and the policy for them.
 //! - [`ActivationSource`]: what trainers read — [`StoreSource`] (memory-mapped, bucket shuffle,
 //!   exact resume from a [`Cursor`]; from an object store a bucket at a time by verified range
@@ -55,6 +57,7 @@ pub mod contexts;
 pub mod corpus;
 mod error;
 mod harvest;
+pub mod limits;
 pub mod norms;
 mod remote;
 mod source;

@@ -223,24 +223,32 @@ impl StoreSource {
     /// Checks that every file the manifest lists has the size its rows need; returns the bytes
     /// per row of the token file and of each hook's file.
     fn check_sizes(manifest: &Manifest, describe: impl Fn(&str) -> String) -> Result<Vec<usize>> {
-        let row_bytes: Vec<usize> = std::iter::once(16)
-            .chain(
-                manifest
-                    .spec
-                    .hooks
-                    .iter()
-                    .map(|hook| hook.width * manifest.spec.dtype.size()),
-            )
-            .collect();
+        let mut row_bytes = vec![16];
+        for hook in &manifest.spec.hooks {
+            let bytes = hook
+                .width
+                .checked_mul(manifest.spec.dtype.size())
+                .ok_or_else(|| {
+                    CacheError::format(
+                        describe(crate::store::MANIFEST),
+                        format!(
+                            "hook `{}` has width {}, too large for a row",
+                            hook.name, hook.width
+                        ),
+                    )
+                })?;
+            row_bytes.push(bytes);
+        }
         for shard in &manifest.shards {
             let files = std::iter::once(&shard.tokens).chain(&shard.activations);
             for (file, &size) in files.zip(&row_bytes) {
-                let expected = shard.rows * size as u64;
-                if file.bytes != expected {
+                let expected = shard.rows.checked_mul(size as u64);
+                if expected != Some(file.bytes) {
+                    let need = expected.map_or("more than 2^64".into(), |e| e.to_string());
                     return Err(CacheError::format(
                         describe(&file.name),
                         format!(
-                            "the manifest lists {} bytes but {} rows need {expected}",
+                            "the manifest lists {} bytes but {} rows need {need}",
                             file.bytes, shard.rows
                         ),
                     ));
@@ -640,7 +648,8 @@ pub struct StreamingSource {
 
 impl StreamingSource {
     /// A stream over `documents` through `model`, reading `points`, mixing rows in a buffer of
-    /// `capacity` rows with a seeded generator (so the stream is reproducible).
+    /// `capacity` rows with a seeded generator (so the stream is reproducible). The context
+    /// length must be one the model takes ([`crate::limits::check_context_length`]).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: impl HookedModel + 'static,
@@ -652,6 +661,11 @@ impl StreamingSource {
         capacity: usize,
         seed: u64,
     ) -> Result<Self> {
+        crate::limits::check_context_length(
+            model.config(),
+            contexts.context_length,
+            "contexts.context_length",
+        )?;
         let hooks = hook_specs(model.config(), &points);
         Ok(Self {
             model: Box::new(model),

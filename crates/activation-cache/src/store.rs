@@ -36,8 +36,15 @@
 //!
 //! **What may be deleted.** A store folder is empty or has a manifest; anything else is refused.
 //! Only the store's own names — shard files (`shard-NNNNN.PART.bin`) the manifest does not list
-//! and `.partial-…` temporaries, both leftovers of an interrupted write — are ever removed;
-//! other files in the folder are left alone.
+//! and `.partial-…` temporaries, both leftovers of an interrupted write — are ever removed
+//! (when a harvest starts or resumes; the temporaries also when a store is sealed or its
+//! harvest completes, [`remove_partial_files`]); other files in the folder are left alone.
+//!
+//! **Names.** The layout fixes every file's name, so a manifest's names are checked when it is
+//! read, before anything is read or written ([`Manifest::check_layout`]): each is a plain name
+//! ([`file_io::check_name`]: no `..`, no separator, not absolute) and the one the layout gives
+//! that shard's token file or hook file. A hand-edited or hostile manifest cannot make a reader,
+//! [`copy_store`] or [`remove_store`] touch a file outside the store, nor swap two shards' files.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -220,15 +227,76 @@ impl Manifest {
                 ),
             ));
         }
-        for (i, shard) in manifest.shards.iter().enumerate() {
-            if shard.index != i || shard.activations.len() != manifest.spec.hooks.len() {
+        manifest.check_layout(&path)?;
+        Ok((manifest, hex_sha256(bytes)))
+    }
+
+    /// Checks that every name the manifest gives is the store's own, before anything is read
+    /// or written under it: each hook's name is a plain name ([`file_io::check_name`]), used by
+    /// no other hook and not `tokens` (their files would share names); shard
+    /// entry `i` is shard `i` with one file per hook; every file name is a plain name and the
+    /// very name the layout gives that file ([`shard_file_name`] of the shard and the token file
+    /// or hook, in the spec's hook order), so no name leads outside the store's folder and no
+    /// file stands in for another; and the rows add up without overflow. Errors name `path`
+    /// (the manifest) and the entry.
+    pub fn check_layout(&self, path: &Path) -> Result<()> {
+        let bad_name = |entry: String, source| CacheError::Name {
+            path: path.to_path_buf(),
+            entry,
+            source,
+        };
+        let mut seen = BTreeSet::from(["tokens"]);
+        for (i, hook) in self.spec.hooks.iter().enumerate() {
+            file_io::check_name(&hook.name).map_err(|e| bad_name(format!("hook {i}"), e))?;
+            if !seen.insert(hook.name.as_str()) {
                 return Err(CacheError::format(
-                    &path,
-                    format!("shard entry {i} does not match the store's hooks or order"),
+                    path,
+                    format!(
+                        "hook {i} is named `{}` like another hook or the token files; each hook needs its own files",
+                        hook.name
+                    ),
                 ));
             }
         }
-        Ok((manifest, hex_sha256(bytes)))
+        let mut rows = 0u64;
+        for (i, shard) in self.shards.iter().enumerate() {
+            if shard.index != i || shard.activations.len() != self.spec.hooks.len() {
+                return Err(CacheError::format(
+                    path,
+                    format!(
+                        "shard entry {i} is shard {} with {} activation files; a store lists shards 0, 1, … in order, each with one file per hook ({})",
+                        shard.index,
+                        shard.activations.len(),
+                        self.spec.hooks.len()
+                    ),
+                ));
+            }
+            let parts = std::iter::once(("tokens", "token file".to_string())).chain(
+                self.spec
+                    .hooks
+                    .iter()
+                    .map(|hook| (hook.name.as_str(), format!("file of hook `{}`", hook.name))),
+            );
+            let files = std::iter::once(&shard.tokens).chain(&shard.activations);
+            for ((part, what), file) in parts.zip(files) {
+                let entry = format!("shard {i}, {what}");
+                file_io::check_name(&file.name).map_err(|e| bad_name(entry.clone(), e))?;
+                let expected = shard_file_name(i, part);
+                if file.name != expected {
+                    return Err(CacheError::format(
+                        path,
+                        format!(
+                            "{entry} is named {:?}, but the store's layout names it {expected:?} (a manifest cannot point a shard at another file)",
+                            file.name
+                        ),
+                    ));
+                }
+            }
+            rows = rows.checked_add(shard.rows).ok_or_else(|| {
+                CacheError::format(path, format!("shard {i}: the rows add up past 2^64"))
+            })?;
+        }
+        Ok(())
     }
 
     /// Writes `dir/manifest.json` atomically.
@@ -267,11 +335,32 @@ pub fn put_file(location: &Location, name: String, bytes: impl Into<Bytes>) -> R
 }
 
 /// Checks a shard file's size and SHA-256 against the manifest, naming the shard on failure.
+/// The name must be a plain name ([`file_io::check_name`]); the file's size is compared with
+/// the manifest's before it is read.
 pub fn verify_file(dir: &Path, file: &ShardFile) -> Result<()> {
+    file_io::check_name(&file.name).map_err(|source| CacheError::Name {
+        path: dir.join(MANIFEST),
+        entry: "a listed file".into(),
+        source,
+    })?;
     let path = dir.join(&file.name);
-    let mut bytes = Vec::with_capacity(file.bytes as usize);
-    File::open(&path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
+    let mut opened = File::open(&path).map_err(|e| CacheError::io(&path, e))?;
+    let size = opened
+        .metadata()
+        .map_err(|e| CacheError::io(&path, e))?
+        .len();
+    if size != file.bytes {
+        return Err(CacheError::format(
+            path,
+            format!(
+                "shard is {size} bytes, the manifest says {} (truncated?)",
+                file.bytes
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    opened
+        .read_to_end(&mut bytes)
         .map_err(|e| CacheError::io(&path, e))?;
     verify_contents(file, &bytes, path)
 }
@@ -354,7 +443,7 @@ impl ShardBuffer {
 /// Whether `name` is one of the names a store writes: a shard file (`shard-NNNNN.PART.bin`), a
 /// `.partial-…` temporary, or the manifest.
 pub fn is_store_file_name(name: &str) -> bool {
-    if name == MANIFEST || name.starts_with(".partial-") {
+    if name == MANIFEST || name.starts_with(PARTIAL_PREFIX) {
         return true;
     }
     name.strip_prefix("shard-")
@@ -382,8 +471,44 @@ pub fn leftover_files(
         .collect();
     Ok(entries(dir)?
         .into_iter()
-        .filter(|(name, _)| is_store_file_name(name) && !listed.contains(name.as_str()))
+        .filter(|(name, path)| {
+            is_store_file_name(name) && !listed.contains(name.as_str()) && is_plain_file(path)
+        })
         .collect())
+}
+
+/// Whether `path` is a regular file itself (not a folder, nor a link to anything).
+fn is_plain_file(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|meta| meta.is_file())
+}
+
+/// The prefix of the temporary files a store's writes go through ([`file_io::write_atomically`]).
+pub const PARTIAL_PREFIX: &str = ".partial-";
+
+/// Removes the `.partial-…` temporaries ([`PARTIAL_PREFIX`]) that interrupted writes left
+/// directly in the store folder at `location` — regular files with that prefix only, nothing
+/// else, nothing in sub-folders — and returns the paths removed. An object-store prefix has
+/// none (objects are whole or absent): nothing to do there. Run when a store is sealed or its
+/// harvest completes (a resumed harvest removes them with the other leftovers,
+/// [`prepare_dir`]); a write still running in the folder would lose its temporary and fail.
+pub fn remove_partial_files(location: &Location) -> Result<Vec<PathBuf>> {
+    let Some(dir) = location.local_dir() else {
+        return Ok(Vec::new());
+    };
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut removed = Vec::new();
+    for (name, path) in entries(dir)? {
+        if name.starts_with(PARTIAL_PREFIX) && is_plain_file(&path) {
+            match fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CacheError::io(&path, e)),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Every entry of `dir` by name.
@@ -500,16 +625,31 @@ pub fn copy_store(from: &Location, to: &Location, progress: bool) -> Result<Mani
 }
 
 /// Completes a store whose shards were written by independent workers
-/// ([`crate::write_shard`]): checks that `shards` are shards `0..n` of `spec`, each with one
-/// file per hook, and that every file is at `location` with its listed size, then writes the
-/// complete manifest (recording `kernel`, what computed the shards). Sealing again with the same
-/// shards changes nothing; a store already sealed with other shards is an error.
+/// ([`crate::write_shard`]): checks that there is at least one shard and one hook, that
+/// `shards` are shards `0..n` of `spec`, each with one file per hook under the names the
+/// layout gives them ([`Manifest::check_layout`]; the entries come from the workers' records,
+/// so they are checked like a manifest read from disk), and that every file is at `location`
+/// with its listed size, then writes the complete manifest (recording `kernel`, what computed
+/// the shards) and removes the `.partial-…` temporaries that killed workers left in a local
+/// store folder ([`remove_partial_files`]). Sealing again with the same shards changes
+/// nothing (but the temporaries); a store already sealed with other shards is an error.
 pub fn seal_store(
     location: &Location,
     spec: &StoreSpec,
     shards: Vec<Shard>,
     kernel: &str,
 ) -> Result<Manifest> {
+    let manifest_path = PathBuf::from(location.describe(MANIFEST));
+    if shards.is_empty() || spec.hooks.is_empty() {
+        return Err(CacheError::format(
+            &manifest_path,
+            format!(
+                "nothing to seal: {} shards of {} hooks (a store needs at least one shard and one hook; was the plan's `shards` edited to 0?) — nothing was written",
+                shards.len(),
+                spec.hooks.len()
+            ),
+        ));
+    }
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         spec: spec.clone(),
@@ -517,24 +657,16 @@ pub fn seal_store(
         complete: true,
         kernel: Some(kernel.to_string()),
     };
+    manifest.check_layout(&manifest_path)?;
     if let Some((existing, _)) = Manifest::read_at(location)? {
         if existing == manifest {
+            remove_partial_files(location)?;
             return Ok(existing);
         }
         return Err(CacheError::format(
-            location.describe(MANIFEST),
+            manifest_path,
             "the store is already sealed with other shards or settings; seal into another prefix",
         ));
-    }
-    for (position, shard) in manifest.shards.iter().enumerate() {
-        if shard.index != position || shard.activations.len() != spec.hooks.len() {
-            return Err(CacheError::Invalid(format!(
-                "{location}: shard entry {position} is shard {} with {} activation files; a sealed store needs shards 0..n in order, one file per hook ({})",
-                shard.index,
-                shard.activations.len(),
-                spec.hooks.len()
-            )));
-        }
     }
     let sizes: std::collections::HashMap<String, u64> = location.list()?.into_iter().collect();
     for file in manifest.files() {
@@ -555,6 +687,7 @@ pub fn seal_store(
         }
     }
     manifest.write_at(location)?;
+    remove_partial_files(location)?;
     Ok(manifest)
 }
 

@@ -57,6 +57,16 @@ pub enum ObjectError {
         /// What differs.
         detail: String,
     },
+    /// A file name that is not a plain name ([`file_io::check_name`]): it could reach outside
+    /// the location.
+    #[error("{location}: {source}")]
+    Name {
+        /// The location (folder or prefix) the name was given to.
+        location: String,
+        /// What is wrong with the name.
+        #[source]
+        source: file_io::NameError,
+    },
     /// A request that cannot be served as asked.
     #[error("{0}")]
     Invalid(String),

@@ -67,9 +67,25 @@ impl Location {
     }
 
     /// A location from what a user typed: `s3://bucket/prefix` (or `s3a://`), `gs://bucket/prefix`,
-    /// `az://container/prefix` (or `abfs[s]://…`), `file:///path`, or a plain path. Credentials
+    /// `az://container/prefix` (or `abfs[s]://…`), a `file:` URL, or a plain path. Credentials
     /// and settings come from the environment as `object_store`'s builders read them
     /// (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, …).
+    ///
+    /// `file:` URLs mean what RFC 8089 says: `file:///abs/path`, `file://localhost/abs/path`
+    /// and `file:/abs/path` are the local absolute path `/abs/path` (percent-escapes such as
+    /// `%20` decoded); a URL naming another host (`file://host/path`, or `file://NAME`, whose
+    /// `NAME` is a host, not a path) is refused, as is a `file:` URL without an absolute path
+    /// (`file:relative`, `file://`: RFC 8089's path is always absolute; write a relative folder
+    /// as the plain path), a query or a fragment (`?`, `#`; percent-encode them in a path as
+    /// `%3F`, `%23`), and an escape that decodes to NUL.
+    ///
+    /// ```
+    /// use object_io::Location;
+    /// use std::path::Path;
+    /// let local = Location::parse("file://localhost/srv/store").unwrap();
+    /// assert_eq!(local.local_dir(), Some(Path::new("/srv/store")));
+    /// assert!(Location::parse("file://store").is_err(), "`store` is a host, not a path");
+    /// ```
     pub fn parse(spec: &str) -> Result<Self> {
         Self::parse_with_options(spec, std::iter::empty::<(String, String)>())
     }
@@ -81,6 +97,9 @@ impl Location {
         spec: &str,
         options: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self> {
+        if let Some(path) = file_url_path(spec)? {
+            return Ok(Self::local(path));
+        }
         let Some((scheme, rest)) = spec.split_once("://") else {
             return Ok(Self::local(spec));
         };
@@ -89,7 +108,7 @@ impl Location {
             .map(|(k, v)| (k.as_ref().to_ascii_lowercase(), v.into()))
             .collect();
         let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if scheme != "file" && container.is_empty() {
+        if container.is_empty() {
             return Err(ObjectError::Invalid(format!(
                 "{spec}: no bucket or container after {scheme}://"
             )));
@@ -100,7 +119,6 @@ impl Location {
             ))
         };
         let store: Arc<dyn ObjectStore> = match scheme {
-            "file" => return Ok(Self::local(format!("/{}", rest.trim_start_matches('/')))),
             "s3" | "s3a" => {
                 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
                 let mut builder = AmazonS3Builder::from_env().with_url(spec);
@@ -166,7 +184,9 @@ impl Location {
         }
     }
 
-    /// The location of the sub-folder (or sub-prefix) `name`.
+    /// The location of the sub-folder (or sub-prefix) `name`. Unlike the file operations,
+    /// `join` does not check `name`: callers join names they have checked or chosen (a name from
+    /// a config, plan or manifest is checked with [`file_io::check_name`] when it is read).
     pub fn join(&self, name: &str) -> Self {
         let mut out = self.clone();
         out.url = format!("{}/{}", self.url.trim_end_matches('/'), name);
@@ -188,8 +208,23 @@ impl Location {
         }
     }
 
-    /// The whole file, or `None` when there is none.
+    /// Refuses a file name that is not a plain name ([`file_io::check_name`]): every file of a
+    /// location is directly in it, so no name may reach a sub-folder, the parent or an absolute
+    /// path.
+    fn check_file_name(&self, name: &str) -> Result<()> {
+        file_io::check_name(name).map_err(|source| ObjectError::Name {
+            location: self.url.clone(),
+            source,
+        })
+    }
+
+    /// The whole file, or `None` when there is none. Every file operation ([`Location::get`],
+    /// [`Location::size`], [`Location::put`], [`Location::delete`],
+    /// [`Location::get_verified_range`]) takes a plain file name ([`file_io::check_name`]) and
+    /// refuses any other ([`ObjectError::Name`]), so a file name can never reach outside the
+    /// location.
     pub fn get(&self, name: &str) -> Result<Option<Bytes>> {
+        self.check_file_name(name)?;
         match &self.kind {
             Kind::Local(dir) => match std::fs::read(dir.join(name)) {
                 Ok(bytes) => Ok(Some(bytes.into())),
@@ -212,6 +247,7 @@ impl Location {
 
     /// The file's size, or `None` when there is none.
     pub fn size(&self, name: &str) -> Result<Option<u64>> {
+        self.check_file_name(name)?;
         match &self.kind {
             Kind::Local(dir) => match std::fs::metadata(dir.join(name)) {
                 Ok(meta) => Ok(Some(meta.len())),
@@ -234,6 +270,7 @@ impl Location {
     /// are multipart uploads (parts sent concurrently) that only appear when the last completes,
     /// and are aborted on failure.
     pub fn put(&self, name: &str, bytes: Bytes) -> Result<()> {
+        self.check_file_name(name)?;
         match &self.kind {
             Kind::Local(dir) => {
                 std::fs::create_dir_all(dir)
@@ -269,6 +306,7 @@ impl Location {
 
     /// Removes a file; a missing file is not an error.
     pub fn delete(&self, name: &str) -> Result<()> {
+        self.check_file_name(name)?;
         match &self.kind {
             Kind::Local(dir) => match std::fs::remove_file(dir.join(name)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -336,6 +374,7 @@ impl Location {
         file_bytes: u64,
         digests: &BlockDigests,
     ) -> Result<Bytes> {
+        self.check_file_name(name)?;
         if range.start > range.end || range.end > file_bytes || !digests.fits(file_bytes) {
             return Err(ObjectError::Invalid(format!(
                 "{}: bytes {range:?} of a {file_bytes}-byte file with {} block digests of {} bytes",
@@ -408,6 +447,88 @@ impl Location {
                 .map_err(|e| ObjectError::store(self.describe(name), e))
             }
         }
+    }
+}
+
+/// The local path a `file:` URL names (see [`Location::parse`] for the rules), `None` when
+/// `spec` is not a `file:` URL (the scheme is matched without regard to case, as RFC 3986 says).
+fn file_url_path(spec: &str) -> Result<Option<PathBuf>> {
+    let Some(rest) = spec
+        .get(..5)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("file:"))
+        .map(|_| &spec[5..])
+    else {
+        return Ok(None);
+    };
+    let refuse = |why: String| Err(ObjectError::Invalid(format!("{spec}: {why}")));
+    if rest.contains(['?', '#']) {
+        return refuse(
+            "a file: URL names a path, with no query or fragment (percent-encode `?` and `#` in a path as %3F and %23)".into(),
+        );
+    }
+    let path = match rest.strip_prefix("//") {
+        Some(authority_and_path) => {
+            let (host, path) = match authority_and_path.find('/') {
+                Some(slash) => authority_and_path.split_at(slash),
+                None => (authority_and_path, ""),
+            };
+            if !host.is_empty() && !host.eq_ignore_ascii_case("localhost") {
+                return refuse(format!(
+                    "the file: URL names the host {host:?}, and only this machine's files can be read (RFC 8089: file://HOST/PATH); for a local folder write file:///absolute/path or the path itself"
+                ));
+            }
+            path
+        }
+        None => rest,
+    };
+    if !path.starts_with('/') {
+        return refuse(
+            "a file: URL needs an absolute path (RFC 8089: file:///absolute/path); write a relative folder as the plain path".into(),
+        );
+    }
+    let decoded = percent_decode(path).ok_or_else(|| {
+        ObjectError::Invalid(format!(
+            "{spec}: a `%` must start an escape of two hex digits (%20), and none may decode to NUL"
+        ))
+    })?;
+    Ok(Some(path_from_bytes(decoded)))
+}
+
+/// `text` with its percent-escapes decoded, or `None` for a malformed escape or one that
+/// decodes to NUL.
+fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let digits = bytes.get(i + 1..i + 3)?;
+            if !digits.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let hex = std::str::from_utf8(digits).ok()?;
+            let byte = u8::from_str_radix(hex, 16).ok().filter(|b| *b != 0)?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// A path from the bytes a URL decoded to (on Unix any bytes; elsewhere they must be UTF-8,
+/// and are read lossily otherwise).
+fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        PathBuf::from(std::ffi::OsString::from_vec(bytes))
+    }
+    #[cfg(not(unix))]
+    {
+        PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
 

@@ -34,7 +34,8 @@ pub struct CacheArgs {
     /// Stored element type.
     #[cfg_attr(feature = "cli", arg(long, default_value = "f32", value_parser = ["f32", "bf16"]))]
     pub dtype: String,
-    /// Tokens per context, BOS included (Gemma Scope: 1024).
+    /// Tokens per context, BOS included (Gemma Scope: 1024): at least 2, at most the model's
+    /// positions (Gemma 2: 8,192; Gemma 3 270M and 1B: 32,768; larger Gemma 3: 131,072).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024))]
     pub context: usize,
     /// Contexts per shard.
@@ -117,7 +118,10 @@ pub fn run(args: &CacheArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Harvests (or resumes) the store `args` describe and prints the harvest rate.
+/// Harvests (or resumes) the store `args` describe and prints the harvest rate. The context
+/// length and the memory the harvest needs are checked first
+/// ([`activation_cache::limits`]): a `--context` outside what the model takes, or settings
+/// whose estimate exceeds the available memory, are refused before any work.
 pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
     let loaded = args
         .device
@@ -126,6 +130,12 @@ pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
         .tokenizer
         .clone()
         .context("the model has no tokenizer")?;
+    // Before any work: a context length the model takes (BOS and one token at least).
+    activation_cache::limits::check_context_length(
+        loaded.model.config(),
+        args.context,
+        "--context",
+    )?;
     let corpus = Corpus::from_spec(&args.corpus, &args.field)?;
     let points: Vec<HookPoint> = args
         .hooks
@@ -157,6 +167,8 @@ pub fn harvest_store(args: &CacheArgs) -> anyhow::Result<()> {
             }
         },
     };
+    // Refuse a harvest that cannot fit in memory, with the figure, before it starts.
+    activation_cache::limits::check_harvest_memory(&loaded.model, &spec)?;
     let documents = corpus.documents()?;
     let started = Instant::now();
     let store = Location::parse(&args.out)?;
