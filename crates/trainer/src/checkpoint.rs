@@ -282,6 +282,59 @@ pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
     Ok(file_io::write_json(path, value)?)
 }
 
+/// Records in `out`'s `DONE` the SHA-256 of every file in the exported SAE folders `exported`
+/// (names relative to `out`), so a later look can tell the export is whole
+/// ([`missing_exports`]).
+pub(crate) fn write_done(out: &Path, exported: &[&str]) -> Result<()> {
+    let mut files = BTreeMap::new();
+    for folder in exported {
+        let dir = out.join(folder);
+        let entries = std::fs::read_dir(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| TrainError::io(&dir, e))?.path();
+            if path.is_file() {
+                let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+                let name = path.strip_prefix(out).unwrap_or(&path);
+                files.insert(name.display().to_string(), hex_sha256(&bytes));
+            }
+        }
+    }
+    write_json(&out.join(DONE), &serde_json::json!({ "files": files }))
+}
+
+/// What is wrong with the export a finished run's `DONE` records: a file missing or changed,
+/// an SAE of `expected` without a record, or a `DONE` without a record at all (written by an
+/// older version). `None` when every recorded file is there with its digest.
+pub(crate) fn missing_exports(out: &Path, expected: &[&str]) -> Option<String> {
+    let done = out.join(DONE);
+    let Ok(Value::Object(record)) = read_json(&done) else {
+        return Some(format!("{} records no exported files", done.display()));
+    };
+    let Some(Value::Object(files)) = record.get("files") else {
+        return Some(format!("{} records no exported files", done.display()));
+    };
+    if let Some(sae) = expected
+        .iter()
+        .find(|sae| !files.keys().any(|f| f.starts_with(&format!("{sae}/"))))
+    {
+        return Some(format!(
+            "{} records no export of SAE `{sae}`",
+            done.display()
+        ));
+    }
+    files.iter().find_map(|(name, digest)| {
+        let path = out.join(name);
+        match std::fs::read(&path) {
+            Err(_) => Some(format!("{} is missing", path.display())),
+            Ok(bytes) if Some(hex_sha256(&bytes).as_str()) != digest.as_str() => Some(format!(
+                "{} has changed since it was exported",
+                path.display()
+            )),
+            Ok(_) => None,
+        }
+    })
+}
+
 /// The trainer's outputs in `out` that only a run with a checkpoint can have made.
 pub(crate) fn outputs_without_checkpoint(out: &Path) -> Vec<PathBuf> {
     [DONE, "metrics.parquet", "metrics.csv"]

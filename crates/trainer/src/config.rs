@@ -581,25 +581,68 @@ impl TrainConfig {
     /// Parses a TOML (`.toml`) or JSON file, applying `key.path=value` overrides (values are
     /// JSON, or plain strings), e.g. `steps=2000` or `saes.0.penalties.0.coefficient=1e-3`.
     pub fn from_file(path: &std::path::Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        let value: Value = if path.extension().is_some_and(|e| e == "toml") {
-            toml::from_str(&text)
-                .map_err(|e| TrainError::format(path, format!("invalid TOML: {e}")))?
-        } else {
-            serde_json::from_str(&text)
-                .map_err(|e| TrainError::format(path, format!("invalid JSON: {e}")))?
-        };
+        let value = read_settings_file(path)?;
         Self::from_value(value, overrides).map_err(|e| match e {
             TrainError::Invalid(detail) => TrainError::format(path, detail),
             e => e,
         })
     }
 
-    /// Builds a config from a JSON value and overrides.
+    /// Builds a config from a JSON value and overrides, and checks every setting
+    /// ([`TrainConfig::validate`]).
     pub fn from_value(mut value: Value, overrides: &[String]) -> Result<Self> {
         apply_overrides(&mut value, overrides)?;
-        serde_json::from_value(value)
-            .map_err(|e| TrainError::Invalid(format!("invalid training config: {e}")))
+        let config: Self = serde_json::from_value(value)
+            .map_err(|e| TrainError::Invalid(format!("invalid training config: {e}")))?;
+        if !config.saes.is_empty() {
+            config.validate()?;
+        }
+        Ok(config)
+    }
+}
+
+/// Reads a TOML (`.toml`) or JSON settings file as a JSON value, refusing NaN and infinities
+/// with their key (JSON has no such numbers: converted silently they would become `null`, and
+/// so a default). Shared by every reader of settings files (training configs, sweep files).
+pub fn read_settings_file(path: &std::path::Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    if path.extension().is_some_and(|e| e == "toml") {
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|e| TrainError::format(path, format!("invalid TOML: {e}")))?;
+        let table = toml::Value::Table(table);
+        if let Some(key) = non_finite_key(&table, "") {
+            return Err(TrainError::format(
+                path,
+                format!("`{key}` is not a finite number; settings must be finite"),
+            ));
+        }
+        serde_json::to_value(table)
+            .map_err(|e| TrainError::format(path, format!("invalid TOML: {e}")))
+    } else {
+        serde_json::from_str(&text)
+            .map_err(|e| TrainError::format(path, format!("invalid JSON: {e}")))
+    }
+}
+
+/// The dotted key of the first NaN or infinity in a TOML value.
+fn non_finite_key(value: &toml::Value, at: &str) -> Option<String> {
+    let join = |key: &str| {
+        if at.is_empty() {
+            key.to_string()
+        } else {
+            format!("{at}.{key}")
+        }
+    };
+    match value {
+        toml::Value::Float(x) if !x.is_finite() => Some(at.to_string()),
+        toml::Value::Table(table) => table
+            .iter()
+            .find_map(|(key, value)| non_finite_key(value, &join(key))),
+        toml::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, value)| non_finite_key(value, &join(&index.to_string()))),
+        _ => None,
     }
 }
 
@@ -621,6 +664,11 @@ fn apply_overrides(value: &mut Value, overrides: &[String]) -> Result<()> {
         let (key, raw) = assignment.split_once('=').ok_or_else(|| {
             TrainError::Invalid(format!("override `{assignment}` is not key=value"))
         })?;
+        if raw.trim().parse::<f64>().is_ok_and(|x| !x.is_finite()) {
+            return Err(TrainError::Invalid(format!(
+                "override `{assignment}`: `{raw}` is not a finite number; settings must be finite"
+            )));
+        }
         let parsed = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
         set_path(value, key, parsed)?;
     }

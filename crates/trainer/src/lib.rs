@@ -65,6 +65,7 @@ pub mod registry;
 pub mod resample;
 mod run;
 pub mod schedule;
+pub mod validation;
 
 pub use adam::Adam;
 pub use config::{

@@ -14,8 +14,8 @@ use sae_core::sparse::{
     AuxKTerm, MatryoshkaTerm, Passes, PreActivationTerm, ProductPrecision, SparsePenalties,
 };
 use sae_core::{
-    InitConfig, PenaltyContext, PreActivationLoss, QuadraticL0, SaeShape, SparsityPenalty,
-    SteConfig, ThresholdOptions, TrainableSae, WeightedPenalty,
+    InitConfig, PenaltyContext, PreActivationLoss, SaeShape, SparsityPenalty, SteConfig,
+    ThresholdOptions, TrainableSae, WeightedPenalty,
 };
 
 use crate::adam::Adam;
@@ -113,73 +113,6 @@ fn position_of(sae: &SaeConfig, hook: &str, uses: &str, hooks: &[HookSpec]) -> R
     })
 }
 
-/// The settings of `sae` that would fail only later (or silently): positive clip and norm
-/// cutoff, a valid quadratic-L0 target and pre-activation term, resampling where supported.
-fn check_settings(sae: &SaeConfig) -> Result<()> {
-    for (key, value) in [
-        ("grad_clip_norm", sae.grad_clip_norm),
-        ("exclude_norm_above", sae.exclude_norm_above),
-    ] {
-        if let Some(value) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
-            return Err(TrainError::Invalid(format!(
-                "SAE `{}`: {key} must be a positive number, not {value}",
-                sae.name
-            )));
-        }
-    }
-    for penalty in sae.penalties.iter().flatten() {
-        if let PenaltyConfig::Matryoshka { widths, .. } = penalty {
-            sae_core::Matryoshka::check(widths, sae.d_sae)
-                .map_err(|e| TrainError::Invalid(format!("SAE `{}`: {e}", sae.name)))?;
-        }
-        if let PenaltyConfig::QuadraticL0 { target_l0, .. } = penalty {
-            QuadraticL0::check_target(*target_l0)
-                .map_err(|e| TrainError::Invalid(format!("SAE `{}`: {e}", sae.name)))?;
-        }
-        if let PenaltyConfig::PreActivation {
-            coefficient,
-            dead_after_tokens,
-        } = penalty
-            && !(coefficient.is_finite() && *coefficient >= 0.0 && *dead_after_tokens > 0)
-        {
-            return Err(TrainError::Invalid(format!(
-                "SAE `{}`: the pre-activation penalty needs a finite coefficient ≥ 0 \
-                 (got {coefficient}) and dead_after_tokens > 0 (got {dead_after_tokens})",
-                sae.name
-            )));
-        }
-    }
-    let transcoder = matches!(
-        sae.architecture,
-        sae_core::Architecture::JumpReluTranscoder { .. }
-    );
-    let unsupported = match (&sae.hook_out, transcoder) {
-        (None, true) => Some("a transcoder needs hook_out, the hook it predicts"),
-        (Some(_), false) => Some("hook_out is for transcoders (architecture jump_relu_transcoder)"),
-        (Some(_), true) if sae.exclude_norm_above.is_some() => {
-            Some("exclude_norm_above is not supported for transcoders")
-        }
-        (Some(_), true) if sae.resample.is_some() => {
-            Some("resampling dead latents is not supported for transcoders")
-        }
-        _ => None,
-    };
-    if let Some(why) = unsupported {
-        return Err(TrainError::Invalid(format!("SAE `{}`: {why}", sae.name)));
-    }
-    if let Some(resample) = &sae.resample {
-        resample.validate(&sae.name)?;
-        if sae.architecture == sae_core::Architecture::Gated {
-            return Err(TrainError::Invalid(format!(
-                "SAE `{}`: resampling dead latents is not supported for Gated SAEs \
-                 (JumpReLU, ReLU, TopK and BatchTopK support it)",
-                sae.name
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Checks a resumed run's recorded configuration against `effective`, or records it for a new
 /// run (refusing a folder whose outputs lost their checkpoint).
 fn check_or_record_identity(
@@ -258,11 +191,7 @@ impl<S: ActivationSource> Trainer<S> {
         out: &Path,
         registry: &Registry,
     ) -> Result<Self> {
-        if config.saes.is_empty() {
-            return Err(TrainError::Invalid(
-                "the training config has no SAEs".into(),
-            ));
-        }
+        config.validate()?;
         let placement = config.placement()?;
         let kernels = config.kernels;
         let hooks = source.hooks().to_vec();
@@ -271,17 +200,14 @@ impl<S: ActivationSource> Trainer<S> {
             .iter()
             .map(|sae| {
                 let index = hook_index(sae, &hooks)?;
-                check_settings(sae)?;
                 let width = hooks[index].width;
                 let recipe = registry.recipe(sae.architecture, width, config.steps)?;
                 Ok((sae.resolve_with(&recipe), index, width))
             })
             .collect::<Result<_>>()?;
-        let mut names: Vec<&str> = resolved.iter().map(|(r, ..)| r.name.as_str()).collect();
-        names.sort();
-        names.dedup();
-        if names.len() != resolved.len() {
-            return Err(TrainError::Invalid("SAE names must be unique".into()));
+        if placement.iter().any(|(_, device)| device.is_cpu()) {
+            let widths: Vec<usize> = resolved.iter().map(|(_, _, width)| *width).collect();
+            crate::validation::check_training_memory(&config, &widths)?;
         }
         checkpoint::claim_run_folder(out)?;
         let effective = serde_json::json!({
@@ -500,7 +426,12 @@ impl<S: ActivationSource> Trainer<S> {
     /// Trains to the end (or to `options.stop_after_steps`), then exports every SAE.
     pub fn run(&mut self, options: &RunOptions) -> Result<()> {
         if self.out.join(DONE).exists() {
-            return Ok(());
+            let names: Vec<&str> = self.runs.iter().map(|r| r.config.name.as_str()).collect();
+            let Some(problem) = checkpoint::missing_exports(&self.out, &names) else {
+                return Ok(());
+            };
+            eprintln!("{problem}: exporting every SAE again from the final checkpoint");
+            return self.export();
         }
         let bar = if options.progress {
             ProgressBar::new(self.config.steps)
@@ -570,9 +501,8 @@ impl<S: ActivationSource> Trainer<S> {
             )?;
         }
         self.folded = true;
-        std::fs::write(self.out.join(DONE), b"")
-            .map_err(|e| TrainError::io(self.out.join(DONE), e))?;
-        Ok(())
+        let names: Vec<&str> = self.runs.iter().map(|r| r.config.name.as_str()).collect();
+        checkpoint::write_done(&self.out, &names)
     }
 
     /// The SAEs as trained so far, folded (on raw activations, as [`Self::export`] writes

@@ -70,6 +70,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             sae_devices: Vec::new(),
         };
         let loaded = on_device.load_model(&args.model, on_device.model_dtype()?)?;
+        activation_cache::limits::check_context_length(
+            loaded.model.config(),
+            args.context,
+            "--context",
+        )?;
         let tokenizer = loaded
             .tokenizer
             .clone()
