@@ -492,12 +492,19 @@ fn wait_until_gone(jobs: &[String], limit: Duration) {
     }
 }
 
-/// The job ids of the stages `slurm submit` wrote into `scripts/jobs.json`.
-fn submitted(scripts: &Path) -> Vec<String> {
-    sweep::slurm::submitted(scripts)
+/// The job ids of the stages the last `slurm submit` of the plan at `root` recorded in
+/// `scripts` (its `jobs-PLANID.json`).
+fn submitted(root: &Location, scripts: &Path) -> Vec<String> {
+    let record = sweep::slurm::submitted(root, scripts)
         .unwrap()
-        .into_iter()
-        .map(|s| s.job_id)
+        .expect("a job record");
+    record
+        .submissions
+        .last()
+        .unwrap()
+        .stages
+        .iter()
+        .map(|s| s.job_id.clone())
         .collect()
 }
 
@@ -517,7 +524,8 @@ fn a_sweep_on_single_node_slurm_with_a_cancelled_and_a_requeued_task_equals_the_
         let mut command = xtask(&["slurm", "submit", "--plan", &url, "--scripts"]);
         command.arg(&scripts).args(extra).envs(server.client_env());
         run(command, "slurm submit");
-        submitted(&scripts)
+        let root = Location::parse_with_options(&url, server.client_options()).unwrap();
+        submitted(&root, &scripts)
     };
 
     // First submission, held: harvest task 4 is cancelled before it runs, so the seal
@@ -602,4 +610,192 @@ fn a_sweep_on_single_node_slurm_with_a_cancelled_and_a_requeued_task_equals_the_
         "sweep through Slurm (with a cancellation and a requeue) {slurm_time:?}; one process {single:?}"
     );
     assert_same_outputs(&one, &objects, "Slurm vs one process");
+}
+
+/// Stand-ins for Slurm's programs in `bin`: `sbatch` hands out job ids 101, 102, … (and fails
+/// at the id in `$SBATCH_FAIL_AT`), `sacct` fails (no accounting), `squeue` shows every array
+/// it is asked about as pending unless its id is in `bin/finished`, and fails as Slurm does
+/// ("Invalid job id specified") when asked about an id in `bin/purged`, `scancel` records its
+/// arguments in `bin/calls`.
+fn slurm_stand_ins(bin: &Path) {
+    std::fs::create_dir_all(bin).unwrap();
+    let scripts = [
+        (
+            "sbatch",
+            r#"dir="$(dirname "$0")"
+n=$(( $(cat "$dir/count" 2>/dev/null || echo 100) + 1 ))
+echo "$n" > "$dir/count"
+if [ "$n" = "${SBATCH_FAIL_AT:-}" ]; then echo "sbatch: error: Batch job submission failed" >&2; exit 1; fi
+echo "$n;cluster""#,
+        ),
+        ("sacct", "exit 1"),
+        (
+            "squeue",
+            r#"dir="$(dirname "$0")"
+while [ $# -gt 0 ]; do [ "$1" = "-j" ] && list="$2"; shift; done
+for id in ${list//,/ }; do
+  if grep -qx "$id" "$dir/purged" 2>/dev/null; then
+    echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1
+  fi
+done
+for id in ${list//,/ }; do
+  grep -qx "$id" "$dir/finished" 2>/dev/null || echo "${id}_0 PENDING"
+done"#,
+        ),
+        ("scancel", r#"echo "scancel $*" >> "$(dirname "$0")/calls""#),
+    ];
+    for (name, body) in scripts {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/bash\n{body}\n")).unwrap();
+        Command::new("chmod").arg("+x").arg(&path).status().unwrap();
+    }
+}
+
+#[test]
+fn slurm_cancel_and_status_act_on_their_own_plans_jobs_and_every_submission_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sweep_file(dir.path(), 20);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    plan(&file, &a.display().to_string(), None);
+    plan(&file, &b.display().to_string(), None);
+    let bin = dir.path().join("bin");
+    slurm_stand_ins(&bin);
+    // Both sweeps submitted from one folder, with the default scripts folder.
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let slurm = |action: &str, root: &Path, fail_at: Option<&str>| {
+        let mut command = xtask(&["slurm", action, "--binary", "/bin/true", "--plan"]);
+        command
+            .arg(root)
+            .current_dir(&cwd)
+            .env("PATH", &path)
+            .env("SBATCH_FAIL_AT", fail_at.unwrap_or(""));
+        command.output().unwrap()
+    };
+    let ok = |output: std::process::Output| {
+        assert!(
+            output.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    ok(slurm("submit", &a, None));
+    ok(slurm("submit", &b, None));
+    let scripts = cwd.join("runs/slurm");
+    let ids = |root: &Path| -> Vec<String> {
+        sweep::slurm::submitted(&Location::local(root), &scripts)
+            .unwrap()
+            .expect("a job record")
+            .job_ids()
+    };
+    assert_eq!(ids(&a), ["101", "102", "103", "104"]);
+    assert_eq!(ids(&b), ["105", "106", "107", "108"]);
+
+    // Cancelling A cancels A's jobs, not B's; A's status shows A's jobs only.
+    let printed = ok(slurm("cancel", &a, None));
+    assert!(
+        printed.contains("cancelled jobs 101 102 103 104"),
+        "{printed}"
+    );
+    let calls = std::fs::read_to_string(bin.join("calls")).unwrap();
+    assert_eq!(calls.trim(), "scancel 101 102 103 104", "{calls}");
+    let printed = ok(slurm("status", &a, None));
+    assert!(printed.contains("101_0 PENDING"), "{printed}");
+    assert!(!printed.contains("105_0"), "{printed}");
+
+    // A second submission keeps the first's ids; one that fails half-way keeps what was
+    // accepted, and says so.
+    ok(slurm("submit", &a, None));
+    assert_eq!(
+        ids(&a),
+        ["101", "102", "103", "104", "109", "110", "111", "112"]
+    );
+    let output = slurm("submit", &a, Some("114"));
+    assert!(!output.status.success());
+    assert_ne!(output.status.code(), Some(101), "a panic");
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("jobs 113 were submitted and are recorded in"),
+        "{error}"
+    );
+    let record = sweep::slurm::submitted(&Location::local(&a), &scripts)
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.submissions.len(), 3);
+    assert!(record.submissions[1].complete && !record.submissions[2].complete);
+    assert_eq!(ids(&a).last().map(String::as_str), Some("113"));
+    assert_eq!(ids(&b), ["105", "106", "107", "108"]);
+
+    // Only what is still queued is cancelled.
+    std::fs::write(bin.join("finished"), "101\n102\n103\n104\n").unwrap();
+    std::fs::remove_file(bin.join("calls")).unwrap();
+    ok(slurm("cancel", &a, None));
+    let calls = std::fs::read_to_string(bin.join("calls")).unwrap();
+    assert_eq!(calls.trim(), "scancel 109 110 111 112 113", "{calls}");
+
+    // Jobs Slurm no longer knows (purged: `squeue -j` fails on them) count as finished: status
+    // and cancel still act on the others.
+    std::fs::write(bin.join("purged"), "101\n102\n103\n104\n").unwrap();
+    std::fs::remove_file(bin.join("calls")).unwrap();
+    let printed = ok(slurm("status", &a, None));
+    assert!(printed.contains("109_0 PENDING"), "{printed}");
+    assert!(!printed.contains("101_0"), "{printed}");
+    ok(slurm("cancel", &a, None));
+    let calls = std::fs::read_to_string(bin.join("calls")).unwrap();
+    assert_eq!(calls.trim(), "scancel 109 110 111 112 113", "{calls}");
+}
+
+/// Every `configs/…` file a command's help names exists (`xtask --help`, then each command's).
+#[test]
+fn every_configs_path_in_the_help_texts_exists() {
+    let help = |args: &[&str]| {
+        let output = xtask(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let top = help(&["--help"]);
+    let commands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect();
+    assert!(commands.iter().any(|c| c == "plan"), "{top}");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut named = Vec::new();
+    for command in std::iter::once(None).chain(commands.iter().map(Some)) {
+        let text = match command {
+            Some(command) => help(&[command, "--help"]),
+            None => top.clone(),
+        };
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("configs/") {
+            let path: String = rest[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "-_./".contains(*c))
+                .collect();
+            let path = path.trim_end_matches('.').to_string();
+            assert!(
+                workspace.join(&path).is_file(),
+                "`{}` --help names {path}, which does not exist",
+                command.map_or("xtask", |c| c.as_str())
+            );
+            named.push(path);
+            rest = &rest[start + 8..];
+        }
+    }
+    assert!(
+        named.iter().any(|p| p == "configs/sweep-gemma3-270m.toml"),
+        "{named:?}"
+    );
 }

@@ -18,6 +18,13 @@
 //! process (the reference the engines are tested against); [`results::results`] reads back
 //! each trained SAE's last metrics.
 //!
+//! What can go wrong is refused with the file and the field named ([`SweepError`]): a sweep
+//! file or a `plan.json` out of range or edited into something inconsistent (checked whole
+//! when read), a task record that is not what the task wrote, a document of the corpus or a
+//! file of the model that changed since planning (the plan records their SHA-256, see
+//! [`inputs`]). A task is done only while the outputs its done record lists are there as it
+//! wrote them ([`records`]); otherwise it runs again and redoes what is missing.
+//!
 //! A two-hook sweep of the tests' tiny Gemma 3 over a small text, planned and run in this
 //! process:
 //!
@@ -67,18 +74,24 @@
 //! # }
 //! ```
 
+pub mod error;
+pub mod inputs;
 pub mod kubernetes;
 pub mod local;
 pub mod plan;
+pub mod records;
 pub mod results;
 pub mod slurm;
 pub mod spec;
 mod sync;
 mod task;
 
+pub use error::SweepError;
+pub use inputs::{InputDigest, Inputs};
 pub use plan::{Layout, Plan, Task, Work};
+pub use records::{Check, DoneRecord, DoneState, OutputFile, PartRecord, TaskOutputs};
 pub use spec::SweepSpec;
-pub use task::{DoneRecord, PartRecord, TaskOptions, TaskOutcome, run_task};
+pub use task::{TaskOptions, TaskOutcome, run_task};
 
 /// Runs every unfinished task of the plan at `root` in this process, in order.
 pub fn run_serially(root: &object_io::Location, options: &TaskOptions) -> anyhow::Result<()> {

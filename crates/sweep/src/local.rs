@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use object_io::Location;
 
 use crate::plan::{Layout, Plan};
+use crate::records::{Check, DoneState};
 
 /// What a local run did.
 #[derive(Debug, Clone)]
@@ -23,7 +24,8 @@ pub struct LocalRun {
     pub peak_concurrency: usize,
 }
 
-/// Runs every unfinished task of the plan at `root` with at most `workers` processes at once.
+/// Runs every unfinished task of the plan at `root` (and every task marked done whose outputs
+/// are missing) with at most `workers` processes at once.
 /// `command(index)` builds the process of task `index` (typically this program's own `task
 /// --plan ROOT --index I`); its output goes to `logs/task-NNNNN.log`. A failed task stops new
 /// starts; the running ones finish, then the error names the task and its log's last lines.
@@ -38,8 +40,11 @@ pub fn run_local(
     let workers = workers.max(1);
     std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
     let started = Instant::now();
-    let mut done: Vec<bool> = (0..plan.tasks.len())
-        .map(|i| layout.is_done(i))
+    // A task marked done whose outputs are gone runs again (and redoes what is missing).
+    let mut done: Vec<bool> = plan
+        .tasks
+        .iter()
+        .map(|t| Ok(layout.done_state(&plan, t, Check::Sizes)? == DoneState::Done))
         .collect::<anyhow::Result<_>>()?;
     let mut pending: Vec<usize> = (0..plan.tasks.len()).filter(|&i| !done[i]).collect();
     let mut running: Vec<(usize, Child, PathBuf)> = Vec::new();
@@ -47,10 +52,12 @@ pub fn run_local(
     while !pending.is_empty() || !running.is_empty() {
         if failure.is_none() {
             while running.len() < workers {
-                let Some(position) = pending
-                    .iter()
-                    .position(|&t| plan.tasks[t].depends_on.iter().all(|&d| done[d]))
-                else {
+                let Some(position) = pending.iter().position(|&t| {
+                    plan.tasks[t]
+                        .depends_on
+                        .iter()
+                        .all(|&d| done.get(d) == Some(&true))
+                }) else {
                     break;
                 };
                 let index = pending.remove(position);

@@ -11,11 +11,17 @@
 //! | `checkpoints/HOOK/` | the latest checkpoint of a training task (`latest.json` names it) |
 //! | `train/HOOK/` | a training task's run folder: one SAELens folder per SAE, metrics, `config.json`, `DONE` |
 //! | `eval/HOOK.json` | an evaluation task's results: each SAE spliced into the model on held-out text |
-//! | `done/task-NNNNN.json` | written when a task has finished |
+//! | `done/task-NNNNN.json` | written when a task has finished: what it wrote ([`crate::DoneRecord`], exactly the files of [`crate::records::TaskOutputs`]) |
+//!
+//! A plan is checked completely when it is read ([`Plan::read_at`], [`Plan::validate`]): every
+//! field in its range, every digest 64 hex digits, every name a plain name, every dependency on
+//! an earlier task, and the stores and tasks exactly those its sweep gives; an error names
+//! `plan.json` and the field. The plan also records the SHA-256 of every document of the corpus
+//! and of every file of the model ([`Inputs`]); the tasks that read them check them first.
 
 use std::ops::Range;
 
-use activation_cache::store::StoreSpec;
+use activation_cache::store::{HookSpec, StoreSpec};
 use activation_cache::{ContextConfig, PlannedShard, ShardSchedule, hook_specs};
 use anyhow::{Context as _, bail, ensure};
 use gemma_hooks::{GemmaConfig, GemmaTokenizer};
@@ -24,12 +30,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::error::{SweepError, check_plain, check_sha256, parse_json, shorten};
+use crate::inputs::Inputs;
 use crate::spec::SweepSpec;
 
 /// The plan's file name at the root.
 pub const PLAN: &str = "plan.json";
-/// Version of the plan format.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the plan format (2: the inputs' digests, the tasks' output records).
+pub const FORMAT_VERSION: u32 = 2;
+/// The widest activation a planned store may hold, in values per token.
+pub const MAX_HOOK_WIDTH: usize = 1 << 24;
 
 /// A sweep as tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +55,9 @@ pub struct Plan {
     /// SHA-256 over every scheduled context (tokens and positions): a harvest task that
     /// tokenises the corpus differently (another corpus or tokenizer) refuses to run.
     pub contexts_sha256: String,
+    /// SHA-256 of every document of the corpus and of every file of the model: the tasks that
+    /// read them refuse to run on others.
+    pub inputs: Inputs,
     /// The stores, one per training task.
     pub stores: Vec<PlannedStore>,
     /// The tasks, each depending only on tasks before it.
@@ -156,7 +169,10 @@ pub fn survey(schedule: ShardSchedule<'_>, keep: Range<usize>) -> anyhow::Result
 
 impl Plan {
     /// The plan of `sweep` for a model of `config` and its tokenizer over `documents` (the
-    /// corpus is tokenised once here to fix the shards).
+    /// corpus is tokenised once here to fix the shards). The sweep's settings are checked first
+    /// ([`SweepSpec::check`], [`SweepSpec::check_model`]: hooks and a context length the model
+    /// takes); errors name "the sweep" and the key (a caller that read a sweep file calls
+    /// [`SweepSpec::check_model`] with the file's name first).
     pub fn make(
         sweep: SweepSpec,
         config: &GemmaConfig,
@@ -165,31 +181,14 @@ impl Plan {
         corpus_description: &str,
     ) -> anyhow::Result<Self> {
         sweep.check()?;
+        // A context length or a hook the model cannot take is refused before any tokenising.
+        sweep.check_model("the sweep", config)?;
         let hooks = sweep.hook_points()?;
-        for hook in &hooks {
-            config
-                .check_hook(*hook)
-                .with_context(|| format!("the sweep's hook {hook}"))?;
-        }
         let stores: Vec<PlannedStore> = hooks
             .iter()
             .map(|&hook| PlannedStore {
                 name: hook.to_string(),
-                spec: StoreSpec {
-                    model: sweep.model.clone(),
-                    tokenizer: "model".into(),
-                    corpus: corpus_description.to_string(),
-                    contexts: ContextConfig {
-                        context_length: sweep.context_length,
-                        min_tokens: 16.min(sweep.context_length - 1),
-                    },
-                    hooks: hook_specs(config, &[hook]),
-                    dtype: sweep.dtype,
-                    contexts_per_shard: sweep.contexts_per_shard,
-                    batch_contexts: sweep.batch_contexts,
-                    target_rows: sweep.harvest_tokens,
-                    sampling: sweep.sampling(),
-                },
+                spec: store_spec(&sweep, corpus_description, hook_specs(config, &[hook])),
             })
             .collect();
         let harvested = sweep.harvest_documents(documents)?;
@@ -203,55 +202,16 @@ impl Plan {
             "the corpus gives no context of {} tokens",
             sweep.context_length
         );
-        let harvest_tasks = sweep.harvest_tasks.min(survey.shards);
-        let mut tasks: Vec<Task> = (0..harvest_tasks)
-            .map(|t| Task {
-                index: t,
-                work: Work::Harvest {
-                    shards: [
-                        t * survey.shards / harvest_tasks,
-                        (t + 1) * survey.shards / harvest_tasks,
-                    ],
-                },
-                depends_on: Vec::new(),
-            })
-            .collect();
-        let seal = tasks.len();
-        tasks.push(Task {
-            index: seal,
-            work: Work::Seal,
-            depends_on: (0..harvest_tasks).collect(),
-        });
-        let mut trainings = Vec::with_capacity(stores.len());
-        for (store, hook) in stores.iter().zip(&hooks) {
-            let config = sweep.train_config(*hook)?;
-            trainings.push(tasks.len());
-            tasks.push(Task {
-                index: tasks.len(),
-                work: Work::Train {
-                    store: store.name.clone(),
-                    config: serde_json::to_value(&config)?,
-                },
-                depends_on: vec![seal],
-            });
-        }
-        if sweep.eval_tokens > 0 {
-            for (store, training) in stores.iter().zip(trainings) {
-                tasks.push(Task {
-                    index: tasks.len(),
-                    work: Work::Evaluate {
-                        store: store.name.clone(),
-                    },
-                    depends_on: vec![training],
-                });
-            }
-        }
+        let inputs = Inputs::of(&sweep.model, documents)?;
+        let names: Vec<String> = stores.iter().map(|s| s.name.clone()).collect();
+        let tasks = planned_tasks(&sweep, survey.shards, &names)?;
         Ok(Self {
             format_version: FORMAT_VERSION,
             sweep,
             shards: survey.shards,
             rows: survey.rows,
             contexts_sha256: survey.contexts_sha256,
+            inputs,
             stores,
             tasks,
         })
@@ -260,6 +220,7 @@ impl Plan {
     /// Writes the plan at `root`, or checks that the plan already there is the same (planning
     /// twice is harmless; planning another sweep into the same root is an error).
     pub fn write_at(&self, root: &Location) -> anyhow::Result<()> {
+        self.validate(&root.describe(PLAN))?;
         let json = serde_json::to_vec_pretty(self)?;
         match root.get(PLAN)? {
             Some(existing) if existing.as_ref() == json.as_slice() => Ok(()),
@@ -289,31 +250,212 @@ impl Plan {
         }
     }
 
-    /// Reads the plan at `root`.
+    /// Reads the plan at `root` and checks it completely ([`Self::validate`]): a plan edited by
+    /// hand into something its tasks cannot run is refused here, naming `plan.json` and the
+    /// field.
     pub fn read_at(root: &Location) -> anyhow::Result<Self> {
-        let bytes = root.get(PLAN)?.with_context(|| {
-            format!(
-                "{}: no plan (run `cargo xtask plan` first)",
-                root.describe(PLAN)
-            )
-        })?;
-        let plan: Self = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: not a sweep plan", root.describe(PLAN)))?;
-        ensure!(
-            plan.format_version == FORMAT_VERSION,
-            "{}: plan format {} (this build reads {FORMAT_VERSION})",
-            root.describe(PLAN),
-            plan.format_version
-        );
-        for task in &plan.tasks {
-            ensure!(
-                task.depends_on.iter().all(|&d| d < task.index),
-                "{}: task {} depends on a later task",
-                root.describe(PLAN),
-                task.index
-            );
+        let file = root.describe(PLAN);
+        let bytes = root
+            .get(PLAN)?
+            .with_context(|| format!("{file}: no plan (run `cargo xtask plan` first)"))?;
+        let value: Value = parse_json(&file, &bytes)?;
+        match value.get("format_version").and_then(Value::as_u64) {
+            Some(version) if version == u64::from(FORMAT_VERSION) => {}
+            Some(version) => {
+                return Err(SweepError::invalid(
+                    &file,
+                    "format_version",
+                    format!(
+                        "plan format {version}; this build reads {FORMAT_VERSION} (plan again into a new root)"
+                    ),
+                )
+                .into());
+            }
+            None => {
+                return Err(SweepError::invalid(
+                    &file,
+                    "format_version",
+                    format!("missing or not a number; this build reads {FORMAT_VERSION}"),
+                )
+                .into());
+            }
         }
+        let plan: Self = parse_json(&file, &bytes)?;
+        plan.validate(&file)?;
         Ok(plan)
+    }
+
+    /// Checks every field of the plan (as read from `file`, named in errors): the sweep's
+    /// settings and names, the shard and row counts, the digests, the stores (one per hook of the
+    /// sweep, each with the spec the sweep gives) and the tasks (each at its index, depending
+    /// only on earlier tasks, and exactly the tasks the sweep gives for these shards).
+    pub fn validate(&self, file: &str) -> Result<(), SweepError> {
+        let invalid = |field: &str, problem: String| SweepError::invalid(file, field, problem);
+        if self.format_version != FORMAT_VERSION {
+            return Err(invalid(
+                "format_version",
+                format!(
+                    "plan format {}; this build reads {FORMAT_VERSION}",
+                    self.format_version
+                ),
+            ));
+        }
+        self.sweep.validate(file, "sweep.")?;
+        if self.shards == 0 {
+            return Err(invalid(
+                "shards",
+                "must be at least 1 (a plan harvests at least one shard)".into(),
+            ));
+        }
+        let most_rows = (self.shards as u64)
+            .checked_mul(self.sweep.contexts_per_shard as u64)
+            .and_then(|n| n.checked_mul(self.sweep.context_length as u64));
+        if self.rows < self.shards as u64 || most_rows.is_some_and(|most| self.rows > most) {
+            return Err(invalid(
+                "rows",
+                format!(
+                    "{} rows cannot fill {} shards of at most {} contexts of {} tokens",
+                    self.rows,
+                    self.shards,
+                    self.sweep.contexts_per_shard,
+                    self.sweep.context_length
+                ),
+            ));
+        }
+        check_sha256(file, "contexts_sha256", &self.contexts_sha256)?;
+        self.inputs.validate(file, self.sweep.eval_tokens > 0)?;
+
+        let hooks = self
+            .sweep
+            .hook_points()
+            .map_err(|e| invalid("sweep.hooks", e.to_string()))?;
+        if self.stores.len() != hooks.len() {
+            return Err(invalid(
+                "stores",
+                format!(
+                    "{} stores; the sweep has {} hooks",
+                    self.stores.len(),
+                    hooks.len()
+                ),
+            ));
+        }
+        for (position, (store, hook)) in self.stores.iter().zip(&hooks).enumerate() {
+            let field = format!("stores[{position}]");
+            check_plain(file, &format!("{field}.name"), &store.name)?;
+            if store.name != hook.to_string() {
+                return Err(invalid(
+                    &format!("{field}.name"),
+                    format!(
+                        "the store of the sweep's hook {hook} is named `{}`",
+                        shorten(&store.name)
+                    ),
+                ));
+            }
+            let [spec_hook] = store.spec.hooks.as_slice() else {
+                return Err(invalid(
+                    &format!("{field}.spec.hooks"),
+                    format!(
+                        "a planned store holds one hook, not {}",
+                        store.spec.hooks.len()
+                    ),
+                ));
+            };
+            if spec_hook.name != store.name || !(1..=MAX_HOOK_WIDTH).contains(&spec_hook.width) {
+                return Err(invalid(
+                    &format!("{field}.spec.hooks[0]"),
+                    format!(
+                        "the hook `{}` of width {}; the store is of {} (widths 1..={MAX_HOOK_WIDTH})",
+                        shorten(&spec_hook.name),
+                        spec_hook.width,
+                        store.name
+                    ),
+                ));
+            }
+            if store.spec.corpus.is_empty() {
+                return Err(invalid(
+                    &format!("{field}.spec.corpus"),
+                    "must not be empty".into(),
+                ));
+            }
+            let expected = store_spec(&self.sweep, &store.spec.corpus, store.spec.hooks.clone());
+            same_as_planned(file, &format!("{field}.spec"), &expected, &store.spec)?;
+        }
+
+        for (position, task) in self.tasks.iter().enumerate() {
+            let field = format!("tasks[{position}]");
+            if task.index != position {
+                return Err(invalid(
+                    &format!("{field}.index"),
+                    format!("task number {position} says it is task {}", task.index),
+                ));
+            }
+            for (d, &dependency) in task.depends_on.iter().enumerate() {
+                if dependency >= position {
+                    return Err(invalid(
+                        &format!("{field}.depends_on[{d}]"),
+                        format!(
+                            "task {position} depends on task {dependency}: a task depends only on earlier tasks (0..{position})"
+                        ),
+                    ));
+                }
+            }
+            if let Work::Harvest { shards } = task.work
+                && !(shards[0] < shards[1] && shards[1] <= self.shards)
+            {
+                return Err(invalid(
+                    &format!("{field}.work.shards"),
+                    format!(
+                        "shards {}..{} are not a non-empty range of the plan's {} shards",
+                        shards[0], shards[1], self.shards
+                    ),
+                ));
+            }
+            match &task.work {
+                Work::Train { store, .. } | Work::Evaluate { store } => {
+                    check_plain(file, &format!("{field}.work.store"), store)?;
+                }
+                Work::Harvest { .. } | Work::Seal => {}
+            }
+            if let Work::Train { config, .. } = &task.work {
+                // What the task will parse, parsed now: a type error names its field.
+                let _: trainer::TrainConfig =
+                    serde_path_to_error::deserialize(config).map_err(|e| {
+                        invalid(
+                            &format!("{field}.work.config.{}", e.path()),
+                            e.into_inner().to_string(),
+                        )
+                    })?;
+            }
+        }
+        let count = task_count(&self.sweep, self.shards, self.stores.len());
+        if self.tasks.len() != count {
+            return Err(invalid(
+                "tasks",
+                format!(
+                    "{} tasks; the sweep gives {count} for {} shards",
+                    self.tasks.len(),
+                    self.shards
+                ),
+            ));
+        }
+        let names: Vec<String> = self.stores.iter().map(|s| s.name.clone()).collect();
+        let expected = planned_tasks(&self.sweep, self.shards, &names)
+            .map_err(|e| invalid("sweep", format!("{e:#}")))?;
+        for (position, (task, expected)) in self.tasks.iter().zip(&expected).enumerate() {
+            let mut task = task.clone();
+            if let Work::Train { config, .. } = &mut task.work {
+                // Compared as the trainer reads it (defaults filled in).
+                let parsed: trainer::TrainConfig =
+                    serde_json::from_value(config.clone()).map_err(|e| {
+                        invalid(&format!("tasks[{position}].work.config"), e.to_string())
+                    })?;
+                *config = serde_json::to_value(parsed).map_err(|e| {
+                    invalid(&format!("tasks[{position}].work.config"), e.to_string())
+                })?;
+            }
+            same_as_planned(file, &format!("tasks[{position}]"), expected, &task)?;
+        }
+        Ok(())
     }
 
     /// The task at `index`, or an error naming the plan's size.
@@ -327,13 +469,15 @@ impl Plan {
     }
 
     /// Groups of tasks that can run at once: each task is in the group after the latest of its
-    /// dependencies (harvests, then the seal, then the training tasks).
+    /// dependencies (harvests, then the seal, then the training tasks). Dependencies on a
+    /// task that is not earlier (which [`Self::validate`] refuses) are ignored.
     pub fn stages(&self) -> Vec<Vec<usize>> {
         let mut level = vec![0usize; self.tasks.len()];
-        for task in &self.tasks {
-            level[task.index] = task
+        for (position, task) in self.tasks.iter().enumerate() {
+            level[position] = task
                 .depends_on
                 .iter()
+                .filter(|&&d| d < position)
                 .map(|&d| level[d] + 1)
                 .max()
                 .unwrap_or(0);
@@ -342,6 +486,156 @@ impl Plan {
         (0..depth)
             .map(|l| (0..self.tasks.len()).filter(|&t| level[t] == l).collect())
             .collect()
+    }
+}
+
+/// The store spec the sweep gives for `hooks`, over the corpus `corpus_description`.
+fn store_spec(sweep: &SweepSpec, corpus_description: &str, hooks: Vec<HookSpec>) -> StoreSpec {
+    StoreSpec {
+        model: sweep.model.clone(),
+        tokenizer: "model".into(),
+        corpus: corpus_description.to_string(),
+        contexts: ContextConfig {
+            context_length: sweep.context_length,
+            min_tokens: 16.min(sweep.context_length.saturating_sub(1)),
+        },
+        hooks,
+        dtype: sweep.dtype,
+        contexts_per_shard: sweep.contexts_per_shard,
+        batch_contexts: sweep.batch_contexts,
+        target_rows: sweep.harvest_tokens,
+        sampling: sweep.sampling(),
+    }
+}
+
+/// The tasks the sweep gives for `shards` shards and the stores `stores` (one per hook, in
+/// order): harvest tasks over shard ranges, the seal, one training task per store, and with
+/// `eval_tokens` one evaluation task per store.
+fn planned_tasks(sweep: &SweepSpec, shards: usize, stores: &[String]) -> anyhow::Result<Vec<Task>> {
+    let hooks = sweep.hook_points()?;
+    ensure!(
+        hooks.len() == stores.len(),
+        "{} stores for {} hooks",
+        stores.len(),
+        hooks.len()
+    );
+    let harvest_tasks = sweep.harvest_tasks.min(shards);
+    let mut tasks: Vec<Task> = (0..harvest_tasks)
+        .map(|t| Task {
+            index: t,
+            work: Work::Harvest {
+                shards: [
+                    share(t, shards, harvest_tasks),
+                    share(t + 1, shards, harvest_tasks),
+                ],
+            },
+            depends_on: Vec::new(),
+        })
+        .collect();
+    let seal = tasks.len();
+    tasks.push(Task {
+        index: seal,
+        work: Work::Seal,
+        depends_on: (0..harvest_tasks).collect(),
+    });
+    let mut trainings = Vec::with_capacity(stores.len());
+    for (store, hook) in stores.iter().zip(&hooks) {
+        let config = sweep.train_config(*hook)?;
+        trainings.push(tasks.len());
+        tasks.push(Task {
+            index: tasks.len(),
+            work: Work::Train {
+                store: store.clone(),
+                config: serde_json::to_value(&config)?,
+            },
+            depends_on: vec![seal],
+        });
+    }
+    if sweep.eval_tokens > 0 {
+        for (store, training) in stores.iter().zip(trainings) {
+            tasks.push(Task {
+                index: tasks.len(),
+                work: Work::Evaluate {
+                    store: store.clone(),
+                },
+                depends_on: vec![training],
+            });
+        }
+    }
+    Ok(tasks)
+}
+
+/// `part · shards / parts` without overflow (`part ≤ parts`, so the result is ≤ `shards`).
+fn share(part: usize, shards: usize, parts: usize) -> usize {
+    (part as u128 * shards as u128 / parts as u128) as usize
+}
+
+/// How many tasks the sweep gives for `shards` shards and `stores` stores.
+fn task_count(sweep: &SweepSpec, shards: usize, stores: usize) -> usize {
+    let per_store = if sweep.eval_tokens > 0 { 2 } else { 1 };
+    sweep
+        .harvest_tasks
+        .min(shards)
+        .saturating_add(1)
+        .saturating_add(stores.saturating_mul(per_store))
+}
+
+/// An error naming the first field where `found` differs from `expected` (what the plan's
+/// sweep gives), under `field`.
+fn same_as_planned<T: Serialize>(
+    file: &str,
+    field: &str,
+    expected: &T,
+    found: &T,
+) -> Result<(), SweepError> {
+    let as_value = |v: &T| {
+        serde_json::to_value(v).map_err(|e| SweepError::invalid(file, field, e.to_string()))
+    };
+    let (expected, found) = (as_value(expected)?, as_value(found)?);
+    match first_difference(&expected, &found, field) {
+        None => Ok(()),
+        Some((path, expected, found)) => Err(SweepError::invalid(
+            file,
+            path,
+            format!(
+                "{} where the plan's sweep gives {}: plan.json was edited (plan again into a new root instead)",
+                shorten(&found),
+                shorten(&expected)
+            ),
+        )),
+    }
+}
+
+/// The path and both values of the first place two JSON values differ.
+fn first_difference(
+    expected: &Value,
+    found: &Value,
+    path: &str,
+) -> Option<(String, String, String)> {
+    match (expected, found) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let inner = format!("{path}.{key}");
+                match b.get(key) {
+                    Some(other) => {
+                        if let Some(difference) = first_difference(value, other, &inner) {
+                            return Some(difference);
+                        }
+                    }
+                    None => return Some((inner, value.to_string(), "nothing".into())),
+                }
+            }
+            b.iter()
+                .find(|(key, _)| !a.contains_key(*key))
+                .map(|(key, value)| (format!("{path}.{key}"), "nothing".into(), value.to_string()))
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(x, y, &format!("{path}[{i}]"))),
+        _ if expected == found => None,
+        _ => Some((path.to_string(), expected.to_string(), found.to_string())),
     }
 }
 
@@ -383,7 +677,8 @@ impl Layout {
         format!("task-{task:05}.json")
     }
 
-    /// Whether task `index` has finished.
+    /// Whether task `index` has a done record (cheap: one metadata request). Whether what it
+    /// wrote is still there is [`Layout::done_state`]'s question.
     pub fn is_done(&self, index: usize) -> anyhow::Result<bool> {
         Ok(self.done().size(&Self::done_name(index))?.is_some())
     }

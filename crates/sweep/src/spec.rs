@@ -4,10 +4,19 @@ use std::path::Path;
 
 use activation_cache::contexts::ContextSampling;
 use activation_cache::store::StoreDtype;
-use anyhow::{Context as _, bail, ensure};
-use gemma_hooks::HookPoint;
+use anyhow::{Context as _, ensure};
+use gemma_hooks::{GemmaConfig, HookPoint};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::error::SweepError;
+
+/// The longest context a sweep may ask for, in tokens.
+pub const MAX_CONTEXT_LENGTH: usize = 1 << 20;
+/// The most contexts a shard may hold.
+pub const MAX_CONTEXTS_PER_SHARD: usize = 1 << 20;
+/// The most rows a shuffle bucket may hold (a reader keeps up to three in memory).
+pub const MAX_BUCKET_ROWS: u64 = 1 << 32;
 
 /// A sweep: one model over one corpus, every hook of `layers` × `sites` (or `hooks`) harvested
 /// once, and on each hook every SAE template at every width.
@@ -96,67 +105,231 @@ mod defaults {
 }
 
 impl SweepSpec {
-    /// Reads a sweep file (`.toml`, or JSON otherwise).
+    /// Reads a sweep file (`.toml`, or JSON otherwise) and checks every setting
+    /// ([`Self::validate`]): an error names the file and the key. The file is parsed once, by
+    /// the trainer's reader of settings files (`trainer::config::read_settings_file`), which
+    /// refuses NaN and infinities by key (in the SAE templates, JSON values, they would
+    /// otherwise become null, and so a default).
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the sweep file {}", path.display()))?;
-        let spec: Self = if path.extension().is_some_and(|e| e == "toml") {
-            toml::from_str(&text).with_context(|| format!("{}: invalid sweep", path.display()))?
-        } else {
-            serde_json::from_str(&text)
-                .with_context(|| format!("{}: invalid sweep", path.display()))?
+        let file = path.display().to_string();
+        let value = match trainer::config::read_settings_file(path) {
+            Ok(value) => value,
+            Err(trainer::TrainError::File(file_io::FileError::Format { detail, .. })) => {
+                let (field, problem) = settings_problem(&detail);
+                return Err(SweepError::invalid(&file, field, problem).into());
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e))
+                    .with_context(|| format!("reading the sweep file {file}"));
+            }
         };
-        spec.check()
-            .with_context(|| format!("{}: invalid sweep", path.display()))?;
+        let spec: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            SweepError::invalid(&file, field, format!("invalid sweep: {}", e.into_inner()))
+        })?;
+        spec.validate(&file, "")?;
         Ok(spec)
     }
 
-    /// Checks the settings that need no model: sizes, hooks, templates.
-    pub fn check(&self) -> anyhow::Result<()> {
-        ensure!(
-            self.context_length >= 2,
-            "context_length must be at least 2"
-        );
-        ensure!(self.harvest_tokens > 0, "harvest_tokens must be positive");
-        ensure!(
-            self.contexts_per_shard > 0 && self.batch_contexts > 0 && self.harvest_tasks > 0,
-            "contexts_per_shard, batch_contexts and harvest_tasks must be positive"
-        );
-        ensure!(self.bucket_rows > 0, "bucket_rows must be positive");
-        ensure!(!self.widths.is_empty(), "the sweep has no widths");
-        ensure!(!self.saes.is_empty(), "the sweep has no SAE templates");
-        ensure!(
-            self.widths.iter().all(|&w| w > 0),
-            "every width must be positive"
-        );
-        let hooks = self.hook_points()?;
-        ensure!(
-            !hooks.is_empty(),
-            "the sweep has no hooks (give layers and sites, or hooks)"
-        );
-        for template in &self.saes {
-            let object = template
-                .as_object()
-                .context("every SAE template must be a table")?;
-            for key in ["hook", "d_sae", "hook_out"] {
-                if object.contains_key(key) {
-                    bail!("SAE templates leave `{key}` to the sweep (got one in {template})");
+    /// Checks the settings that need the model of `config` (errors name `file` and the key):
+    /// every hook is one of its hook points, and `context_length` is one it takes
+    /// (`activation_cache::limits::check_context_length`).
+    pub fn check_model(&self, file: &str, config: &GemmaConfig) -> Result<(), SweepError> {
+        if let Err(e) = activation_cache::limits::check_context_length(
+            config,
+            self.context_length,
+            "context_length",
+        ) {
+            let problem = match e {
+                activation_cache::CacheError::Setting { value, detail, .. } => {
+                    format!("{value}: {detail}")
                 }
-            }
-            ensure!(
-                object.get("name").and_then(Value::as_str).is_some(),
-                "every SAE template needs a name: {template}"
-            );
+                other => other.to_string(),
+            };
+            return Err(SweepError::invalid(file, "context_length", problem));
         }
-        if let Some(train) = self.train.as_object() {
-            ensure!(
-                !train.contains_key("saes"),
-                "`train` holds the shared settings; SAEs go in `saes` templates"
-            );
-        } else {
-            bail!("`train` must be a table");
+        let hooks = self
+            .hook_points()
+            .map_err(|e| SweepError::invalid(file, "hooks", e.to_string()))?;
+        for hook in hooks {
+            if let Err(e) = config.check_hook(hook) {
+                let named = self.hooks.iter().any(|h| *h == hook.to_string());
+                let field = if named { "hooks" } else { "layers" };
+                return Err(SweepError::invalid(file, field, e.to_string()));
+            }
         }
         Ok(())
+    }
+
+    /// Checks the settings that need no model: sizes, hooks, names, templates, and every
+    /// training task's configuration (each SAE template at each width on each hook) as the
+    /// training task would check it.
+    pub fn check(&self) -> anyhow::Result<()> {
+        Ok(self.validate("the sweep", "")?)
+    }
+
+    /// [`Self::check`], with errors naming `file` and the key (each prefixed with `prefix`,
+    /// e.g. `sweep.` inside a plan).
+    pub fn validate(&self, file: &str, prefix: &str) -> Result<(), SweepError> {
+        let invalid = |field: &str, problem: String| {
+            SweepError::invalid(file, format!("{prefix}{field}"), problem)
+        };
+        for (field, value) in [
+            ("model", &self.model),
+            ("corpus", &self.corpus),
+            ("field", &self.field),
+        ] {
+            if value.is_empty() {
+                return Err(invalid(field, "must not be empty".into()));
+            }
+        }
+        if !(2..=MAX_CONTEXT_LENGTH).contains(&self.context_length) {
+            return Err(invalid(
+                "context_length",
+                format!(
+                    "must be between 2 and {MAX_CONTEXT_LENGTH}, not {}",
+                    self.context_length
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("harvest_tokens", self.harvest_tokens),
+            ("contexts_per_shard", self.contexts_per_shard as u64),
+            ("batch_contexts", self.batch_contexts as u64),
+            ("harvest_tasks", self.harvest_tasks as u64),
+            ("bucket_rows", self.bucket_rows),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be positive".into()));
+            }
+        }
+        if self.bucket_rows > MAX_BUCKET_ROWS {
+            return Err(invalid(
+                "bucket_rows",
+                format!(
+                    "must be at most {MAX_BUCKET_ROWS}, not {}",
+                    self.bucket_rows
+                ),
+            ));
+        }
+        if self.contexts_per_shard > MAX_CONTEXTS_PER_SHARD {
+            return Err(invalid(
+                "contexts_per_shard",
+                format!(
+                    "must be at most {MAX_CONTEXTS_PER_SHARD}, not {}",
+                    self.contexts_per_shard
+                ),
+            ));
+        }
+        if self.widths.is_empty() {
+            return Err(invalid("widths", "the sweep has no widths".into()));
+        }
+        for (position, &width) in self.widths.iter().enumerate() {
+            if width == 0 {
+                return Err(invalid(
+                    &format!("widths[{position}]"),
+                    "every width must be positive".into(),
+                ));
+            }
+        }
+        let hooks = self
+            .hook_points()
+            .map_err(|e| invalid("hooks", e.to_string()))?;
+        if hooks.is_empty() {
+            return Err(invalid(
+                "layers",
+                "the sweep has no hooks (give layers and sites, or hooks)".into(),
+            ));
+        }
+        for hook in &hooks {
+            // A hook names its store's, checkpoints' and SAEs' folders.
+            crate::error::check_plain(file, &format!("{prefix}hooks"), &hook.to_string())?;
+        }
+        if self.saes.is_empty() {
+            return Err(invalid("saes", "the sweep has no SAE templates".into()));
+        }
+        for (position, template) in self.saes.iter().enumerate() {
+            let field = format!("saes[{position}]");
+            let object = template
+                .as_object()
+                .ok_or_else(|| invalid(&field, "every SAE template must be a table".into()))?;
+            for key in ["hook", "d_sae", "hook_out"] {
+                if object.contains_key(key) {
+                    return Err(invalid(
+                        &format!("{field}.{key}"),
+                        format!("SAE templates leave `{key}` to the sweep (got one in {template})"),
+                    ));
+                }
+            }
+            let name = object.get("name").and_then(Value::as_str).ok_or_else(|| {
+                invalid(
+                    &format!("{field}.name"),
+                    format!("every SAE template needs a name: {template}"),
+                )
+            })?;
+            for &width in &self.widths {
+                // The name of each trained SAE is a folder of the training task's outputs.
+                crate::error::check_plain(
+                    file,
+                    &format!("{prefix}{field}.name"),
+                    &format!("{name}-w{width}"),
+                )?;
+            }
+        }
+        match self.train.as_object() {
+            Some(train) if train.contains_key("saes") => {
+                return Err(invalid(
+                    "train.saes",
+                    "`train` holds the shared settings; SAEs go in `saes` templates".into(),
+                ));
+            }
+            Some(_) => {}
+            None => return Err(invalid("train", "`train` must be a table".into())),
+        }
+        // Each training task's configuration, checked as the task will check it: a type error
+        // or a setting out of its range names the template (or `train`) and the key.
+        for hook in hooks {
+            let value = self
+                .train_config_value(hook)
+                .map_err(|e| invalid("saes", format!("{e:#}")))?;
+            let config: trainer::TrainConfig =
+                serde_path_to_error::deserialize(&value).map_err(|e| {
+                    let field = self.template_field(&e.path().to_string());
+                    invalid(&field, e.into_inner().to_string())
+                })?;
+            // Every SAE and the shared settings, checked once; an SAE's error (`SAE `NAME`:
+            // …`) names its template.
+            config.validate().map_err(|e| {
+                let message = e.to_string();
+                let field = config
+                    .saes
+                    .iter()
+                    .position(|sae| message.starts_with(&format!("SAE `{}`:", sae.name)))
+                    .map(|position| format!("saes[{}]", position / self.widths.len().max(1)))
+                    .unwrap_or_else(|| {
+                        if message.starts_with("SAE names") {
+                            "saes".into()
+                        } else {
+                            "train".into()
+                        }
+                    });
+                invalid(&field, format!("{message} (on {hook})"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Where a path into a training task's configuration comes from in the sweep: `saes[k]…`
+    /// (the k-th SAE, template k / widths) or the shared `train` settings.
+    fn template_field(&self, path: &str) -> String {
+        if let Some(rest) = path.strip_prefix("saes[")
+            && let Some((number, rest)) = rest.split_once(']')
+            && let Ok(number) = number.parse::<usize>()
+        {
+            format!("saes[{}]{rest}", number / self.widths.len().max(1))
+        } else {
+            format!("train.{path}")
+        }
     }
 
     /// The hooks of the sweep: `layers` × `sites`, then `hooks`, without repeats, in that order.
@@ -235,6 +408,13 @@ impl SweepSpec {
     /// The training configuration of the task that trains every template at every width on
     /// `hook` (validated by the trainer's own parser).
     pub fn train_config(&self, hook: HookPoint) -> anyhow::Result<trainer::TrainConfig> {
+        trainer::TrainConfig::from_value(self.train_config_value(hook)?, &[])
+            .with_context(|| format!("the training task of {hook}"))
+    }
+
+    /// [`Self::train_config`] before it is parsed: the shared settings with one SAE per
+    /// template and width (`NAME-wWIDTH`, on `hook`, `d_sae` the width).
+    fn train_config_value(&self, hook: HookPoint) -> anyhow::Result<Value> {
         let mut saes = Vec::new();
         for template in &self.saes {
             for &width in &self.widths {
@@ -265,7 +445,33 @@ impl SweepSpec {
                 .or_insert_with(|| self.corpus.clone().into());
         }
         object.insert("saes".into(), Value::Array(saes));
-        trainer::TrainConfig::from_value(value, &[])
-            .with_context(|| format!("the training task of {hook}"))
+        Ok(value)
+    }
+}
+
+/// The key and the problem of a settings file's format error (`detail`, as
+/// `trainer::config::read_settings_file` words it): a non-finite number names its dotted key
+/// (`` `saes.0.lr` is not a finite number… ``), given as `saes[0].lr`; a syntax error names no
+/// key (`.`, the whole file).
+fn settings_problem(detail: &str) -> (String, String) {
+    let non_finite = detail
+        .strip_prefix('`')
+        .and_then(|rest| rest.split_once("` is not a finite number"));
+    match non_finite {
+        Some((key, rest)) => {
+            let field = key
+                .split('.')
+                .map(|part| {
+                    if part.parse::<usize>().is_ok() {
+                        format!("[{part}]")
+                    } else {
+                        format!(".{part}")
+                    }
+                })
+                .collect::<String>();
+            let field = field.strip_prefix('.').unwrap_or(&field).to_string();
+            (field, format!("not a finite number{rest}"))
+        }
+        None => (".".into(), format!("invalid sweep: {detail}")),
     }
 }

@@ -10,6 +10,8 @@ use object_io::Location;
 use serde::{Deserialize, Serialize};
 use trainer::checkpoint::{CHECKPOINT, DONE, EFFECTIVE_CONFIG};
 
+use crate::records::OutputFile;
+
 /// The pointer to the latest complete checkpoint.
 const LATEST: &str = "latest.json";
 
@@ -24,15 +26,17 @@ fn step_prefix(step: u64) -> String {
     format!("step-{step:08}")
 }
 
+/// The checkpoint pointer, checked: file names are plain names.
 fn read_latest(checkpoints: &Location) -> anyhow::Result<Option<Latest>> {
-    checkpoints
-        .get(LATEST)?
-        .map(|bytes| {
-            serde_json::from_slice(&bytes).with_context(|| {
-                format!("{}: not a checkpoint pointer", checkpoints.describe(LATEST))
-            })
-        })
-        .transpose()
+    let Some(bytes) = checkpoints.get(LATEST)? else {
+        return Ok(None);
+    };
+    let file = checkpoints.describe(LATEST);
+    let latest: Latest = crate::error::parse_json(&file, &bytes)?;
+    for (position, name) in latest.files.iter().enumerate() {
+        crate::error::check_plain(&file, &format!("files[{position}]"), name)?;
+    }
+    Ok(Some(latest))
 }
 
 /// Uploads the checkpoint in `run` (the run folder's `config.json` and `checkpoint/`) as step
@@ -94,14 +98,26 @@ pub fn restore_checkpoint(checkpoints: &Location, run: &Path) -> anyhow::Result<
     Ok(Some(latest.step))
 }
 
-/// Uploads the finished run folder `run` (all but its checkpoint) to `to`, `DONE` last.
-pub fn upload_run(run: &Path, to: &Location) -> anyhow::Result<()> {
-    upload_folder(run, to, true)?;
-    to.put(DONE, Vec::new().into())?;
-    Ok(())
+/// Uploads the finished run folder `run` (all but its checkpoint) to `to`, the trainer's own
+/// `DONE` last (its record of the exported files' digests, so a copy of the run folder is a
+/// finished run to the trainer too), and returns every file uploaded, named `PREFIX/…`
+/// (`prefix` is `to`'s path under the plan's root).
+pub fn upload_run(run: &Path, to: &Location, prefix: &str) -> anyhow::Result<Vec<OutputFile>> {
+    let done = read(&run.join(DONE)).context("the finished run has no DONE marker")?;
+    let mut uploaded = Vec::new();
+    upload_folder(run, to, true, prefix, &mut uploaded)?;
+    uploaded.push(OutputFile::of(format!("{prefix}/{DONE}"), &done));
+    to.put(DONE, done.into())?;
+    Ok(uploaded)
 }
 
-fn upload_folder(folder: &Path, to: &Location, top: bool) -> anyhow::Result<()> {
+fn upload_folder(
+    folder: &Path,
+    to: &Location,
+    top: bool,
+    prefix: &str,
+    uploaded: &mut Vec<OutputFile>,
+) -> anyhow::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(folder)
         .with_context(|| format!("reading {}", folder.display()))?
         .collect::<std::io::Result<_>>()
@@ -113,10 +129,13 @@ fn upload_folder(folder: &Path, to: &Location, top: bool) -> anyhow::Result<()> 
             continue;
         }
         let path = entry.path();
+        let inner = format!("{prefix}/{name}");
         if path.is_dir() {
-            upload_folder(&path, &to.join(&name), false)?;
+            upload_folder(&path, &to.join(&name), false, &inner, uploaded)?;
         } else {
-            to.put(&name, read(&path)?.into())?;
+            let bytes = read(&path)?;
+            uploaded.push(OutputFile::of(inner, &bytes));
+            to.put(&name, bytes.into())?;
         }
     }
     Ok(())
@@ -132,6 +151,7 @@ pub fn download_folder(from: &Location, to: &Path) -> anyhow::Result<()> {
     let files = from.list()?;
     anyhow::ensure!(!files.is_empty(), "{from}: no files");
     for (name, _) in files {
+        crate::error::check_plain(&from.to_string(), "(a file name)", &name)?;
         let bytes = from
             .get(&name)?
             .with_context(|| format!("{}: listed but missing", from.describe(&name)))?;

@@ -122,6 +122,7 @@ fn slurm_options(dir: &Path, binary: PathBuf) -> SlurmOptions {
         time: None,
         extra: vec!["--account=lab".into()],
         scripts: dir.to_path_buf(),
+        sbatch: "sbatch".into(),
     }
 }
 

@@ -10,7 +10,7 @@ use activation_cache::{Corpus, Location};
 use anyhow::Context as _;
 use sweep::kubernetes::KubernetesOptions;
 use sweep::slurm::SlurmOptions;
-use sweep::{Layout, Plan, SweepSpec, TaskOptions};
+use sweep::{Check, DoneState, Layout, Plan, SweepSpec, TaskOptions};
 
 use crate::device::DeviceOptions;
 
@@ -18,7 +18,7 @@ use crate::device::DeviceOptions;
 #[derive(Debug)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct PlanArgs {
-    /// The sweep file (TOML or JSON; see `configs/sweep-tiny.toml`).
+    /// The sweep file (TOML or JSON; see `configs/sweep-gemma3-270m.toml`).
     #[cfg_attr(feature = "cli", arg(long))]
     pub sweep: PathBuf,
     /// The sweep's root: a folder or an object-store prefix (`s3://bucket/sweep`), where the
@@ -80,7 +80,8 @@ pub struct SlurmArgs {
     /// The sweep's root.
     #[cfg_attr(feature = "cli", arg(long))]
     pub plan: String,
-    /// Where the batch scripts, `jobs.json` and the jobs' logs go (shared by every node).
+    /// Where the batch scripts, the plan's job record (`jobs-PLANID.json`) and the jobs' logs
+    /// go (shared by every node; several plans may share it: each acts on its own jobs).
     #[cfg_attr(feature = "cli", arg(long, default_value = "runs/slurm"))]
     pub scripts: PathBuf,
     /// The program the jobs run (default: this one; it must be on a path every node sees).
@@ -166,6 +167,8 @@ fn task_args(device: &DeviceOptions) -> Vec<String> {
 pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
     let spec = SweepSpec::from_file(&args.sweep)?;
     let loaded = DeviceOptions::default().load_model(&spec.model, candle_core::DType::F32)?;
+    // Hooks and a context length the model takes, named with the sweep file and the key.
+    spec.check_model(&args.sweep.display().to_string(), loaded.model.config())?;
     let tokenizer = loaded
         .tokenizer
         .context("the model has no tokenizer (a Gemma tokenizer.json is needed)")?;
@@ -189,12 +192,17 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
     print_tasks(&plan, &Layout::new(root))
 }
 
+/// Prints each task's state: done, to do, or marked done with outputs missing (which the
+/// task redoes when run again).
 fn print_tasks(plan: &Plan, layout: &Layout) -> anyhow::Result<()> {
     for task in &plan.tasks {
-        let state = if layout.is_done(task.index)? {
-            "done"
-        } else {
-            "to do"
+        let state = match layout.done_state(plan, task, Check::Sizes)? {
+            DoneState::Done => "done".to_string(),
+            DoneState::NotDone => "to do".to_string(),
+            DoneState::Incomplete(problems) => format!(
+                "incomplete ({}; run it again)",
+                sweep::records::describe_problems(&problems)
+            ),
         };
         println!(
             "  task {:>4}  {:<5}  {}{}",
@@ -314,6 +322,7 @@ pub fn slurm(args: &SlurmArgs) -> anyhow::Result<()> {
                 time: args.time.clone(),
                 extra: args.extra.clone(),
                 scripts: args.scripts.clone(),
+                sbatch: "sbatch".into(),
             };
             let stages = sweep::slurm::submit(&root, &args.plan, &options)?;
             for stage in &stages {
@@ -328,23 +337,25 @@ pub fn slurm(args: &SlurmArgs) -> anyhow::Result<()> {
                 println!("every task of {root} is done; nothing submitted");
             }
         }
-        action => {
-            let ids: Vec<String> = sweep::slurm::submitted(&args.scripts)?
-                .into_iter()
-                .map(|s| s.job_id)
-                .collect();
-            if action == "status" {
-                for (id, state) in sweep::slurm::job_states(&ids)? {
-                    println!("{id} {state}");
-                }
-                status(&PlanStatusArgs {
-                    plan: args.plan.clone(),
-                })?;
+        "status" => {
+            let root = Location::parse(&args.plan)?;
+            for (id, state) in sweep::slurm::plan_job_states(&root, &args.scripts)? {
+                println!("{id} {state}");
+            }
+            status(&PlanStatusArgs {
+                plan: args.plan.clone(),
+            })?;
+        }
+        "cancel" => {
+            let root = Location::parse(&args.plan)?;
+            let cancelled = sweep::slurm::cancel_plan(&root, &args.scripts)?;
+            if cancelled.is_empty() {
+                println!("no job of {root} is queued or running");
             } else {
-                sweep::slurm::cancel(&ids)?;
-                println!("cancelled jobs {}", ids.join(" "));
+                println!("cancelled jobs {}", cancelled.join(" "));
             }
         }
+        other => anyhow::bail!("unknown slurm action `{other}` (submit, status or cancel)"),
     }
     Ok(())
 }
