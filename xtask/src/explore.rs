@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use explorer::{EvidenceOptions, LoadOptions};
+use gemma_hooks::Kernels;
 
 /// The quickstart's SAE, explored when no `--sae` is given.
 pub const QUICKSTART_SAE: &str = "runs/reproduce/quickstart/train/jumprelu";
@@ -69,9 +70,27 @@ pub struct ExploreArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
-    /// Where the model and the SAEs compute.
-    #[command(flatten)]
-    pub device: lab::device::DeviceOptions,
+    /// Where the model and the SAEs compute: cpu, cuda[:N] or metal[:N] (the GPU backends
+    /// need xtask's `cuda` or `metal` feature). Default: the CPU.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// `fastest` (the CPU's specialised kernels where they apply) or `generic` (candle's
+    /// operations only, the path every device runs). Off the CPU only the generic path exists.
+    #[arg(long, default_value_t = Kernels::Fastest)]
+    pub kernels: Kernels,
+}
+
+impl ExploreArgs {
+    /// The device options these arguments name. Explore takes only `--device` and
+    /// `--kernels`: its own fields rather than a flattened `lab::device::DeviceOptions`,
+    /// whose training-only `--sae-devices` it has no use for.
+    fn device_options(&self) -> lab::device::DeviceOptions {
+        lab::device::DeviceOptions {
+            device: self.device.clone(),
+            kernels: self.kernels,
+            sae_devices: Vec::new(),
+        }
+    }
 }
 
 /// Loads the model, SAEs, dashboards and labels, then serves the explorer until interrupted.
@@ -88,6 +107,7 @@ pub fn run(args: &ExploreArgs) -> anyhow::Result<()> {
         args.sae.clone()
     };
     eprintln!("[explore] loading {}", args.model);
+    let device = args.device_options();
     let explorer = explorer::load(&LoadOptions {
         model: args.model.clone(),
         saes,
@@ -99,8 +119,8 @@ pub fn run(args: &ExploreArgs) -> anyhow::Result<()> {
             context_length: args.context,
             progress: !args.quiet,
         },
-        device: args.device.device()?,
-        kernels: args.device.kernels,
+        device: device.device()?,
+        kernels: device.kernels,
     })?;
     if let Some(problem) = explorer.labels_problem() {
         eprintln!("[explore] warning: {problem}");

@@ -113,11 +113,19 @@ fn every_endpoint_answers_and_rejects_bad_input_clearly() {
         .iter()
         .find_map(|t| t["top"][0]["latent"].as_u64())
         .expect("an attention latent fires");
-    let (status, steered) = send(
-        "POST",
-        &format!("{attn}/latents/{attn_latent}/steer"),
-        json!({"prompt": "the cat", "strength": 500.0, "max_new_tokens": 6}),
-    );
+    // As strong as this prompt allows (`max_strength`: the added vector at most 100 × the
+    // prompt's longest activation at the hook).
+    let attn_steer = |strength: f64| {
+        send(
+            "POST",
+            &format!("{attn}/latents/{attn_latent}/steer"),
+            json!({"prompt": "the cat", "strength": strength, "max_new_tokens": 6}),
+        )
+    };
+    let (status, unsteered) = attn_steer(0.0);
+    assert_eq!(status, 200, "{unsteered}");
+    let attn_max = unsteered["max_strength"].as_f64().unwrap();
+    let (status, steered) = attn_steer(0.99 * attn_max);
     assert_eq!(status, 200, "{steered}");
     // (Gemma's post-attention norm bounds what a hook_z direction can add, so on this random
     // model the continuation need not change; the residual SAE's steering is checked below.)
@@ -390,6 +398,20 @@ fn every_endpoint_answers_and_rejects_bad_input_clearly() {
     assert_ne!(first["steered"], first["unsteered"], "{first}");
     let (_, zero) = steer(0.0);
     assert_eq!(zero["steered"], zero["unsteered"]);
+    // The range of strengths: finite, and |strength| at most `max_strength` (the added vector
+    // at most 100 × the prompt's longest activation at the hook); past it the request is
+    // refused with the bound, never answered with an empty continuation.
+    let max = first["max_strength"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no max_strength: {first}"));
+    assert!(max >= 200.0, "{first}");
+    assert_eq!(zero["max_strength"], first["max_strength"]);
+    assert_error(steer(1e20), 400, "out of range");
+    assert_error(steer(-1e20), 400, "out of range");
+    assert_error(steer(1.01 * max), 400, "may be at most");
+    let (status, near) = steer(-0.99 * max);
+    assert_eq!(status, 200, "{near}");
+    assert_error(steer(1e39), 400, "number out of range");
     assert_error(
         send(
             "POST",
@@ -484,8 +506,8 @@ fn framework_errors_are_json_like_every_other_error() {
         "/api/saes/%FF/latents",
     );
     // A body over the 2 MB limit, announced by Content-Length: the server answers before
-    // reading any of it, so only the head is sent (written by hand: a client still sending
-    // a body would see the connection close under it).
+    // reading any of it, so only the head is sent (written by hand; a client sending the
+    // whole body is tested in the explorer crate's tests/errors.rs).
     let address = server.url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     use std::io::{Read, Write};
@@ -495,8 +517,16 @@ fn framework_errors_are_json_like_every_other_error() {
         3 << 20
     )
     .unwrap();
+    // Read until the JSON answer is in (the server keeps the connection a while for the body
+    // it was announced, to read and throw it away), or the connection ends.
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok();
+    let mut buffer = [0u8; 4096];
+    while !answer.trim_end().ends_with('}') {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.push_str(&String::from_utf8_lossy(&buffer[..n])),
+        }
+    }
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     assert!(head.starts_with("HTTP/1.1 413"), "{answer}");
     // The body may come chunked: the JSON object is in it.
@@ -506,6 +536,45 @@ fn framework_errors_are_json_like_every_other_error() {
         value["error"].as_str().unwrap().contains("activations"),
         "{value}"
     );
+}
+
+/// `explore --help` lists the options explore uses and no others: none of the training-only
+/// options a shared device struct would bring (`--sae-devices`), and no mention of training.
+#[test]
+fn explore_help_lists_only_the_options_explore_uses() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["explore", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let help = String::from_utf8(output.stdout).unwrap();
+    let mut options: Vec<&str> = help
+        .lines()
+        .map(str::trim_start)
+        .filter(|line| line.starts_with('-'))
+        .filter_map(|line| line.split_whitespace().find(|w| w.starts_with("--")))
+        .map(|option| option.trim_end_matches(','))
+        .collect();
+    options.sort_unstable();
+    assert_eq!(
+        options,
+        [
+            "--bind",
+            "--context",
+            "--corpus",
+            "--device",
+            "--evidence-tokens",
+            "--help",
+            "--kernels",
+            "--labels",
+            "--model",
+            "--port",
+            "--quiet",
+            "--sae",
+        ],
+        "{help}"
+    );
+    assert!(!help.to_lowercase().contains("train"), "{help}");
 }
 
 /// Two explorers on one labels file, and a label typed into it by hand while they run: no save

@@ -24,6 +24,13 @@ pub const MAX_NEW_TOKENS: usize = 64;
 pub const TOP_LATENTS_PER_TOKEN: usize = 8;
 /// Longest label, in characters.
 pub const MAX_LABEL_CHARS: usize = 500;
+/// How far a steering direction may outweigh the activation it is added to: the added vector,
+/// `strength × W_dec[latent]`, may be at most this many times as long as the longest
+/// activation at the hook among the prompt's tokens (BOS left out). At this ratio the sum
+/// points within 0.6° of the direction, and the model's next RMS norm rescales its length away,
+/// so a stronger push changes nothing but brings the values toward f32 overflow (a strength of
+/// 1e20 overflows the norm's sum of squares and the model emits nothing but padding).
+pub const MAX_STEERING_RATIO: f32 = 100.0;
 
 /// A request the explorer cannot answer, with the HTTP status it maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +43,9 @@ pub enum ApiError {
     TooLarge(String),
     /// The labels file cannot be written without losing data (409).
     Conflict(String),
+    /// A well-formed request whose result is unusable, such as a steering whose logits came
+    /// back not finite or flat, or whose continuation came back empty (422).
+    Unprocessable(String),
     /// The model or the disk failed (500).
     Internal(String),
 }
@@ -46,6 +56,7 @@ impl std::fmt::Display for ApiError {
         | Self::NotFound(m)
         | Self::TooLarge(m)
         | Self::Conflict(m)
+        | Self::Unprocessable(m)
         | Self::Internal(m)) = self;
         f.write_str(m)
     }
@@ -194,6 +205,7 @@ pub struct Limits {
     max_tokens: usize,
     max_new_tokens: usize,
     max_label_chars: usize,
+    max_steering_ratio: f32,
 }
 
 /// A latent's activation with its label.
@@ -319,6 +331,10 @@ pub struct SteeringResult {
     sae: String,
     latent: usize,
     strength: f32,
+    /// The largest |strength| this latent and prompt take ([`MAX_STEERING_RATIO`]); `None`
+    /// (JSON `null`) when the latent's decoder direction is zero, so any finite strength adds
+    /// nothing.
+    max_strength: Option<f32>,
     prompt: String,
     unsteered: String,
     steered: String,
@@ -421,6 +437,7 @@ impl Explorer {
                 max_tokens: MAX_TOKENS,
                 max_new_tokens: MAX_NEW_TOKENS,
                 max_label_chars: MAX_LABEL_CHARS,
+                max_steering_ratio: MAX_STEERING_RATIO,
             },
             labels_file,
             labels_problem,
@@ -448,6 +465,21 @@ impl Explorer {
         Ok(ids)
     }
 
+    /// The activation at `sae`'s hook on each of `ids` (`[tokens, width]`), running the model
+    /// only as deep as the hook.
+    fn hook_rows(&self, sae: &ExplorerSae, ids: &[u32]) -> ApiResult<Tensor> {
+        let input = Tensor::new(ids, &Device::Cpu)?
+            .to_device(self.model.device())?
+            .unsqueeze(0)?;
+        let mut hooks = Hooks::observing([sae.hook]);
+        hooks.stop_after_deepest_hook();
+        self.model.forward(&input, &mut hooks)?;
+        let activation = hooks
+            .take(sae.hook)
+            .ok_or_else(|| ApiError::Internal(format!("`{}` was not observed", sae.hook)))?;
+        Ok(activation.reshape((ids.len(), ()))?)
+    }
+
     /// The strongest latents of SAE `sae_id` on each token of `text` (BOS left out), leaving
     /// out ultra-dense latents (which fire nearly everywhere) when `hide_ultra_dense`.
     pub fn activations(
@@ -458,16 +490,7 @@ impl Explorer {
     ) -> ApiResult<Activations> {
         let sae = self.sae(sae_id)?;
         let ids = self.tokens_of(text, "text")?;
-        let input = Tensor::new(ids.as_slice(), &Device::Cpu)?
-            .to_device(self.model.device())?
-            .unsqueeze(0)?;
-        let mut hooks = Hooks::observing([sae.hook]);
-        hooks.stop_after_deepest_hook();
-        self.model.forward(&input, &mut hooks)?;
-        let activation = hooks
-            .take(sae.hook)
-            .ok_or_else(|| ApiError::Internal(format!("`{}` was not observed", sae.hook)))?;
-        let rows = activation.reshape((ids.len(), ()))?;
+        let rows = self.hook_rows(sae, &ids)?;
         let latents = analysis::evidence::latent_rows(sae.sae.as_ref(), &rows)?;
         let d_sae = sae.sae.d_sae();
         let mut max_activation = 0f32;
@@ -667,8 +690,79 @@ impl Explorer {
         Ok(labels.resolve(&sae.id, latent, &dashboard.automatic_label))
     }
 
+    /// The largest |strength| at which `latent` of SAE `sae_id` may steer `prompt`:
+    /// [`MAX_STEERING_RATIO`] × the longest activation at the SAE's hook among the prompt's
+    /// tokens (BOS left out) ÷ the length of the latent's decoder direction. `None` when that
+    /// direction is zero (any finite strength adds nothing).
+    pub fn max_steering_strength(
+        &self,
+        sae_id: &str,
+        latent: usize,
+        prompt: &str,
+    ) -> ApiResult<Option<f32>> {
+        let sae = self.sae(sae_id)?;
+        sae.dashboard(latent)?;
+        let ids = self.tokens_of(prompt, "prompt")?;
+        Ok(self.steering_bound(sae, latent, &ids)?.max_strength)
+    }
+
+    /// What bounds the strength of `latent`'s steering on the prompt `ids`.
+    fn steering_bound(
+        &self,
+        sae: &ExplorerSae,
+        latent: usize,
+        ids: &[u32],
+    ) -> ApiResult<SteeringBound> {
+        let direction = sae.sae.decoder_weight().get(latent)?;
+        let direction_norm = direction
+            .to_dtype(candle_core::DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .sqrt()?
+            .to_scalar::<f32>()?;
+        if !direction_norm.is_finite() {
+            return Err(ApiError::Internal(format!(
+                "latent {latent} of SAE `{}` ({}) has a decoder direction that is not finite",
+                sae.id,
+                sae.path.display()
+            )));
+        }
+        let norms: Vec<f32> = self
+            .hook_rows(sae, ids)?
+            .to_dtype(candle_core::DType::F32)?
+            .sqr()?
+            .sum(1)?
+            .sqrt()?
+            .to_vec1()?;
+        // BOS is left out: its activations are outliers (in Gemma often far longer than any
+        // other token's), and the bound is about the tokens the text is made of.
+        let tokens = if norms.len() > 1 { &norms[1..] } else { &norms };
+        if tokens.iter().any(|n| !n.is_finite()) {
+            return Err(ApiError::Internal(format!(
+                "the activation at {} is not finite (or its length overflows f32) on this \
+                 prompt, so no steering strength can be judged",
+                sae.hook
+            )));
+        }
+        let activation_norm = tokens.iter().copied().fold(0f32, f32::max);
+        Ok(SteeringBound {
+            direction_norm,
+            activation_norm,
+            // A subnormal direction would give an infinite bound: such a latent has no
+            // usable direction, like a zero one.
+            max_strength: Some(MAX_STEERING_RATIO * activation_norm / direction_norm)
+                .filter(|bound| direction_norm > 0.0 && bound.is_finite()),
+        })
+    }
+
     /// Greedy continuations of `prompt` without and with `latent`'s decoder direction added at
     /// its SAE's hook at `strength`.
+    ///
+    /// `strength` must be finite and at most [`Explorer::max_steering_strength`] in magnitude
+    /// (else [`ApiError::BadRequest`]). A steering whose logits came back not finite or flat
+    /// at any step, or whose continuation decodes to no text (the model ended the text at
+    /// once, or emitted only tokens without text such as padding), is refused with
+    /// [`ApiError::Unprocessable`] rather than answered with an empty continuation.
     pub fn steer(
         &self,
         sae_id: &str,
@@ -679,6 +773,11 @@ impl Explorer {
     ) -> ApiResult<SteeringResult> {
         let sae = self.sae(sae_id)?;
         sae.dashboard(latent)?;
+        if !strength.is_finite() {
+            return Err(ApiError::BadRequest(format!(
+                "steering strength {strength} is not a finite number"
+            )));
+        }
         if max_new_tokens == 0 || max_new_tokens > MAX_NEW_TOKENS {
             return Err(ApiError::BadRequest(format!(
                 "max_new_tokens {max_new_tokens} is out of range (1 to {MAX_NEW_TOKENS})"
@@ -691,21 +790,115 @@ impl Explorer {
                 ids.len()
             )));
         }
+        let bound = self.steering_bound(sae, latent, &ids)?;
+        if let Some(max) = bound.max_strength
+            && strength.abs() > max
+        {
+            return Err(ApiError::BadRequest(format!(
+                "steering strength {strength} is out of range for latent {latent} of SAE `{}` on \
+                 this prompt: |strength| may be at most {max} ({MAX_STEERING_RATIO} × the longest \
+                 activation at {} among the prompt's tokens, {}, ÷ the latent's decoder norm, {})",
+                sae.id, sae.hook, bound.activation_norm, bound.direction_norm
+            )));
+        }
         let steering = Steering::latent(sae.sae.as_ref(), sae.hook, latent, strength)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let stop = [self.model.config().eos_token_id];
         let unsteered = greedy_continuation(&self.model, &ids, max_new_tokens, None, &stop)?;
         let steered =
             greedy_continuation(&self.model, &ids, max_new_tokens, Some(&steering), &stop)?;
+        let refused = |problem: String| {
+            ApiError::Unprocessable(format!(
+                "steering latent {latent} of SAE `{}` at strength {strength} failed: {problem}; \
+                 try a smaller strength",
+                sae.id
+            ))
+        };
+        if let Some(problem) = self.steered_logits_problem(&steering, &ids, &steered)? {
+            return Err(refused(problem));
+        }
+        // Empty: nothing but the end of the text, or only tokens without text (padding).
+        let text_tokens = match steered.split_last() {
+            Some((last, rest)) if stop.contains(last) => rest,
+            _ => &steered[..],
+        };
+        if self.tokenizer.decode(text_tokens)?.is_empty() {
+            return Err(refused(format!(
+                "the continuation is empty (tokens {steered:?}: the model ended the text at once \
+                 or emitted only tokens without text, such as padding)"
+            )));
+        }
+        let steered_text = self.tokenizer.decode(&steered)?;
         Ok(SteeringResult {
             sae: sae.id.clone(),
             latent,
             strength,
+            max_strength: bound.max_strength,
             prompt: prompt.to_string(),
             unsteered: self.tokenizer.decode(&unsteered)?,
-            steered: self.tokenizer.decode(&steered)?,
+            steered: steered_text,
         })
     }
+
+    /// What was wrong with the logits of the model steered by `steering` at any step that
+    /// chose a token of `continuation` (which followed `prompt`), if anything: not finite (NaN
+    /// or infinite), or flat (every token's logit equal, as when the steered activation
+    /// overflows the model's norm, which then outputs zeros and the continuation is token 0,
+    /// padding, every time). One forward pass over the prompt and the continuation but its last
+    /// token: the model is causal, so each position's logits are those of the step that read
+    /// them.
+    fn steered_logits_problem(
+        &self,
+        steering: &Steering,
+        prompt: &[u32],
+        continuation: &[u32],
+    ) -> ApiResult<Option<String>> {
+        let mut ids = prompt.to_vec();
+        ids.extend_from_slice(&continuation[..continuation.len().saturating_sub(1)]);
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)?
+            .to_device(self.model.device())?
+            .unsqueeze(0)?;
+        let delta = (&steering.direction * f64::from(steering.strength))?;
+        let mut hooks = Hooks::new();
+        hooks.replace(steering.hook, move |x| {
+            x.broadcast_add(&delta.to_dtype(x.dtype())?)
+        });
+        let logits = self
+            .model
+            .forward(&input, &mut hooks)?
+            .ok_or_else(|| ApiError::Internal("the model stopped before its logits".into()))?;
+        let read = logits
+            .narrow(1, prompt.len() - 1, ids.len() + 1 - prompt.len())?
+            .to_dtype(candle_core::DType::F32)?
+            .squeeze(0)?;
+        // A NaN or infinity anywhere makes the sum non-finite; finite logits (tens in size)
+        // cannot overflow it.
+        let sum = read.sum_all()?.to_scalar::<f32>()?;
+        if !sum.is_finite() {
+            return Ok(Some(
+                "the model's logits came back not finite (NaN or infinite)".into(),
+            ));
+        }
+        let spread: Vec<f32> = (read.max(1)? - read.min(1)?)?.to_vec1()?;
+        if let Some(step) = spread.iter().position(|&s| s == 0.0) {
+            return Ok(Some(format!(
+                "the model's logits came back flat at step {} (every token equally likely: \
+                 the steered activation overflowed the model's norm)",
+                step + 1
+            )));
+        }
+        Ok(None)
+    }
+}
+
+/// What bounds a steering's strength ([`MAX_STEERING_RATIO`]).
+struct SteeringBound {
+    /// The length of the latent's decoder direction.
+    direction_norm: f32,
+    /// The longest activation at the hook among the prompt's tokens (BOS left out).
+    activation_norm: f32,
+    /// The largest |strength| allowed; `None` for a zero direction.
+    max_strength: Option<f32>,
 }
 
 /// The label shown for a latent: manual if the labels are usable and hold one, else automatic.
@@ -748,5 +941,55 @@ fn site_name(hook: HookPoint) -> &'static str {
         HookPoint::MlpOut(_) => "mlp",
         HookPoint::AttnZ(_) | HookPoint::AttnOut(_) => "attention",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The check that refuses a steering whose logits came back unusable: a NaN or infinite
+    /// direction (not finite), and a finite one so long that the norm's sum of squares
+    /// overflows (flat), are caught; an ordinary one is not.
+    #[test]
+    fn unusable_steered_logits_are_detected() {
+        let model_dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../gemma-hooks/tests/fixtures/tiny-gemma3"
+        );
+        let loaded =
+            gemma_hooks::load_model(model_dir, &Device::Cpu, candle_core::DType::F32).unwrap();
+        let tokenizer = loaded.tokenizer.unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let explorer = Explorer::new(
+            loaded.model,
+            tokenizer,
+            Vec::new(),
+            &work.path().join("labels.toml"),
+        );
+        let prompt = explorer.tokens_of("the cat", "prompt").unwrap();
+        let problem = |value: f32, strength: f32| {
+            let steering = Steering {
+                hook: HookPoint::ResidPost(3),
+                direction: Tensor::full(value, 32, &Device::Cpu).unwrap(),
+                strength,
+            };
+            explorer
+                .steered_logits_problem(&steering, &prompt, &[5, 6, 7])
+                .unwrap()
+        };
+        assert_eq!(problem(0.5, 1.0), None);
+        assert_eq!(problem(0.3, 1e3), None);
+        for (value, strength, expected) in [
+            (f32::NAN, 1.0, "not finite"),
+            (f32::INFINITY, 1.0, "not finite"),
+            (0.3, 1e20, "flat"),
+        ] {
+            let found = problem(value, strength);
+            assert!(
+                found.as_deref().is_some_and(|p| p.contains(expected)),
+                "{value} × {strength}: {found:?}"
+            );
+        }
     }
 }

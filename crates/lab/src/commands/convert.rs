@@ -1,13 +1,111 @@
 //! `cargo xtask convert SRC DST --to FORMAT`: an SAE or transcoder from any format this project
 //! reads (SAELens, Gemma Scope `params.npz`, Gemma Scope 2) into the SAELens layout or the Gemma
 //! Scope 2 layout, hooks carried over (or given).
+//!
+//! What the source records about the SAE is carried over too:
+//!
+//! - from a SAELens `cfg.json`: every key of `metadata` (`model_name`, `hook_name`,
+//!   `context_size`, `dataset_path`, `prepend_bos`, `neuronpedia_id`, …, whatever it holds) and
+//!   any top-level key the format does not define (as an older config's `hook_layer`), which
+//!   is written into `metadata`; and `sparsity.safetensors`;
+//! - from a Gemma Scope 2 `config.json`: `model_name`, `l0` and every key the format does not
+//!   define.
+//!
+//! Into SAELens they all go into `metadata` (`sae_lens_version` and
+//! `sae_lens_training_version` name the layout written, so they are set anew); into Gemma Scope
+//! 2 the model goes to `model_name`, `l0` to `l0` and the rest to top-level keys, so a round
+//! trip through either layout gives every field back. The hooks are written the target's way
+//! (`hook_name`/`hook_name_out`, or `hf_hook_point_in`/`_out`). What the target cannot hold is
+//! named in a warning on stderr: Gemma Scope 2 has no sparsity file, and a metadata key that is
+//! one of its own config fields (`architecture`, `width`, `affine_connection`,
+//! `hf_hook_point_in`, `hf_hook_point_out`) would clash with it. A Gemma Scope `params.npz`
+//! records nothing but its weights (its hook comes from the release path).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use candle_core::{DType, Device};
-use sae_core::format::gemma_scope_2::{GemmaScope2Config, hf_of_hook_name};
+use candle_core::{DType, Device, Tensor};
+use sae_core::TrainableSae;
+use sae_core::format::gemma_scope_2::{self, GemmaScope2Config, hf_of_hook_name};
 use serde_json::{Map, Value};
+
+/// Top-level keys of a SAELens `cfg.json` that the format defines (the rest are kept).
+const SAELENS_KEYS: [&str; 12] = [
+    "architecture",
+    "d_in",
+    "d_sae",
+    "d_out",
+    "dtype",
+    "device",
+    "apply_b_dec_to_input",
+    "normalize_activations",
+    "reshape_activations",
+    "k",
+    "rescale_acts_by_decoder_norm",
+    "metadata",
+];
+
+/// Keys of a Gemma Scope 2 `config.json` that are its own fields, set from the SAE and its
+/// hooks: metadata under these names cannot be carried into one.
+const GEMMA_SCOPE_2_FIELDS: [&str; 5] = [
+    "architecture",
+    "width",
+    "affine_connection",
+    "hf_hook_point_in",
+    "hf_hook_point_out",
+];
+
+/// An SAE as read for conversion: its weights and what its files record about it.
+struct Source {
+    sae: Box<dyn TrainableSae>,
+    /// Metadata in SAELens's sense (see the module docs), hooks and model included when the
+    /// source names them.
+    metadata: Map<String, Value>,
+    /// `sparsity.safetensors` of a SAELens source.
+    sparsity: Option<Tensor>,
+}
+
+/// Reads `path` as [`sae_core::format::load`] does (SAELens, then `params.npz`, then Gemma Scope
+/// 2), keeping its metadata.
+fn read_source(path: &Path) -> anyhow::Result<Source> {
+    let loading = || format!("loading {}", path.display());
+    if path.is_dir() && path.join(sae_core::format::CONFIG_FILE).exists() {
+        let loaded =
+            sae_core::format::load_saelens(path, &Device::Cpu, DType::F32).with_context(loading)?;
+        let mut metadata = loaded.config.metadata;
+        for (key, value) in loaded.config.extra {
+            if !SAELENS_KEYS.contains(&key.as_str()) {
+                metadata.entry(key).or_insert(value);
+            }
+        }
+        return Ok(Source {
+            sae: loaded.sae,
+            metadata,
+            sparsity: loaded.sparsity,
+        });
+    }
+    if path.is_dir() && !path.join("params.npz").exists() && gemma_scope_2::is_gemma_scope_2(path) {
+        let loaded = sae_core::format::load_gemma_scope_2(path, &Device::Cpu, DType::F32)
+            .with_context(loading)?;
+        let mut metadata = loaded.config.extra;
+        if let Some(model) = loaded.config.model_name {
+            metadata.insert("model_name".into(), Value::String(model));
+        }
+        if let Some(l0) = loaded.config.l0 {
+            metadata.insert("l0".into(), l0);
+        }
+        return Ok(Source {
+            sae: loaded.sae,
+            metadata,
+            sparsity: None,
+        });
+    }
+    Ok(Source {
+        sae: sae_core::format::load(path, &Device::Cpu, DType::F32).with_context(loading)?,
+        metadata: Map::new(),
+        sparsity: None,
+    })
+}
 
 /// The layouts `convert` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +142,14 @@ pub struct ConvertArgs {
     pub model_name: Option<String>,
 }
 
-/// Reads the source and writes it in the target layout.
+/// Reads the source and writes it in the target layout, its metadata carried over (see the
+/// module docs).
 pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
-    let sae = sae_core::format::load(&args.source, &Device::Cpu, DType::F32)
-        .with_context(|| format!("loading {}", args.source.display()))?;
+    let Source {
+        sae,
+        metadata: source_metadata,
+        sparsity,
+    } = read_source(&args.source)?;
     let recorded = sae_core::format::hook_names(&args.source)?;
     let input = args
         .hook
@@ -79,7 +181,7 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
     }
     match args.to {
         TargetFormat::Saelens => {
-            let mut metadata = Map::new();
+            let mut metadata = source_metadata;
             metadata.insert("hook_name".into(), Value::String(input));
             if let Some(output) = output.filter(|_| transcoder) {
                 metadata.insert("hook_name_out".into(), Value::String(output));
@@ -87,7 +189,13 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
             if let Some(model) = &model_name {
                 metadata.insert("model_name".into(), Value::String(model.clone()));
             }
-            sae_core::format::save_saelens(sae.as_ref(), &args.destination, metadata, None)?;
+            sae_core::format::save_saelens(
+                sae.as_ref(),
+                &args.destination,
+                metadata,
+                sparsity.as_ref(),
+            )
+            .with_context(|| format!("writing {}", args.destination.display()))?;
         }
         TargetFormat::GemmaScope2 => {
             let hf = |hook: &str| {
@@ -107,7 +215,40 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
                     args.source.display()
                 )
             })?);
-            sae_core::format::save_gemma_scope_2(sae.as_ref(), &args.destination, config)?;
+            let mut dropped = Vec::new();
+            for (key, value) in source_metadata {
+                match key.as_str() {
+                    // Written as the config's own fields.
+                    "hook_name" | "hook_name_out" | "model_name" => {}
+                    "l0" => config.l0 = Some(value),
+                    _ if GEMMA_SCOPE_2_FIELDS.contains(&key.as_str()) => dropped.push(key),
+                    _ => {
+                        config.extra.insert(key, value);
+                    }
+                }
+            }
+            if !dropped.is_empty() {
+                eprintln!(
+                    "[convert] warning: {}: metadata {} not carried: Gemma Scope 2's config.json \
+                     uses {} for its own fields",
+                    args.source.display(),
+                    dropped.join(", "),
+                    if dropped.len() == 1 {
+                        "that name"
+                    } else {
+                        "those names"
+                    }
+                );
+            }
+            if sparsity.is_some() {
+                eprintln!(
+                    "[convert] warning: {}: sparsity.safetensors is not carried: a Gemma Scope 2 \
+                     folder has no place for it",
+                    args.source.display()
+                );
+            }
+            sae_core::format::save_gemma_scope_2(sae.as_ref(), &args.destination, config)
+                .with_context(|| format!("writing {}", args.destination.display()))?;
         }
     }
     println!(
@@ -118,4 +259,133 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
         sae.d_sae()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sae_core::{Architecture, InitConfig, SaeShape};
+    use serde_json::json;
+
+    /// Every metadata field of a SAELens SAE (and an older config's top-level key, and its
+    /// sparsity) survives conversion to SAELens, to Gemma Scope 2 and back, and a Gemma Scope
+    /// 2 folder's own fields survive conversion to SAELens.
+    #[test]
+    fn conversion_carries_every_metadata_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = SaeShape {
+            d_in: 8,
+            d_sae: 16,
+            dtype: DType::F32,
+            device: Device::Cpu,
+        };
+        let init = InitConfig {
+            pre_encoder_bias: false,
+            ..InitConfig::default()
+        };
+        let sae = sae_core::init(Architecture::JumpRelu, &shape, &init).unwrap();
+        let fields = json!({
+            "model_name": "gemma-2-2b",
+            "hook_name": "blocks.3.hook_resid_post",
+            "hook_head_index": null,
+            "context_size": 1024,
+            "prepend_bos": true,
+            "dataset_path": "monology/pile-uncopyrighted",
+            "neuronpedia_id": "gemma-2-2b/3-gemmascope-res-16k",
+            "seqpos_slice": [null],
+            "model_from_pretrained_kwargs": {"center_writing_weights": false},
+            "l0": 42.5,
+            "exclude_special_tokens": false,
+        });
+        let Value::Object(metadata) = fields else {
+            unreachable!()
+        };
+        let sparsity = Tensor::arange(0f32, 16f32, &Device::Cpu)
+            .unwrap()
+            .affine(-0.25, 0.0)
+            .unwrap();
+        let source = dir.path().join("source");
+        sae_core::format::save_saelens(sae.as_ref(), &source, metadata.clone(), Some(&sparsity))
+            .unwrap();
+        // An older SAELens config's top-level key this crate does not interpret.
+        let cfg_path = source.join(sae_core::format::CONFIG_FILE);
+        let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+        cfg["hook_layer"] = json!(3);
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let mut expected = metadata;
+        expected.insert("hook_layer".into(), json!(3));
+
+        let convert = |from: &Path, to: &str, format: TargetFormat| {
+            let destination = dir.path().join(to);
+            run(&ConvertArgs {
+                source: from.to_path_buf(),
+                destination: destination.clone(),
+                to: format,
+                hook: None,
+                hook_out: None,
+                model_name: None,
+            })
+            .unwrap_or_else(|e| panic!("{from:?} → {to}: {e:#}"));
+            destination
+        };
+        let saelens_metadata = |dir: &Path| {
+            let config =
+                sae_core::format::SaeLensConfig::read(&dir.join(sae_core::format::CONFIG_FILE))
+                    .unwrap();
+            let mut metadata = config.metadata;
+            for key in ["sae_lens_version", "sae_lens_training_version"] {
+                assert_eq!(
+                    metadata.remove(key),
+                    Some(json!(sae_core::format::SAE_LENS_FORMAT_VERSION)),
+                    "{dir:?}: {key}"
+                );
+            }
+            metadata
+        };
+
+        // SAELens → SAELens: every field, and the sparsity.
+        let copied = convert(&source, "copied", TargetFormat::Saelens);
+        assert_eq!(saelens_metadata(&copied), expected);
+        let loaded = sae_core::format::load_saelens(&copied, &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(
+            loaded.sparsity.unwrap().to_vec1::<f32>().unwrap(),
+            sparsity.to_vec1::<f32>().unwrap()
+        );
+
+        // SAELens → Gemma Scope 2: the model and l0 as its fields, the rest as top-level keys.
+        let gs2 = convert(
+            &source,
+            "resid_post/layer_3_width_16_l0_big",
+            TargetFormat::GemmaScope2,
+        );
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(gs2.join(gemma_scope_2::CONFIG_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(config["model_name"], "gemma-2-2b");
+        assert_eq!(config["hf_hook_point_in"], "model.layers.3.output");
+        assert_eq!(config["l0"], 42.5);
+        for (key, value) in &expected {
+            if !["model_name", "hook_name"].contains(&key.as_str()) {
+                assert_eq!(&config[key], value, "Gemma Scope 2 config.json: {key}");
+            }
+        }
+
+        // … and back to SAELens: every field again.
+        let back = convert(&gs2, "back", TargetFormat::Saelens);
+        assert_eq!(saelens_metadata(&back), expected);
+
+        // A Gemma Scope 2 folder's own fields (and keys it does not define) into SAELens.
+        let mut config: Value =
+            serde_json::from_slice(&std::fs::read(gs2.join(gemma_scope_2::CONFIG_FILE)).unwrap())
+                .unwrap();
+        config["type"] = json!("sae");
+        config["l0"] = json!("medium");
+        std::fs::write(gs2.join(gemma_scope_2::CONFIG_FILE), config.to_string()).unwrap();
+        let from_gs2 = convert(&gs2, "from_gs2", TargetFormat::Saelens);
+        let metadata = saelens_metadata(&from_gs2);
+        assert_eq!(metadata["type"], "sae");
+        assert_eq!(metadata["l0"], "medium");
+        assert_eq!(metadata["model_name"], "gemma-2-2b");
+        assert_eq!(metadata["hook_name"], "blocks.3.hook_resid_post");
+    }
 }
