@@ -107,6 +107,25 @@ pub struct StepShape {
     pub batch: usize,
 }
 
+impl StepShape {
+    /// Checks the shape: every size at least 1, `d_sae` and `batch` within what a training config
+    /// may ask for (`trainer::validation`); the error names the option.
+    pub fn check(&self) -> anyhow::Result<()> {
+        use trainer::validation::{MAX_BATCH_SIZE, MAX_D_SAE};
+        for (option, value, max) in [
+            ("--d-in", self.d_in, MAX_D_SAE),
+            ("--d-sae", self.d_sae, MAX_D_SAE),
+            ("--batch", self.batch, MAX_BATCH_SIZE),
+        ] {
+            anyhow::ensure!(
+                (1..=max).contains(&value),
+                "{option} must be between 1 and {max}, not {value}"
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Default for StepShape {
     fn default() -> Self {
         Self {

@@ -271,6 +271,14 @@ pub fn markdown(phases: &[Phase]) -> String {
 
 /// Measures and prints.
 pub fn run(args: &PhasesArgs) -> anyhow::Result<()> {
+    args.shape.check()?;
+    anyhow::ensure!(
+        args.l0.is_finite() && args.l0 >= 1.0 && args.l0 <= args.shape.d_sae as f64,
+        "--l0 must be a number between 1 and --d-sae ({}), not {}",
+        args.shape.d_sae,
+        args.l0
+    );
+    anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
     let roofline = rooflines(args)?;
     let (phases, l0) = phases(args, &roofline)?;
     println!(

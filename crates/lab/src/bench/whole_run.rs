@@ -282,6 +282,7 @@ pub fn runs(args: &WholeRunArgs) -> anyhow::Result<Vec<WholeRun>> {
 
 /// Runs and prints the comparison.
 pub fn run(args: &WholeRunArgs) -> anyhow::Result<()> {
+    args.shape.check()?;
     let machine = Machine::detect();
     println!(
         "whole JumpReLU run, {}: {} ({} threads, CPU flags {})",
