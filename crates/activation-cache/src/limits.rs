@@ -3,9 +3,7 @@
 //!
 //! **Context length.** A context is BOS and at least one token, so at least
 //! [`MIN_CONTEXT_LENGTH`] (2) positions, and at most the positions the model was trained on
-//! ([`max_context_length`]: the published `max_position_embeddings` of each family and size;
-//! `gemma-hooks` does not record the number, so it is derived from the configuration's family
-//! and RoPE scaling).
+//! ([`max_context_length`]: the configuration's `max_position_embeddings`).
 //!
 //! **Memory.** [`harvest_memory`] estimates, roughly, the bytes a harvest holds at its peak
 //! beyond the model's weights (already loaded when it is called, so already out of the
@@ -30,7 +28,7 @@
 //! contexts (the spread sample tokenises the whole corpus) and allocator overheads; it is for
 //! refusing what cannot fit ([`check_harvest_memory`]), not for sizing a machine exactly.
 
-use gemma_hooks::{Family, GemmaConfig, HookedModel};
+use gemma_hooks::{GemmaConfig, HookedModel};
 
 use crate::store::StoreSpec;
 use crate::{CacheError, Result};
@@ -38,14 +36,11 @@ use crate::{CacheError, Result};
 /// The shortest context: BOS and one token (the only position stored is the token's).
 pub const MIN_CONTEXT_LENGTH: usize = 2;
 
-/// The most positions a model of `config` takes: Gemma 2: 8,192; Gemma 3 with unscaled global
-/// RoPE (270M, 1B): 32,768; Gemma 3 with scaled global RoPE (4B, 12B, 27B): 131,072.
+/// The most positions a model of `config` takes: its `max_position_embeddings` (read from the
+/// model's configuration, or the published figure of its family and size where the
+/// configuration does not say: `gemma_hooks::config::published_max_positions`).
 pub fn max_context_length(config: &GemmaConfig) -> usize {
-    match config.family {
-        Family::Gemma2 => 8_192,
-        Family::Gemma3 if config.rope_global.linear_factor > 1.0 => 131_072,
-        Family::Gemma3 => 32_768,
-    }
+    config.max_position_embeddings
 }
 
 /// Checks that `context_length` is at least [`MIN_CONTEXT_LENGTH`] and at most

@@ -69,11 +69,13 @@ fn context_lengths_the_model_cannot_take_are_refused_before_any_work() {
 }
 
 #[test]
-fn the_maximum_context_follows_the_model_family() {
+fn the_maximum_context_is_the_configurations_or_the_familys() {
     assert_eq!(max_context_length(&GemmaConfig::gemma2_2b()), 8_192);
     assert_eq!(max_context_length(&GemmaConfig::gemma3_270m()), 32_768);
     assert_eq!(max_context_length(&GemmaConfig::gemma3_1b()), 32_768);
     assert_eq!(max_context_length(&GemmaConfig::gemma3_4b()), 131_072);
+    // A configuration that says is taken at its word: the tiny fixture's config.json says 64.
+    assert_eq!(max_context_length(tiny().model.config()), 64);
 }
 
 #[test]

@@ -63,6 +63,9 @@ pub struct GemmaConfig {
     pub final_logit_softcap: Option<f64>,
     /// Sliding window of local layers.
     pub sliding_window: usize,
+    /// The most positions the model was trained on (`max_position_embeddings`; GGUF's
+    /// `context_length`): the longest context it may be given.
+    pub max_position_embeddings: usize,
     /// Attention kind of every layer.
     pub layer_types: Vec<AttentionKind>,
     /// RoPE of global layers.
@@ -110,6 +113,17 @@ fn gemma3_layers(n: usize) -> Vec<AttentionKind> {
         .collect()
 }
 
+/// The positions each published Gemma was trained on, for configurations that do not say:
+/// Gemma 2: 8,192; Gemma 3 with unscaled global RoPE (270M, 1B): 32,768; Gemma 3 with scaled
+/// global RoPE (4B, 12B, 27B): 131,072.
+pub fn published_max_positions(family: Family, global_rope_factor: f64) -> usize {
+    match family {
+        Family::Gemma2 => 8_192,
+        Family::Gemma3 if global_rope_factor > 1.0 => 131_072,
+        Family::Gemma3 => 32_768,
+    }
+}
+
 impl GemmaConfig {
     fn gemma2(
         hidden: usize,
@@ -134,6 +148,7 @@ impl GemmaConfig {
             attn_logit_softcap: Some(50.0),
             final_logit_softcap: Some(30.0),
             sliding_window: 4096,
+            max_position_embeddings: published_max_positions(Family::Gemma2, 1.0),
             layer_types: gemma2_layers(layers),
             rope_global: no_scaling(10_000.0),
             rope_local: no_scaling(10_000.0),
@@ -166,6 +181,7 @@ impl GemmaConfig {
             attn_logit_softcap: None,
             final_logit_softcap: None,
             sliding_window: window,
+            max_position_embeddings: published_max_positions(Family::Gemma3, global_factor),
             layer_types: gemma3_layers(layers),
             rope_global: Rope {
                 theta: 1_000_000.0,
@@ -346,6 +362,12 @@ impl GemmaConfig {
             sliding_window: field("sliding_window")
                 .and_then(Value::as_u64)
                 .map_or(defaults.sliding_window, |v| v as usize),
+            max_position_embeddings: field("max_position_embeddings")
+                .and_then(Value::as_u64)
+                .map_or(
+                    published_max_positions(family, rope_global.linear_factor),
+                    |v| v as usize,
+                ),
             layer_types,
             rope_global,
             rope_local,
@@ -375,6 +397,12 @@ impl GemmaConfig {
                 "{} layer types for {} layers",
                 self.layer_types.len(),
                 self.num_layers
+            ));
+        }
+        if self.max_position_embeddings < 2 {
+            return Err(format!(
+                "max_position_embeddings {} leaves no room for BOS and a token",
+                self.max_position_embeddings
             ));
         }
         Ok(self)

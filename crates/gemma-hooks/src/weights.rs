@@ -343,6 +343,9 @@ fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<GemmaCo
         attn_logit_softcap: f64_of("attn_logit_softcapping"),
         final_logit_softcap: f64_of("final_logit_softcapping"),
         sliding_window: usize_of("attention.sliding_window").unwrap_or(4096),
+        max_position_embeddings: usize_of("context_length").unwrap_or(
+            crate::config::published_max_positions(family, linear_factor),
+        ),
         layer_types,
         rope_global: Rope {
             theta: rope_theta,

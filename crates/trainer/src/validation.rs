@@ -112,7 +112,8 @@ fn check_penalty(penalty: &PenaltyConfig, d_sae: usize) -> std::result::Result<(
     let coefficient = penalty.coefficient();
     if !(coefficient.is_finite() && coefficient >= 0.0) {
         return Err(format!(
-            "coefficient must be a finite number ≥ 0, not {coefficient}"
+            "the {} penalty's coefficient must be a finite number ≥ 0, not {coefficient}",
+            penalty_name(penalty)
         ));
     }
     match penalty {
@@ -128,6 +129,20 @@ fn check_penalty(penalty: &PenaltyConfig, d_sae: usize) -> std::result::Result<(
             ..
         } => Err("the pre-activation penalty needs dead_after_tokens > 0".into()),
         _ => Ok(()),
+    }
+}
+
+/// A penalty's name in messages.
+fn penalty_name(penalty: &PenaltyConfig) -> &str {
+    match penalty {
+        PenaltyConfig::L0 { .. } => "L0",
+        PenaltyConfig::QuadraticL0 { .. } => "quadratic L0",
+        PenaltyConfig::L1 { .. } => "L1",
+        PenaltyConfig::L1DecoderNorm { .. } => "decoder-norm L1",
+        PenaltyConfig::Auxk { .. } => "AuxK",
+        PenaltyConfig::PreActivation { .. } => "pre-activation",
+        PenaltyConfig::Matryoshka { .. } => "Matryoshka",
+        PenaltyConfig::Registered { name, .. } => name,
     }
 }
 

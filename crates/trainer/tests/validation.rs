@@ -95,7 +95,7 @@ fn out_of_range_settings_are_refused_by_key() {
             Box::new(|s| s.architecture = Architecture::TopK { k: 17 }),
         ),
         (
-            "penalties.0: coefficient must be a finite number ≥ 0, not inf",
+            "penalties.0: the L0 penalty's coefficient must be a finite number ≥ 0, not inf",
             Box::new(|s| {
                 s.penalties = Some(vec![trainer::PenaltyConfig::L0 {
                     coefficient: f64::INFINITY,
