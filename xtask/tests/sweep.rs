@@ -100,15 +100,7 @@ fn assert_same_outputs(a: &Path, b: &Path, what: &str) {
 }
 
 fn task_options(scratch: &Path) -> TaskOptions {
-    TaskOptions {
-        device: "cpu".into(),
-        model_dtype: DType::F32,
-        kernels: Default::default(),
-        sae_devices: Vec::new(),
-        scratch: scratch.to_path_buf(),
-        wait_for_dependencies: None,
-        progress: false,
-    }
+    TaskOptions::on_cpu(scratch)
 }
 
 /// The sweep of `file` planned into the folder `root` and run task after task in this process;

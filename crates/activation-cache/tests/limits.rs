@@ -13,22 +13,12 @@ use activation_cache::store::{
 };
 use activation_cache::{
     CacheError, HarvestOptions, Location, ShardSchedule, ShuffleConfig, StoreSource,
-    StreamingSource, harvest, write_shard,
+    StreamingSource, write_shard,
 };
 use gemma_hooks::{GemmaConfig, LoadedModel};
 
 mod common;
-use common::{POINTS, documents, quiet, spec, tiny};
-
-fn harvest_spec(
-    dir: &Path,
-    model: &LoadedModel,
-    spec: StoreSpec,
-    options: &HarvestOptions,
-) -> activation_cache::Result<activation_cache::store::Manifest> {
-    let tokenizer = model.tokenizer.clone().unwrap();
-    harvest(dir, &model.model, &tokenizer, &documents(), spec, options)
-}
+use common::{POINTS, documents, harvest_into, quiet, spec, tiny};
 
 fn with_context(model: &LoadedModel, context_length: usize) -> StoreSpec {
     let mut spec = spec(model, StoreDtype::F32, u64::MAX);
@@ -46,7 +36,7 @@ fn context_lengths_the_model_cannot_take_are_refused_before_any_work() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let error =
-            harvest_spec(&store, &model, with_context(&model, length), &quiet()).unwrap_err();
+            harvest_into(&store, &model, with_context(&model, length), &quiet()).unwrap_err();
         let text = error.to_string();
         assert!(
             matches!(&error, CacheError::Setting { setting, .. } if setting == "contexts.context_length")
@@ -61,7 +51,7 @@ fn context_lengths_the_model_cannot_take_are_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let mut shortest = with_context(&model, 2);
     shortest.target_rows = 12;
-    let manifest = harvest_spec(dir.path(), &model, shortest, &quiet()).unwrap();
+    let manifest = harvest_into(dir.path(), &model, shortest, &quiet()).unwrap();
     assert!(manifest.rows() > 0 && manifest.complete);
     check_context_length(model.model.config(), max, "--context").unwrap();
     let error = check_context_length(model.model.config(), 1, "--context").unwrap_err();
@@ -310,14 +300,14 @@ fn resumed_and_completed_harvests_remove_the_temporaries_and_nothing_else() {
         ..quiet()
     };
     let spec = spec(&model, StoreDtype::F32, u64::MAX);
-    harvest_spec(&store, &model, spec.clone(), &stop).unwrap();
+    harvest_into(&store, &model, spec.clone(), &stop).unwrap();
     plant(&store);
-    let done = harvest_spec(&store, &model, spec.clone(), &quiet()).unwrap();
+    let done = harvest_into(&store, &model, spec.clone(), &quiet()).unwrap();
     assert!(done.complete);
     assert_cleaned(&store);
     // A complete store opened again by the harvest loses later temporaries too.
     fs::write(store.join(".partial-late"), b"x").unwrap();
-    harvest_spec(&store, &model, spec, &quiet()).unwrap();
+    harvest_into(&store, &model, spec, &quiet()).unwrap();
     assert!(!store.join(".partial-late").exists());
 }
 
@@ -325,7 +315,7 @@ fn resumed_and_completed_harvests_remove_the_temporaries_and_nothing_else() {
 fn manifests_whose_numbers_overflow_are_errors_not_panics() {
     let model = tiny();
     let dir = tempfile::tempdir().unwrap();
-    harvest_spec(
+    harvest_into(
         dir.path(),
         &model,
         spec(&model, StoreDtype::F32, u64::MAX),

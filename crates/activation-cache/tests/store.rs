@@ -14,7 +14,7 @@ use candle_core::Device;
 use gemma_hooks::LoadedModel;
 
 mod common;
-use common::{POINTS, documents, quiet, spec, tiny};
+use common::{POINTS, documents, harvest_into, quiet, spec, tiny};
 
 fn build(dir: &Path, dtype: StoreDtype) -> LoadedModel {
     let model = tiny();
@@ -176,17 +176,6 @@ fn harvest_default(
     options: &HarvestOptions,
 ) -> activation_cache::Result<activation_cache::store::Manifest> {
     harvest_into(dir, model, spec(model, StoreDtype::F32, u64::MAX), options)
-}
-
-/// Harvests `spec` into `dir` with the tiny model.
-fn harvest_into(
-    dir: &Path,
-    model: &LoadedModel,
-    spec: StoreSpec,
-    options: &HarvestOptions,
-) -> activation_cache::Result<activation_cache::store::Manifest> {
-    let tokenizer = model.tokenizer.clone().unwrap();
-    harvest(dir, &model.model, &tokenizer, &documents(), spec, options)
 }
 
 #[test]

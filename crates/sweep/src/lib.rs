@@ -59,15 +59,7 @@
 //!
 //! let root = Location::local(work.path().join("sweep"));
 //! plan.write_at(&root)?;
-//! let options = TaskOptions {
-//!     device: "cpu".into(),
-//!     model_dtype: DType::F32,
-//!     kernels: gemma_hooks::Kernels::Fastest,
-//!     sae_devices: Vec::new(),
-//!     scratch: work.path().join("scratch"),
-//!     wait_for_dependencies: None,
-//!     progress: false,
-//! };
+//! let options = TaskOptions::on_cpu(work.path().join("scratch"));
 //! sweep::run_serially(&root, &options)?;
 //! assert!(work.path().join("sweep/train/blocks.1.hook_resid_post/topk-w16/cfg.json").exists());
 //! # Ok(())

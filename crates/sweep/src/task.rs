@@ -47,6 +47,22 @@ pub struct TaskOptions {
     pub progress: bool,
 }
 
+impl TaskOptions {
+    /// A task on the CPU in f32 with the fastest kernels, quietly, its working copies under
+    /// `scratch`, refusing at once when a dependency is not done.
+    pub fn on_cpu(scratch: impl Into<PathBuf>) -> Self {
+        Self {
+            device: "cpu".into(),
+            model_dtype: DType::F32,
+            kernels: Kernels::Fastest,
+            sae_devices: Vec::new(),
+            scratch: scratch.into(),
+            wait_for_dependencies: None,
+            progress: false,
+        }
+    }
+}
+
 /// What [`run_task`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskOutcome {

@@ -79,15 +79,7 @@ fn plan_into(dir: &Path, model: Option<&Path>) -> Location {
 }
 
 fn options(scratch: &Path) -> TaskOptions {
-    TaskOptions {
-        device: "cpu".into(),
-        model_dtype: DType::F32,
-        kernels: Default::default(),
-        sae_devices: Vec::new(),
-        scratch: scratch.to_path_buf(),
-        wait_for_dependencies: None,
-        progress: false,
-    }
+    TaskOptions::on_cpu(scratch)
 }
 
 /// The typed error inside `error`, or a failure showing it.

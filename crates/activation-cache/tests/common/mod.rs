@@ -69,3 +69,14 @@ pub fn quiet() -> HarvestOptions {
         progress: false,
     }
 }
+
+/// Harvests `spec` into `dir` with `model` (the tiny one) over [`documents`].
+pub fn harvest_into(
+    dir: &std::path::Path,
+    model: &LoadedModel,
+    spec: StoreSpec,
+    options: &HarvestOptions,
+) -> activation_cache::Result<activation_cache::store::Manifest> {
+    let tokenizer = model.tokenizer.clone().unwrap();
+    activation_cache::harvest(dir, &model.model, &tokenizer, &documents(), spec, options)
+}
