@@ -267,8 +267,10 @@ impl SweepSpec {
                     format!("every SAE template needs a name: {template}"),
                 )
             })?;
+            // The template's name is a plain name itself (not empty, `.` or `..`), and so is
+            // each trained SAE's, a folder of the training task's outputs.
+            crate::error::check_plain(file, &format!("{prefix}{field}.name"), name)?;
             for &width in &self.widths {
-                // The name of each trained SAE is a folder of the training task's outputs.
                 crate::error::check_plain(
                     file,
                     &format!("{prefix}{field}.name"),

@@ -1203,3 +1203,38 @@ fn a_context_length_the_model_cannot_take_is_refused_when_planning_naming_the_ke
         "{error:#}"
     );
 }
+
+/// Names built from the pieces that make paths escape, look alike or break file systems.
+fn hostile_name() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let pieces = prop::sample::select(vec![
+        "..", ".", "/", "\\", "\0", "\n", "topk", "．", "∕", "~", " ", "\u{202e}",
+    ]);
+    prop_oneof![
+        prop::collection::vec(pieces, 0..6).prop_map(|p| p.concat()),
+        Just("x".repeat(300)),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Whatever an SAE template's or a hook's name in a sweep file, the file is refused or the
+    /// name is a plain one ([`file_io::check_name`]), so every folder named after it stays in
+    /// the sweep's root.
+    #[test]
+    fn any_name_in_a_sweep_file_is_refused_or_plain(name in hostile_name(), as_hook: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = write_corpus(dir.path());
+        let mut spec = spec(&fixture(), &corpus);
+        if as_hook {
+            spec["hooks"] = json!([name]);
+        } else {
+            spec["saes"][0]["name"] = name.clone().into();
+        }
+        let file = dir.path().join("sweep.json");
+        std::fs::write(&file, spec.to_string()).unwrap();
+        if SweepSpec::from_file(&file).is_ok() {
+            proptest::prop_assert!(file_io::check_name(&name).is_ok(), "{:?} accepted", name);
+        }
+    }
+}
