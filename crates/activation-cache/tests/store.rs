@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
-use activation_cache::store::{StoreDtype, StoreSpec};
+use activation_cache::store::StoreDtype;
 use activation_cache::{
     ActivationSource, ContextConfig, Corpus, Document, HarvestOptions, ShuffleConfig, StoreSource,
     StreamingSource, TokenInfo, harvest,
