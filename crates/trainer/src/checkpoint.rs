@@ -63,6 +63,9 @@ pub(crate) struct RunState {
     pub total_tokens: u64,
     #[serde(default)]
     pub resampled: u64,
+    /// The target-L0 controller's state (absent without `target_l0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<crate::target_l0::L0ControllerState>,
 }
 
 /// One SAE's tensors: its training state and its optimiser's moments.

@@ -9,6 +9,7 @@ use sae_core::blas::Kernels;
 use sae_core::{Architecture, ThresholdParametrisation};
 
 use crate::resample::ResampleConfig;
+use crate::target_l0::L0ControllerGains;
 use crate::{Result, TrainError};
 
 /// A sparsity penalty and its coefficient.
@@ -187,6 +188,15 @@ pub struct SaeConfig {
     /// Resample dead latents during training ([`crate::resample`]). Default: never.
     #[serde(default)]
     pub resample: Option<ResampleConfig>,
+    /// The L0 to land at: the trainer then drives λ of the warmed-up penalties with
+    /// [`crate::target_l0`]'s controller instead of the λ warm-up (the penalty's coefficient is
+    /// only where λ starts). Default: none (λ as configured, the published recipes).
+    #[serde(default)]
+    pub target_l0: Option<f64>,
+    /// The target-L0 controller's gains (default [`L0ControllerGains::default`]); only with
+    /// `target_l0`.
+    #[serde(default)]
+    pub l0_controller: Option<L0ControllerGains>,
     /// Initialisation seed.
     pub seed: Option<u64>,
 }
@@ -248,6 +258,12 @@ pub struct ResolvedSaeConfig {
     /// Resampling of dead latents (none: never).
     #[serde(default)]
     pub resample: Option<ResampleConfig>,
+    /// The L0 the controller drives λ toward (none: λ as configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_l0: Option<f64>,
+    /// The controller's gains (present exactly when `target_l0` is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l0_controller: Option<L0ControllerGains>,
     /// Seed.
     pub seed: u64,
 }
@@ -282,6 +298,8 @@ impl SaeConfig {
             grad_clip_norm: None,
             exclude_norm_above: None,
             resample: None,
+            target_l0: None,
+            l0_controller: None,
             seed: None,
         }
     }
@@ -340,6 +358,10 @@ impl SaeConfig {
             grad_clip_norm: self.grad_clip_norm,
             exclude_norm_above: self.exclude_norm_above,
             resample: self.resample,
+            target_l0: self.target_l0,
+            l0_controller: self
+                .target_l0
+                .map(|_| self.l0_controller.unwrap_or_default()),
             seed: self.seed.unwrap_or(0),
         }
     }

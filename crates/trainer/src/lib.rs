@@ -65,6 +65,7 @@ pub mod registry;
 pub mod resample;
 mod run;
 pub mod schedule;
+pub mod target_l0;
 pub mod validation;
 
 pub use adam::Adam;
@@ -78,3 +79,4 @@ pub use resample::ResampleConfig;
 pub use run::{RunOptions, SaeRun, Trainer};
 /// Which kernels the step and the optimiser may use (from `cpu-blas`).
 pub use sae_core::blas::Kernels;
+pub use target_l0::{L0Controller, L0ControllerGains};

@@ -61,6 +61,9 @@ pub struct MetricsRow {
     /// ([`crate::Trainer::set_held_out`]); NaN without them.
     #[serde(default = "nan", deserialize_with = "nan_from_null")]
     pub held_out_fvu: f64,
+    /// Mean active latents per held-out row; NaN without them.
+    #[serde(default = "nan", deserialize_with = "nan_from_null")]
+    pub held_out_l0: f64,
     /// Whether this step took the sparsity-aware step over the (token, latent) pairs (else
     /// its product passes, or candle's dense autograd step).
     #[serde(default)]
@@ -108,6 +111,7 @@ pub fn to_frame(rows: &[MetricsRow]) -> Result<DataFrame> {
         Column::new("lambda".into(), f(|r| r.lambda)),
         Column::new("resampled".into(), u(|r| r.resampled)),
         Column::new("held_out_fvu".into(), f(|r| r.held_out_fvu)),
+        Column::new("held_out_l0".into(), f(|r| r.held_out_l0)),
         Column::new(
             "sparse_step".into(),
             rows.iter().map(|r| r.sparse_step).collect::<Vec<bool>>(),

@@ -29,6 +29,7 @@ use crate::metrics::{self, MetricsRow};
 use crate::registry::Registry;
 use crate::resample::{self, ResampleConfig};
 use crate::schedule::{lambda_factor, learning_rate};
+use crate::target_l0::L0Controller;
 use crate::{Result, TrainError};
 
 /// One SAE being trained.
@@ -56,6 +57,8 @@ pub struct SaeRun {
     total_tokens: u64,
     /// Latents resampled so far.
     resampled: u64,
+    /// The target-L0 controller of λ (`target_l0`), if any.
+    controller: Option<L0Controller>,
     /// Where it trains, and its device slot (the thread that steps it).
     device: Device,
     slot: usize,
@@ -248,6 +251,7 @@ impl<S: ActivationSource> Trainer<S> {
                 )));
             }
         }
+        let self_steps = config.steps;
         let runs = resolved
             .into_iter()
             .zip(targets)
@@ -260,13 +264,22 @@ impl<S: ActivationSource> Trainer<S> {
                 };
                 let mut run = SaeRun::new(
                     config,
-                    hook_index,
-                    d_in,
+                    (hook_index, d_in),
                     scale,
                     &means[run_index],
                     &placement[run_index].1,
                     registry,
                 )?;
+                if let (Some(target), Some(gains)) =
+                    (run.config.target_l0, run.config.l0_controller)
+                {
+                    run.controller = Some(L0Controller::new(
+                        target,
+                        gains,
+                        run.config.lambda_warmup_steps,
+                        self_steps,
+                    ));
+                }
                 run.slot = placement[run_index].0;
                 run.target_index = target_index;
                 run.kernels = kernels;
@@ -287,10 +300,43 @@ impl<S: ActivationSource> Trainer<S> {
             held_out: Vec::new(),
             folded: false,
         };
-        if let Some((state, tensors)) = saved {
-            trainer.restore(state, tensors)?;
+        match saved {
+            Some((state, tensors)) => trainer.restore(state, tensors)?,
+            None => trainer.start_thresholds_at_targets()?,
         }
         Ok(trainer)
+    }
+
+    /// Starts the thresholds of every SAE with a `target_l0` (and thresholds) at their
+    /// pre-activations' quantiles on the first batch ([`crate::target_l0::quantile_thresholds`]),
+    /// the source rewound afterwards.
+    fn start_thresholds_at_targets(&mut self) -> Result<()> {
+        if !self.runs.iter().any(|r| r.config.target_l0.is_some()) {
+            return Ok(());
+        }
+        let start = self.source.cursor();
+        let Some(batch) = self.source.next_batch(self.config.batch_size)? else {
+            return Ok(());
+        };
+        self.source.restore(&start)?;
+        for run in &self.runs {
+            let Some(target) = run.config.target_l0 else {
+                continue;
+            };
+            let rows = training_rows(&batch.activations[run.hook_index], &run.config)?;
+            if rows.dim(0)? == 0 || run.sae.threshold()?.is_none() {
+                continue;
+            }
+            let x = (rows.to_dtype(DType::F32)?.to_device(&run.device)? / run.scale)?;
+            let pre = run.sae.pre_activations(&x)?;
+            let theta = crate::target_l0::quantile_thresholds(
+                &pre,
+                target,
+                run.config.threshold_init.min(1e-3),
+            )?;
+            run.sae.set_threshold(&theta)?;
+        }
+        Ok(())
     }
 
     /// The activation source, at the position training has reached.
@@ -540,6 +586,7 @@ impl<S: ActivationSource> Trainer<S> {
                     total_fires: r.total_fires.clone(),
                     total_tokens: r.total_tokens,
                     resampled: r.resampled,
+                    controller: r.controller.as_ref().map(|c| c.state),
                 })
                 .collect(),
             identity: self.identity.clone(),
@@ -578,6 +625,17 @@ impl<S: ActivationSource> Trainer<S> {
             run.total_fires = saved.total_fires;
             run.total_tokens = saved.total_tokens;
             run.resampled = saved.resampled;
+            match (&mut run.controller, saved.controller) {
+                (Some(controller), Some(state)) => controller.state = state,
+                (None, None) => {}
+                _ => {
+                    return Err(TrainError::Invalid(format!(
+                        "SAE `{}`: the checkpoint's target-L0 controller state does not match \
+                         the configuration (target_l0 set in one and not the other)",
+                        run.config.name
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -636,8 +694,7 @@ impl SaeRun {
     /// mean, fresh Adam moments and counters.
     fn new(
         config: ResolvedSaeConfig,
-        hook_index: usize,
-        d_in: usize,
+        (hook_index, d_in): (usize, usize),
         scale: f64,
         mean: &[f64],
         device: &Device,
@@ -672,6 +729,13 @@ impl SaeRun {
             .iter()
             .map(|p| Ok((registry.build_penalty(p, ste)?, p.clone())))
             .collect::<Result<_>>()?;
+        if config.target_l0.is_some() && !config.penalties.iter().any(PenaltyConfig::warms_up) {
+            return Err(TrainError::Invalid(format!(
+                "SAE `{}`: target_l0 needs a sparsity penalty whose λ the controller drives, \
+                 and its recipe has none",
+                config.name
+            )));
+        }
         let adam = Adam::new(config.adam_beta1, config.adam_beta2, config.adam_eps);
         Ok(SaeRun {
             sae,
@@ -687,6 +751,7 @@ impl SaeRun {
             total_fires: vec![0; config.d_sae],
             total_tokens: 0,
             resampled: 0,
+            controller: None,
             device: device.clone(),
             slot: 0,
             config,
@@ -731,7 +796,7 @@ impl SaeRun {
         )?;
         match (row, held_out) {
             (Some(mut row), Some((input, target))) => {
-                row.held_out_fvu = self.fvu_on(input, target)?;
+                (row.held_out_fvu, row.held_out_l0) = self.fvu_and_l0_on(input, target)?;
                 Ok(Some(row))
             }
             (row, _) => Ok(row),
@@ -750,7 +815,11 @@ impl SaeRun {
         record: bool,
     ) -> Result<Option<MetricsRow>> {
         let lr = learning_rate(&self.config, step_index, total);
-        let warm = lambda_factor(&self.config, step_index);
+        // λ's factor: the controller's multiplier toward a target L0, else the warm-up.
+        let warm = match &self.controller {
+            Some(controller) => controller.multiplier(),
+            None => lambda_factor(&self.config, step_index),
+        };
         let dead: Vec<bool> = self.since_fired.iter().map(|&s| s >= dead_window).collect();
         let dead_mask: Vec<f32> = dead.iter().map(|&d| if d { 1.0 } else { 0.0 }).collect();
         let context = PenaltyContext {
@@ -814,6 +883,16 @@ impl SaeRun {
         }
         self.window_tokens += tokens;
         self.total_tokens += tokens;
+        if let Some(controller) = &mut self.controller {
+            let active = fires.iter().map(|&f| f as u64).sum::<u64>();
+            controller.observe(step_index, active as f64 / tokens.max(1) as f64);
+            let factor = controller.threshold_factor();
+            if factor != 1.0
+                && let Some(theta) = self.sae.threshold()?
+            {
+                self.sae.set_threshold(&theta.affine(factor, 0.0)?)?;
+            }
+        }
         if let Some(resample) = self.config.resample
             && resample.due(step_index + 1, total)
         {
@@ -888,6 +967,7 @@ impl SaeRun {
                 .map_or(0.0, |(_, c)| c.coefficient() * warm),
             resampled: self.resampled,
             held_out_fvu: f64::NAN,
+            held_out_l0: f64::NAN,
             sparse_step: passes == Some(Passes::Pairs),
             product_passes: passes == Some(Passes::Products),
         };
@@ -896,9 +976,15 @@ impl SaeRun {
 
     /// The SAE's fraction of variance unexplained on `x` toward `target` (training space; an
     /// SAE's target is `x`): the summed squared error over the summed squared deviation from
-    /// the target's own mean, in f64.
-    fn fvu_on(&self, x: &Tensor, target: &Tensor) -> Result<f64> {
-        let (_, reconstruction) = self.sae.forward(x)?;
+    /// the target's own mean, in f64; and its L0 there (mean active latents per row).
+    fn fvu_and_l0_on(&self, x: &Tensor, target: &Tensor) -> Result<(f64, f64)> {
+        let (latents, reconstruction) = self.sae.forward(x)?;
+        let active = latents
+            .ne(0f32)?
+            .to_dtype(DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        let l0 = active / x.dim(0)?.max(1) as f64;
         let x = target;
         let sum = |t: Tensor| -> Result<f64> {
             Ok(t.to_dtype(DType::F64)?
@@ -908,7 +994,7 @@ impl SaeRun {
         };
         let error = sum((x - reconstruction)?)?;
         let variance = sum(x.broadcast_sub(&x.mean_keepdim(0)?)?)?;
-        Ok(error / variance.max(f64::MIN_POSITIVE))
+        Ok((error / variance.max(f64::MIN_POSITIVE), l0))
     }
 
     /// Resamples the latents dead for `config.dead_after_tokens` from the batch `x`

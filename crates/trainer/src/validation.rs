@@ -13,7 +13,9 @@
 //! | `lr_warmup_start`, `lr_decay_fraction` | 0 ≤ x ≤ 1 |
 //! | penalty `coefficient` | finite and ≥ 0 |
 //! | `k_aux` (AuxK) | ≥ 1 |
-//! | `target_l0`, Matryoshka `widths`, pre-activation and resampling settings | as their own types document |
+//! | `target_l0` (the SAE's) | finite, > 0 and ≤ `d_sae`; needs a warmed-up penalty for the controller to drive; not for TopK / BatchTopK (their L0 is k); equal to a quadratic L0 penalty's own target |
+//! | `l0_controller` gains | as [`crate::L0ControllerGains::check`] documents; only with `target_l0` |
+//! | quadratic `target_l0`, Matryoshka `widths`, pre-activation and resampling settings | as their own types document |
 //! | `steps`, `batch_size`, `checkpoint_every`, `metrics_every`, `dead_window_tokens`, `scaling_batches` | ≥ 1 (`batch_size` ≤ [`MAX_BATCH_SIZE`], `scaling_batches` ≤ [`MAX_SCALING_BATCHES`]) |
 //!
 //! NaN and infinities are refused as such: a TOML file's `nan` or `inf` is named with its key
@@ -100,6 +102,7 @@ impl SaeConfig {
                 .map_err(|problem| invalid(format!("penalties.{index}: {problem}")))?;
         }
         check_combination(self).map_err(|problem| invalid(problem.into()))?;
+        check_target_l0(self).map_err(invalid)?;
         if let Some(resample) = &self.resample {
             resample.validate(&self.name)?;
         }
@@ -164,6 +167,54 @@ fn check_combination(sae: &SaeConfig) -> std::result::Result<(), &'static str> {
         }
         _ => Ok(()),
     }
+}
+
+/// The target-L0 settings: a target in (0, d_sae], a penalty the controller can drive, and the
+/// controller's gains only with a target.
+fn check_target_l0(sae: &SaeConfig) -> std::result::Result<(), String> {
+    let Some(target) = sae.target_l0 else {
+        return match sae.l0_controller {
+            Some(_) => Err("l0_controller is only used with target_l0".into()),
+            None => Ok(()),
+        };
+    };
+    if !(target.is_finite() && target > 0.0 && target <= sae.d_sae as f64) {
+        return Err(format!(
+            "target_l0 must be a number > 0 and at most d_sae ({}), not {target}",
+            sae.d_sae
+        ));
+    }
+    if let Architecture::TopK { .. } | Architecture::BatchTopK { .. } = sae.architecture {
+        return Err(
+            "target_l0 is for SAEs with a sparsity penalty: a TopK or BatchTopK SAE's L0 is its k"
+                .into(),
+        );
+    }
+    if let Some(gains) = &sae.l0_controller {
+        gains.check()?;
+    }
+    let Some(penalties) = &sae.penalties else {
+        // The architecture's recipe: every built-in one but TopK has a warmed-up penalty.
+        return Ok(());
+    };
+    for penalty in penalties {
+        if let PenaltyConfig::QuadraticL0 { target_l0, .. } = penalty
+            && *target_l0 != target
+        {
+            return Err(format!(
+                "target_l0 = {target}, but the quadratic L0 penalty pulls toward {target_l0}: \
+                 give both the same target"
+            ));
+        }
+    }
+    if !penalties.iter().any(PenaltyConfig::warms_up) {
+        return Err(
+            "target_l0 needs a sparsity penalty whose λ the controller drives (L0, \
+                    quadratic L0, L1, decoder-norm L1, or a registered penalty that warms up)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 impl TrainConfig {

@@ -414,6 +414,27 @@ fn a_resampled_run_resumes_bit_identically() {
     }
 }
 
+/// The target-L0 controller's state (its integral, last error and first L0) is checkpointed:
+/// killed at step 130 and resumed from step 100, the run is bit-identical.
+#[test]
+fn a_target_l0_run_resumes_bit_identically() {
+    let saes = || {
+        let mut saes = two_saes();
+        saes[0].target_l0 = Some(5.0);
+        saes
+    };
+    let (_, metrics) = assert_resume_is_bit_identical(saes);
+    let lambdas: Vec<f64> = metrics
+        .iter()
+        .filter(|r| r.sae == "jump")
+        .map(|r| r.lambda)
+        .collect();
+    assert!(
+        lambdas.windows(2).any(|w| w[0] != w[1]) && lambdas.iter().all(|l| l.is_finite()),
+        "the controller never moved λ: {lambdas:?}"
+    );
+}
+
 #[test]
 fn resampling_settings_are_validated() {
     let refused = |architecture: Architecture, resample: ResampleConfig, needle: &str| {

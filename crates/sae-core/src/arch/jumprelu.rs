@@ -147,6 +147,17 @@ impl TrainableSae for JumpReluSae {
     fn threshold(&self) -> Result<Option<Tensor>> {
         Ok(Some(self.theta()?))
     }
+    fn set_threshold(&self, theta: &Tensor) -> Result<bool> {
+        expect_shape(theta, "threshold", &[self.affine.d_sae()])?;
+        let stored = match self.parametrisation {
+            ThresholdParametrisation::Raw => theta.relu()?,
+            // θ > 0 for its logarithm: the smallest positive f32 instead of 0.
+            ThresholdParametrisation::Log => theta.clamp(f32::MIN_POSITIVE, f32::MAX)?.log()?,
+        };
+        self.threshold
+            .set(&stored.to_dtype(self.threshold.dtype())?)?;
+        Ok(true)
+    }
     fn project_parameters(&self) -> Result<()> {
         match self.parametrisation {
             // A log-parametrised θ = exp(τ) is positive by construction.

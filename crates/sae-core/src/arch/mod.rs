@@ -219,6 +219,11 @@ pub trait TrainableSae: Sae {
     fn threshold(&self) -> Result<Option<Tensor>> {
         Ok(None)
     }
+    /// Sets the per-latent threshold θ `[d_sae]` (θ itself, whatever the parametrisation);
+    /// false, and nothing changed, for architectures without one.
+    fn set_threshold(&self, _theta: &Tensor) -> Result<bool> {
+        Ok(false)
+    }
     /// An architecture's own auxiliary loss (Gated's frozen-decoder reconstruction), if any.
     fn auxiliary_loss(&self, _out: &TrainOutput) -> Result<Option<Tensor>> {
         Ok(None)

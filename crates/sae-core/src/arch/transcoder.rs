@@ -126,6 +126,9 @@ impl TrainableSae for JumpReluTranscoder {
     fn threshold(&self) -> Result<Option<Tensor>> {
         self.sae.threshold()
     }
+    fn set_threshold(&self, theta: &Tensor) -> Result<bool> {
+        self.sae.set_threshold(theta)
+    }
     fn project_parameters(&self) -> Result<()> {
         self.sae.project_parameters()
     }
