@@ -25,12 +25,12 @@ use crate::device::DeviceOptions;
 use crate::report::Report;
 
 /// A run folder's configuration file.
-const RUN_CONFIG: &str = "config.json";
+pub(crate) const RUN_CONFIG: &str = "config.json";
 
 /// Makes `out` an experiment's run folder, or refuses: a missing folder is created; an existing
 /// one must be empty or an experiment's run folder (its `config.json` has an `experiment`), so
 /// an experiment never writes into, or over, a folder it did not make.
-fn claim_run_folder(out: &Path) -> anyhow::Result<()> {
+pub(crate) fn claim_run_folder(out: &Path) -> anyhow::Result<()> {
     let is_experiment = |config: &Path| {
         analysis::tables::read_json::<serde_json::Value>(config)
             .is_ok_and(|saved| saved.get("experiment").is_some())

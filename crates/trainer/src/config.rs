@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use sae_core::blas::Kernels;
 use sae_core::{Architecture, ThresholdParametrisation};
 
+use crate::homeostasis::HomeostasisConfig;
 use crate::resample::ResampleConfig;
 use crate::target_l0::L0ControllerGains;
 use crate::{Result, TrainError};
@@ -197,6 +198,10 @@ pub struct SaeConfig {
     /// `target_l0`.
     #[serde(default)]
     pub l0_controller: Option<L0ControllerGains>,
+    /// Keep every latent between dead and ultra-dense by nudging its threshold
+    /// ([`crate::homeostasis`]; SAEs with thresholds). Default: off.
+    #[serde(default)]
+    pub homeostasis: Option<HomeostasisConfig>,
     /// Initialisation seed.
     pub seed: Option<u64>,
 }
@@ -264,6 +269,9 @@ pub struct ResolvedSaeConfig {
     /// The controller's gains (present exactly when `target_l0` is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l0_controller: Option<L0ControllerGains>,
+    /// Threshold homeostasis (none: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub homeostasis: Option<HomeostasisConfig>,
     /// Seed.
     pub seed: u64,
 }
@@ -300,6 +308,7 @@ impl SaeConfig {
             resample: None,
             target_l0: None,
             l0_controller: None,
+            homeostasis: None,
             seed: None,
         }
     }
@@ -362,6 +371,7 @@ impl SaeConfig {
             l0_controller: self
                 .target_l0
                 .map(|_| self.l0_controller.unwrap_or_default()),
+            homeostasis: self.homeostasis,
             seed: self.seed.unwrap_or(0),
         }
     }

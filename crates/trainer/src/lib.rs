@@ -60,6 +60,7 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 mod grad_norm;
+pub mod homeostasis;
 pub mod metrics;
 pub mod registry;
 pub mod resample;
@@ -73,6 +74,7 @@ pub use config::{
     DecoderBiasInit, PenaltyConfig, Recipe, ResolvedSaeConfig, SaeConfig, TrainConfig, device_named,
 };
 pub use error::{Result, TrainError};
+pub use homeostasis::HomeostasisConfig;
 pub use metrics::MetricsRow;
 pub use registry::Registry;
 pub use resample::ResampleConfig;

@@ -320,9 +320,13 @@ impl<S: ActivationSource> Trainer<S> {
         };
         self.source.restore(&start)?;
         for run in &self.runs {
-            let Some(target) = run.config.target_l0 else {
+            let (Some(target), Some(gains)) = (run.config.target_l0, run.config.l0_controller)
+            else {
                 continue;
             };
+            if !gains.start_at_target {
+                continue;
+            }
             let rows = training_rows(&batch.activations[run.hook_index], &run.config)?;
             if rows.dim(0)? == 0 || run.sae.threshold()?.is_none() {
                 continue;
@@ -883,6 +887,12 @@ impl SaeRun {
         }
         self.window_tokens += tokens;
         self.total_tokens += tokens;
+        if let Some(homeostasis) = &self.config.homeostasis
+            && let Some(theta) = self.sae.threshold()?
+            && let Some(nudged) = homeostasis.nudge(&theta, fires, tokens, &self.since_fired)?
+        {
+            self.sae.set_threshold(&nudged)?;
+        }
         if let Some(controller) = &mut self.controller {
             let active = fires.iter().map(|&f| f as u64).sum::<u64>();
             controller.observe(step_index, active as f64 / tokens.max(1) as f64);

@@ -21,21 +21,20 @@
 //! only sets each threshold's direction, and k_p puts the turning point at the target — and the
 //! integral term removes the remaining offset.
 //!
-//! **Thresholds.** A pre-activation is a sum over every encoder weight of a latent, so it can
-//! grow many learning rates per step while its threshold moves one: λ alone cannot hold a
-//! JumpReLU SAE's L0 in a short run. An SAE with thresholds therefore also has every θ
-//! multiplied by exp(k_θ·e) after each step — the same error, acting at once on every latent
-//! in proportion to its own threshold.
+//! **Warm-up.** Instead of warming λ up from 0, the controller warms its target: T_t falls
+//! log-linearly from the first batch's L0 to T over the first `warmup` steps
+//! ([`L0Controller::warmup_steps`]: the run's λ warm-up, at most a quarter of the run), so
+//! latents are not all pushed off at once.
 //!
-//! **Start.** A threshold moves about one learning rate per step under Adam, so from Gemma
-//! Scope's θ₀ = 0.001 (half the latents firing) a short run cannot reach a low L0 in time. With
-//! a target, an SAE with thresholds (JumpReLU, its Matryoshka and transcoder forms) starts each
-//! θ_j instead at the quantile of latent j's pre-activations on the first batch that it exceeds
-//! on a fraction T/d_sae of rows ([`quantile_thresholds`]): the L0 starts at the target and every
-//! latent fires at the same rate, none dead. Without thresholds (ReLU, Gated with L1) the
-//! controller warms its target instead of λ: T_t falls log-linearly from the first batch's L0 to
-//! T over the first `warmup` steps ([`L0Controller::warmup_steps`]: the run's λ warm-up, at most
-//! a quarter of the run).
+//! **Options, off by default.** Two more actions were measured (BENCHMARKS.md, "Target L0"):
+//! multiplying every JumpReLU threshold by exp(k_θ·e) after each step (`threshold`: a
+//! pre-activation sums every encoder weight of its latent, so it can move many learning rates
+//! per step while its threshold moves one), and starting each θ_j at the quantile of latent j's
+//! pre-activations on the first batch that it exceeds on a fraction T/d_sae of rows
+//! (`start_at_target`, [`quantile_thresholds`]), so the L0 starts at the target. Both land a
+//! 200-step run on synthetic data, but on the quickstart's activations the quantile start blew
+//! the reconstruction up (FVU > 1) within 200 steps in every run, and the threshold term added
+//! nothing the integral does not; the defaults are k_p = 1, k_i = 0.2 and neither option.
 //!
 //! The state (I, the last error, the first L0) is three f64 numbers, saved in every checkpoint:
 //! a resumed run is bit-identical to an uninterrupted one.
@@ -47,8 +46,9 @@ use crate::{Result, TrainError};
 
 /// The largest factor the controller moves λ by, up or down, from the config's coefficient.
 pub const MAX_MULTIPLIER: f64 = 1e8;
-/// The largest log-ratio error one step acts on (a batch 20× off its target counts as e³).
-pub const MAX_ERROR: f64 = 3.0;
+/// The largest log-ratio error one step acts on (a batch e× off its target or more counts as
+/// e¹): one transient batch (a loss spike) moves λ by at most a factor e^(k_p + k_i).
+pub const MAX_ERROR: f64 = 1.0;
 
 /// The controller's gains (defaults measured in BENCHMARKS.md, "Target L0").
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -64,6 +64,14 @@ pub struct L0ControllerGains {
     /// thresholds; 0: λ alone).
     #[serde(default = "default_threshold")]
     pub threshold: f64,
+    /// Start every threshold at its pre-activations' quantile for the target
+    /// ([`quantile_thresholds`]) instead of the config's `threshold_init`.
+    #[serde(default = "default_start_at_target")]
+    pub start_at_target: bool,
+}
+
+fn default_start_at_target() -> bool {
+    L0ControllerGains::default().start_at_target
 }
 
 fn default_threshold() -> f64 {
@@ -81,9 +89,10 @@ fn default_integral() -> f64 {
 impl Default for L0ControllerGains {
     fn default() -> Self {
         Self {
-            proportional: 4.0,
-            integral: 0.5,
-            threshold: 0.05,
+            proportional: 1.0,
+            integral: 0.2,
+            threshold: 0.0,
+            start_at_target: false,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! | `k_aux` (AuxK) | ≥ 1 |
 //! | `target_l0` (the SAE's) | finite, > 0 and ≤ `d_sae`; needs a warmed-up penalty for the controller to drive; not for TopK / BatchTopK (their L0 is k); equal to a quadratic L0 penalty's own target |
 //! | `l0_controller` gains | as [`crate::L0ControllerGains::check`] documents; only with `target_l0` |
+//! | `homeostasis` | as [`crate::HomeostasisConfig::check`] documents; JumpReLU SAEs and transcoders only (thresholds) |
 //! | quadratic `target_l0`, Matryoshka `widths`, pre-activation and resampling settings | as their own types document |
 //! | `steps`, `batch_size`, `checkpoint_every`, `metrics_every`, `dead_window_tokens`, `scaling_batches` | ≥ 1 (`batch_size` ≤ [`MAX_BATCH_SIZE`], `scaling_batches` ≤ [`MAX_SCALING_BATCHES`]) |
 //!
@@ -103,6 +104,17 @@ impl SaeConfig {
         }
         check_combination(self).map_err(|problem| invalid(problem.into()))?;
         check_target_l0(self).map_err(invalid)?;
+        if let Some(homeostasis) = &self.homeostasis {
+            homeostasis.check().map_err(invalid)?;
+            if !matches!(
+                self.architecture,
+                Architecture::JumpRelu | Architecture::JumpReluTranscoder { .. }
+            ) {
+                return Err(invalid(
+                    "homeostasis nudges thresholds: it is for JumpReLU SAEs and transcoders".into(),
+                ));
+            }
+        }
         if let Some(resample) = &self.resample {
             resample.validate(&self.name)?;
         }

@@ -415,12 +415,14 @@ fn a_resampled_run_resumes_bit_identically() {
 }
 
 /// The target-L0 controller's state (its integral, last error and first L0) is checkpointed:
-/// killed at step 130 and resumed from step 100, the run is bit-identical.
+/// killed at step 130 and resumed from step 100, the run is bit-identical (with threshold
+/// homeostasis too).
 #[test]
 fn a_target_l0_run_resumes_bit_identically() {
     let saes = || {
         let mut saes = two_saes();
         saes[0].target_l0 = Some(5.0);
+        saes[0].homeostasis = Some(trainer::HomeostasisConfig::new(512));
         saes
     };
     let (_, metrics) = assert_resume_is_bit_identical(saes);

@@ -1,0 +1,153 @@
+//! Threshold homeostasis: every latent kept between dead and ultra-dense by nudging its own
+//! JumpReLU threshold, as a neuron's firing threshold adapts to its activity.
+//!
+//! After every step, a latent silent for `dead_after_tokens` tokens has its threshold lowered,
+//! and a latent that fired on more than `max_rate` of the batch's tokens has it raised, each by
+//! `step` times the mean threshold (so the nudge has the thresholds' own scale, and reaches a
+//! threshold of 0, where a latent fires whenever its pre-activation is positive). A revived
+//! latent then fires on the tokens where its pre-activation is highest and learns from the
+//! reconstruction like any other; the L0 controller ([`crate::target_l0`]) absorbs its share of
+//! the L0. Nothing changes for latents within the band, and nothing but thresholds changes:
+//! unlike the pre-activation loss or resampling, it adds no gradient and moves no encoder.
+//!
+//! Deterministic (a function of the step's firing counts and the tokens since each latent fired,
+//! both checkpointed), so a resumed run stays bit-identical.
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+/// The band a latent's firing is kept in (see the [module](self) documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeostasisConfig {
+    /// A latent that has not fired for this many tokens is dead: its threshold is lowered.
+    pub dead_after_tokens: u64,
+    /// A latent firing on more than this fraction of a batch's tokens is ultra-dense: its
+    /// threshold is raised (default 0.1, the ultra-dense line of the metrics).
+    #[serde(default = "default_max_rate")]
+    pub max_rate: f64,
+    /// The nudge per step, as a fraction of the mean threshold (default 0.01).
+    #[serde(default = "default_step")]
+    pub step: f64,
+}
+
+fn default_max_rate() -> f64 {
+    0.1
+}
+
+fn default_step() -> f64 {
+    0.01
+}
+
+impl HomeostasisConfig {
+    /// A band that revives latents silent for `dead_after_tokens` tokens, with the default
+    /// `max_rate` and `step`.
+    pub fn new(dead_after_tokens: u64) -> Self {
+        Self {
+            dead_after_tokens,
+            max_rate: default_max_rate(),
+            step: default_step(),
+        }
+    }
+
+    /// Refuses settings out of range: `dead_after_tokens` ≥ 1, `max_rate` in (0, 1], `step` in
+    /// (0, 1].
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.dead_after_tokens == 0 {
+            return Err("homeostasis.dead_after_tokens must be at least 1".into());
+        }
+        if !(self.max_rate > 0.0 && self.max_rate <= 1.0) {
+            return Err(format!(
+                "homeostasis.max_rate must be in (0, 1], not {}",
+                self.max_rate
+            ));
+        }
+        if !(self.step > 0.0 && self.step <= 1.0) {
+            return Err(format!(
+                "homeostasis.step must be in (0, 1], not {}",
+                self.step
+            ));
+        }
+        Ok(())
+    }
+
+    /// The thresholds after one step's nudges: `theta` `[d_sae]`, with `fires[j]` firings of
+    /// latent j on the step's `tokens`, and `since_fired[j]` tokens since it last fired (after
+    /// the step). `None` when no latent is outside the band.
+    pub fn nudge(
+        &self,
+        theta: &Tensor,
+        fires: &[u32],
+        tokens: u64,
+        since_fired: &[u64],
+    ) -> Result<Option<Tensor>> {
+        let dense_above = self.max_rate * tokens as f64;
+        let direction: Vec<f32> = fires
+            .iter()
+            .zip(since_fired)
+            .map(|(&f, &since)| {
+                if since >= self.dead_after_tokens {
+                    -1.0
+                } else if f as f64 > dense_above {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        if direction.iter().all(|&d| d == 0.0) {
+            return Ok(None);
+        }
+        let mean = theta.mean_all()?.to_scalar::<f32>()?;
+        let unit = self.step as f32 * mean.max(0.0);
+        let direction = Tensor::new(direction, theta.device())?;
+        Ok(Some((theta + (direction * unit as f64)?)?.relu()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn dead_latents_go_down_dense_ones_up_the_rest_stay() {
+        let config = HomeostasisConfig {
+            dead_after_tokens: 100,
+            max_rate: 0.1,
+            step: 0.5,
+        };
+        let theta = Tensor::new(&[1.0f32, 2.0, 3.0, 0.1], &Device::Cpu).unwrap();
+        // Latent 0 dead (silent 100 tokens), 1 dense (20 of 100), 2 in the band, 3 dead near 0.
+        let fires = [0, 20, 5, 0];
+        let since = [100, 0, 0, 500];
+        let nudged: Vec<f32> = config
+            .nudge(&theta, &fires, 100, &since)
+            .unwrap()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Mean θ 1.525, unit 0.7625.
+        assert_eq!(nudged, vec![1.0 - 0.7625, 2.7625, 3.0, 0.0]);
+        assert!(
+            config
+                .nudge(&theta, &[5, 5, 5, 5], 100, &[0, 0, 0, 0])
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused() {
+        assert!(HomeostasisConfig::new(0).check().is_err());
+        let mut bad = HomeostasisConfig::new(10);
+        bad.max_rate = f64::NAN;
+        assert!(bad.check().unwrap_err().contains("max_rate"));
+        let mut bad = HomeostasisConfig::new(10);
+        bad.step = 2.0;
+        assert!(bad.check().unwrap_err().contains("step"));
+        assert!(HomeostasisConfig::new(10).check().is_ok());
+    }
+}
