@@ -148,6 +148,13 @@ fn usual(path: &[String], options: &[String], fixtures: &Path) -> Usual {
         ["kubernetes"] => {
             usual.insert("image".into(), "image".into());
         }
+        ["reproduce", "synth-bench"] => {
+            // Its own model: the small synthetic one, a tiny SAE and budget.
+            usual.insert("model".into(), "small".into());
+            usual.insert("width".into(), "64".into());
+            usual.insert("budget".into(), "2048".into());
+            usual.insert("eval-samples".into(), "100".into());
+        }
         _ => {}
     }
     Usual {

@@ -389,3 +389,74 @@ fn bench_quality_tables_both_frontiers_and_refuses_a_missing_peer_environment() 
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("Massive-norm tokens"), "{report}");
 }
+
+/// `synth-bench` on the small synthetic model: eight SAEs (four architectures at L0 25 and
+/// 20) scored against the true features, the published figures beside them, MCC and F1
+/// plots; a re-run resumes (trains nothing) to the same table; other settings in the same
+/// folder are refused.
+#[test]
+fn synth_bench_scores_every_architecture_against_the_true_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("synth");
+    let run = |budget: &str| {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args([
+                "reproduce",
+                "synth-bench",
+                "--model",
+                "small",
+                "--width",
+                "64",
+            ])
+            .args([
+                "--budget",
+                budget,
+                "--eval-samples",
+                "500",
+                "--quiet",
+                "--out",
+            ])
+            .arg(&out)
+            .env("GEMMA_SCOPE_CACHE", dir.path().join("cache"))
+            .output()
+            .expect("running xtask")
+    };
+    let first = run("4096");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for architecture in ["batchtopk", "matryoshka-batchtopk", "jumprelu", "l1"] {
+        for (target, published) in [("25.000", true), ("20.000", true)] {
+            let line = report
+                .lines()
+                .find(|l| l.starts_with(&format!("| {architecture} | {target} |")))
+                .unwrap_or_else(|| panic!("no {architecture} at {target}:\n{report}"));
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            let ours: Vec<f64> = cells[3].split(" / ").map(|v| v.parse().unwrap()).collect();
+            assert_eq!(ours.len(), 4, "{line}");
+            assert!(
+                ours[..3].iter().all(|v| (0.0..=1.0).contains(v)),
+                "MCC, F1 and uniqueness are fractions: {line}"
+            );
+            assert_eq!(cells[5] != "–", published, "{line}");
+        }
+    }
+    assert_plot(
+        &out.join("l0_vs_mcc"),
+        &["MCC against L0", "jumprelu (published)"],
+    );
+    assert_plot(&out.join("l0_vs_f1"), &["F1 against L0"]);
+    let again = run("4096");
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.md")).unwrap(),
+        report
+    );
+    let other = run("8192");
+    assert!(!other.status.success());
+    let error = String::from_utf8_lossy(&other.stderr);
+    assert!(error.contains("budget"), "{error}");
+}

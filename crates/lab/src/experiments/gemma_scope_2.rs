@@ -18,7 +18,7 @@
 use analysis::Evaluation;
 use gemma_hooks::HookPoint;
 use sae_core::Architecture;
-use trainer::{PenaltyConfig, SaeConfig};
+use trainer::{HomeostasisConfig, PenaltyConfig, SaeConfig};
 
 use super::short_run;
 use crate::ExperimentOptions;
@@ -46,6 +46,19 @@ fn sites(layer: usize) -> [(&'static str, HookPoint); 3] {
         ("attn_out", HookPoint::AttnZ(layer)),
         ("mlp_out", HookPoint::MlpOut(layer)),
     ]
+}
+
+/// A Gemma Scope 2 latent silent for this many tokens (50 steps) has its threshold lowered
+/// (`trainer::homeostasis`).
+const DEAD_AFTER_TOKENS: u64 = 51_200;
+
+/// `sae` landing on `target` (`trainer::target_l0`: the controller drives λ of the quadratic
+/// penalty, which keeps its published form) with threshold homeostasis: Gemma Scope 2's L0
+/// buckets are targets, and at this budget the fixed λ lands 1.2–35× above them.
+fn on_target(mut sae: SaeConfig, target: f64) -> SaeConfig {
+    sae.target_l0 = Some(target);
+    sae.homeostasis = Some(HomeostasisConfig::new(DEAD_AFTER_TOKENS));
+    sae
 }
 
 /// Gemma Scope 2's penalties toward `target`, with or without the Matryoshka prefixes.
@@ -88,7 +101,7 @@ fn entries(layer: usize, steps: u64) -> Vec<Entry> {
                 D_SAE,
             );
             sae.penalties = Some(gemma_scope_2_penalties(target, true));
-            push(sae, "gemma-scope-2", site, label);
+            push(on_target(sae, target), "gemma-scope-2", site, label);
         }
         let mut plain = SaeConfig::new(
             &format!("gs2-no-matryoshka-{site}-{}", medium.0),
@@ -97,7 +110,12 @@ fn entries(layer: usize, steps: u64) -> Vec<Entry> {
             D_SAE,
         );
         plain.penalties = Some(gemma_scope_2_penalties(medium.1, false));
-        push(plain, "gemma-scope-2 without Matryoshka", site, medium.0);
+        push(
+            on_target(plain, medium.1),
+            "gemma-scope-2 without Matryoshka",
+            site,
+            medium.0,
+        );
         let mut gs1 = SaeConfig::new(&format!("gs1-{site}"), &hook, Architecture::JumpRelu, D_SAE);
         gs1.penalties = Some(vec![PenaltyConfig::L0 {
             coefficient: super::quickstart::JUMPRELU_LAMBDA,
@@ -113,7 +131,12 @@ fn entries(layer: usize, steps: u64) -> Vec<Entry> {
         );
         sae.hook_out = Some(HookPoint::MlpOut(layer).to_string());
         sae.penalties = Some(gemma_scope_2_penalties(medium.1, true));
-        push(sae, &format!("gemma-scope-2 {name}"), "mlp", medium.0);
+        push(
+            on_target(sae, medium.1),
+            &format!("gemma-scope-2 {name}"),
+            "mlp",
+            medium.0,
+        );
     }
     entries
 }
@@ -153,8 +176,11 @@ pub fn run(args: &ExperimentOptions) -> anyhow::Result<()> {
          evaluated on held-out text (transcoders spliced in place of the MLP: their FVU and \
          delta loss are of `hook_mlp_out`). Gemma Scope 2 recipe: the quadratic L0 penalty \
          (λ = {QUADRATIC_LAMBDA:e}) toward L0 targets {} plus Matryoshka prefixes of widths \
-         {MATRYOSHKA_WIDTHS:?}; Gemma Scope 1 recipe: the linear L0 penalty (λ = {:e}). The \
-         frequency penalty of Gemma Scope 2 is not included: its formula is not published.",
+         {MATRYOSHKA_WIDTHS:?}, λ driven to each target by the trainer's controller \
+         (`trainer::target_l0`, starting at that λ) and thresholds kept alive by homeostasis \
+         (`trainer::homeostasis`, dead after {DEAD_AFTER_TOKENS} tokens); Gemma Scope 1 recipe: \
+         the linear L0 penalty (λ = {:e}), fixed. The frequency penalty of Gemma Scope 2 is not \
+         included: its formula is not published (homeostasis does its job here).",
         budget.steps(),
         budget.batch_size,
         TARGETS

@@ -103,6 +103,9 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
     let ours = |lambda: f64, seed: u64| -> anyhow::Result<SaeConfig> {
         let mut sae = quickstart::sae_config(hook, budget.steps());
         sae.name = format!("ours-l{lambda:e}-s{seed}");
+        // The parity check is at fixed λ, as SAELens trains: no controller, no homeostasis.
+        sae.target_l0 = None;
+        sae.homeostasis = None;
         let mut penalties = vec![PenaltyConfig::L0 {
             coefficient: lambda,
         }];

@@ -262,7 +262,20 @@ pub fn run(args: &SynthBenchOptions) -> anyhow::Result<()> {
     let budget = args.budget.unwrap_or(DEFAULT_BUDGET);
     let width = args.width.unwrap_or(WIDTH);
     let eval_samples = args.eval_samples.unwrap_or(EVAL_SAMPLES);
-    let steps = (budget / BATCH_SIZE as u64).max(1);
+    anyhow::ensure!(
+        budget >= BATCH_SIZE as u64,
+        "--budget {budget}: the benchmark trains on at least one batch of {BATCH_SIZE} samples"
+    );
+    anyhow::ensure!(
+        (1..=trainer::validation::MAX_D_SAE).contains(&width),
+        "--width {width}: an SAE has between 1 and {} latents",
+        trainer::validation::MAX_D_SAE
+    );
+    anyhow::ensure!(
+        eval_samples >= 1,
+        "--eval-samples 0: scoring needs at least one unseen sample"
+    );
+    let steps = budget / BATCH_SIZE as u64;
     let settings = serde_json::json!({
         "experiment": "synth-bench",
         "model": args.model.name(),
