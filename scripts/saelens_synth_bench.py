@@ -13,7 +13,7 @@ Run it with the peers' environment (`bash ../shared/peers/setup.sh`):
   ~/.cache/sae-peer-venv/bin/python scripts/saelens_synth_bench.py \\
       --model-config synth-bench-16k --model-path /tmp/saelens-synth-16k \\
       --architectures batchtopk,matryoshka_batchtopk,jumprelu,standard \\
-      --l0 25 --width 4096 --samples 1000000 --batch-size 1024 --lr 3e-4 \\
+      --l0 25,20 --width 4096 --samples 1000000 --batch-size 1024 --lr 3e-4 \\
       --eval-samples 100000 --threads 2 --out results.json
 
 Cost measured on this project's 2-core AMD EPYC box (AVX-512, torch 2.15 CPU, 2 threads; rough,
@@ -109,7 +109,9 @@ autotuner (from step total_steps // 3 on) scale the coefficient by a multiplier 
 until L0 = target. Without that autotuner the coefficient is fixed: --l1-coefficient (default 2.0,
 the paper's base value) and the resulting L0 is reported, not controlled.
 
-Output JSON: per architecture, the metrics of `eval_sae_on_synthetic_data` (MCC, F1, precision,
+Output JSON: `results`, one row per architecture and L0 (`architecture` in this project's names,
+`batchtopk`, `matryoshka-batchtopk`, `jumprelu`, `l1`, as `reproduce synth-bench --saelens FILE`
+reads them, and `target_l0`), the metrics of `eval_sae_on_synthetic_data` (MCC, F1, precision,
 recall, accuracy, uniqueness, explained variance, L0, true L0, dead latents, shrinkage), the
 training samples, training wall time (and the part spent estimating the norm), evaluation time,
 samples/s over the training loop (data generation included: the runner generates every batch on
@@ -163,6 +165,13 @@ from sae_lens.synthetic.synthetic_model import SYNTHETIC_MODEL_CONFIG_FILENAME  
 from sae_lens.training.activation_scaler import ActivationScaler  # noqa: E402
 
 ARCHITECTURES = ("batchtopk", "matryoshka_batchtopk", "jumprelu", "standard")
+# The names `cargo xtask reproduce synth-bench --saelens FILE` matches rows by.
+PROJECT_NAMES = {
+    "batchtopk": "batchtopk",
+    "matryoshka_batchtopk": "matryoshka-batchtopk",
+    "jumprelu": "jumprelu",
+    "standard": "l1",
+}
 MATRYOSHKA_INNER_WIDTHS = (128, 512, 2048)
 
 
@@ -227,21 +236,47 @@ def build_or_load_model(name: str, path: str | None, device: str) -> tuple[Synth
     return model, info
 
 
-def sae_config(arch: str, args: argparse.Namespace, d_in: int, total_steps: int):
+MAGNITUDES_FILE = "magnitudes.safetensors"
+
+
+def save_magnitudes(model: SyntheticModel, path: str) -> None:
+    """Writes the per-feature magnitudes beside the saved model.
+
+    `SyntheticModel.save` leaves them out (SAELens redraws them from the config's seed on load);
+    with this file `cargo xtask reproduce synth-bench --saelens-model DIR` trains on exactly this
+    model (`ground_truth::saelens::MAGNITUDES_FILE`)."""
+    target = os.path.join(path, MAGNITUDES_FILE)
+    if os.path.exists(target):
+        return
+    from safetensors.torch import save_file
+
+    generator = model.activation_generator
+    save_file(
+        {
+            "mean_firing_magnitudes": generator.mean_firing_magnitudes.contiguous().cpu(),
+            "std_firing_magnitudes": generator.std_firing_magnitudes.contiguous().cpu(),
+        },
+        target + ".tmp",
+    )
+    os.replace(target + ".tmp", target)
+    log(f"wrote {target}")
+
+
+def sae_config(arch: str, l0: int, args: argparse.Namespace, d_in: int, total_steps: int):
     common = dict(d_in=d_in, d_sae=args.width, device=args.device, dtype="float32")
     if arch == "batchtopk":
-        return BatchTopKTrainingSAEConfig(k=args.l0, **common)
+        return BatchTopKTrainingSAEConfig(k=l0, **common)
     if arch == "matryoshka_batchtopk":
         widths = [w for w in MATRYOSHKA_INNER_WIDTHS if w < args.width] + [args.width]
         return MatryoshkaBatchTopKTrainingSAEConfig(
-            k=args.l0, matryoshka_widths=widths, use_matryoshka_aux_loss=True, **common
+            k=l0, matryoshka_widths=widths, use_matryoshka_aux_loss=True, **common
         )
     if arch == "jumprelu":
         quadratic = args.jumprelu_mode == "quadratic"
         return JumpReLUTrainingSAEConfig(
             normalize_activations="expected_average_only_in",
             jumprelu_sparsity_loss_mode=args.jumprelu_mode,
-            target_l0=float(args.l0) if quadratic else None,
+            target_l0=float(l0) if quadratic else None,
             jumprelu_bandwidth=args.jumprelu_bandwidth,
             jumprelu_init_threshold=args.jumprelu_init_threshold,
             pre_act_loss_coefficient=None,
@@ -284,12 +319,12 @@ class NormEstimateTimer:
         ActivationScaler.estimate_scaling_factor = self._original
 
 
-def run_one(arch: str, model: SyntheticModel, model_source: str, args) -> dict:
+def run_one(arch: str, l0: int, model: SyntheticModel, model_source: str, args) -> dict:
     torch.manual_seed(args.seed)
     total_steps = args.samples // args.batch_size
     cfg = SyntheticSAERunnerConfig(
         synthetic_model=model_source,
-        sae=sae_config(arch, args, model.cfg.hidden_dim, total_steps),
+        sae=sae_config(arch, l0, args, model.cfg.hidden_dim, total_steps),
         training_samples=args.samples,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -298,7 +333,7 @@ def run_one(arch: str, model: SyntheticModel, model_source: str, args) -> dict:
         autocast_data=args.autocast,
         n_checkpoints=0,
         checkpoint_path=None,
-        output_path=os.path.join(args.save_dir, arch) if args.save_dir else None,
+        output_path=os.path.join(args.save_dir, f"{arch}-l0-{l0}") if args.save_dir else None,
         eval_frequency=0,
         eval_samples=args.eval_samples,
         run_final_eval=False,  # run below, with the same call, so that it is timed apart
@@ -307,7 +342,7 @@ def run_one(arch: str, model: SyntheticModel, model_source: str, args) -> dict:
     )
     sae_dict = cfg.sae.to_dict()
     runner = SyntheticSAERunner(cfg, override_synthetic_model=model)
-    log(f"{arch}: training {args.samples:,} samples ({total_steps} steps) at width {args.width}")
+    log(f"{arch} (L0 {l0}): training {args.samples:,} samples ({total_steps} steps) at width {args.width}")
     with NormEstimateTimer() as norm_timer:
         started = time.time()
         result = runner.run()
@@ -328,14 +363,16 @@ def run_one(arch: str, model: SyntheticModel, model_source: str, args) -> dict:
     )
     eval_seconds = time.time() - started
     out = {
-        "architecture": arch,
+        "architecture": PROJECT_NAMES[arch],
+        "saelens_architecture": arch,
+        "target_l0": float(l0),
         "mcc": ev.mcc,
         "f1": ev.classification.f1_score,
         "precision": ev.classification.precision,
         "recall": ev.classification.recall,
         "accuracy": ev.classification.accuracy,
         "uniqueness": ev.uniqueness,
-        "explained_variance": ev.explained_variance,
+        "variance_explained": ev.explained_variance,
         "l0": ev.sae_l0,
         "true_l0": ev.true_l0,
         "dead_latents": ev.dead_latents,
@@ -404,8 +441,8 @@ def main() -> None:
     p.add_argument("--model-config", default="synth-bench-16k", choices=sorted(MODEL_CONFIGS))
     p.add_argument("--model-path", default=None, help="save the built model here; load it if present")
     p.add_argument("--architectures", default=",".join(ARCHITECTURES))
-    p.add_argument("--l0", type=int, default=25, help="target L0: k for (Matryoshka) BatchTopK, "
-                   "the quadratic target for JumpReLU")
+    p.add_argument("--l0", default="25", help="target L0s, comma-separated: k for (Matryoshka) "
+                   "BatchTopK, the quadratic target for JumpReLU")
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--samples", type=int, default=1_000_000, help="training samples")
     p.add_argument("--batch-size", type=int, default=1024)
@@ -450,10 +487,12 @@ def main() -> None:
         "device": args.device,
         "args": vars(args),
         "model_config": args.model_config,
-        "results": {},
+        "results": [],
     }
     model, model_info = build_or_load_model(args.model_config, args.model_path, args.device)
     report["model"] = model_info
+    if args.model_path:
+        save_magnitudes(model, args.model_path)
     report["model"]["config"] = model.cfg.to_dict()
     source = args.model_path or args.model_config
     report["data_generation"] = time_generation(model, args)
@@ -465,9 +504,11 @@ def main() -> None:
         os.replace(tmp, args.out)
 
     write()
-    for arch in archs:
-        report["results"][arch] = run_one(arch, model, source, args)
-        write()  # keep what is done if a later architecture fails or is stopped
+    l0s = [int(v) for v in args.l0.split(",") if v.strip()]
+    for l0 in l0s:
+        for arch in archs:
+            report["results"].append(run_one(arch, l0, model, source, args))
+            write()  # keep what is done if a later architecture fails or is stopped
     log(f"wrote {args.out}")
 
 

@@ -100,7 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let model = match args.get(1).filter(|_| bench) {
-        Some(file) => SyntheticModel::load_or_build(file.as_ref(), &config, &mut progress)?,
+        Some(file) => SyntheticModel::load_or_build(file.as_ref(), &config, &mut progress)?.0,
         None => SyntheticModel::build_with_progress(&config, &mut progress)?,
     };
     println!(

@@ -19,6 +19,6 @@ pub mod source;
 
 pub use config::SyntheticConfig;
 pub use error::{GroundTruthError, Result};
-pub use model::{Hierarchy, SyntheticModel};
+pub use model::{CacheStatus, Hierarchy, SyntheticModel};
 pub use sample::{SampleBatch, Sampler, SparseFeatures};
 pub use source::SyntheticSource;

@@ -848,22 +848,39 @@ impl SyntheticModel {
     }
 
     /// The model cached at `path` if it was built from `config`; otherwise builds it and saves
-    /// it there.
+    /// it there, saying in the returned [`CacheStatus`] whether a model built from another
+    /// configuration was replaced. A file at `path` that does not read as a model is an error
+    /// naming it, never overwritten: [`SyntheticModel::save`] writes atomically, so such a file
+    /// is not an interrupted build of ours.
     pub fn load_or_build(
         path: &Path,
         config: &SyntheticConfig,
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Self> {
-        if path.exists()
-            && let Ok(model) = Self::load(path)
-            && model.config() == config
-        {
-            return Ok(model);
-        }
+    ) -> Result<(Self, CacheStatus)> {
+        let status = if path.exists() {
+            let cached = Self::load(path)?;
+            if cached.config() == config {
+                return Ok((cached, CacheStatus::Loaded));
+            }
+            CacheStatus::ReplacedOtherConfig
+        } else {
+            CacheStatus::Built
+        };
         let model = Self::build_with_progress(config, progress)?;
         model.save(path)?;
-        Ok(model)
+        Ok((model, status))
     }
+}
+
+/// What [`SyntheticModel::load_or_build`] did with its cache file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// The file held a model built from the same configuration: read, not rebuilt.
+    Loaded,
+    /// There was no file: built and saved.
+    Built,
+    /// The file held a model built from another configuration: built anew and saved over it.
+    ReplacedOtherConfig,
 }
 
 pub(crate) fn format_error(path: &Path, problem: String) -> GroundTruthError {

@@ -22,7 +22,9 @@ use ground_truth::config::{
 };
 use ground_truth::model::ModelParts;
 use ground_truth::saelens::{self, MagnitudeOrigin};
-use ground_truth::{Hierarchy, Sampler, SyntheticConfig, SyntheticModel, SyntheticSource};
+use ground_truth::{
+    CacheStatus, Hierarchy, Sampler, SyntheticConfig, SyntheticModel, SyntheticSource,
+};
 use serde_json::Value;
 
 /// Standard errors a statistic may differ by.
@@ -611,13 +613,30 @@ fn save_and_load_round_trip_exactly() {
     let imported = saelens_model();
     imported.save(&path).expect("save");
     assert_eq!(SyntheticModel::load(&path).expect("load"), imported);
-    // load_or_build reuses a file built from the same config, rebuilds for another.
-    let cached =
+    // load_or_build reuses a file built from the same config, rebuilds for another and says
+    // so, builds where there is none, and refuses to overwrite a file that is not a model.
+    let (cached, status) =
         SyntheticModel::load_or_build(&path, imported.config(), &mut |_, _| {}).expect("cached");
-    assert_eq!(cached, imported);
-    let rebuilt =
+    assert_eq!((cached, status), (imported, CacheStatus::Loaded));
+    let (rebuilt, status) =
         SyntheticModel::load_or_build(&path, &small_config(11), &mut |_, _| {}).expect("built");
-    assert_eq!(rebuilt, model);
+    assert_eq!(
+        (rebuilt, status),
+        (model.clone(), CacheStatus::ReplacedOtherConfig)
+    );
+    let fresh = dir.path().join("fresh.safetensors");
+    let (built, status) =
+        SyntheticModel::load_or_build(&fresh, &small_config(11), &mut |_, _| {}).expect("new");
+    assert_eq!((built, status), (model, CacheStatus::Built));
+    std::fs::write(&fresh, b"someone else's file").expect("write");
+    let error = SyntheticModel::load_or_build(&fresh, &small_config(11), &mut |_, _| {})
+        .expect_err("not a model");
+    assert!(error.to_string().contains("fresh.safetensors"), "{error}");
+    assert_eq!(
+        std::fs::read(&fresh).expect("read"),
+        b"someone else's file",
+        "left as it was"
+    );
 }
 
 #[test]

@@ -18,7 +18,8 @@ use analysis::tables::{format_number, markdown, write_frame, write_json};
 use anyhow::Context;
 use ground_truth::config::SyntheticConfig;
 use ground_truth::metrics::GroundTruthReport;
-use ground_truth::model::SyntheticModel;
+use ground_truth::model::{CacheStatus, SyntheticModel};
+use ground_truth::saelens::MagnitudeOrigin;
 use ground_truth::source::SyntheticSource;
 use polars::prelude::*;
 use sae_core::Architecture;
@@ -115,6 +116,11 @@ pub struct SynthBenchOptions {
         arg(long, value_enum, default_value = "synth-bench-16k")
     )]
     pub model: SynthModel,
+    /// Train and score on the model SAELens's `SyntheticModel.save` wrote into this folder
+    /// (the exact model of a SAELens run, e.g. `scripts/saelens_synth_bench.py --model-path`)
+    /// instead of building `--model`.
+    #[cfg_attr(feature = "cli", arg(long, conflicts_with = "model"))]
+    pub saelens_model: Option<PathBuf>,
     /// Latents per SAE (default 4,096, the published width; smaller for smoke tests).
     #[cfg_attr(feature = "cli", arg(long))]
     pub width: Option<usize>,
@@ -125,6 +131,10 @@ pub struct SynthBenchOptions {
     /// (`scripts/saelens_synth_bench.py --out FILE`), printed beside ours.
     #[cfg_attr(feature = "cli", arg(long))]
     pub saelens: Option<PathBuf>,
+    /// Train only these architectures (`batchtopk`, `matryoshka-batchtopk`, `jumprelu`, `l1`;
+    /// repeat or comma-separate). Default: all four.
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ','))]
+    pub only: Vec<String>,
     /// Overrides of every SAE config (`key=value`, as `train --set`).
     #[cfg_attr(feature = "cli", arg(long = "set"))]
     pub overrides: Vec<String>,
@@ -134,34 +144,33 @@ pub struct SynthBenchOptions {
 }
 
 /// One SAE of the benchmark: its config and labels.
+#[derive(Debug)]
 struct Entry {
     sae: SaeConfig,
     architecture: &'static str,
     l0: f64,
 }
 
-/// The SAEs: every architecture at every L0, as the published protocol trains them (lr 3e-4;
-/// each architecture's own recipe otherwise; JumpReLU and L1 land on the L0 with the trainer's
-/// target-L0 controller instead of a tuned λ).
+/// The SAEs: every architecture at every L0, as the published protocol trains them
+/// ([`published_optimiser`]; each architecture's own recipe otherwise; JumpReLU and L1 land
+/// on the L0 with the trainer's target-L0 controller instead of a tuned λ).
 fn entries(width: usize, hook: &str) -> Vec<Entry> {
     let mut entries = Vec::new();
     for l0 in L0S {
         let k = l0 as usize;
         let named = |architecture: &str| format!("{architecture}-l0-{k}");
-        let mut batchtopk = SaeConfig::new(
+        let batchtopk = SaeConfig::new(
             &named("batchtopk"),
             hook,
             Architecture::BatchTopK { k },
             width,
         );
-        batchtopk.lr = Some(LR);
         let mut matryoshka = SaeConfig::new(
             &named("matryoshka-batchtopk"),
             hook,
             Architecture::BatchTopK { k },
             width,
         );
-        matryoshka.lr = Some(LR);
         matryoshka.penalties = Some(vec![
             PenaltyConfig::Auxk {
                 coefficient: 1.0 / 32.0,
@@ -173,7 +182,6 @@ fn entries(width: usize, hook: &str) -> Vec<Entry> {
             },
         ]);
         let mut jumprelu = SaeConfig::new(&named("jumprelu"), hook, Architecture::JumpRelu, width);
-        jumprelu.lr = Some(LR);
         jumprelu.target_l0 = Some(l0);
         // At lr 3e-4 a threshold moves 3e-4 a step: from θ₀ = 0.001 it cannot reach this data's
         // thresholds in a short run, so they start at the target's quantiles and follow the
@@ -184,7 +192,6 @@ fn entries(width: usize, hook: &str) -> Vec<Entry> {
             ..Default::default()
         });
         let mut l1 = SaeConfig::new(&named("l1"), hook, Architecture::Relu, width);
-        l1.lr = Some(LR);
         l1.target_l0 = Some(l0);
         // An L1 SAE's L0 answers λ slowly (every activation shrinks before any reaches 0):
         // gentler gains keep the integral from winding up.
@@ -193,12 +200,13 @@ fn entries(width: usize, hook: &str) -> Vec<Entry> {
             integral: 0.05,
             ..Default::default()
         });
-        for (sae, architecture) in [
+        for (mut sae, architecture) in [
             (batchtopk, "batchtopk"),
             (matryoshka, "matryoshka-batchtopk"),
             (jumprelu, "jumprelu"),
             (l1, "l1"),
         ] {
+            published_optimiser(&mut sae);
             entries.push(Entry {
                 sae,
                 architecture,
@@ -207,6 +215,37 @@ fn entries(width: usize, hook: &str) -> Vec<Entry> {
         }
     }
     entries
+}
+
+/// The entries of the architectures in `only` (all when it is empty); an unknown name is an
+/// error listing the known ones.
+fn select(entries: Vec<Entry>, only: &[String]) -> anyhow::Result<Vec<Entry>> {
+    let known: Vec<&str> = entries.iter().map(|e| e.architecture).collect();
+    if let Some(unknown) = only.iter().find(|name| !known.contains(&name.as_str())) {
+        let mut names = known.clone();
+        names.sort_unstable();
+        names.dedup();
+        anyhow::bail!(
+            "--only {unknown}: not an architecture of this benchmark (known: {})",
+            names.join(", ")
+        );
+    }
+    Ok(entries
+        .into_iter()
+        .filter(|e| only.is_empty() || only.iter().any(|name| name == e.architecture))
+        .collect())
+}
+
+/// The published protocol's optimiser for every architecture (SAELens's synthetic runner
+/// defaults): Adam at [`LR`] with β = (0.9, 0.999), constant, no warm-up or decay — not each
+/// recipe's own schedule (Gemma Scope's JumpReLU would warm its lr up over 1,000 steps with
+/// β₁ = 0).
+fn published_optimiser(sae: &mut SaeConfig) {
+    sae.lr = Some(LR);
+    sae.adam_beta1 = Some(0.9);
+    sae.adam_beta2 = Some(0.999);
+    sae.lr_warmup_steps = Some(0);
+    sae.lr_decay_fraction = Some(0.0);
 }
 
 /// Matryoshka prefixes: nested sixty-fourths, sixteenths and quarters of the dictionary (64,
@@ -276,13 +315,18 @@ pub fn run(args: &SynthBenchOptions) -> anyhow::Result<()> {
         "--eval-samples 0: scoring needs at least one unseen sample"
     );
     let steps = budget / BATCH_SIZE as u64;
+    let model_label = args.saelens_model.as_ref().map_or_else(
+        || args.model.name().to_string(),
+        |dir| format!("SAELens's {}", dir.display()),
+    );
     let settings = serde_json::json!({
         "experiment": "synth-bench",
-        "model": args.model.name(),
+        "model": model_label,
         "budget": budget,
         "width": width,
         "eval_samples": eval_samples,
         "overrides": args.overrides,
+        "only": args.only,
     });
     let config_path = out.join(crate::pipeline::RUN_CONFIG);
     if config_path.exists() {
@@ -293,11 +337,14 @@ pub fn run(args: &SynthBenchOptions) -> anyhow::Result<()> {
     } else {
         write_json(&config_path, &settings)?;
     }
-    let model = Arc::new(load_model(args.model, !args.quiet)?);
+    let model = Arc::new(match &args.saelens_model {
+        Some(dir) => load_saelens_model(dir)?,
+        None => load_model(args.model, !args.quiet)?,
+    });
 
     let source = SyntheticSource::new(Arc::clone(&model), TRAIN_SEED);
     let hook = ground_truth::source::DEFAULT_HOOK;
-    let entries = entries(width, hook);
+    let entries = select(entries(width, hook), &args.only)?;
     let mut config = TrainConfig::from_value(serde_json::json!({ "saes": [] }), &[])?;
     config.steps = steps;
     config.batch_size = BATCH_SIZE;
@@ -349,7 +396,7 @@ pub fn run(args: &SynthBenchOptions) -> anyhow::Result<()> {
          of {width} latents trained on {} samples each ({steps} steps of {BATCH_SIZE}, lr {LR}), \
          scored on {eval_samples} unseen samples. The published figures are at 200 M training \
          samples: at a smaller budget they are the ceiling to reach{}.",
-        args.model.name(),
+        model_label,
         model.num_features(),
         model.hidden_dim(),
         rows.first()
@@ -383,9 +430,35 @@ fn load_model(which: SynthModel, progress: bool) -> anyhow::Result<SyntheticMode
             eprintln!("[synth-bench] building the model: orthogonalisation step {done}/{total}");
         }
     };
-    let model = SyntheticModel::load_or_build(&path, &which.config(), &mut report)
-        .with_context(|| format!("the synthetic model at {}", path.display()))?;
+    let (model, status) = SyntheticModel::load_or_build(&path, &which.config(), &mut report)
+        .with_context(|| {
+            format!(
+                "the synthetic model cached at {} (delete the file to rebuild it)",
+                path.display()
+            )
+        })?;
+    if status == CacheStatus::ReplacedOtherConfig {
+        eprintln!(
+            "[synth-bench] {} held a model built from another configuration: rebuilt",
+            path.display()
+        );
+    }
     Ok(model)
+}
+
+/// A model SAELens saved, with a warning when its random magnitudes had to be redrawn.
+fn load_saelens_model(dir: &Path) -> anyhow::Result<SyntheticModel> {
+    let import = ground_truth::saelens::load_dir(dir)?;
+    if import.magnitudes == MagnitudeOrigin::Redrawn {
+        eprintln!(
+            "[synth-bench] {}: SAELens does not save its random magnitudes and no {} sits beside \
+             the model, so they are redrawn from the same distribution (the model is SAELens's \
+             in feature vectors, hierarchy and firing probabilities, not in magnitudes)",
+            dir.display(),
+            ground_truth::saelens::MAGNITUDES_FILE
+        );
+    }
+    Ok(import.model)
 }
 
 /// The results table: ours, the published figure, and SAELens's at the same budget.
@@ -523,5 +596,41 @@ mod tests {
             entry.sae.validate().unwrap();
         }
         assert_eq!(matryoshka_widths(4096), vec![64, 256, 1024]);
+    }
+
+    #[test]
+    fn every_sae_trains_with_the_published_optimiser() {
+        for entry in entries(4096, "synthetic") {
+            let resolved = entry.sae.resolve(768, 1000);
+            assert_eq!(resolved.lr, LR, "{}", entry.sae.name);
+            assert_eq!(resolved.lr_warmup_steps, 0, "{}", entry.sae.name);
+            assert_eq!(resolved.lr_decay_fraction, 0.0, "{}", entry.sae.name);
+            assert_eq!(
+                (resolved.adam_beta1, resolved.adam_beta2),
+                (0.9, 0.999),
+                "{}",
+                entry.sae.name
+            );
+        }
+    }
+
+    #[test]
+    fn only_selects_architectures_and_names_the_known_ones() {
+        let picked = select(
+            entries(64, "synthetic"),
+            &["jumprelu".to_string(), "l1".to_string()],
+        )
+        .unwrap();
+        let names: Vec<&str> = picked.iter().map(|e| e.architecture).collect();
+        assert_eq!(names, ["jumprelu", "l1", "jumprelu", "l1"]);
+        assert_eq!(select(entries(64, "synthetic"), &[]).unwrap().len(), 8);
+        let error = select(entries(64, "synthetic"), &["topk".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--only topk"), "{error}");
+        assert!(
+            error.contains("batchtopk, jumprelu, l1, matryoshka-batchtopk"),
+            "{error}"
+        );
     }
 }
