@@ -296,8 +296,6 @@ pub fn run(args: &SynthBenchOptions) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/reproduce/synth-bench"));
-    crate::pipeline::claim_run_folder(&out)?;
-    eprintln!("[synth-bench] run folder {}", out.display());
     let budget = args.budget.unwrap_or(DEFAULT_BUDGET);
     let width = args.width.unwrap_or(WIDTH);
     let eval_samples = args.eval_samples.unwrap_or(EVAL_SAMPLES);
@@ -314,6 +312,10 @@ pub fn run(args: &SynthBenchOptions) -> anyhow::Result<()> {
         eval_samples >= 1,
         "--eval-samples 0: scoring needs at least one unseen sample"
     );
+    let hook = ground_truth::source::DEFAULT_HOOK;
+    let entries = select(entries(width, hook), &args.only)?;
+    crate::pipeline::claim_run_folder(&out)?;
+    eprintln!("[synth-bench] run folder {}", out.display());
     let steps = budget / BATCH_SIZE as u64;
     let model_label = args.saelens_model.as_ref().map_or_else(
         || args.model.name().to_string(),
@@ -343,8 +345,6 @@ pub fn run(args: &SynthBenchOptions) -> anyhow::Result<()> {
     });
 
     let source = SyntheticSource::new(Arc::clone(&model), TRAIN_SEED);
-    let hook = ground_truth::source::DEFAULT_HOOK;
-    let entries = select(entries(width, hook), &args.only)?;
     let mut config = TrainConfig::from_value(serde_json::json!({ "saes": [] }), &[])?;
     config.steps = steps;
     config.batch_size = BATCH_SIZE;
@@ -612,6 +612,68 @@ mod tests {
                 entry.sae.name
             );
         }
+    }
+
+    #[test]
+    fn the_saelens_runners_results_are_read_as_it_writes_them() {
+        // One row as `scripts/saelens_synth_bench.py` writes it, with its extra fields.
+        let written = r#"{
+            "tool": "saelens_synth_bench.py",
+            "sae_lens": "6.54.0",
+            "results": [{
+                "architecture": "matryoshka-batchtopk",
+                "saelens_architecture": "matryoshka_batchtopk",
+                "target_l0": 25.0,
+                "mcc": 0.25, "f1": 0.125, "precision": 0.5, "recall": 0.5, "accuracy": 0.9,
+                "uniqueness": 0.75, "variance_explained": 0.5, "l0": 25.0, "true_l0": 34.5,
+                "dead_latents": 3, "shrinkage": 0.9, "training_samples": 512000,
+                "sae_config": {"k": 25}
+            }]
+        }"#;
+        let read: SaelensResults = serde_json::from_str(written).unwrap();
+        let row = &read.results[0];
+        assert_eq!(
+            (
+                row.architecture.as_str(),
+                row.target_l0,
+                row.training_samples
+            ),
+            ("matryoshka-batchtopk", 25.0, Some(512_000))
+        );
+        assert_eq!(
+            (
+                row.mcc,
+                row.f1,
+                row.uniqueness,
+                row.variance_explained,
+                row.l0
+            ),
+            (0.25, 0.125, 0.75, 0.5, 25.0)
+        );
+        // Every architecture name the script writes is one of ours.
+        let script = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/saelens_synth_bench.py"),
+        )
+        .unwrap();
+        for name in ["batchtopk", "matryoshka-batchtopk", "jumprelu", "l1"] {
+            assert!(script.contains(&format!(": \"{name}\",")), "{name}");
+            assert!(
+                select(entries(64, "h"), &[name.to_string()]).is_ok(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_saelens_folder_with_its_magnitudes_is_read_as_saved() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../ground-truth/tests/fixtures/saelens_small");
+        let model = load_saelens_model(&dir).unwrap();
+        let import = ground_truth::saelens::load_dir(&dir).unwrap();
+        assert_eq!(import.magnitudes, MagnitudeOrigin::FromFile);
+        assert_eq!(model, import.model);
+        let error = load_saelens_model(&dir.join("missing")).unwrap_err();
+        assert!(error.to_string().contains("missing"), "{error}");
     }
 
     #[test]
