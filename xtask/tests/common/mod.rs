@@ -232,12 +232,16 @@ pub fn run(mut command: Command, what: &str) -> Duration {
     started.elapsed()
 }
 
-/// Starts `make()` and kills it with SIGKILL after each of `delays` (a fresh start each time;
-/// a run that finishes first just finishes), then runs it to completion. Returns how many runs
-/// were killed before finishing.
+/// Starts `make()` and kills it with SIGKILL after each of `delays`, shortest first (a fresh
+/// start each time; a run that finishes first just finishes), then runs it to completion.
+/// Returns how many runs were killed before finishing. Shortest first because a run that
+/// finishes leaves the work done: with the longest delay first, one run faster than the
+/// delays were measured on (the machine's load varies) would leave nothing to kill.
 pub fn kill_and_resume(make: impl Fn() -> Command, delays: &[Duration], what: &str) -> usize {
+    let mut delays = delays.to_vec();
+    delays.sort();
     let mut killed = 0;
-    for delay in delays {
+    for delay in &delays {
         let mut child = make()
             .stdout(Stdio::null())
             .stderr(Stdio::null())
