@@ -1,14 +1,21 @@
 //! Threshold homeostasis: every latent kept between dead and ultra-dense by nudging its own
 //! JumpReLU threshold, as a neuron's firing threshold adapts to its activity.
 //!
-//! After every step, a latent silent for `dead_after_tokens` tokens has its threshold lowered,
-//! and a latent that fired on more than `max_rate` of the batch's tokens has it raised, each by
-//! `step` times the mean threshold (so the nudge has the thresholds' own scale, and reaches a
-//! threshold of 0, where a latent fires whenever its pre-activation is positive). A revived
-//! latent then fires on the tokens where its pre-activation is highest and learns from the
-//! reconstruction like any other; the L0 controller ([`crate::target_l0`]) absorbs its share of
-//! the L0. Nothing changes for latents within the band, and nothing but thresholds changes:
-//! unlike the pre-activation loss or resampling, it adds no gradient and moves no encoder.
+//! After every step, a latent silent for `dead_after_tokens` tokens has its threshold lowered
+//! by the fraction `step` of itself, and a latent that fired on more than `max_rate` of the
+//! batch's tokens has it raised by `step` times the mean threshold (so the nudge has the
+//! thresholds' own scale, and a threshold at 0 can rise). A revived latent then fires on the
+//! tokens where its pre-activation is highest and learns from the reconstruction like any
+//! other; the L0 controller ([`crate::target_l0`]) absorbs its share of the L0. Nothing changes
+//! for latents within the band, and nothing but thresholds changes: unlike the pre-activation
+//! loss or resampling, it adds no gradient and moves no encoder.
+//!
+//! The lowering is a fraction of the threshold, never a fixed amount, so no threshold is pushed
+//! to 0. A latent parked at θ = 0 whose pre-activations sit around 0 fires on about half of
+//! all tokens or on none, as its threshold moves by less than one optimiser step; a few dozen
+//! such latents make the L0 swing by tens from one batch to the next, and the L0 controller,
+//! chasing the swings, drove an SAE on Gemma 3's residual stream to diverge (batch FVU 0.1 →
+//! 2,500 in 30 steps) when the lowering was a fixed step down to 0.
 //!
 //! Deterministic (a function of the step's firing counts and the tokens since each latent fired,
 //! both checkpointed), so a resumed run stays bit-identical.
@@ -28,7 +35,8 @@ pub struct HomeostasisConfig {
     /// threshold is raised (default 0.1, the ultra-dense line of the metrics).
     #[serde(default = "default_max_rate")]
     pub max_rate: f64,
-    /// The nudge per step, as a fraction of the mean threshold (default 0.01).
+    /// The nudge per step: a dead latent's threshold is lowered by this fraction of itself, an
+    /// ultra-dense latent's raised by this fraction of the mean threshold (default 0.01).
     #[serde(default = "default_step")]
     pub step: f64,
 }
@@ -84,26 +92,26 @@ impl HomeostasisConfig {
         since_fired: &[u64],
     ) -> Result<Option<Tensor>> {
         let dense_above = self.max_rate * tokens as f64;
-        let direction: Vec<f32> = fires
+        let dead: Vec<bool> = since_fired
             .iter()
-            .zip(since_fired)
-            .map(|(&f, &since)| {
-                if since >= self.dead_after_tokens {
-                    -1.0
-                } else if f as f64 > dense_above {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
+            .map(|&since| since >= self.dead_after_tokens)
             .collect();
-        if direction.iter().all(|&d| d == 0.0) {
+        let dense: Vec<bool> = fires
+            .iter()
+            .zip(&dead)
+            .map(|(&f, &dead)| !dead && f as f64 > dense_above)
+            .collect();
+        if !dead.iter().chain(&dense).any(|&out| out) {
             return Ok(None);
         }
-        let mean = theta.mean_all()?.to_scalar::<f32>()?;
-        let unit = self.step as f32 * mean.max(0.0);
-        let direction = Tensor::new(direction, theta.device())?;
-        Ok(Some((theta + (direction * unit as f64)?)?.relu()?))
+        let mean = theta.mean_all()?.to_scalar::<f32>()?.max(0.0);
+        let keep = 1.0 - self.step as f32;
+        let factor: Vec<f32> = dead.iter().map(|&d| if d { keep } else { 1.0 }).collect();
+        let raise = self.step as f32 * mean;
+        let offset: Vec<f32> = dense.iter().map(|&d| if d { raise } else { 0.0 }).collect();
+        let device = theta.device();
+        let scaled = theta.mul(&Tensor::new(factor, device)?)?;
+        Ok(Some(scaled.add(&Tensor::new(offset, device)?)?))
     }
 }
 
@@ -120,7 +128,8 @@ mod tests {
             step: 0.5,
         };
         let theta = Tensor::new(&[1.0f32, 2.0, 3.0, 0.1], &Device::Cpu).unwrap();
-        // Latent 0 dead (silent 100 tokens), 1 dense (20 of 100), 2 in the band, 3 dead near 0.
+        // Latent 0 dead (silent 100 tokens), 1 dense (20 of 100), 2 in the band, 3 dead near 0
+        // (lowered by half of itself, not to 0).
         let fires = [0, 20, 5, 0];
         let since = [100, 0, 0, 500];
         let nudged: Vec<f32> = config
@@ -129,8 +138,9 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        // Mean θ 1.525, unit 0.7625 (f32: the mean's summation order may move the last bit).
-        let expected = [1.0 - 0.7625, 2.7625, 3.0, 0.0];
+        // Dead ones halved; mean θ 1.525, so the dense one rises by 0.7625 (f32: the mean's
+        // summation order may move the last bit).
+        let expected = [0.5, 2.7625, 3.0, 0.05];
         assert!(
             nudged
                 .iter()
