@@ -290,3 +290,38 @@ fn folders_that_do_not_match_their_config_are_clear_errors() {
     let text = error_text(load_gemma_scope_2(&anonymous, &Device::Cpu, DType::F32));
     assert!(text.contains("names no Gemma Scope 2 site"), "{text}");
 }
+
+/// A transcoder trained on x / C_in to predict y / C_out, folded with both constants, predicts
+/// C_out × its training-space prediction from raw inputs, with and without the skip term; an
+/// SAE, which reconstructs its own input, refuses two different constants.
+#[test]
+fn a_transcoder_folds_separate_input_and_output_scales() {
+    let (c_in, c_out) = (3.0, 250.0);
+    for skip in [false, true] {
+        let mut tc = transcoder(skip);
+        let (_, in_training_space) = tc.forward(&inputs()).unwrap();
+        let expected = (in_training_space * c_out).unwrap();
+        tc.fold_scalings(c_in, c_out).unwrap();
+        let (_, predicted) = tc.forward(&(inputs() * c_in).unwrap()).unwrap();
+        // f32: folding rounds each weight once more and the sums run over 12 inputs and 40
+        // latents, so the two agree to a few units of f32 epsilon (1.2e-7) relative to the
+        // outputs' size; 1e-5 leaves room without admitting a wrong factor.
+        let size = expected
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let diff = max_abs_diff(&predicted, &expected);
+        assert!(
+            diff <= 1e-5 * f64::from(size),
+            "skip {skip}: {diff} vs size {size}"
+        );
+    }
+    let error = jumprelu(60)
+        .fold_scalings(2.0, 3.0)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("output scale"), "{error}");
+}

@@ -55,6 +55,9 @@ pub(crate) struct CheckpointState {
 pub(crate) struct RunState {
     pub name: String,
     pub scale: f64,
+    /// A transcoder's target scaling constant, when it differs from `scale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_scale: Option<f64>,
     pub adam_t: u64,
     pub since_fired: Vec<u64>,
     pub window_fires: Vec<u64>,

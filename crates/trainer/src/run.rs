@@ -36,10 +36,15 @@ use crate::{Result, TrainError};
 pub struct SaeRun {
     /// Its resolved configuration.
     pub config: ResolvedSaeConfig,
-    /// The SAE (training space: inputs divided by `scale`).
+    /// The SAE (training space: inputs divided by `scale`, what it reconstructs by
+    /// `output_scale`).
     pub sae: Box<dyn TrainableSae>,
     /// The input scaling constant C (1 when inputs are not normalised).
     pub scale: f64,
+    /// The scaling constant of what it reconstructs: `scale` for an SAE; a transcoder's target
+    /// is divided by its own, so the prediction it learns has the input's size whatever the
+    /// two hooks' norms (on Gemma 3 270M the MLP's output is ≈ 80× its normalised input).
+    pub output_scale: f64,
     hook_index: usize,
     /// A transcoder's output hook among the source's hooks (`None` for an SAE).
     target_index: Option<usize>,
@@ -146,31 +151,65 @@ fn check_or_record_identity(
     Ok(())
 }
 
-/// The scaling constant C and the mean input of every SAE, from the first `scaling_batches`
-/// batches (SAEs that leave out massive-norm rows estimate them without those rows); the
-/// source is rewound afterwards.
+/// An SAE's training-space constants, estimated from the source's first batches.
+struct Statistics {
+    /// C of its input.
+    input_scale: f64,
+    /// C of what it reconstructs: its input's, or a transcoder's target's own.
+    output_scale: f64,
+    /// The mean of what it reconstructs, in raw units (`b_dec`'s start for
+    /// `decoder_bias_init = mean`).
+    output_mean: Vec<f64>,
+}
+
+/// The [`Statistics`] of every SAE, from the first `scaling_batches` batches (SAEs that leave
+/// out massive-norm rows estimate them without those rows); `targets` are the transcoders'
+/// output hooks. The source is rewound afterwards.
 fn input_statistics<S: ActivationSource>(
     source: &mut S,
     resolved: &[(ResolvedSaeConfig, usize, usize)],
+    targets: &[Option<usize>],
     config: &TrainConfig,
-) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+) -> Result<Vec<Statistics>> {
     let start = source.cursor();
-    let mut estimators = vec![sae_core::scaling::ScalingEstimator::new(); resolved.len()];
+    let new = sae_core::scaling::ScalingEstimator::new;
+    let mut inputs = vec![new(); resolved.len()];
+    let mut outputs: Vec<_> = targets.iter().map(|t| t.map(|_| new())).collect();
     for _ in 0..config.scaling_batches.max(1) {
         let Some(batch) = source.next_batch(config.batch_size)? else {
             break;
         };
-        for (estimator, (sae, hook_index, _)) in estimators.iter_mut().zip(resolved) {
-            let rows = training_rows(&batch.activations[*hook_index], sae)?;
-            estimator.push(&rows)?;
+        for ((input, output), ((sae, hook_index, _), target)) in inputs
+            .iter_mut()
+            .zip(&mut outputs)
+            .zip(resolved.iter().zip(targets))
+        {
+            input.push(&training_rows(&batch.activations[*hook_index], sae)?)?;
+            if let (Some(output), Some(target)) = (output, target) {
+                output.push(&batch.activations[*target])?;
+            }
         }
     }
     source.restore(&start)?;
-    estimators
+    inputs
         .iter()
-        .map(|estimator| Ok((estimator.scaling_factor()?, estimator.mean())))
-        .collect::<Result<Vec<_>>>()
-        .map(|pairs| pairs.into_iter().unzip())
+        .zip(&outputs)
+        .map(|(input, output)| {
+            let input_scale = input.scaling_factor()?;
+            Ok(match output {
+                Some(output) => Statistics {
+                    input_scale,
+                    output_scale: output.scaling_factor()?,
+                    output_mean: output.mean(),
+                },
+                None => Statistics {
+                    input_scale,
+                    output_scale: input_scale,
+                    output_mean: input.mean(),
+                },
+            })
+        })
+        .collect()
 }
 
 /// The wall-clock log (the one output that differs between identical runs).
@@ -224,12 +263,6 @@ impl<S: ActivationSource> Trainer<S> {
         let saved = checkpoint::load(out, &effective, &names, &devices)?;
         check_or_record_identity(out, &effective, saved.is_some())?;
 
-        // Resumed runs restore C from the checkpoint.
-        let (scales, means) = if saved.is_none() {
-            input_statistics(&mut source, &resolved, &config)?
-        } else {
-            (vec![1.0; resolved.len()], vec![Vec::new(); resolved.len()])
-        };
         let targets: Vec<Option<usize>> = config
             .saes
             .iter()
@@ -251,22 +284,31 @@ impl<S: ActivationSource> Trainer<S> {
                 )));
             }
         }
+        // Resumed runs restore C from the checkpoint.
+        let statistics = if saved.is_none() {
+            Some(input_statistics(&mut source, &resolved, &targets, &config)?)
+        } else {
+            None
+        };
         let self_steps = config.steps;
         let runs = resolved
             .into_iter()
             .zip(targets)
             .enumerate()
             .map(|(run_index, ((config, hook_index, d_in), target_index))| {
-                let scale = if config.normalise_inputs {
-                    scales[run_index]
-                } else {
-                    1.0
+                let statistics = statistics.as_ref().map(|s| &s[run_index]);
+                let (scales, mean) = match statistics {
+                    Some(s) if config.normalise_inputs => {
+                        ((s.input_scale, s.output_scale), &s.output_mean[..])
+                    }
+                    Some(s) => ((1.0, 1.0), &s.output_mean[..]),
+                    None => ((1.0, 1.0), &[][..]),
                 };
                 let mut run = SaeRun::new(
                     config,
                     (hook_index, d_in),
-                    scale,
-                    &means[run_index],
+                    scales,
+                    mean,
                     &placement[run_index].1,
                     registry,
                 )?;
@@ -384,12 +426,12 @@ impl<S: ActivationSource> Trainer<S> {
                 if rows.dim(0)? < 2 {
                     return Ok(None);
                 }
-                let space = |rows: &Tensor| -> Result<Tensor> {
-                    Ok((rows.to_dtype(DType::F32)?.to_device(&run.device)? / run.scale)?)
+                let space = |rows: &Tensor, scale: f64| -> Result<Tensor> {
+                    Ok((rows.to_dtype(DType::F32)?.to_device(&run.device)? / scale)?)
                 };
-                let input = space(&rows)?;
+                let input = space(&rows, run.scale)?;
                 let target = match run.target_index {
-                    Some(target) => space(&activations[target])?,
+                    Some(target) => space(&activations[target], run.output_scale)?,
                     None => input.clone(),
                 };
                 Ok(Some((input, target)))
@@ -530,6 +572,12 @@ impl<S: ActivationSource> Trainer<S> {
             }
             metadata.insert("training_tokens".into(), run.total_tokens.into());
             metadata.insert("scaling_factor_folded".into(), run.scale.into());
+            if run.target_index.is_some() {
+                metadata.insert(
+                    "output_scaling_factor_folded".into(),
+                    run.output_scale.into(),
+                );
+            }
             let density: Vec<f32> = run
                 .total_fires
                 .iter()
@@ -537,7 +585,7 @@ impl<S: ActivationSource> Trainer<S> {
                 .collect();
             let sparsity = Tensor::new(density, &Device::Cpu)?;
             if !self.folded {
-                run.sae.fold_scaling(run.scale)?;
+                run.sae.fold_scalings(run.scale, run.output_scale)?;
             }
             let dir = self.out.join(&run.config.name);
             let training_config = serde_json::to_vec_pretty(&run.config)
@@ -561,7 +609,7 @@ impl<S: ActivationSource> Trainer<S> {
     pub fn into_saes(mut self) -> Result<Vec<(ResolvedSaeConfig, Box<dyn TrainableSae>)>> {
         if !self.folded {
             for run in &mut self.runs {
-                run.sae.fold_scaling(run.scale)?;
+                run.sae.fold_scalings(run.scale, run.output_scale)?;
             }
         }
         Ok(self
@@ -583,6 +631,7 @@ impl<S: ActivationSource> Trainer<S> {
                 .map(|r| RunState {
                     name: r.config.name.clone(),
                     scale: r.scale,
+                    output_scale: r.target_index.map(|_| r.output_scale),
                     adam_t: r.adam.t,
                     since_fired: r.since_fired.clone(),
                     window_fires: r.window_fires.clone(),
@@ -623,6 +672,7 @@ impl<S: ActivationSource> Trainer<S> {
             run.sae.load_training_state(&tensors.sae)?;
             run.adam.load_state(saved.adam_t, &tensors.adam)?;
             run.scale = saved.scale;
+            run.output_scale = saved.output_scale.unwrap_or(saved.scale);
             run.since_fired = saved.since_fired;
             run.window_fires = saved.window_fires;
             run.window_tokens = saved.window_tokens;
@@ -693,13 +743,14 @@ fn kernel_description(device: &Device, kernels: Kernels) -> String {
 }
 
 impl SaeRun {
-    /// A new run of `config` on the source's hook `hook_index` (width `d_in`): the SAE and its
-    /// penalties built through `registry`, b_dec at `mean / scale` when the config asks for the
-    /// mean, fresh Adam moments and counters.
+    /// A new run of `config` on the source's hook `hook_index` (width `d_in`) with the input and
+    /// output scaling constants `(scale, output_scale)`: the SAE and its penalties built
+    /// through `registry`, b_dec at `mean / output_scale` (`mean`: what it reconstructs, raw)
+    /// when the config asks for the mean, fresh Adam moments and counters.
     fn new(
         config: ResolvedSaeConfig,
         (hook_index, d_in): (usize, usize),
-        scale: f64,
+        (scale, output_scale): (f64, f64),
         mean: &[f64],
         device: &Device,
         registry: &Registry,
@@ -725,7 +776,7 @@ impl SaeRun {
         };
         let sae = registry.build_sae(config.architecture, &shape, &init)?;
         if config.decoder_bias_init == DecoderBiasInit::Mean && !mean.is_empty() {
-            let mean: Vec<f32> = mean.iter().map(|m| (m / scale) as f32).collect();
+            let mean: Vec<f32> = mean.iter().map(|m| (m / output_scale) as f32).collect();
             set_var(sae.as_ref(), "b_dec", &Tensor::new(mean, device)?)?;
         }
         let penalties = config
@@ -744,6 +795,7 @@ impl SaeRun {
         Ok(SaeRun {
             sae,
             scale,
+            output_scale,
             hook_index,
             target_index: None,
             penalties,
@@ -783,10 +835,9 @@ impl SaeRun {
     ) -> Result<Option<MetricsRow>> {
         let trained = training_rows(&context.activations[self.hook_index], &self.config)?;
         let x = (trained.to_device(&self.device)? / self.scale)?;
-        // A transcoder's target shares its input's scale C (as Gemma Scope's transcoders).
         let target = match self.target_index {
             Some(target) => {
-                Some((context.activations[target].to_device(&self.device)? / self.scale)?)
+                Some((context.activations[target].to_device(&self.device)? / self.output_scale)?)
             }
             None => None,
         };

@@ -209,6 +209,20 @@ impl AffineSae {
         Ok(())
     }
 
+    /// Multiplies the decoder's output by `factor` (`W_dec` and `b_dec`): for a folded SAE,
+    /// whose `b_dec` is no longer subtracted from its input.
+    pub(crate) fn scale_output(&self, factor: f64) -> Result<()> {
+        check_scale(factor)?;
+        if self.apply_b_dec_to_input {
+            return Err(SaeError::Config(
+                "cannot scale the output of an SAE that applies b_dec to its input (fold it first)"
+                    .into(),
+            ));
+        }
+        update_f32(&self.w_dec, |w| Ok(w.affine(factor, 0.0)?))?;
+        update_f32(&self.b_dec, |b| Ok(b.affine(factor, 0.0)?))
+    }
+
     /// The inverse of [`AffineSae::fold_scaling`].
     pub fn unfold_scaling(&mut self, c: f64, pre_encoder_bias: bool) -> Result<()> {
         check_scale(c)?;

@@ -181,6 +181,20 @@ pub trait Sae: Send + Sync {
     /// The inverse of [`Sae::fold_scaling`]: divides out C and, when `pre_encoder_bias` is true,
     /// moves `b_dec` back in front of the encoder.
     fn unfold_scaling(&mut self, c: f64, pre_encoder_bias: bool) -> Result<()>;
+    /// [`Sae::fold_scaling`] for a dictionary trained on inputs divided by `c_in` to predict
+    /// outputs divided by `c_out` (a transcoder whose target has its own scale): afterwards it
+    /// maps raw inputs to raw outputs. Only a transcoder's output is apart from its input; the
+    /// default refuses a `c_out` other than `c_in`.
+    fn fold_scalings(&mut self, c_in: f64, c_out: f64) -> Result<()> {
+        if c_in != c_out {
+            return Err(SaeError::Config(format!(
+                "{:?} reconstructs its own input: its output scale ({c_out}) must be its input \
+                 scale ({c_in})",
+                self.architecture()
+            )));
+        }
+        self.fold_scaling(c_in)
+    }
 
     /// Latents and reconstruction of `x` in one call.
     fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {

@@ -4,7 +4,7 @@
 
 use candle_core::{Tensor, Var};
 
-use super::affine::expect_shape;
+use super::affine::{expect_shape, update_f32};
 use super::{Architecture, JumpReluSae, Sae, TrainOutput, TrainableSae};
 use crate::{Result, SaeError};
 
@@ -95,13 +95,25 @@ impl Sae for JumpReluTranscoder {
         }
         Ok(tensors)
     }
-    /// Input and output share the scale C (Gemma Scope divides both by the input's), so the
-    /// linear skip term is unchanged and the JumpReLU part folds as an SAE does.
+    /// Input and output share the scale C, so the linear skip term is unchanged and the
+    /// JumpReLU part folds as an SAE does.
     fn fold_scaling(&mut self, c: f64) -> Result<()> {
         self.sae.fold_scaling(c)
     }
     fn unfold_scaling(&mut self, c: f64, pre_encoder_bias: bool) -> Result<()> {
         self.sae.unfold_scaling(c, pre_encoder_bias)
+    }
+    /// Folds C_in as [`Sae::fold_scaling`] does, then multiplies every term of the prediction
+    /// (`W_dec`, `b_dec`, `W_skip`) by C_out / C_in: the folded transcoder predicts C_out × what
+    /// it predicted of x / C_in.
+    fn fold_scalings(&mut self, c_in: f64, c_out: f64) -> Result<()> {
+        self.sae.fold_scaling(c_in)?;
+        let ratio = c_out / c_in;
+        self.sae.affine.scale_output(ratio)?;
+        if let Some(skip) = &self.skip {
+            update_f32(skip, |w| Ok(w.affine(ratio, 0.0)?))?;
+        }
+        Ok(())
     }
     fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let latents = self.encode(x)?;
