@@ -24,7 +24,11 @@
 //! **Warm-up.** Instead of warming λ up from 0, the controller warms its target: T_t falls
 //! log-linearly from the first batch's L0 to T over the first `warmup` steps
 //! ([`L0Controller::warmup_steps`]: the run's λ warm-up, at most a quarter of the run), so
-//! latents are not all pushed off at once.
+//! latents are not all pushed off at once. T_t is a limit on how fast the L0 falls, not a set
+//! point: during the warm-up the error is 0 while the L0 is between T and T_t, and measured
+//! from the nearer of the two outside. An L0 that falls faster on its own (a transcoder's does,
+//! from thousands to near T within 20 steps) is left alone, instead of winding λ down by
+//! orders of magnitude that the rest of the run must climb back.
 //!
 //! **Options, off by default.** Two more actions were measured (BENCHMARKS.md, "Target L0"):
 //! multiplying every JumpReLU threshold by exp(k_θ·e) after each step (`threshold`: a
@@ -211,8 +215,10 @@ impl L0Controller {
         if self.state.first_l0.is_none() {
             self.state.first_l0 = Some(l0);
         }
-        let target = self.target_at(step + 1);
-        let error = ((l0 + 1.0) / (target + 1.0))
+        let warm = self.target_at(step + 1);
+        let (low, high) = (warm.min(self.target), warm.max(self.target));
+        let reference = l0.clamp(low, high);
+        let error = ((l0 + 1.0) / (reference + 1.0))
             .ln()
             .clamp(-MAX_ERROR, MAX_ERROR);
         let limit = MAX_MULTIPLIER.ln();
@@ -286,6 +292,32 @@ mod tests {
         );
         assert_eq!(controller.target_at(100), 9.0);
         assert_eq!(L0Controller::warmup_steps(10_000, 200), 50);
+    }
+
+    /// During the warm-up an L0 between T and the warmed target leaves λ where it is; above the
+    /// warmed target or below T it moves λ as after the warm-up.
+    #[test]
+    fn during_the_warm_up_the_target_is_a_band() {
+        let mut controller = L0Controller::new(9.0, L0ControllerGains::default(), 100, 1000);
+        controller.observe(0, 999.0);
+        // At step 50 the warmed target is 99: an L0 of 40 is inside [9, 99].
+        let integral = controller.state.integral;
+        controller.observe(49, 40.0);
+        assert_eq!(controller.state.error, 0.0);
+        assert_eq!(controller.state.integral, integral, "λ stays");
+        controller.observe(49, 199.0);
+        assert!(
+            (controller.state.error - 2f64.ln()).abs() < 1e-12,
+            "above: from 99"
+        );
+        controller.observe(49, 4.0);
+        assert!(
+            (controller.state.error - 0.5f64.ln()).abs() < 1e-12,
+            "below: from T"
+        );
+        // After the warm-up, T alone.
+        controller.observe(100, 40.0);
+        assert!((controller.state.error - 4f64.ln().min(MAX_ERROR)).abs() < 1e-12);
     }
 
     #[test]
