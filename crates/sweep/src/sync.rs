@@ -247,6 +247,16 @@ mod tests {
         out
     }
 
+    /// The checkpoint folder's files when step `step` is its only checkpoint.
+    fn only(step: u64) -> Vec<String> {
+        let folder = step_prefix(step);
+        vec![
+            LATEST.to_string(),
+            format!("{folder}/{EFFECTIVE_CONFIG}"),
+            format!("{folder}/weights"),
+        ]
+    }
+
     /// What a task killed during the upload of step 20 (replacing step 10) leaves: the record,
     /// part of step 20, and `latest.json` at 20 when `reached_latest`.
     fn killed_during_upload(dir: &Path, checkpoints: &Location, reached_latest: bool) {
@@ -278,14 +288,7 @@ mod tests {
         let checkpoints = Location::local(dir.path().join("checkpoints"));
         upload_checkpoint(&run_folder(dir.path(), "ten"), &checkpoints, 10).unwrap();
         upload_checkpoint(&run_folder(dir.path(), "twenty"), &checkpoints, 20).unwrap();
-        assert_eq!(
-            tree(&dir.path().join("checkpoints")),
-            [
-                "latest.json",
-                "step-00000020/config.json",
-                "step-00000020/weights"
-            ]
-        );
+        assert_eq!(tree(&dir.path().join("checkpoints")), only(20));
         let restored = dir.path().join("restored");
         assert_eq!(
             restore_checkpoint(&checkpoints, &restored).unwrap(),
@@ -307,23 +310,12 @@ mod tests {
         );
         assert_eq!(
             tree(&dir.path().join("checkpoints")),
-            [
-                "latest.json",
-                "step-00000010/config.json",
-                "step-00000010/weights"
-            ],
+            only(10),
             "the half-uploaded step 20 is gone, the latest checkpoint kept"
         );
         killed_during_upload(dir.path(), &checkpoints, false);
         upload_checkpoint(&run_folder(dir.path(), "thirty"), &checkpoints, 30).unwrap();
-        assert_eq!(
-            tree(&dir.path().join("checkpoints")),
-            [
-                "latest.json",
-                "step-00000030/config.json",
-                "step-00000030/weights"
-            ]
-        );
+        assert_eq!(tree(&dir.path().join("checkpoints")), only(30));
     }
 
     #[test]
@@ -338,24 +330,13 @@ mod tests {
         );
         assert_eq!(
             tree(&dir.path().join("checkpoints")),
-            [
-                "latest.json",
-                "step-00000020/config.json",
-                "step-00000020/weights"
-            ],
+            only(20),
             "the replaced step 10 is gone, the latest checkpoint kept"
         );
         // A repeated upload of the latest step (a finished attempt) also finishes the record.
         killed_during_upload(dir.path(), &checkpoints, true);
         upload_checkpoint(&run_folder(dir.path(), "twenty"), &checkpoints, 20).unwrap();
-        assert_eq!(
-            tree(&dir.path().join("checkpoints")),
-            [
-                "latest.json",
-                "step-00000020/config.json",
-                "step-00000020/weights"
-            ]
-        );
+        assert_eq!(tree(&dir.path().join("checkpoints")), only(20));
     }
 
     #[test]

@@ -30,6 +30,12 @@
 //! from thousands to near T within 20 steps) is left alone, instead of winding λ down by
 //! orders of magnitude that the rest of the run must climb back.
 //!
+//! **A limit measured.** With lr 2e-3 and Adam's β₁ = 0 (the experiments' short recipe),
+//! targets of 120 and 150 diverged within 1,000 steps on Gemma 3's residual stream: with
+//! β₁ = 0 each threshold steps a full learning rate in the sign of its latest gradient, so a λ
+//! that swings from one step to the next swings every marginal threshold with it. β₁ = 0.9 or
+//! lr 1e-3 held both targets within 2.2 % (BENCHMARKS.md, "Target L0").
+//!
 //! **Options, off by default.** Two more actions were measured (BENCHMARKS.md, "Target L0"):
 //! multiplying every JumpReLU threshold by exp(k_θ·e) after each step (`threshold`: a
 //! pre-activation sums every encoder weight of its latent, so it can move many learning rates
