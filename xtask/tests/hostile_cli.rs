@@ -1,6 +1,6 @@
-//! Hostile values for every option of every command (issue 37): each command of `xtask --help`
-//! (and each sub-command) is run once per option and hostile value, on the tiny model and
-//! corpus, from a fresh folder; each run must end with an error or a success, never a panic
+//! Hostile values for every option of every command: each command of `cargo xtask --help`
+//! (every `gemma-scope` command and the benchmarks, and each sub-command) is run once per
+//! option and hostile value, on the tiny model and corpus, from a fresh folder; each run must end with an error or a success, never a panic
 //! (exit 101), an abort or another signal, and never write outside its folder.
 //!
 //! An option's hostile value replaces the option's usual value (the tiny fixtures where the
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
+use test_support as common;
 
 /// How long a run may work before it is stopped as "accepted".
 const PATIENCE: Duration = Duration::from_secs(4);
@@ -229,7 +229,7 @@ fn written(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn no_command_panics_or_escapes_its_folder_on_hostile_option_values() {
-    let fixture = common::Fixture::new();
+    let fixture = common::Fixture::new(env!("CARGO_BIN_EXE_xtask"));
     let fixtures = fixture.dir.path();
     std::fs::write(
         fixtures.join("train.toml"),

@@ -8,8 +8,8 @@ use gemma_hooks::{Kernels, LoadedModel, load_model};
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct DeviceOptions {
-    /// Where to compute: cpu, cuda[:N] or metal[:N] (the GPU backends need xtask's `cuda` or
-    /// `metal` feature). Default: the CPU (`train` keeps its config's `device`).
+    /// Where to compute: cpu, cuda[:N] or metal[:N] (the GPU backends need the `gemma-scope`
+    /// crate's `cuda` or `metal` feature). Default: the CPU (`train` keeps its config's `device`).
     #[cfg_attr(feature = "cli", arg(long))]
     pub device: Option<String>,
     /// `fastest` (the CPU's specialised kernels where they apply: OpenBLAS products, the

@@ -9,13 +9,12 @@
 //!   ([`Lab::evaluate`]), or all of it in one call ([`Lab::train_and_evaluate`]);
 //! - [`report`]: the Markdown report, the summary table (parquet and CSV) and the plots (SVG
 //!   and PNG) of an experiment;
-//! - [`experiments`]: the project's results (`cargo xtask reproduce <experiment>`);
-//! - [`bench`](mod@bench): the speed table (`cargo xtask bench`), with the [`allocator`] that counts a
-//!   step's peak heap;
-//! - [`commands`]: the other workflows of the command line (harvest, train from a config,
-//!   dump activations, inspect an SAE file, the architecture demo).
+//! - [`experiments`]: the project's results (`gemma-scope reproduce <experiment>`, or
+//!   `cargo xtask reproduce <experiment>` from a checkout);
+//! - [`device`]: the device and kernels a run computes on, and the model loaded with them.
 //!
-//! Option structs derive `clap::Args` under the `cli` feature, so a binary parses them
+//! The commands that drive it are the `gemma-scope` crate's; the benchmarks are the
+//! repository's `xtask`. Option structs derive `clap::Args` under the `cli` feature, so a binary parses them
 //! directly; the library itself needs no argument parser ([`ExperimentOptions`] has a
 //! [`Default`]).
 //!
@@ -69,9 +68,6 @@
 //! # }
 //! ```
 
-pub mod allocator;
-pub mod bench;
-pub mod commands;
 pub mod device;
 pub mod experiments;
 pub mod output;
@@ -79,24 +75,3 @@ mod pipeline;
 pub mod report;
 
 pub use pipeline::{Budget, ExperimentOptions, Lab, Outcome, TrainedSae};
-
-/// The repository's script `scripts/<name>` (the peers' side of the comparisons).
-pub(crate) fn script(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts")
-        .join(name)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_peer_scripts_are_where_the_comparisons_look() {
-        for name in ["saelens_train.py", "bench_transformers_forward.py"] {
-            assert!(
-                super::script(name).is_file(),
-                "{}",
-                super::script(name).display()
-            );
-        }
-    }
-}

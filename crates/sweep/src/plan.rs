@@ -76,7 +76,7 @@ pub struct PlannedStore {
 /// One task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
-    /// Its index in the plan (`cargo xtask task --index`).
+    /// Its index in the plan (`gemma-scope task --index`).
     pub index: usize,
     /// What it does.
     pub work: Work,
@@ -257,7 +257,7 @@ impl Plan {
         let file = root.describe(PLAN);
         let bytes = root
             .get(PLAN)?
-            .with_context(|| format!("{file}: no plan (run `cargo xtask plan` first)"))?;
+            .with_context(|| format!("{file}: no plan (run `gemma-scope plan` first)"))?;
         let value: Value = parse_json(&file, &bytes)?;
         match value.get("format_version").and_then(Value::as_u64) {
             Some(version) if version == u64::from(FORMAT_VERSION) => {}

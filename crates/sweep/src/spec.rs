@@ -29,7 +29,7 @@ pub const MAX_BUCKET_ROWS: u64 = 1 << 32;
 pub struct SweepSpec {
     /// The model (a path, a Hugging Face repo id, or `gemma-3-270m`, the embedded one).
     pub model: String,
-    /// The corpus (as `cargo xtask cache --corpus`: `gutenberg`, a .txt file or folder, .jsonl, .parquet).
+    /// The corpus (as `gemma-scope cache --corpus`: `gutenberg`, a .txt file or folder, .jsonl, .parquet).
     #[serde(default = "defaults::corpus")]
     pub corpus: String,
     /// The text field (JSONL) or column (parquet).

@@ -211,7 +211,7 @@ fn the_kubernetes_job_runs_one_pod_per_task_waiting_for_its_dependencies() {
     let options = KubernetesOptions {
         name: "sweep".into(),
         image: "registry.example/gemma-scope:1".into(),
-        binary: "/usr/local/bin/xtask".into(),
+        binary: "/usr/local/bin/gemma-scope".into(),
         parallelism: 3,
         gpus: 1,
         credentials_secret: Some("s3-credentials".into()),
@@ -246,7 +246,7 @@ fn the_kubernetes_job_runs_one_pod_per_task_waiting_for_its_dependencies() {
     assert_eq!(
         command,
         [
-            "/usr/local/bin/xtask",
+            "/usr/local/bin/gemma-scope",
             "task",
             "--plan",
             "s3://bucket/sweep",

@@ -16,7 +16,6 @@ pub mod frontier;
 pub mod gemma_scope;
 pub mod gemma_scope_2;
 pub mod layers;
-pub mod quality;
 pub mod quickstart;
 pub mod sites;
 pub mod synth_bench;

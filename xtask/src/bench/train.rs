@@ -11,44 +11,42 @@ use sae_core::Architecture;
 use trainer::{SaeConfig, TrainConfig, Trainer};
 
 /// Arguments of `bench-train`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct BenchTrainArgs {
     /// Input width.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 640))]
+    #[arg(long, default_value_t = 640)]
     pub d_in: usize,
     /// Latents.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 4096))]
+    #[arg(long, default_value_t = 4096)]
     pub d_sae: usize,
     /// Batch size.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 4096))]
+    #[arg(long, default_value_t = 4096)]
     pub batch: usize,
     /// Timed steps (after two warm-up steps).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 5))]
+    #[arg(long, default_value_t = 5)]
     pub steps: u64,
     /// Initial threshold θ₀ (inputs are Gaussian with E‖x‖² = 1, so pre-activations have
     /// σ ≈ 1/√d_in): 0.001 gives the random-init L0 ≈ d_sae/2; Φ⁻¹(1 − 100/d_sae)/√d_in (≈ 2.5/√d_in at 16k latents) gives L0 ≈ 100.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.001))]
+    #[arg(long, default_value_t = 0.001)]
     pub threshold_init: f64,
     /// Force the dense autograd step (default: the trainer's choice, sparse when few latents
     /// are active).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub dense: bool,
     /// The architecture (JumpReLU with the L0 penalty; TopK and BatchTopK with AuxK).
-    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = BenchArchitecture::Jumprelu))]
+    #[arg(long, value_enum, default_value_t = BenchArchitecture::Jumprelu)]
     pub architecture: BenchArchitecture,
     /// k of TopK and BatchTopK.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 64))]
+    #[arg(long, default_value_t = 64)]
     pub k: usize,
     /// Where to train: cpu, cuda[:N] or metal[:N] (GPU backends need xtask's `cuda` or
     /// `metal` feature). Off the CPU the trainer takes candle's dense step.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]
+    #[arg(long, default_value = "cpu")]
     pub device: String,
 }
 
 /// The architectures `bench-train` can time.
-#[derive(Debug, Clone, Copy)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum BenchArchitecture {
     /// JumpReLU (threshold from `--threshold-init`).
     Jumprelu,

@@ -7,30 +7,29 @@ use candle_core::{DType, Tensor};
 use gemma_hooks::{GemmaModel, HookPoint, Hooks};
 
 /// Arguments of `bench-forward`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct BenchForwardArgs {
     /// The model (see `dump-activations --model`).
-    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
+    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
     pub model: String,
     /// Tokens per context.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024))]
+    #[arg(long, default_value_t = 1024)]
     pub context: usize,
     /// Contexts per batch.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1))]
+    #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Timed repetitions (after one warm-up).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
+    #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     /// Only f32 (default: f32 and bf16).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub f32_only: bool,
     /// Only the harvest (default: the full pass too).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub harvest_only: bool,
     /// Where the model computes.
-    #[cfg_attr(feature = "cli", command(flatten))]
-    pub device: crate::device::DeviceOptions,
+    #[command(flatten)]
+    pub device: lab::device::DeviceOptions,
 }
 
 /// Forward tokens/s of `model` on `batch` × `context` synthetic token ids, best of `repeats`

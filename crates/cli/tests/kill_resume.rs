@@ -1,9 +1,9 @@
-//! Same inputs, same bytes, and kill -9 at any point: `xtask cache` then `xtask train` on the
+//! Same inputs, same bytes, and kill -9 at any point: `gemma-scope cache` then `gemma-scope train` on the
 //! tiny Gemma 3 fixture, run twice uninterrupted (every file equal, bit for bit), then again
 //! killed with SIGKILL at seeded random moments and resumed until done (every file equal to
 //! the uninterrupted run's). `timing.csv`, the wall-clock log, is the one file that may differ.
 
-mod common;
+use test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,7 +61,7 @@ d_sae = 96
 
     /// `cache` into the store at `out` (a folder or a URL).
     fn cache_into(&self, out: &str) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gemma-scope"));
         command
             .args([
                 "cache",
@@ -100,7 +100,7 @@ d_sae = 96
 
     /// `train` from the store at `store` (a folder or a URL) into `root/train`.
     fn train_from(&self, store: &str, root: &Path) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gemma-scope"));
         command
             .arg("train")
             .arg("--config")

@@ -2,7 +2,7 @@
 //! and SAE: answers, status codes and error messages, labels that persist, concurrent label
 //! saves that all survive, and a corrupt labels file reported and left intact.
 
-mod common;
+use test_support as common;
 
 use common::{D_SAE, Fixture};
 use serde_json::{Value, json};
@@ -55,7 +55,7 @@ fn assert_error(answer: (u16, Value), status: u16, mentions: &str) {
 
 #[test]
 fn every_endpoint_answers_and_rejects_bad_input_clearly() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new(env!("CARGO_BIN_EXE_gemma-scope"));
     let server = fixture.serve();
     let base = &server.url;
     let api = format!("{base}/api/saes/tiny");
@@ -457,7 +457,7 @@ fn every_endpoint_answers_and_rejects_bad_input_clearly() {
 
 #[test]
 fn a_corrupt_labels_file_is_reported_and_never_overwritten() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new(env!("CARGO_BIN_EXE_gemma-scope"));
     let corrupt = "[tiny]\n12 = \"unterminated\n";
     std::fs::write(&fixture.labels, corrupt).unwrap();
     let server = fixture.serve();
@@ -487,7 +487,7 @@ fn a_corrupt_labels_file_is_reported_and_never_overwritten() {
 /// not decode — are the documented JSON too.
 #[test]
 fn framework_errors_are_json_like_every_other_error() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new(env!("CARGO_BIN_EXE_gemma-scope"));
     let server = fixture.serve();
     let api = format!("{}/api/saes/tiny", server.url);
     assert_error(
@@ -542,7 +542,7 @@ fn framework_errors_are_json_like_every_other_error() {
 /// options a shared device struct would bring (`--sae-devices`), and no mention of training.
 #[test]
 fn explore_help_lists_only_the_options_explore_uses() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gemma-scope"))
         .args(["explore", "--help"])
         .output()
         .unwrap();
@@ -581,7 +581,7 @@ fn explore_help_lists_only_the_options_explore_uses() {
 /// erases another's label, and each explorer shows the others' labels.
 #[test]
 fn explorers_sharing_a_labels_file_never_erase_each_others_labels() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new(env!("CARGO_BIN_EXE_gemma-scope"));
     let first = fixture.serve();
     let second = fixture.serve();
     let label = |server: &common::Server, latent: usize, text: &str| {
@@ -620,7 +620,7 @@ fn explorers_sharing_a_labels_file_never_erase_each_others_labels() {
 /// 500 to everything.
 #[test]
 fn a_hook_the_model_lacks_is_refused_at_start_up() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new(env!("CARGO_BIN_EXE_gemma-scope"));
     let output = fixture
         .command(&format!(
             "{}@blocks.99.hook_resid_post",
@@ -640,7 +640,7 @@ fn a_hook_the_model_lacks_is_refused_at_start_up() {
 /// `@HOOK` override, or after the SAE was re-trained, the explorer computes the SAE's own.
 #[test]
 fn run_dashboards_are_used_only_for_the_sae_and_hook_they_were_made_for() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new(env!("CARGO_BIN_EXE_gemma-scope"));
     // A reproduce-run layout: RUN/train/tiny and RUN/dashboards_tiny.json.
     let run = fixture.dir.path().join("run");
     let sae = run.join("train").join("tiny");

@@ -1,9 +1,9 @@
-//! `cargo xtask explore`: a local web page to see which latents fire on a text, read each
+//! `gemma-scope explore`: a local web page to see which latents fire on a text, read each
 //! latent's dashboard, label latents by hand and steer the model with a latent's direction.
 //!
 //! ```text
-//! cargo xtask explore                                   # the quickstart's SAE on the embedded model
-//! cargo xtask explore --model gemma-3-270m --sae runs/a/train/jumprelu,runs/b/train/topk
+//! gemma-scope explore                                   # the quickstart's SAE on the embedded model
+//! gemma-scope explore --model gemma-3-270m --sae runs/a/train/jumprelu,runs/b/train/topk
 //! ```
 //!
 //! - **SAEs** (`--sae PATH[@HOOK]`, comma-separated or repeated): SAELens directories (the hook
@@ -39,7 +39,7 @@ use gemma_hooks::Kernels;
 /// The quickstart's SAE, explored when no `--sae` is given.
 pub const QUICKSTART_SAE: &str = "runs/reproduce/quickstart/train/jumprelu";
 
-/// Arguments of `cargo xtask explore`.
+/// Arguments of `gemma-scope explore`.
 #[derive(Debug, clap::Args)]
 pub struct ExploreArgs {
     /// Model: `gemma-3-270m` (embedded), a Hugging Face directory, a GGUF file or a hub id.
@@ -71,7 +71,7 @@ pub struct ExploreArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Where the model and the SAEs compute: cpu, cuda[:N] or metal[:N] (the GPU backends
-    /// need xtask's `cuda` or `metal` feature). Default: the CPU.
+    /// need the `gemma-scope` crate's `cuda` or `metal` feature). Default: the CPU.
     #[arg(long)]
     pub device: Option<String>,
     /// `fastest` (the CPU's specialised kernels where they apply) or `generic` (candle's

@@ -21,9 +21,9 @@ use candle_core::DType;
 use gemma_hooks::HookPoint;
 use trainer::{PenaltyConfig, SaeConfig};
 
-use super::quickstart::{self, CONTEXT_LENGTH};
-use crate::ExperimentOptions;
-use crate::pipeline::{Budget, Lab, TrainedSae};
+use lab::ExperimentOptions;
+use lab::experiments::quickstart::{self, CONTEXT_LENGTH};
+use lab::{Budget, Lab, TrainedSae};
 
 /// Default training tokens per SAE: 300 steps of 1,024 (SAELens trains at ≈ 2,900 tokens/s
 /// here, so its eight SAEs of the default sweep take ≈ 15 minutes).
@@ -32,33 +32,32 @@ pub const DEFAULT_BUDGET: u64 = 307_200;
 pub const MAX_HARVEST: u64 = 60_000;
 /// Tokens per step.
 const BATCH_SIZE: usize = 1024;
-use crate::report::{frontier_plots, write_summary};
+use lab::report::{frontier_plots, write_summary};
 
 /// Arguments of `bench-quality`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct QualityArgs {
-    #[cfg_attr(feature = "cli", command(flatten))]
+    #[command(flatten)]
     common: ExperimentOptions,
     /// L0 coefficients λ of the sweep (both trainers).
-    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ',', default_values_t = [3e-5, 1e-4, 3e-4]))]
+    #[arg(long, value_delimiter = ',', default_values_t = [3e-5, 1e-4, 3e-4])]
     lambdas: Vec<f64>,
     /// Shuffle (and initialisation) seeds: every λ is trained once per seed, by both.
-    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ',', default_values_t = [0, 1]))]
+    #[arg(long, value_delimiter = ',', default_values_t = [0, 1])]
     seeds: Vec<u64>,
     /// Add Anthropic's pre-activation loss on dead latents with this coefficient, to both
     /// trainers (SAELens's `pre_act_loss_coefficient`). Off by default: see BENCHMARKS.md.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pre_activation: Option<f64>,
     /// Tokens without firing after which the pre-activation loss counts a latent as dead
     /// (a multiple of the batch of 1,024: SAELens counts steps).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 20_480))]
+    #[arg(long, default_value_t = 20_480)]
     pre_activation_window: u64,
     /// Train only this project's SAEs.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     no_peers: bool,
     /// The peers' Python (with SAELens 6.54; `bash ../shared/peers/setup.sh` makes it).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     peer_python: Option<PathBuf>,
 }
 
@@ -72,7 +71,7 @@ struct Entry {
 /// Runs the comparison.
 ///
 /// Long because an experiment reads as one script (harvest, train both trainers, evaluate,
-/// report); its reusable steps are the [`crate::Lab`] methods and the helpers below.
+/// report); its reusable steps are the [`lab::Lab`] methods and the helpers below.
 pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
     if let Some(c) = args.pre_activation
         && !(c.is_finite() && c > 0.0)

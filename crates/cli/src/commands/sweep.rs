@@ -12,140 +12,134 @@ use sweep::kubernetes::KubernetesOptions;
 use sweep::slurm::SlurmOptions;
 use sweep::{Check, DoneState, Layout, Plan, SweepSpec, TaskOptions};
 
-use crate::device::DeviceOptions;
+use lab::device::DeviceOptions;
 
 /// Arguments of `plan`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     /// The sweep file (TOML or JSON; see `configs/sweep-gemma3-270m.toml`).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub sweep: PathBuf,
     /// The sweep's root: a folder or an object-store prefix (`s3://bucket/sweep`), where the
     /// plan, the stores, the checkpoints and the trained SAEs go.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub out: String,
 }
 
 /// Arguments of `task`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct TaskArgs {
     /// The sweep's root (as given to `plan --out`).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub plan: String,
     /// The task to run.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub index: usize,
     /// Local folder for a training task's working copy (default: the system's temporary folder).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub scratch: Option<PathBuf>,
     /// Wait up to this many seconds for unfinished dependencies instead of failing at once (for
     /// schedulers without dependencies, such as a Kubernetes Indexed Job).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub wait_for_dependencies: Option<u64>,
     /// Hide progress.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub quiet: bool,
     /// Where the task computes.
-    #[cfg_attr(feature = "cli", command(flatten))]
+    #[command(flatten)]
     pub device: DeviceOptions,
 }
 
 /// Arguments of `run-plan`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct RunPlanArgs {
     /// The sweep's root.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub plan: String,
     /// Worker processes at once.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2))]
+    #[arg(long, default_value_t = 2)]
     pub workers: usize,
     /// Folder for the tasks' logs.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "runs/sweep-logs"))]
+    #[arg(long, default_value = "runs/sweep-logs")]
     pub logs: PathBuf,
     /// Where the tasks compute.
-    #[cfg_attr(feature = "cli", command(flatten))]
+    #[command(flatten)]
     pub device: DeviceOptions,
 }
 
 /// Arguments of `slurm`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct SlurmArgs {
     /// What to do.
-    #[cfg_attr(feature = "cli", arg(value_parser = ["submit", "status", "cancel"]))]
+    #[arg(value_parser = ["submit", "status", "cancel"])]
     pub action: String,
     /// The sweep's root.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub plan: String,
     /// Where the batch scripts, the plan's job record (`jobs-PLANID.json`) and the jobs' logs
     /// go (shared by every node; several plans may share it: each acts on its own jobs).
-    #[cfg_attr(feature = "cli", arg(long, default_value = "runs/slurm"))]
+    #[arg(long, default_value = "runs/slurm")]
     pub scripts: PathBuf,
     /// The program the jobs run (default: this one; it must be on a path every node sees).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub binary: Option<PathBuf>,
     /// `--partition`.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub partition: Option<String>,
     /// `--gres` of the harvest and training tasks, e.g. `gpu:1`.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub gres: Option<String>,
     /// `--cpus-per-task`.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1))]
+    #[arg(long, default_value_t = 1)]
     pub cpus_per_task: usize,
     /// `--mem`, e.g. `32G`.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub mem: Option<String>,
     /// `--time`, e.g. `04:00:00`.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub time: Option<String>,
     /// More `#SBATCH` options, e.g. `--sbatch=--account=lab`.
-    #[cfg_attr(feature = "cli", arg(long = "sbatch"))]
+    #[arg(long = "sbatch")]
     pub extra: Vec<String>,
     /// Where the tasks compute.
-    #[cfg_attr(feature = "cli", command(flatten))]
+    #[command(flatten)]
     pub device: DeviceOptions,
 }
 
 /// Arguments of `kubernetes`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct KubernetesArgs {
     /// The sweep's root (an object-store prefix the pods can reach).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub plan: String,
     /// The container image, with this program in it.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub image: String,
     /// The program's path in the image.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "/usr/local/bin/xtask"))]
+    #[arg(long, default_value = "/usr/local/bin/gemma-scope")]
     pub binary: String,
     /// The Job's name.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "gemma-scope-sweep"))]
+    #[arg(long, default_value = "gemma-scope-sweep")]
     pub name: String,
     /// Pods at once.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 8))]
+    #[arg(long, default_value_t = 8)]
     pub parallelism: usize,
     /// GPUs per pod.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
+    #[arg(long, default_value_t = 0)]
     pub gpus: usize,
     /// A Secret with the object store's credentials, given to the pods as environment.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub credentials_secret: Option<String>,
     /// Where the tasks compute.
-    #[cfg_attr(feature = "cli", command(flatten))]
+    #[command(flatten)]
     pub device: DeviceOptions,
 }
 
 /// Arguments of `plan-status`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct PlanStatusArgs {
     /// The sweep's root.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub plan: String,
 }
 

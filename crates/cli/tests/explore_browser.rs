@@ -1,13 +1,13 @@
 //! The explorer end to end in a real browser: headless Chromium, driven through chromedriver
-//! (WebDriver), loads the page served by the real `xtask explore` binary, analyses a text, opens
+//! (WebDriver), loads the page served by the real `gemma-scope explore` binary, analyses a text, opens
 //! a latent, labels it, reloads and finds the label kept, steers, and sees a bad input reported.
 //! Screenshots land in `CARGO_TARGET_TMPDIR/explorer-screenshots/`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them), hence ignored by a
 //! plain `cargo test`; run it with
-//! `cargo test -p xtask --test explore_browser -- --ignored`.
+//! `cargo test -p gemma-scope --test explore_browser -- --ignored`.
 
-mod common;
+use test_support as common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -106,7 +106,7 @@ async fn screenshot(client: &Client, name: &str) -> PathBuf {
 #[test]
 #[ignore = "needs chromium and chromium-driver; .ci/run runs it with --ignored"]
 fn a_researcher_analyses_labels_reloads_and_steers_in_chromium() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new(env!("CARGO_BIN_EXE_gemma-scope"));
     let server = fixture.serve();
     let driver = Driver::start();
     let latent: usize = tokio::runtime::Builder::new_current_thread()

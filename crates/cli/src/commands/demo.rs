@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: sae-core end to end on real activations.
+//! `gemma-scope demo`: sae-core end to end on real activations.
 //!
 //! Runs the embedded Gemma 3 270M (fetched once) over the opening of *Alice's Adventures in
 //! Wonderland*, reads the residual stream of the middle layer (BOS excluded, as Gemma Scope
@@ -17,23 +17,22 @@ use sae_core::format::{load_saelens, save_saelens};
 use sae_core::scaling::estimate_scaling_factor;
 use sae_core::{Architecture, InitConfig, SaeShape};
 
-use crate::device::DeviceOptions;
+use lab::device::DeviceOptions;
 
 /// Arguments of `demo`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Where the SAEs are written.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "runs/demo"))]
+    #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
     /// The model (see `dump-activations --model`).
-    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
+    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
     pub model: String,
     /// Seed of the initialisation.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Where the model and the SAEs compute.
-    #[cfg_attr(feature = "cli", command(flatten))]
+    #[command(flatten)]
     pub device: DeviceOptions,
 }
 
@@ -137,7 +136,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         );
     }
     let probe_path = args.out.join("probe.safetensors");
-    crate::output::write_safetensors(&probe_path, &probe.into_iter().collect())?;
+    lab::output::write_safetensors(&probe_path, &probe.into_iter().collect())?;
     println!(
         "every architecture folded, saved in SAELens format and reloaded with identical outputs"
     );

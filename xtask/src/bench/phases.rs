@@ -24,21 +24,20 @@ use sae_core::{Architecture, InitConfig, SaeShape};
 use super::StepShape;
 
 /// Arguments of `bench-phases`.
-#[derive(Debug, Clone)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, Clone, clap::Args)]
 pub struct PhasesArgs {
     /// The step's shape.
-    #[cfg_attr(feature = "cli", command(flatten))]
+    #[command(flatten)]
     pub shape: StepShape,
     /// The L0 the threshold is set for.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 100.0))]
+    #[arg(long, default_value_t = 100.0)]
     pub l0: f64,
     /// Timed steps (after one warm-up); the median of each phase is reported.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
+    #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     /// Run the passes after the encoder product as dense products (what the trainer does
     /// above its pair limit) instead of over the pairs.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub products: bool,
 }
 

@@ -1,8 +1,9 @@
-//! A tiny explorer for the explorer tests: the tiny random Gemma 3 fixture, a random JumpReLU
-//! SAE on its layer-3 residual stream saved in SAELens format, a two-file corpus, and the real
-//! `xtask explore` binary serving them on a free port.
-
-#![allow(dead_code)]
+//! # test-support: what the command-line tests share
+//!
+//! The tiny random Gemma 3 fixture's path, a random JumpReLU SAE, a two-book corpus, an
+//! explorer fixture (two SAEs saved in SAELens format, served by a real `explore` binary on a
+//! free port), and the helpers of the kill-and-resume tests (every file's bytes, runs killed
+//! with SIGKILL at chosen delays). A dev-dependency of the `gemma-scope` and `xtask` crates.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -73,11 +74,14 @@ pub struct Fixture {
     pub attention_sae: PathBuf,
     /// The labels file.
     pub labels: PathBuf,
+    /// The binary whose `explore` command serves these files.
+    pub binary: PathBuf,
 }
 
 impl Fixture {
-    /// Writes the SAE and corpus into a new temporary directory.
-    pub fn new() -> Self {
+    /// Writes the SAE and corpus into a new temporary directory; `binary` (a test's
+    /// `env!("CARGO_BIN_EXE_…")`) serves them.
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sae = random_jumprelu(32, D_SAE, 0.6, 0.3, 1);
         let sae_dir = dir.path().join("saes").join("tiny");
@@ -92,20 +96,20 @@ impl Fixture {
             labels: dir.path().join("labels.toml"),
             sae: sae_dir,
             attention_sae,
+            binary: binary.into(),
             dir,
         }
     }
 
     /// The tiny model's directory.
     pub fn model() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../crates/gemma-hooks/tests/fixtures/tiny-gemma3")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../gemma-hooks/tests/fixtures/tiny-gemma3")
     }
 
-    /// `xtask explore` on the tiny model, this fixture's corpus, labels and cache, serving
+    /// `explore` on the tiny model, this fixture's corpus, labels and cache, serving
     /// `saes` (the `--sae` argument).
     pub fn command(&self, saes: &str) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        let mut command = Command::new(&self.binary);
         command
             .args([
                 "explore",
@@ -129,7 +133,7 @@ impl Fixture {
         command
     }
 
-    /// Starts `xtask explore` on these files (both SAEs).
+    /// Starts `explore` on these files (both SAEs).
     pub fn serve(&self) -> Server {
         self.serve_saes(&format!(
             "{},{}@blocks.2.attn.hook_z",
@@ -138,14 +142,14 @@ impl Fixture {
         ))
     }
 
-    /// Starts `xtask explore` serving `saes` (the `--sae` argument).
+    /// Starts `explore` serving `saes` (the `--sae` argument).
     pub fn serve_saes(&self, saes: &str) -> Server {
         let mut child = self
             .command(saes)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting xtask explore");
+            .expect("starting the explorer");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let url = loop {
@@ -160,7 +164,7 @@ impl Fixture {
                     let mut stderr = String::new();
                     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
                         .unwrap();
-                    panic!("xtask explore stopped ({status}) before serving:\n{stderr}");
+                    panic!("the explorer stopped ({status}) before serving:\n{stderr}");
                 }
             }
         };
@@ -200,6 +204,7 @@ pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// The same files with the same bytes under `a` and `b` (the wall-clock log left out).
 pub fn assert_same_files(a: &Path, b: &Path, what: &str) {
     assert_same_contents(&files(a), &files(b), what);
 }

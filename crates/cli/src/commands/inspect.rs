@@ -1,4 +1,4 @@
-//! `cargo xtask inspect <path>`: what an SAE file holds.
+//! `gemma-scope inspect <path>`: what an SAE file holds.
 
 use std::path::PathBuf;
 
@@ -7,8 +7,7 @@ use candle_core::{DType, Device};
 use sae_core::constraint::row_norms;
 
 /// Arguments of `inspect`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct InspectArgs {
     /// A SAELens directory, a Gemma Scope params.npz (or a directory holding one), or a Gemma
     /// Scope 2 folder.
@@ -17,11 +16,11 @@ pub struct InspectArgs {
     /// file (keys `inputs`, `<dir name>.latents`, `<dir name>.recon`), for
     /// `scripts/fixtures/check_saelens_load.py`. Inputs have E‖x‖² = C² when the config records
     /// the folded scaling constant.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub probe: Option<PathBuf>,
     /// Where the SAE is loaded and the probe computed.
-    #[cfg_attr(feature = "cli", command(flatten))]
-    pub device: crate::device::DeviceOptions,
+    #[command(flatten)]
+    pub device: lab::device::DeviceOptions,
 }
 
 /// Min, mean and max of a 1-D f32 tensor.
@@ -87,7 +86,7 @@ fn write_probe(
         (format!("{name}.latents"), latents),
         (format!("{name}.recon"), recon),
     ]);
-    crate::output::write_safetensors(out, &tensors)?;
+    lab::output::write_safetensors(out, &tensors)?;
     println!(
         "probe                 {} (16 inputs, latents, reconstruction)",
         out.display()

@@ -1,4 +1,4 @@
-//! `cargo xtask dump-activations`: a model's activations at named hook points, its logits and
+//! `gemma-scope dump-activations`: a model's activations at named hook points, its logits and
 //! per-token loss, written to one safetensors file.
 
 use std::collections::HashMap;
@@ -8,36 +8,32 @@ use anyhow::{Context, bail, ensure};
 use candle_core::{DType, Device, Tensor};
 use gemma_hooks::{HookPoint, Hooks, next_token_loss};
 
-use crate::device::DeviceOptions;
+use lab::device::DeviceOptions;
 
 /// Arguments of `dump-activations`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct DumpArgs {
     /// A Hugging Face model directory, a .gguf file, a repo id in the hf-hub cache, or
     /// `gemma-3-270m` (the embedded model, fetched once).
-    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
+    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
     pub model: String,
     /// Text to run (tokenised with BOS first, one row).
-    #[cfg_attr(
-        feature = "cli",
-        arg(long, conflicts_with = "tokens", required_unless_present = "tokens")
-    )]
+    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
     pub text: Option<String>,
     /// JSON file `{"input_ids": [[2, …], …]}`: equal-length rows run as one batch.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub tokens: Option<PathBuf>,
     /// Hook names (`blocks.3.hook_resid_post` …) or `all`.
-    #[cfg_attr(feature = "cli", arg(long, num_args = 1.., required = true))]
+    #[arg(long, num_args = 1.., required = true)]
     pub hooks: Vec<String>,
     /// Output safetensors file (an existing file is replaced only if this tool wrote it).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub out: PathBuf,
     /// Activation dtype of the forward pass (the file is always f32).
-    #[cfg_attr(feature = "cli", arg(long, default_value = "f32", value_parser = ["f32", "bf16"]))]
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub dtype: String,
     /// Where the model computes.
-    #[cfg_attr(feature = "cli", command(flatten))]
+    #[command(flatten)]
     pub device: DeviceOptions,
 }
 
@@ -141,7 +137,7 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<()> {
         "input_ids".into(),
         ids.to_dtype(DType::I64)?.to_device(&Device::Cpu)?,
     );
-    crate::output::write_safetensors(&args.out, &out)?;
+    lab::output::write_safetensors(&args.out, &out)?;
     println!(
         "wrote {} tensors ({} hook points) to {}",
         out.len(),

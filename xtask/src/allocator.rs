@@ -1,5 +1,6 @@
-//! The process's allocator: mimalloc, keeping freed memory for reuse, and counting live heap
-//! bytes so the benchmarks can report a step's peak memory.
+//! The benchmarks' allocator: mimalloc (keeping freed memory for reuse, as the `gemma-scope`
+//! binary does: [`gemma_scope::allocator::keep_freed_memory`]), counting live heap bytes so the
+//! benchmarks can report a step's peak memory.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,28 +67,12 @@ pub fn peak() -> usize {
     PEAK.load(Ordering::Relaxed)
 }
 
-/// `mi_option_purge_delay` in `mimalloc.h` (the same index in mimalloc 2 and 3).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Tells mimalloc never to purge freed memory: the process's footprint stays at its peak, and
-/// large buffers are reused without page faults (1.4× on the 2B-shape training step here).
-/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
-#[allow(unsafe_code)] // One C call that sets an integer option.
-pub fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mi_option_set only stores the value; mimalloc reads options atomically.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The test binary counts with the allocator it tests (a binary's own `#[global_allocator]`
-    /// line is what makes the counts real).
-    #[global_allocator]
-    static GLOBAL: CountingMimalloc = CountingMimalloc;
+    // The test binary counts with the allocator it tests: `main.rs`'s `#[global_allocator]`
+    // applies to it too.
 
     #[test]
     fn the_peak_counts_a_buffer_alive_inside_the_window() {

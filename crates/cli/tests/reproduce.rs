@@ -1,14 +1,14 @@
-//! `cargo xtask reproduce quickstart`, `frontier` and `gemma-scope-2` end to end on the
+//! `gemma-scope reproduce quickstart`, `frontier`, `gemma-scope-2`, `gemma-scope` and `synth-bench` end to end on the
 //! embedded model at a small budget: the reports hold the tables, plots and latents, a re-run resumes to the same
 //! results, and a manual label wins over the automatic one.
 
-mod common;
+use test_support as common;
 
 use std::path::Path;
 use std::process::Command;
 
 fn reproduce(experiment: &str, out: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let output = Command::new(env!("CARGO_BIN_EXE_gemma-scope"))
         .args([
             "reproduce",
             experiment,
@@ -19,7 +19,7 @@ fn reproduce(experiment: &str, out: &Path) -> String {
         ])
         .arg(out)
         .output()
-        .expect("running xtask");
+        .expect("running gemma-scope");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -290,7 +290,7 @@ fn gemma_scope_evaluates_a_release_file_and_explains_missing_files() {
     common::write_corpus(&corpus, 8);
 
     let out = dir.path().join("run");
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let output = Command::new(env!("CARGO_BIN_EXE_gemma-scope"))
         .args([
             "reproduce",
             "gemma-scope",
@@ -326,7 +326,7 @@ fn gemma_scope_evaluates_a_release_file_and_explains_missing_files() {
     assert!(l0 > 0.0 && l0 <= 64.0, "measured L0 {l0}");
     assert_eq!(cells[12], "60", "four contexts of 15 tokens: {cells:?}");
 
-    let missing = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let missing = Command::new(env!("CARGO_BIN_EXE_gemma-scope"))
         .args(["reproduce", "gemma-scope", "--sae", "nowhere/params.npz"])
         .output()
         .unwrap();
@@ -339,57 +339,6 @@ fn gemma_scope_evaluates_a_release_file_and_explains_missing_files() {
     assert!(stderr.contains("missing: nowhere/params.npz"), "{stderr}");
 }
 
-#[test]
-fn bench_quality_tables_both_frontiers_and_refuses_a_missing_peer_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("quality");
-    let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args(["bench-quality", "--budget", "4096", "--quiet", "--out"])
-            .arg(&out)
-            .args(["--lambdas", "1e-4,1e-3", "--seeds", "0,1"])
-            .args(extra)
-            .output()
-            .expect("running xtask")
-    };
-    let missing = run(&["--peer-python", "/nonexistent/python"]);
-    assert!(!missing.status.success());
-    let stderr = String::from_utf8_lossy(&missing.stderr);
-    assert!(
-        stderr.contains("/nonexistent/python") && stderr.contains("setup.sh"),
-        "{stderr}"
-    );
-    assert!(!out.exists(), "nothing is written before the check");
-
-    let output = run(&["--no-peers"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let table = std::fs::read_to_string(out.join("quality.csv")).unwrap();
-    let header = table.lines().next().unwrap();
-    assert!(
-        header.starts_with("sae,trainer,seed,lambda,hook,l0,fvu,delta_loss,ce_loss_recovered,ce_loss_recovered_vs_mean"),
-        "{header}"
-    );
-    let rows: Vec<&str> = table.lines().skip(1).collect();
-    assert_eq!(rows.len(), 4, "two λ × two seeds: {table}");
-    for (row, (lambda, seed)) in
-        rows.iter()
-            .zip([("1e-4", "0"), ("1e-3", "0"), ("1e-4", "1"), ("1e-3", "1")])
-    {
-        let cells: Vec<&str> = row.split(',').collect();
-        assert_eq!(cells[0], format!("ours-l{lambda}-s{seed}"));
-        assert_eq!((cells[1], cells[2], cells[3]), ("ours", seed, lambda));
-        let recovered_vs_mean: f64 = cells[9].parse().unwrap();
-        assert!(recovered_vs_mean.is_finite(), "{row}");
-    }
-    assert_plot(&out.join("l0_vs_fvu"), &["ours seed 0", "ours seed 1"]);
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("Massive-norm tokens"), "{report}");
-}
-
 /// `synth-bench` on the small synthetic model: eight SAEs (four architectures at L0 25 and
 /// 20) scored against the true features, the published figures beside them, MCC and F1
 /// plots; a re-run resumes (trains nothing) to the same table; other settings in the same
@@ -399,7 +348,7 @@ fn synth_bench_scores_every_architecture_against_the_true_features() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("synth");
     let run = |budget: &str| {
-        Command::new(env!("CARGO_BIN_EXE_xtask"))
+        Command::new(env!("CARGO_BIN_EXE_gemma-scope"))
             .args([
                 "reproduce",
                 "synth-bench",
@@ -419,7 +368,7 @@ fn synth_bench_scores_every_architecture_against_the_true_features() {
             .arg(&out)
             .env("GEMMA_SCOPE_CACHE", dir.path().join("cache"))
             .output()
-            .expect("running xtask")
+            .expect("running gemma-scope")
     };
     let first = run("4096");
     assert!(

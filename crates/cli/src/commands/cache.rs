@@ -1,4 +1,4 @@
-//! `cargo xtask cache`: harvest activations from a model over a corpus into a store, then
+//! `gemma-scope cache`: harvest activations from a model over a corpus into a store, then
 //! measure how fast the store reads back.
 
 use std::time::Instant;
@@ -11,66 +11,64 @@ use activation_cache::{
 use anyhow::Context;
 use gemma_hooks::HookPoint;
 
-use crate::device::DeviceOptions;
+use lab::device::DeviceOptions;
 
 /// Arguments of `cache`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct CacheArgs {
     /// The model (see `dump-activations --model`).
-    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
+    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
     pub model: String,
     /// Hook points to store.
-    #[cfg_attr(feature = "cli", arg(long, num_args = 1.., default_value = "blocks.9.hook_resid_post"))]
+    #[arg(long, num_args = 1.., default_value = "blocks.9.hook_resid_post")]
     pub hooks: Vec<String>,
     /// Stop after at least this many stored tokens (rows).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 100_000))]
+    #[arg(long, default_value_t = 100_000)]
     pub tokens: u64,
     /// Store: a folder, or an object-store prefix (`s3://bucket/prefix`, `gs://…`, `az://…`;
     /// credentials from the environment, e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`). Re-running
     /// resumes it.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "runs/cache"))]
+    #[arg(long, default_value = "runs/cache")]
     pub out: String,
     /// Stored element type.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "f32", value_parser = ["f32", "bf16"]))]
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub dtype: String,
     /// Tokens per context, BOS included (Gemma Scope: 1024): at least 2, at most the model's
     /// positions (Gemma 2: 8,192; Gemma 3 270M and 1B: 32,768; larger Gemma 3: 131,072).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024))]
+    #[arg(long, default_value_t = 1024)]
     pub context: usize,
     /// Contexts per shard.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 16))]
+    #[arg(long, default_value_t = 16)]
     pub contexts_per_shard: usize,
     /// Contexts per forward pass.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2))]
+    #[arg(long, default_value_t = 2)]
     pub batch: usize,
     /// Corpus: `gutenberg` (embedded), a .txt file or folder, a .jsonl or a .parquet file.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "gutenberg"))]
+    #[arg(long, default_value = "gutenberg")]
     pub corpus: String,
     /// The text field (JSONL) or column (parquet).
-    #[cfg_attr(feature = "cli", arg(long, default_value = "text"))]
+    #[arg(long, default_value = "text")]
     pub field: String,
     /// Harvest the corpus's contexts in order from its first document, instead of a sample
     /// spread over every document in proportion to its length.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub in_order: bool,
     /// Seed of the spread sample's choice and order.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
+    #[arg(long, default_value_t = 0)]
     pub sample_seed: u64,
     /// Where the model computes (activations are stored from there).
-    #[cfg_attr(feature = "cli", command(flatten))]
+    #[command(flatten)]
     pub device: DeviceOptions,
 }
 
 /// Arguments of `copy-store`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct CopyStoreArgs {
     /// The store to copy: a folder or an object-store prefix.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub from: String,
     /// Where the copy goes: an empty (or missing) folder or prefix.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub to: String,
 }
 

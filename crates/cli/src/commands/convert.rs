@@ -1,4 +1,4 @@
-//! `cargo xtask convert SRC DST --to FORMAT`: an SAE or transcoder from any format this project
+//! `gemma-scope convert SRC DST --to FORMAT`: an SAE or transcoder from any format this project
 //! reads (SAELens, Gemma Scope `params.npz`, Gemma Scope 2) into the SAELens layout or the Gemma
 //! Scope 2 layout, hooks carried over (or given).
 //!
@@ -108,8 +108,7 @@ fn read_source(path: &Path) -> anyhow::Result<Source> {
 }
 
 /// The layouts `convert` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TargetFormat {
     /// SAELens's `cfg.json` + `sae_weights.safetensors` (this project's own).
     Saelens,
@@ -118,8 +117,7 @@ pub enum TargetFormat {
 }
 
 /// Arguments of `convert`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
     /// The SAE: a SAELens directory, a Gemma Scope params.npz (or its folder), or a Gemma
     /// Scope 2 folder.
@@ -128,17 +126,17 @@ pub struct ConvertArgs {
     /// Scope 2 way, e.g. `resid_post/layer_9_width_16k_l0_medium`).
     pub destination: PathBuf,
     /// The layout to write.
-    #[cfg_attr(feature = "cli", arg(long, value_enum))]
+    #[arg(long, value_enum)]
     pub to: TargetFormat,
     /// The hook the SAE reads, when the source does not record one.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub hook: Option<String>,
     /// The hook a transcoder predicts, when the source does not record one.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub hook_out: Option<String>,
     /// `model_name` to record (Gemma Scope 2: e.g. `gemma-v3-270m-pt`); by default the
     /// source's.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub model_name: Option<String>,
 }
 

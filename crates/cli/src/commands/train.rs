@@ -1,4 +1,4 @@
-//! `cargo xtask train --config FILE`: train one or many SAEs from an activation store or
+//! `gemma-scope train --config FILE`: train one or many SAEs from an activation store or
 //! streaming from the model.
 
 use std::path::PathBuf;
@@ -8,50 +8,46 @@ use anyhow::Context;
 use gemma_hooks::HookPoint;
 use trainer::{RunOptions, TrainConfig, Trainer};
 
-use crate::device::DeviceOptions;
+use lab::device::DeviceOptions;
 
 /// Arguments of `train`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct TrainArgs {
     /// Training config (TOML or JSON; see the trainer crate docs).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub config: PathBuf,
     /// Overrides `key.path=value`, e.g. `--set steps=2000 --set saes.0.penalties.0.coefficient=1e-3`.
-    #[cfg_attr(feature = "cli", arg(long = "set"))]
+    #[arg(long = "set")]
     pub overrides: Vec<String>,
     /// Output directory (re-running resumes from its checkpoint).
-    #[cfg_attr(feature = "cli", arg(long, default_value = "runs/train"))]
+    #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
-    /// Activation store to read (from `cargo xtask cache`): a folder or an object-store prefix
+    /// Activation store to read (from `gemma-scope cache`): a folder or an object-store prefix
     /// (`s3://…`, `gs://…`, `az://…`), read a shuffle bucket at a time with the next one
     /// fetched ahead.
-    #[cfg_attr(
-        feature = "cli",
-        arg(long, default_value = "runs/cache", conflicts_with = "stream")
-    )]
+    #[arg(long, default_value = "runs/cache", conflicts_with = "stream")]
     pub store: String,
     /// Stream activations from the model over the corpus instead of reading a store.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub stream: bool,
     /// Model for `--stream`.
-    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
+    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
     pub model: String,
     /// Corpus for `--stream` (see `cache --corpus`).
-    #[cfg_attr(feature = "cli", arg(long, default_value = "gutenberg"))]
+    #[arg(long, default_value = "gutenberg")]
     pub corpus: String,
     /// Context length for `--stream`.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024))]
+    #[arg(long, default_value_t = 1024)]
     pub context: usize,
     /// Shuffle seed.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Train on a store whose harvest did not finish (its complete shards only).
-    #[cfg_attr(feature = "cli", arg(long, conflicts_with = "stream"))]
+    #[arg(long, conflicts_with = "stream")]
     pub allow_incomplete_store: bool,
     /// Where the SAEs (and, with `--stream`, the model) compute; `--device` replaces the
     /// config's `device`.
-    #[cfg_attr(feature = "cli", command(flatten))]
+    #[command(flatten)]
     pub device: DeviceOptions,
 }
 

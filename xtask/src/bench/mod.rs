@@ -19,6 +19,7 @@
 
 pub mod forward;
 pub mod phases;
+pub mod quality;
 pub mod train;
 pub mod whole_run;
 
@@ -37,30 +38,29 @@ use serde_json::Value;
 use self::train::{TrainBench, measure, median};
 
 /// Arguments of `cargo xtask bench`.
-#[derive(Debug)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Only the small shape (minutes instead of a quarter of an hour).
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub quick: bool,
     /// Also run the Python peers (SAELens, plain PyTorch, transformers) and report ratios.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub peers: bool,
     /// Where the peer scripts are.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "../shared/peers"))]
+    #[arg(long, default_value = "../shared/peers")]
     pub peers_dir: PathBuf,
     /// The table.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "BENCHMARKS.md"))]
+    #[arg(long, default_value = "BENCHMARKS.md")]
     pub out: PathBuf,
     /// Folder of the JSON-lines results.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "bench-results"))]
+    #[arg(long, default_value = "bench-results")]
     pub results: PathBuf,
     /// Model of the forward-pass benchmark.
-    #[cfg_attr(feature = "cli", arg(long, default_value = gemma_hooks::EMBEDDED_MODEL))]
+    #[arg(long, default_value = gemma_hooks::EMBEDDED_MODEL)]
     pub model: String,
     /// Where our training and forward rows run: cpu, cuda[:N] or metal[:N] (xtask built with
     /// the `cuda` or `metal` feature); off the CPU the trainer takes candle's dense step.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]
+    #[arg(long, default_value = "cpu")]
     pub device: String,
 }
 
@@ -93,17 +93,16 @@ struct Record {
 
 /// The shape of an SAE training step; the default is the Gemma 2 2B residual stream with a
 /// 16k dictionary and Gemma Scope's batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct StepShape {
     /// Input width (Gemma 2 2B's residual stream: 2304).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2304))]
+    #[arg(long, default_value_t = 2304)]
     pub d_in: usize,
     /// Latents.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 16384))]
+    #[arg(long, default_value_t = 16384)]
     pub d_sae: usize,
     /// Tokens per step.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 4096))]
+    #[arg(long, default_value_t = 4096)]
     pub batch: usize,
 }
 
@@ -333,7 +332,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     write_text(&jsonl, &(lines.join("\n") + "\n"))?;
     let mut text = table(&records, &machine, &stamp, args);
     text.push_str(&quality_section(&args.out));
-    crate::output::write_marked_text(&args.out, &text, "`cargo xtask bench")?;
+    lab::output::write_marked_text(&args.out, &text, "`cargo xtask bench")?;
     println!("{}\nresults: {}", args.out.display(), jsonl.display());
     Ok(())
 }
@@ -513,7 +512,7 @@ fn whole_run_records(
             batch: shape.batch,
         },
         peers: args.peers,
-        device: crate::device::DeviceOptions {
+        device: lab::device::DeviceOptions {
             device: Some(args.device.clone()),
             ..Default::default()
         },
@@ -682,8 +681,9 @@ fn forward_benchmarks(
 fn store_benchmarks(machine: &Machine, args: &BenchArgs) -> anyhow::Result<Vec<Record>> {
     let dir = tempfile::tempdir()?;
     let store = dir.path().join("store");
-    let cache_args = crate::commands::cache::CacheArgs::for_benchmark(&args.model, &store, 16_384);
-    crate::commands::cache::harvest_store(&cache_args)?;
+    let cache_args =
+        gemma_scope::commands::cache::CacheArgs::for_benchmark(&args.model, &store, 16_384);
+    gemma_scope::commands::cache::harvest_store(&cache_args)?;
     let local = activation_cache::Location::local(&store);
     let server = s3_test_server::S3TestServer::start("bench")?;
     let remote = activation_cache::Location::parse_with_options(
@@ -694,7 +694,7 @@ fn store_benchmarks(machine: &Machine, args: &BenchArgs) -> anyhow::Result<Vec<R
     let shape = format!("{}, 16,384 rows (f32)", args.model);
     let mut records = Vec::new();
     for (location, place) in [(&local, ""), (&remote, ", S3 on 127.0.0.1")] {
-        let (sequential, shuffled) = crate::commands::cache::read_throughput(location)?;
+        let (sequential, shuffled) = gemma_scope::commands::cache::read_throughput(location)?;
         for (order, rate) in [("sequential", sequential), ("shuffled", shuffled)] {
             records.push(machine.record(
                 "store",

@@ -25,40 +25,39 @@ use trainer::{PenaltyConfig, SaeConfig, TrainConfig, Trainer};
 
 use super::train::Gaussian;
 use super::{Machine, StepShape, peer_python, run_python};
-use crate::device::DeviceOptions;
+use lab::device::DeviceOptions;
 
 /// Arguments of `bench-run`.
-#[derive(Debug, Clone)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Debug, Clone, clap::Args)]
 pub struct WholeRunArgs {
     /// The step's shape.
-    #[cfg_attr(feature = "cli", command(flatten))]
+    #[command(flatten)]
     pub shape: StepShape,
     /// Steps of the run.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 40))]
+    #[arg(long, default_value_t = 40)]
     pub steps: u64,
     /// Learning rate.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2e-3))]
+    #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
     /// Steps of the lr warm-up.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 4))]
+    #[arg(long, default_value_t = 4)]
     pub lr_warmup: u64,
     /// L0 coefficient λ.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1e-3))]
+    #[arg(long, default_value_t = 1e-3)]
     pub lambda: f64,
     /// Steps of the linear λ warm-up.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 20))]
+    #[arg(long, default_value_t = 20)]
     pub lambda_warmup: u64,
     /// Also run SAELens in its fastest precision on this CPU: bf16 autocast where the CPU
     /// has AVX-512 BF16 or AMX, else f32.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub peers: bool,
     /// With `--peers`, SAELens in both precisions (f32 and bf16 autocast), not only its
     /// fastest on this CPU.
-    #[cfg_attr(feature = "cli", arg(long))]
+    #[arg(long)]
     pub all_peer_precisions: bool,
     /// Where this project's run computes.
-    #[cfg_attr(feature = "cli", command(flatten))]
+    #[command(flatten)]
     pub device: DeviceOptions,
 }
 

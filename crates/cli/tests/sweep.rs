@@ -7,7 +7,7 @@
 //! stores equal an ordinary harvest of the same spec. Only the wall-clock records (`done/`,
 //! `timing.csv`) differ.
 
-mod common;
+use test_support as common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,15 +71,15 @@ architecture = {{ kind = "top_k", k = 4 }}
     file
 }
 
-fn xtask(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+fn gemma_scope(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gemma-scope"));
     command.args(args);
     command
 }
 
-/// `xtask plan` of `file` into `root`.
+/// `gemma-scope plan` of `file` into `root`.
 fn plan(file: &Path, root: &str, server: Option<&S3TestServer>) {
-    let mut command = xtask(&["plan", "--out", root, "--sweep"]);
+    let mut command = gemma_scope(&["plan", "--out", root, "--sweep"]);
     command.arg(file);
     if let Some(server) = server {
         command.envs(server.client_env());
@@ -151,7 +151,7 @@ fn a_sweep_run_by_three_workers_from_s3_equals_the_sweep_run_in_one_process() {
 
     // Three workers on two cores, every byte through the S3 server; each training task spreads
     // its SAEs over two device slots (threads; GPUs on a GPU node).
-    let mut workers = xtask(&[
+    let mut workers = gemma_scope(&[
         "run-plan",
         "--workers",
         "3",
@@ -191,7 +191,7 @@ fn a_sweep_run_by_three_workers_from_s3_equals_the_sweep_run_in_one_process() {
     let single = run_in_one_process(&file, &one);
     let folder = dir.path().join("folder");
     plan(&file, &folder.display().to_string(), None);
-    let mut workers = xtask(&["run-plan", "--workers", "3", "--plan"]);
+    let mut workers = gemma_scope(&["run-plan", "--workers", "3", "--plan"]);
     workers
         .arg(&folder)
         .arg("--logs")
@@ -264,7 +264,7 @@ fn a_sweep_run_by_three_workers_from_s3_equals_the_sweep_run_in_one_process() {
     }
 
     // The results: every SAE's last metrics row.
-    let mut status = xtask(&["plan-status", "--plan", &url]);
+    let mut status = gemma_scope(&["plan-status", "--plan", &url]);
     status.envs(server.client_env());
     let output = status.output().unwrap();
     let printed = String::from_utf8_lossy(&output.stdout);
@@ -282,11 +282,11 @@ fn a_sweep_run_by_three_workers_from_s3_equals_the_sweep_run_in_one_process() {
         }
     }
     // Done is done: running the plan or a task again does nothing.
-    let mut again = xtask(&["run-plan", "--plan", &url, "--logs"]);
+    let mut again = gemma_scope(&["run-plan", "--plan", &url, "--logs"]);
     again.arg(dir.path().join("logs")).envs(server.client_env());
     let output = again.output().unwrap();
     assert!(String::from_utf8_lossy(&output.stdout).contains("ran 0 tasks"));
-    let mut task = xtask(&["task", "--plan", &url, "--index", "0"]);
+    let mut task = gemma_scope(&["task", "--plan", &url, "--index", "0"]);
     task.envs(server.client_env());
     let output = task.output().unwrap();
     assert!(String::from_utf8_lossy(&output.stdout).contains("AlreadyDone"));
@@ -300,7 +300,7 @@ fn tasks_refuse_what_they_cannot_do_and_name_it() {
     let root_text = root.display().to_string();
     plan(&file, &root_text, None);
     let fails = |args: &[&str]| {
-        let output = xtask(args).output().unwrap();
+        let output = gemma_scope(args).output().unwrap();
         assert!(!output.status.success(), "{args:?} succeeded");
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
@@ -367,7 +367,7 @@ fn a_task_told_to_wait_starts_once_its_dependencies_are_done() {
     let root = dir.path().join("root").display().to_string();
     plan(&file, &root, None);
     // The seal (task 5) waits for the five harvests, as a Kubernetes pod does.
-    let mut seal = xtask(&[
+    let mut seal = gemma_scope(&[
         "task",
         "--plan",
         &root,
@@ -382,7 +382,7 @@ fn a_task_told_to_wait_starts_once_its_dependencies_are_done() {
     assert!(seal.try_wait().unwrap().is_none(), "the seal did not wait");
     for index in 0..5 {
         run(
-            xtask(&["task", "--plan", &root, "--index", &index.to_string()]),
+            gemma_scope(&["task", "--plan", &root, "--index", &index.to_string()]),
             "harvest",
         );
     }
@@ -410,14 +410,14 @@ fn a_training_task_killed_at_random_points_resumes_from_its_uploaded_checkpoint(
     plan(&file, &root, None);
     for index in 0..6 {
         run(
-            xtask(&["task", "--plan", &root, "--index", &index.to_string()]),
+            gemma_scope(&["task", "--plan", &root, "--index", &index.to_string()]),
             "task",
         );
     }
     let scratch = dir.path().join("scratch");
     let scratch_text = scratch.display().to_string();
     let task = || {
-        xtask(&[
+        gemma_scope(&[
             "task",
             "--plan",
             &root,
@@ -439,7 +439,7 @@ fn a_training_task_killed_at_random_points_resumes_from_its_uploaded_checkpoint(
         kills > 0,
         "no kill landed inside the task ({uninterrupted:?})"
     );
-    let mut rest = xtask(&["run-plan", "--plan", &root, "--logs"]);
+    let mut rest = gemma_scope(&["run-plan", "--plan", &root, "--logs"]);
     rest.arg(dir.path().join("logs"));
     run(rest, "run-plan");
     assert_same_outputs(&one, &killed, "killed and resumed vs uninterrupted");
@@ -513,7 +513,7 @@ fn a_sweep_on_single_node_slurm_with_a_cancelled_and_a_requeued_task_equals_the_
     let objects = server.object_path("slurm");
     let scripts = dir.path().join("slurm");
     let submit = |extra: &[&str]| {
-        let mut command = xtask(&["slurm", "submit", "--plan", &url, "--scripts"]);
+        let mut command = gemma_scope(&["slurm", "submit", "--plan", &url, "--scripts"]);
         command.arg(&scripts).args(extra).envs(server.client_env());
         run(command, "slurm submit");
         let root = Location::parse_with_options(&url, server.client_options()).unwrap();
@@ -661,7 +661,7 @@ fn slurm_cancel_and_status_act_on_their_own_plans_jobs_and_every_submission_is_k
         std::env::var("PATH").unwrap_or_default()
     );
     let slurm = |action: &str, root: &Path, fail_at: Option<&str>| {
-        let mut command = xtask(&["slurm", action, "--binary", "/bin/true", "--plan"]);
+        let mut command = gemma_scope(&["slurm", action, "--binary", "/bin/true", "--plan"]);
         command
             .arg(root)
             .current_dir(&cwd)
@@ -744,11 +744,11 @@ fn slurm_cancel_and_status_act_on_their_own_plans_jobs_and_every_submission_is_k
     assert_eq!(calls.trim(), "scancel 109 110 111 112 113", "{calls}");
 }
 
-/// Every `configs/…` file a command's help names exists (`xtask --help`, then each command's).
+/// Every `configs/…` file a command's help names exists (`gemma-scope --help`, then each command's).
 #[test]
 fn every_configs_path_in_the_help_texts_exists() {
     let help = |args: &[&str]| {
-        let output = xtask(args).output().unwrap();
+        let output = gemma_scope(args).output().unwrap();
         assert!(output.status.success(), "{args:?}");
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
@@ -763,7 +763,7 @@ fn every_configs_path_in_the_help_texts_exists() {
         .map(String::from)
         .collect();
     assert!(commands.iter().any(|c| c == "plan"), "{top}");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut named = Vec::new();
     for command in std::iter::once(None).chain(commands.iter().map(Some)) {
         let text = match command {
@@ -780,7 +780,7 @@ fn every_configs_path_in_the_help_texts_exists() {
             assert!(
                 workspace.join(&path).is_file(),
                 "`{}` --help names {path}, which does not exist",
-                command.map_or("xtask", |c| c.as_str())
+                command.map_or("gemma-scope", |c| c.as_str())
             );
             named.push(path);
             rest = &rest[start + 8..];
