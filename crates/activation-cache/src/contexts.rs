@@ -12,6 +12,9 @@ use gemma_hooks::GemmaTokenizer;
 use crate::Result;
 use crate::corpus::Document;
 
+/// The shortest context: BOS and one token (the only position stored is the token's).
+pub const MIN_CONTEXT_LENGTH: usize = 2;
+
 /// How documents become contexts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContextConfig {
@@ -63,7 +66,7 @@ impl SpecialTokens {
 }
 
 /// The contexts of one document, numbered from `first_index`. A context length below
-/// [`crate::limits::MIN_CONTEXT_LENGTH`] (BOS and one token) is an error.
+/// [`MIN_CONTEXT_LENGTH`] (BOS and one token) is an error.
 pub fn document_contexts(
     tokenizer: &GemmaTokenizer,
     document: &Document,
@@ -71,13 +74,13 @@ pub fn document_contexts(
     special: SpecialTokens,
     first_index: u32,
 ) -> Result<Vec<Context>> {
-    if config.context_length < crate::limits::MIN_CONTEXT_LENGTH {
+    if config.context_length < MIN_CONTEXT_LENGTH {
         return Err(crate::CacheError::Setting {
             setting: "contexts.context_length".into(),
             value: config.context_length.to_string(),
             detail: format!(
                 "a context holds BOS and at least one token, so at least {} positions",
-                crate::limits::MIN_CONTEXT_LENGTH
+                MIN_CONTEXT_LENGTH
             ),
         });
     }

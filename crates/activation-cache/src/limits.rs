@@ -33,8 +33,7 @@ use gemma_hooks::{GemmaConfig, HookedModel};
 use crate::store::StoreSpec;
 use crate::{CacheError, Result};
 
-/// The shortest context: BOS and one token (the only position stored is the token's).
-pub const MIN_CONTEXT_LENGTH: usize = 2;
+pub use crate::contexts::MIN_CONTEXT_LENGTH;
 
 /// The most positions a model of `config` takes: its `max_position_embeddings` (read from the
 /// model's configuration, or the published figure of its family and size where the

@@ -229,10 +229,8 @@ impl PositionSums {
 
 /// Evaluates every SAE on `contexts` (all of one length). `means` holds the mean activation of
 /// hook points (over the tokens the SAEs replace) for the mean-ablation baseline; hooks
-/// without one get no mean-ablation result. Results are in the order of `saes`.
-///
-/// Long because one pass per batch computes every SAE's and every baseline's losses from a
-/// single clean forward pass (the accumulators are shared); the per-SAE metrics are helpers.
+/// without one get no mean-ablation result. Results are in the order of `saes`. One clean
+/// forward pass per batch serves every SAE and every baseline.
 pub fn evaluate(
     model: &dyn HookedModel,
     saes: &[SaeAtHook<'_>],
@@ -290,48 +288,17 @@ pub fn evaluate(
                 .ok_or_else(|| AnalysisError::Invalid(format!("hook {hook} was not reached")))?;
             activations.insert(hook, activation);
         }
-        let mut replaced: BTreeMap<Positions, Vec<bool>> = BTreeMap::new();
-        for (&(hook, cutoff), sums) in &mut baselines {
-            let activation = &activations[&hook];
-            let cutoff = cutoff.map(f32::from_bits);
-            let chosen = replaced_positions(batch, length, activation, cutoff)?;
-            let mask = mask_tensor(&chosen, batch.len(), length, &device)?;
-            let ablated = masked_replace(activation, &activation.zeros_like()?, &mask)?;
-            sums.zero
-                .add(&loss_with(model, &ids, hook, ablated)?, batch);
-            if let (Some(mean_sums), Some(mean)) = (&mut sums.mean, mean_tensors.get(&hook)) {
-                let filled = mean
-                    .to_dtype(activation.dtype())?
-                    .reshape(mean_shape(activation))?
-                    .broadcast_as(activation.shape())?;
-                let ablated = masked_replace(activation, &filled, &mask)?;
-                mean_sums.add(&loss_with(model, &ids, hook, ablated)?, batch);
-            }
-            replaced.insert((hook, cutoff.map(f32::to_bits)), chosen);
-        }
+        let replaced = add_baseline_losses(
+            model,
+            &ids,
+            batch,
+            &activations,
+            &mut baselines,
+            &mean_tensors,
+        )?;
         for (sae, accumulator) in saes.iter().zip(&mut accumulators) {
-            let rows = flatten_rows(&activations[&sae.hook], sae)?;
-            let activation = &activations[&sae.spliced()];
-            let target = match sae.output {
-                Some(_) => flatten_rows(activation, sae)?,
-                None => rows.clone(),
-            };
             let chosen = &replaced[&positions_of(sae)];
-            let (latents, reconstruction) = sae.sae.forward(&rows)?;
-            let kept = kept_rows(chosen, &device)?;
-            accumulator.excluded += excluded_count(batch, length, chosen);
-            accumulator.stats.update(
-                &target.index_select(&kept, 0)?,
-                &reconstruction.index_select(&kept, 0)?,
-                &latents.index_select(&kept, 0)?,
-            )?;
-            let reconstruction = reconstruction
-                .reshape(activation.dims())?
-                .to_dtype(activation.dtype())?;
-            let mask = mask_tensor(chosen, batch.len(), length, &device)?;
-            let spliced = masked_replace(activation, &reconstruction, &mask)?;
-            let loss = loss_with(model, &ids, sae.spliced(), spliced)?;
-            accumulator.spliced.add(&loss, batch);
+            add_spliced_loss(model, &ids, batch, &activations, sae, chosen, accumulator)?;
         }
         bar.inc(batch.len() as u64);
     }
@@ -349,6 +316,74 @@ pub fn evaluate(
             )
         })
         .collect())
+}
+
+/// Adds this batch's zero- and mean-ablation losses to every baseline; returns, per set of
+/// replaced positions (hook and norm cutoff), which positions were replaced.
+fn add_baseline_losses(
+    model: &dyn HookedModel,
+    ids: &Tensor,
+    batch: &[Context],
+    activations: &BTreeMap<HookPoint, Tensor>,
+    baselines: &mut BTreeMap<Positions, Baselines>,
+    mean_tensors: &BTreeMap<HookPoint, Tensor>,
+) -> Result<BTreeMap<Positions, Vec<bool>>> {
+    let (length, device) = (ids.dim(1)?, ids.device());
+    let mut replaced: BTreeMap<Positions, Vec<bool>> = BTreeMap::new();
+    for (&(hook, cutoff), sums) in baselines.iter_mut() {
+        let activation = &activations[&hook];
+        let cutoff = cutoff.map(f32::from_bits);
+        let chosen = replaced_positions(batch, length, activation, cutoff)?;
+        let mask = mask_tensor(&chosen, batch.len(), length, device)?;
+        let ablated = masked_replace(activation, &activation.zeros_like()?, &mask)?;
+        sums.zero.add(&loss_with(model, ids, hook, ablated)?, batch);
+        if let (Some(mean_sums), Some(mean)) = (&mut sums.mean, mean_tensors.get(&hook)) {
+            let filled = mean
+                .to_dtype(activation.dtype())?
+                .reshape(mean_shape(activation))?
+                .broadcast_as(activation.shape())?;
+            let ablated = masked_replace(activation, &filled, &mask)?;
+            mean_sums.add(&loss_with(model, ids, hook, ablated)?, batch);
+        }
+        replaced.insert((hook, cutoff.map(f32::to_bits)), chosen);
+    }
+    Ok(replaced)
+}
+
+/// Splices `sae`'s reconstruction in at the `chosen` positions of this batch: adds its
+/// reconstruction statistics (over the positions kept) and its next-token losses.
+fn add_spliced_loss(
+    model: &dyn HookedModel,
+    ids: &Tensor,
+    batch: &[Context],
+    activations: &BTreeMap<HookPoint, Tensor>,
+    sae: &SaeAtHook<'_>,
+    chosen: &[bool],
+    accumulator: &mut Accumulator,
+) -> Result<()> {
+    let (length, device) = (ids.dim(1)?, ids.device());
+    let rows = flatten_rows(&activations[&sae.hook], sae)?;
+    let activation = &activations[&sae.spliced()];
+    let target = match sae.output {
+        Some(_) => flatten_rows(activation, sae)?,
+        None => rows.clone(),
+    };
+    let (latents, reconstruction) = sae.sae.forward(&rows)?;
+    let kept = kept_rows(chosen, device)?;
+    accumulator.excluded += excluded_count(batch, length, chosen);
+    accumulator.stats.update(
+        &target.index_select(&kept, 0)?,
+        &reconstruction.index_select(&kept, 0)?,
+        &latents.index_select(&kept, 0)?,
+    )?;
+    let reconstruction = reconstruction
+        .reshape(activation.dims())?
+        .to_dtype(activation.dtype())?;
+    let mask = mask_tensor(chosen, batch.len(), length, device)?;
+    let spliced = masked_replace(activation, &reconstruction, &mask)?;
+    let loss = loss_with(model, ids, sae.spliced(), spliced)?;
+    accumulator.spliced.add(&loss, batch);
+    Ok(())
 }
 
 fn finish(

@@ -8,10 +8,11 @@ use activation_cache::store::{HookSpec, StoreDtype, StoreSpec};
 use activation_cache::{ContextConfig, HarvestOptions, ShuffleConfig, StoreSource, harvest};
 use analysis::dashboard::{LatentDashboard, dashboards, load_dashboards, save_dashboards};
 use analysis::evidence::{EvidenceConfig, collect_from_store};
-use anyhow::Context;
 use gemma_hooks::{GemmaModel, GemmaTokenizer, HookPoint};
 use sae_core::Sae;
 use sha2::{Digest, Sha256};
+
+use crate::error::Result;
 
 /// How dashboards are computed when no run provides them.
 #[derive(Debug, Clone)]
@@ -43,7 +44,7 @@ pub fn load_or_compute(
     hook: HookPoint,
     sae: &dyn Sae,
     options: &EvidenceOptions,
-) -> anyhow::Result<Vec<LatentDashboard>> {
+) -> Result<Vec<LatentDashboard>> {
     if let Some(run_file) = reproduce_run_dashboards(path) {
         match load_dashboards(&run_file, sae, hook)? {
             Some(saved) => {
@@ -84,7 +85,7 @@ pub fn compute(
     sae: &dyn Sae,
     options: &EvidenceOptions,
     store: &Path,
-) -> anyhow::Result<Vec<LatentDashboard>> {
+) -> Result<Vec<LatentDashboard>> {
     let corpus = activation_cache::Corpus::from_spec(&options.corpus, "text")?;
     let documents = corpus.documents()?;
     let spec = StoreSpec {
@@ -120,8 +121,7 @@ pub fn compute(
     let token_text = |t: u32| tokenizer.decode(&[t]).unwrap_or_default();
     let computed = dashboards(model, sae, hook, evidence, &token_text)?;
     // The activations were only needed for the dashboards.
-    remove_store(store)
-        .with_context(|| format!("removing the temporary store {}", store.display()))?;
+    remove_store(store)?;
     Ok(computed)
 }
 
@@ -138,7 +138,7 @@ fn reproduce_run_dashboards(sae: &Path) -> Option<PathBuf> {
 
 /// A digest of the SAE's weights ([`sae_core::format::fingerprint`]), its hook and every
 /// setting the dashboards depend on.
-fn cache_key(sae: &dyn Sae, hook: HookPoint, options: &EvidenceOptions) -> anyhow::Result<String> {
+fn cache_key(sae: &dyn Sae, hook: HookPoint, options: &EvidenceOptions) -> Result<String> {
     let mut hasher = Sha256::new();
     hasher.update(sae_core::format::fingerprint(sae)?.as_bytes());
     hasher.update(

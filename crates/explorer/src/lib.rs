@@ -60,11 +60,13 @@
 //! ```
 
 pub mod dashboards;
+mod error;
 mod load;
 pub mod server;
 mod state;
 
 pub use dashboards::EvidenceOptions;
+pub use error::{ExplorerError, Result};
 pub use load::{LoadOptions, load};
 pub use server::{RunningServer, router, serve, spawn};
 pub use state::*;

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use candle_core::{DType, Device};
 use gemma_hooks::{HookPoint, Kernels, load_model};
 
 use crate::dashboards::{self, EvidenceOptions};
+use crate::error::{ExplorerError, Result};
 use crate::state::{Explorer, ExplorerSae};
 
 /// What [`load`] reads.
@@ -32,21 +32,29 @@ pub struct LoadOptions {
 /// Loads the model, every SAE with its dashboards (a reproduce run's, a cached computation or
 /// a new one) and the labels. SAEs whose hook the model lacks, or whose width differs from
 /// the hook's, are refused with the SAE's path in the message.
-pub fn load(options: &LoadOptions) -> anyhow::Result<Explorer> {
+pub fn load(options: &LoadOptions) -> Result<Explorer> {
     if options.saes.is_empty() {
-        bail!("no SAE to explore: give at least one PATH[@HOOK]");
+        return Err(ExplorerError::Invalid(
+            "no SAE to explore: give at least one PATH[@HOOK]".into(),
+        ));
     }
     let mut loaded = load_model(&options.model, &options.device, DType::F32)?;
     loaded.model = loaded.model.with_kernels(options.kernels);
-    let tokenizer = loaded
-        .tokenizer
-        .context("the model has no tokenizer (a Gemma tokenizer.json is needed)")?;
+    let tokenizer = loaded.tokenizer.ok_or_else(|| {
+        ExplorerError::Invalid(
+            "the model has no tokenizer (a Gemma tokenizer.json is needed)".into(),
+        )
+    })?;
     let mut saes = Vec::new();
     for spec in &options.saes {
         let (path, hook) = parse_sae_spec(spec)?;
         let id = unique_id(&path, &saes);
-        let sae = sae_core::format::load(&path, &options.device, DType::F32)
-            .with_context(|| format!("loading the SAE {}", path.display()))?;
+        let sae = sae_core::format::load(&path, &options.device, DType::F32).map_err(|cause| {
+            ExplorerError::LoadSae {
+                path: path.clone(),
+                cause,
+            }
+        })?;
         let hook = match hook {
             Some(hook) => hook,
             None => hook_of(&path)?,
@@ -55,15 +63,18 @@ pub fn load(options: &LoadOptions) -> anyhow::Result<Explorer> {
             .model
             .config()
             .check_hook(hook)
-            .with_context(|| format!("SAE {spec}"))?;
+            .map_err(|cause| ExplorerError::Hook {
+                spec: spec.clone(),
+                cause,
+            })?;
         let width = activation_cache::hook_width(loaded.model.config(), hook);
         if width != sae.d_in() {
-            bail!(
+            return Err(ExplorerError::Invalid(format!(
                 "{}: the SAE reads {} values per token but `{hook}` of {} has {width}",
                 path.display(),
                 sae.d_in(),
                 options.model
-            );
+            )));
         }
         eprintln!(
             "[explore] dashboards of `{id}` ({hook}, {} latents)",
@@ -87,12 +98,12 @@ pub fn load(options: &LoadOptions) -> anyhow::Result<Explorer> {
 }
 
 /// `PATH` or `PATH@HOOK`.
-fn parse_sae_spec(spec: &str) -> anyhow::Result<(PathBuf, Option<HookPoint>)> {
+fn parse_sae_spec(spec: &str) -> Result<(PathBuf, Option<HookPoint>)> {
     match spec.rsplit_once('@') {
         Some((path, hook)) if hook.starts_with("blocks.") => {
-            let hook = hook
-                .parse()
-                .with_context(|| format!("SAE {spec}: `{hook}` is not a hook point"))?;
+            let hook = hook.parse().map_err(|e| {
+                ExplorerError::Invalid(format!("SAE {spec}: `{hook}` is not a hook point: {e}"))
+            })?;
             Ok((PathBuf::from(path), Some(hook)))
         }
         _ => Ok((PathBuf::from(spec), None)),
@@ -100,17 +111,16 @@ fn parse_sae_spec(spec: &str) -> anyhow::Result<(PathBuf, Option<HookPoint>)> {
 }
 
 /// The hook an SAE reads, as its file records it ([`sae_core::format::hook_names`]).
-fn hook_of(path: &Path) -> anyhow::Result<HookPoint> {
-    let hooks = sae_core::format::hook_names(path)?.with_context(|| {
-        format!(
+fn hook_of(path: &Path) -> Result<HookPoint> {
+    let hooks = sae_core::format::hook_names(path)?.ok_or_else(|| {
+        ExplorerError::Invalid(format!(
             "{}: the file records no hook (no hook_name in cfg.json, no Gemma Scope path): pass PATH@HOOK",
             path.display()
-        )
+        ))
     })?;
-    hooks
-        .input
-        .parse()
-        .with_context(|| format!("{}: hook `{}`", path.display(), hooks.input))
+    hooks.input.parse().map_err(|e| {
+        ExplorerError::Invalid(format!("{}: hook `{}`: {e}", path.display(), hooks.input))
+    })
 }
 
 /// The SAE's folder name (or file stem), made unique among `taken`.

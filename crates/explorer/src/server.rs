@@ -52,6 +52,7 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::error::ExplorerError;
 use crate::state::{ApiError, Explorer, SearchQuery};
 
 /// The page's files, compiled in: the only static paths served.
@@ -244,14 +245,14 @@ fn refuse_body(error: ApiError, rest: Option<axum::body::Body>) -> Response {
 }
 
 /// Serves `explorer` on `address` until Ctrl-C, printing the page's URL first.
-pub fn serve(explorer: Explorer, address: SocketAddr) -> anyhow::Result<()> {
+pub fn serve(explorer: Explorer, address: SocketAddr) -> crate::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(address)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+            .map_err(|cause| ExplorerError::Listen { address, cause })?;
         let bound = listener.local_addr()?;
         println!("explorer: http://{bound}/");
         if !bound.ip().is_loopback() {
@@ -274,22 +275,22 @@ pub struct RunningServer {
     /// The page's address, `http://HOST:PORT` (no trailing slash).
     pub url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    thread: Option<std::thread::JoinHandle<crate::Result<()>>>,
 }
 
 impl RunningServer {
     /// Stops the server and reports how it ended.
-    pub fn stop(mut self) -> anyhow::Result<()> {
+    pub fn stop(mut self) -> crate::Result<()> {
         self.shut_down()
     }
 
-    fn shut_down(&mut self) -> anyhow::Result<()> {
+    fn shut_down(&mut self) -> crate::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         match self.thread.take().map(std::thread::JoinHandle::join) {
             Some(Ok(result)) => result,
-            Some(Err(_)) => anyhow::bail!("the explorer's server thread panicked"),
+            Some(Err(_)) => Err(ExplorerError::ServerPanicked),
             None => Ok(()),
         }
     }
@@ -303,14 +304,14 @@ impl Drop for RunningServer {
 
 /// Serves `explorer` on `address` (port 0: any free one) from a background thread, returning
 /// once it listens: for tests, notebooks and a researcher's own binaries.
-pub fn spawn(explorer: Explorer, address: SocketAddr) -> anyhow::Result<RunningServer> {
+pub fn spawn(explorer: Explorer, address: SocketAddr) -> crate::Result<RunningServer> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(address))
-        .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+        .map_err(|cause| ExplorerError::Listen { address, cause })?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {

@@ -92,17 +92,18 @@ impl ExplorerSae {
         hook: HookPoint,
         sae: Box<dyn TrainableSae>,
         mut dashboards: Vec<LatentDashboard>,
-    ) -> anyhow::Result<Self> {
+    ) -> crate::Result<Self> {
         dashboards.sort_by_key(LatentDashboard::latent);
         let complete = dashboards.len() == sae.d_sae()
             && dashboards.iter().enumerate().all(|(i, d)| d.latent() == i);
-        anyhow::ensure!(
-            complete,
-            "{}: the dashboards do not cover its {} latents one each (found {}); delete the cached dashboards to recompute them",
-            path.display(),
-            sae.d_sae(),
-            dashboards.len()
-        );
+        if !complete {
+            return Err(crate::ExplorerError::Invalid(format!(
+                "{}: the dashboards do not cover its {} latents one each (found {}); delete the cached dashboards to recompute them",
+                path.display(),
+                sae.d_sae(),
+                dashboards.len()
+            )));
+        }
         Ok(Self {
             id,
             path,

@@ -5,7 +5,8 @@
 //! path), [`write_atomically`] (a reader sees the old file or the complete new one, never a
 //! partial one), and JSON files read and written through them ([`read_json`], [`write_json`]).
 //! Each crate's own error type wraps [`FileError`] (`From` is all it needs), so
-//! [`write_atomically`] and its callers work with any of them.
+//! [`write_atomically`] and its callers work with any of them. [`error_context!`] gives a
+//! crate's error type anyhow's `.context(…)`, [`bail!`] and [`ensure!`] (its `context` module).
 //!
 //! ```
 //! # fn main() -> Result<(), file_io::FileError> {
@@ -146,5 +147,7 @@ mod tests {
     }
 }
 
+mod context;
 pub mod names;
+pub use context::Message;
 pub use names::{NameError, check_name};

@@ -87,8 +87,60 @@ fn no_scaling(theta: f64) -> Rope {
     }
 }
 
+/// The layers' attention kinds: the config's `layer_types` when it lists them, else the
+/// family's pattern (Gemma 3's `sliding_window_pattern`, 6 by default).
+fn hf_layer_types(
+    json: &Value,
+    family: Family,
+    num_layers: usize,
+    path: &Path,
+) -> Result<Vec<AttentionKind>> {
+    let field = |key: &str| json.get(key).filter(|v| !v.is_null());
+    let layer_types: Vec<AttentionKind> = match field("layer_types").and_then(Value::as_array) {
+        Some(kinds) => kinds
+            .iter()
+            .map(|k| match k.as_str() {
+                Some("sliding_attention") => Ok(AttentionKind::Sliding),
+                Some("full_attention") => Ok(AttentionKind::Global),
+                other => Err(GemmaError::format(
+                    path,
+                    format!("unknown layer type {other:?}"),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => match family {
+            Family::Gemma2 => gemma2_layers(num_layers),
+            Family::Gemma3 => {
+                let pattern = field("sliding_window_pattern")
+                    .or_else(|| field("_sliding_window_pattern"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(6) as usize;
+                gemma3_layers(num_layers, pattern)
+            }
+        },
+    };
+    if layer_types.len() != num_layers {
+        return Err(GemmaError::format(
+            path,
+            format!("{} layer_types for {num_layers} layers", layer_types.len()),
+        ));
+    }
+    Ok(layer_types)
+}
+
+/// Gemma's MLP activation, the only one the forward pass computes (`None`: the default).
+fn check_activation(activation: Option<&str>, path: &Path) -> Result<()> {
+    match activation {
+        None | Some("gelu_pytorch_tanh") => Ok(()),
+        Some(other) => Err(GemmaError::format(
+            path,
+            format!("hidden activation `{other}` is not supported (Gemma uses gelu_pytorch_tanh)"),
+        )),
+    }
+}
+
 /// Gemma 2 layers alternate, even layers local.
-fn gemma2_layers(n: usize) -> Vec<AttentionKind> {
+pub(crate) fn gemma2_layers(n: usize) -> Vec<AttentionKind> {
     (0..n)
         .map(|i| {
             if i % 2 == 0 {
@@ -100,11 +152,12 @@ fn gemma2_layers(n: usize) -> Vec<AttentionKind> {
         .collect()
 }
 
-/// Gemma 3 layers: five local to one global (every sixth layer is global).
-fn gemma3_layers(n: usize) -> Vec<AttentionKind> {
+/// Gemma 3 layers: every `global_every`-th layer global, the others local (the published
+/// models: five local to one global, `global_every` = 6).
+pub(crate) fn gemma3_layers(n: usize, global_every: usize) -> Vec<AttentionKind> {
     (0..n)
         .map(|i| {
-            if (i + 1) % 6 == 0 {
+            if (i + 1) % global_every.max(1) == 0 {
                 AttentionKind::Global
             } else {
                 AttentionKind::Sliding
@@ -182,7 +235,7 @@ impl GemmaConfig {
             final_logit_softcap: None,
             sliding_window: window,
             max_position_embeddings: published_max_positions(Family::Gemma3, global_factor),
-            layer_types: gemma3_layers(layers),
+            layer_types: gemma3_layers(layers, 6),
             rope_global: Rope {
                 theta: 1_000_000.0,
                 linear_factor: global_factor,
@@ -284,56 +337,14 @@ impl GemmaConfig {
             Family::Gemma2 => Self::gemma2_2b(),
             Family::Gemma3 => Self::gemma3_270m(),
         };
-        let layer_types = match field("layer_types").and_then(Value::as_array) {
-            Some(kinds) => kinds
-                .iter()
-                .map(|k| match k.as_str() {
-                    Some("sliding_attention") => Ok(AttentionKind::Sliding),
-                    Some("full_attention") => Ok(AttentionKind::Global),
-                    other => Err(GemmaError::format(
-                        path,
-                        format!("unknown layer type {other:?}"),
-                    )),
-                })
-                .collect::<Result<Vec<_>>>()?,
-            None => match family {
-                Family::Gemma2 => gemma2_layers(num_layers),
-                Family::Gemma3 => {
-                    let pattern = field("sliding_window_pattern")
-                        .or_else(|| field("_sliding_window_pattern"))
-                        .and_then(Value::as_u64)
-                        .unwrap_or(6) as usize;
-                    (0..num_layers)
-                        .map(|i| {
-                            if (i + 1) % pattern.max(1) == 0 {
-                                AttentionKind::Global
-                            } else {
-                                AttentionKind::Sliding
-                            }
-                        })
-                        .collect()
-                }
-            },
-        };
-        if layer_types.len() != num_layers {
-            return Err(GemmaError::format(
-                path,
-                format!("{} layer_types for {num_layers} layers", layer_types.len()),
-            ));
-        }
+        let layer_types = hf_layer_types(json, family, num_layers, path)?;
         let (rope_global, rope_local) = parse_rope(json, family, path)?;
-        let activation = field("hidden_activation")
-            .or_else(|| field("hidden_act"))
-            .and_then(Value::as_str)
-            .unwrap_or("gelu_pytorch_tanh");
-        if activation != "gelu_pytorch_tanh" {
-            return Err(GemmaError::format(
-                path,
-                format!(
-                    "hidden activation `{activation}` is not supported (Gemma uses gelu_pytorch_tanh)"
-                ),
-            ));
-        }
+        check_activation(
+            field("hidden_activation")
+                .or_else(|| field("hidden_act"))
+                .and_then(Value::as_str),
+            path,
+        )?;
         let token = |key: &str, default: u32| match field(key) {
             Some(Value::Array(ids)) => ids
                 .first()

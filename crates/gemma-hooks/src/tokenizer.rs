@@ -27,10 +27,6 @@ impl GemmaTokenizer {
     /// by the piece's score, does the same (this is how Hugging Face converts SentencePiece
     /// models). Spaces become `▁`, unknown characters fall back to `<0xXX>` byte tokens, and
     /// control and user-defined tokens match whole.
-    ///
-    /// Long because building a `tokenizers` model from a SentencePiece vocabulary is one
-    /// sequence of steps (pieces, merges, normaliser, pre-tokeniser, byte fallback, special
-    /// tokens), each a few lines, that only make sense in order.
     pub fn from_gguf(path: &Path) -> Result<Self> {
         use candle_core::quantized::gguf_file;
         use tokenizers::decoders::{
@@ -77,7 +73,6 @@ impl GemmaTokenizer {
         if scores.len() != tokens.len() || types.len() != tokens.len() {
             return Err(bad("tokens, scores and token types differ in length".into()));
         }
-        const NORMAL: i32 = 1;
         const CONTROL: i32 = 3;
         const USER_DEFINED: i32 = 4;
         let vocab: Vocab = tokens
@@ -85,25 +80,7 @@ impl GemmaTokenizer {
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
-        let mut merges: Vec<(f32, u32, u32, u32)> = Vec::new();
-        for (id, piece) in tokens
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| types[*i] == NORMAL)
-        {
-            for (split, _) in piece.char_indices().skip(1) {
-                if let (Some(&left), Some(&right)) =
-                    (vocab.get(&piece[..split]), vocab.get(&piece[split..]))
-                {
-                    merges.push((scores[id], id as u32, left, right));
-                }
-            }
-        }
-        merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        let merges = merges
-            .into_iter()
-            .map(|(_, _, l, r)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
-            .collect();
+        let merges = sentencepiece_merges(&tokens, &scores, &types, &vocab);
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .byte_fallback(true)
@@ -179,4 +156,36 @@ impl GemmaTokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// The merges of a `tokenizers` BPE equivalent to SentencePiece BPE over `tokens`: every split
+/// of every normal piece into two vocabulary pieces, ranked by the piece's score (highest
+/// first; ties by piece id, then by the left part's).
+fn sentencepiece_merges(
+    tokens: &[String],
+    scores: &[f32],
+    types: &[i32],
+    vocab: &tokenizers::models::bpe::Vocab,
+) -> Vec<(String, String)> {
+    /// SentencePiece's token type of an ordinary piece.
+    const NORMAL: i32 = 1;
+    let mut merges: Vec<(f32, u32, u32, u32)> = Vec::new();
+    for (id, piece) in tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| types[*i] == NORMAL)
+    {
+        for (split, _) in piece.char_indices().skip(1) {
+            if let (Some(&left), Some(&right)) =
+                (vocab.get(&piece[..split]), vocab.get(&piece[split..]))
+            {
+                merges.push((scores[id], id as u32, left, right));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    merges
+        .into_iter()
+        .map(|(_, _, l, r)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
+        .collect()
 }

@@ -10,7 +10,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use crate::config::{AttentionKind, Family, GemmaConfig, Rope};
+use crate::config::{Family, GemmaConfig, Rope, gemma2_layers, gemma3_layers};
 use crate::{GemmaError, Result};
 
 /// Tensors by Hugging Face name (`model.layers.3.self_attn.q_proj.weight`, …).
@@ -232,6 +232,44 @@ fn hf_name_of_gguf(name: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}"))
 }
 
+/// The family of a GGUF file's `general.architecture`.
+fn gguf_family(architecture: &str, path: &Path) -> Result<Family> {
+    match architecture {
+        "gemma2" => Ok(Family::Gemma2),
+        "gemma3" => Ok(Family::Gemma3),
+        other => Err(GemmaError::format(
+            path,
+            format!("GGUF architecture `{other}` is not gemma2 or gemma3"),
+        )),
+    }
+}
+
+/// The published model of this family and shape, if there is one.
+fn published_preset(family: Family, hidden_size: usize, num_layers: usize) -> Option<GemmaConfig> {
+    [
+        GemmaConfig::gemma2_2b(),
+        GemmaConfig::gemma2_9b(),
+        GemmaConfig::gemma2_27b(),
+        GemmaConfig::gemma3_270m(),
+        GemmaConfig::gemma3_1b(),
+        GemmaConfig::gemma3_4b(),
+    ]
+    .into_iter()
+    .find(|c| c.family == family && c.hidden_size == hidden_size && c.num_layers == num_layers)
+}
+
+/// The global RoPE's linear scaling factor from GGUF's `rope.scaling.type` and `.factor`.
+fn gguf_rope_factor(kind: Option<&str>, factor: Option<f64>, path: &Path) -> Result<f64> {
+    match kind {
+        Some("linear") => Ok(factor.unwrap_or(1.0)),
+        Some("none") | None => Ok(1.0),
+        Some(other) => Err(GemmaError::format(
+            path,
+            format!("RoPE scaling `{other}` is not supported"),
+        )),
+    }
+}
+
 /// The configuration recorded in a GGUF file's metadata (llama.cpp's `gemma2`/`gemma3` keys).
 ///
 /// Long because it is a flat key-by-key mapping (one short block per config field, each with
@@ -242,16 +280,7 @@ fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<GemmaCo
         .and_then(|v| v.to_string().ok())
         .cloned()
         .ok_or_else(|| GemmaError::format(path, "GGUF metadata lacks general.architecture"))?;
-    let family = match architecture.as_str() {
-        "gemma2" => Family::Gemma2,
-        "gemma3" => Family::Gemma3,
-        other => {
-            return Err(GemmaError::format(
-                path,
-                format!("GGUF architecture `{other}` is not gemma2 or gemma3"),
-            ));
-        }
-    };
+    let family = gguf_family(&architecture, path)?;
     let key = |suffix: &str| format!("{architecture}.{suffix}");
     let usize_of = |suffix: &str| -> Result<usize> {
         meta(&key(suffix))
@@ -270,6 +299,11 @@ fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<GemmaCo
             .and_then(|v| v.to_f32().ok())
             .map(f64::from)
     };
+    let token = |name: &str, default: u32| {
+        meta(&format!("tokenizer.ggml.{name}"))
+            .and_then(|v| v.to_u32().ok())
+            .unwrap_or(default)
+    };
     let hidden_size = usize_of("embedding_length")?;
     let num_layers = usize_of("block_count")?;
     let num_heads = usize_of("attention.head_count")?;
@@ -279,54 +313,23 @@ fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<GemmaCo
         .map(|t| t.shape.dims()[0])
         .ok_or_else(|| GemmaError::format(path, "GGUF file has no token_embd.weight"))?;
     // Values llama.cpp does not record come from the published model of the same shape.
-    let preset = [
-        GemmaConfig::gemma2_2b(),
-        GemmaConfig::gemma2_9b(),
-        GemmaConfig::gemma2_27b(),
-        GemmaConfig::gemma3_270m(),
-        GemmaConfig::gemma3_1b(),
-        GemmaConfig::gemma3_4b(),
-    ]
-    .into_iter()
-    .find(|c| c.family == family && c.hidden_size == hidden_size && c.num_layers == num_layers);
+    let preset = published_preset(family, hidden_size, num_layers);
     let head_dim = usize_of("attention.key_length").unwrap_or(hidden_size / num_heads);
     let layer_types = match family {
-        Family::Gemma2 => (0..num_layers)
-            .map(|i| {
-                if i % 2 == 0 {
-                    AttentionKind::Sliding
-                } else {
-                    AttentionKind::Global
-                }
-            })
-            .collect(),
-        Family::Gemma3 => (0..num_layers)
-            .map(|i| {
-                if (i + 1) % 6 == 0 {
-                    AttentionKind::Global
-                } else {
-                    AttentionKind::Sliding
-                }
-            })
-            .collect(),
+        Family::Gemma2 => gemma2_layers(num_layers),
+        Family::Gemma3 => gemma3_layers(num_layers, 6),
     };
     let rope_theta = f64_of("rope.freq_base").unwrap_or(match family {
         Family::Gemma2 => 10_000.0,
         Family::Gemma3 => 1_000_000.0,
     });
-    let linear_factor = match meta(&key("rope.scaling.type"))
-        .and_then(|v| v.to_string().ok())
-        .map(String::as_str)
-    {
-        Some("linear") => f64_of("rope.scaling.factor").unwrap_or(1.0),
-        Some("none") | None => 1.0,
-        Some(other) => {
-            return Err(GemmaError::format(
-                path,
-                format!("RoPE scaling `{other}` is not supported"),
-            ));
-        }
-    };
+    let linear_factor = gguf_rope_factor(
+        meta(&key("rope.scaling.type"))
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str),
+        f64_of("rope.scaling.factor"),
+        path,
+    )?;
     let config = GemmaConfig {
         family,
         vocab_size,
@@ -358,15 +361,9 @@ fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<GemmaCo
             },
             linear_factor: 1.0,
         },
-        bos_token_id: meta("tokenizer.ggml.bos_token_id")
-            .and_then(|v| v.to_u32().ok())
-            .unwrap_or(2),
-        eos_token_id: meta("tokenizer.ggml.eos_token_id")
-            .and_then(|v| v.to_u32().ok())
-            .unwrap_or(1),
-        pad_token_id: meta("tokenizer.ggml.padding_token_id")
-            .and_then(|v| v.to_u32().ok())
-            .unwrap_or(0),
+        bos_token_id: token("bos_token_id", 2),
+        eos_token_id: token("eos_token_id", 1),
+        pad_token_id: token("padding_token_id", 0),
     };
     config.validated().map_err(|e| GemmaError::format(path, e))
 }

@@ -790,50 +790,7 @@ impl SyntheticModel {
         } else {
             None
         };
-        let hierarchy = if tensors.names().contains(&"hierarchy_feature") {
-            let feature = read_i64(&tensors, "hierarchy_feature", path)?;
-            let parent = read_i64(&tensors, "hierarchy_parent", path)?;
-            let flags = tensors
-                .tensor("hierarchy_flags")
-                .map_err(|e| fail(format!("hierarchy_flags: {e}")))?
-                .data()
-                .to_vec();
-            if parent.len() != feature.len() || flags.len() != feature.len() {
-                return Err(fail("hierarchy arrays of different lengths".into()));
-            }
-            let mut nodes: Vec<HierarchyNode> =
-                feature
-                    .iter()
-                    .zip(&flags)
-                    .map(|(&f, &flag)| {
-                        Ok(HierarchyNode {
-                            feature: if f < 0 {
-                                None
-                            } else {
-                                Some(u32::try_from(f).map_err(|_| {
-                                    fail(format!("hierarchy feature {f} out of range"))
-                                })?)
-                            },
-                            children: Vec::new(),
-                            mutually_exclusive: flag & 1 != 0,
-                            scale_children_by_parent: flag & 2 != 0,
-                        })
-                    })
-                    .collect::<Result<_>>()?;
-            let mut roots = Vec::new();
-            for (i, &p) in parent.iter().enumerate() {
-                if p < 0 {
-                    roots.push(i);
-                } else if (p as usize) < nodes.len() {
-                    nodes[p as usize].children.push(i);
-                } else {
-                    return Err(fail(format!("hierarchy parent {p} out of range")));
-                }
-            }
-            Hierarchy::new(nodes, roots).map_err(|e| fail(e.to_string()))?
-        } else {
-            Hierarchy::empty()
-        };
+        let hierarchy = read_hierarchy(&tensors, path)?;
         Self::from_parts(ModelParts {
             feature_vectors: f32s("feature_vectors", &[n, d])?,
             bias: f32s("bias", &[d])?,
@@ -1011,6 +968,55 @@ fn orthogonalize(
     }
     normalize_rows(v, d);
     Ok(())
+}
+
+/// The hierarchy a model file stores (`hierarchy_feature`, `hierarchy_parent`,
+/// `hierarchy_flags`), or none.
+fn read_hierarchy(tensors: &SafeTensors<'_>, path: &Path) -> Result<Hierarchy> {
+    let fail = |m: String| format_error(path, m);
+    if !tensors.names().contains(&"hierarchy_feature") {
+        return Ok(Hierarchy::empty());
+    }
+    let feature = read_i64(tensors, "hierarchy_feature", path)?;
+    let parent = read_i64(tensors, "hierarchy_parent", path)?;
+    let flags = tensors
+        .tensor("hierarchy_flags")
+        .map_err(|e| fail(format!("hierarchy_flags: {e}")))?
+        .data()
+        .to_vec();
+    if parent.len() != feature.len() || flags.len() != feature.len() {
+        return Err(fail("hierarchy arrays of different lengths".into()));
+    }
+    let mut nodes: Vec<HierarchyNode> = feature
+        .iter()
+        .zip(&flags)
+        .map(|(&f, &flag)| {
+            Ok(HierarchyNode {
+                feature: if f < 0 {
+                    None
+                } else {
+                    Some(
+                        u32::try_from(f)
+                            .map_err(|_| fail(format!("hierarchy feature {f} out of range")))?,
+                    )
+                },
+                children: Vec::new(),
+                mutually_exclusive: flag & 1 != 0,
+                scale_children_by_parent: flag & 2 != 0,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let mut roots = Vec::new();
+    for (i, &p) in parent.iter().enumerate() {
+        if p < 0 {
+            roots.push(i);
+        } else if (p as usize) < nodes.len() {
+            nodes[p as usize].children.push(i);
+        } else {
+            return Err(fail(format!("hierarchy parent {p} out of range")));
+        }
+    }
+    Hierarchy::new(nodes, roots).map_err(|e| fail(e.to_string()))
 }
 
 #[cfg(test)]

@@ -69,27 +69,14 @@ pub struct SaeLensImport {
 /// Errors name the file at fault.
 pub fn load_dir(dir: &Path) -> Result<SaeLensImport> {
     let config_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path).map_err(|e| GroundTruthError::Io {
-        path: config_path.clone(),
-        source: e,
-    })?;
-    let raw: Value = serde_json::from_str(&text)
-        .map_err(|e| format_error(&config_path, format!("invalid JSON: {e}")))?;
+    let raw = read_json_value(&config_path)?;
     let config =
         config_from_saelens(&raw).map_err(|e| format_error(&config_path, e.to_string()))?;
     let (n, d) = (config.num_features, config.hidden_dim);
 
     let weights_path = dir.join(WEIGHTS_FILE);
-    let bytes = std::fs::read(&weights_path).map_err(|e| GroundTruthError::Io {
-        path: weights_path.clone(),
-        source: e,
-    })?;
-    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| {
-        format_error(
-            &weights_path,
-            format!("not a readable safetensors file (truncated?): {e}"),
-        )
-    })?;
+    let bytes = read_bytes(&weights_path)?;
+    let tensors = deserialize(&bytes, &weights_path)?;
     let f32s = |name: &str, shape: &[usize]| read_f32(&tensors, name, shape, &weights_path);
     let feature_vectors = f32s("feature_vectors", &[n, d])?;
     let bias = f32s("bias", &[d])?;
@@ -110,47 +97,13 @@ pub fn load_dir(dir: &Path) -> Result<SaeLensImport> {
 
     let hierarchy_path = dir.join(HIERARCHY_FILE);
     let hierarchy = if hierarchy_path.exists() {
-        let text = std::fs::read_to_string(&hierarchy_path).map_err(|e| GroundTruthError::Io {
-            path: hierarchy_path.clone(),
-            source: e,
-        })?;
-        let raw: Value = serde_json::from_str(&text)
-            .map_err(|e| format_error(&hierarchy_path, format!("invalid JSON: {e}")))?;
+        let raw = read_json_value(&hierarchy_path)?;
         hierarchy_from_saelens(&raw).map_err(|e| format_error(&hierarchy_path, e.to_string()))?
     } else {
         Hierarchy::empty()
     };
 
-    let magnitudes_path = dir.join(MAGNITUDES_FILE);
-    let (mean_magnitudes, std_magnitudes, origin) = if magnitudes_path.exists() {
-        let bytes = std::fs::read(&magnitudes_path).map_err(|e| GroundTruthError::Io {
-            path: magnitudes_path.clone(),
-            source: e,
-        })?;
-        let mags = SafeTensors::deserialize(&bytes).map_err(|e| {
-            format_error(
-                &magnitudes_path,
-                format!("not a readable safetensors file (truncated?): {e}"),
-            )
-        })?;
-        (
-            read_f32(&mags, "mean_firing_magnitudes", &[n], &magnitudes_path)?,
-            read_f32(&mags, "std_firing_magnitudes", &[n], &magnitudes_path)?,
-            MagnitudeOrigin::FromFile,
-        )
-    } else {
-        let seeded = |k: u64| StdRng::seed_from_u64(config.seed.wrapping_add(k));
-        let origin = if config.mean_magnitude.is_random() || config.std_magnitude.is_random() {
-            MagnitudeOrigin::Redrawn
-        } else {
-            MagnitudeOrigin::Computed
-        };
-        (
-            config.mean_magnitude.values(n, &mut seeded(2)),
-            config.std_magnitude.values(n, &mut seeded(1)),
-            origin,
-        )
-    };
+    let (mean_magnitudes, std_magnitudes, origin) = magnitudes(dir, &config)?;
 
     let model = SyntheticModel::from_parts(ModelParts {
         config,
@@ -166,6 +119,60 @@ pub fn load_dir(dir: &Path) -> Result<SaeLensImport> {
     Ok(SaeLensImport {
         model,
         magnitudes: origin,
+    })
+}
+
+/// The per-feature mean and std magnitudes: from `magnitudes.safetensors` beside the model
+/// when it is there, else drawn from the config's generators as SAELens draws them.
+fn magnitudes(
+    dir: &Path,
+    config: &SyntheticConfig,
+) -> Result<(Vec<f32>, Vec<f32>, MagnitudeOrigin)> {
+    let n = config.num_features;
+    let path = dir.join(MAGNITUDES_FILE);
+    if path.exists() {
+        let bytes = read_bytes(&path)?;
+        let mags = deserialize(&bytes, &path)?;
+        return Ok((
+            read_f32(&mags, "mean_firing_magnitudes", &[n], &path)?,
+            read_f32(&mags, "std_firing_magnitudes", &[n], &path)?,
+            MagnitudeOrigin::FromFile,
+        ));
+    }
+    let seeded = |k: u64| StdRng::seed_from_u64(config.seed.wrapping_add(k));
+    let origin = if config.mean_magnitude.is_random() || config.std_magnitude.is_random() {
+        MagnitudeOrigin::Redrawn
+    } else {
+        MagnitudeOrigin::Computed
+    };
+    Ok((
+        config.mean_magnitude.values(n, &mut seeded(2)),
+        config.std_magnitude.values(n, &mut seeded(1)),
+        origin,
+    ))
+}
+
+/// A file's bytes; a failure names it.
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| GroundTruthError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+/// A JSON file's value; a failure names it.
+fn read_json_value(path: &Path) -> Result<Value> {
+    let bytes = read_bytes(path)?;
+    serde_json::from_slice(&bytes).map_err(|e| format_error(path, format!("invalid JSON: {e}")))
+}
+
+/// `bytes` (read from `path`) as safetensors; a failure names the file.
+fn deserialize<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes).map_err(|e| {
+        format_error(
+            path,
+            format!("not a readable safetensors file (truncated?): {e}"),
+        )
     })
 }
 
@@ -211,12 +218,9 @@ fn generator_name(object: &Value, what: &str) -> Result<String> {
         .ok_or_else(|| bad(format!("`{what}` has no generator_name")))
 }
 
-/// A SAELens `SyntheticModelConfig` (as `to_dict` writes it) in this crate's terms; absent
-/// keys take SAELens's defaults, and `seed: null` becomes 0.
-pub fn config_from_saelens(raw: &Value) -> Result<SyntheticConfig> {
-    let num_features = count(raw, "num_features", 0)?;
-    let hidden_dim = count(raw, "hidden_dim", 0)?;
-    let firing_probability = match raw.get("firing_probability") {
+/// SAELens's `firing_probability` generator (its default when absent).
+fn firing_probability_from(raw: &Value) -> Result<FiringProbability> {
+    Ok(match raw.get("firing_probability") {
         None | Some(Value::Null) => FiringProbability::Zipfian {
             exponent: 1.0,
             max_prob: 0.3,
@@ -245,8 +249,12 @@ pub fn config_from_saelens(raw: &Value) -> Result<SyntheticConfig> {
                 )));
             }
         },
-    };
-    let hierarchy = match raw.get("hierarchy") {
+    })
+}
+
+/// SAELens's `hierarchy` settings (`None` when absent).
+fn hierarchy_config_from(raw: &Value) -> Result<Option<HierarchyConfig>> {
+    Ok(match raw.get("hierarchy") {
         None | Some(Value::Null) => None,
         Some(h) => {
             let branching = match h.get("branching_factor") {
@@ -280,7 +288,47 @@ pub fn config_from_saelens(raw: &Value) -> Result<SyntheticConfig> {
                 scale_children_by_parent: flag(h, "scale_children_by_parent")?,
             })
         }
-    };
+    })
+}
+
+/// A magnitude generator of SAELens (`mean_firing_magnitudes`, `std_firing_magnitudes`): a
+/// number, a generator table, or absent (the constant `default`).
+fn magnitude_from(raw: &Value, key: &str, default: f64) -> Result<Magnitude> {
+    match raw.get(key) {
+        None | Some(Value::Null) => Ok(Magnitude::Constant { value: default }),
+        Some(Value::Number(v)) => Ok(Magnitude::Constant {
+            value: v.as_f64().unwrap_or(default),
+        }),
+        Some(m) => Ok(match generator_name(m, key)?.as_str() {
+            "constant" => Magnitude::Constant {
+                value: number(m, "value", 1.0)?,
+            },
+            "linear" => Magnitude::Linear {
+                start: number(m, "start", f64::NAN)?,
+                end: number(m, "end", f64::NAN)?,
+            },
+            "exponential" => Magnitude::Exponential {
+                start: number(m, "start", f64::NAN)?,
+                end: number(m, "end", f64::NAN)?,
+            },
+            "folded_normal" => Magnitude::FoldedNormal {
+                mean: number(m, "mean", 0.0)?,
+                std: number(m, "std", 0.1)?,
+                min_value: m.get("min_value").and_then(Value::as_f64),
+                max_value: m.get("max_value").and_then(Value::as_f64),
+            },
+            other => return Err(bad(format!("unknown {key} generator `{other}`"))),
+        }),
+    }
+}
+
+/// A SAELens `SyntheticModelConfig` (as `to_dict` writes it) in this crate's terms; absent
+/// keys take SAELens's defaults, and `seed: null` becomes 0.
+pub fn config_from_saelens(raw: &Value) -> Result<SyntheticConfig> {
+    let num_features = count(raw, "num_features", 0)?;
+    let hidden_dim = count(raw, "hidden_dim", 0)?;
+    let firing_probability = firing_probability_from(raw)?;
+    let hierarchy = hierarchy_config_from(raw)?;
     let orthogonalization = match raw.get("orthogonalization") {
         None | Some(Value::Null) => None,
         Some(o) => Some(OrthogonalizationConfig {
@@ -294,34 +342,6 @@ pub fn config_from_saelens(raw: &Value) -> Result<SyntheticConfig> {
             rank: count(c, "rank", 32)?,
             scale: number(c, "correlation_scale", 0.1)?,
         }),
-    };
-    let magnitude = |key: &str, default: f64| -> Result<Magnitude> {
-        match raw.get(key) {
-            None | Some(Value::Null) => Ok(Magnitude::Constant { value: default }),
-            Some(Value::Number(v)) => Ok(Magnitude::Constant {
-                value: v.as_f64().unwrap_or(default),
-            }),
-            Some(m) => Ok(match generator_name(m, key)?.as_str() {
-                "constant" => Magnitude::Constant {
-                    value: number(m, "value", 1.0)?,
-                },
-                "linear" => Magnitude::Linear {
-                    start: number(m, "start", f64::NAN)?,
-                    end: number(m, "end", f64::NAN)?,
-                },
-                "exponential" => Magnitude::Exponential {
-                    start: number(m, "start", f64::NAN)?,
-                    end: number(m, "end", f64::NAN)?,
-                },
-                "folded_normal" => Magnitude::FoldedNormal {
-                    mean: number(m, "mean", 0.0)?,
-                    std: number(m, "std", 0.1)?,
-                    min_value: m.get("min_value").and_then(Value::as_f64),
-                    max_value: m.get("max_value").and_then(Value::as_f64),
-                },
-                other => return Err(bad(format!("unknown {key} generator `{other}`"))),
-            }),
-        }
     };
     let bias_norm = match raw.get("bias") {
         None | Some(Value::Null) => 1.0,
@@ -343,8 +363,8 @@ pub fn config_from_saelens(raw: &Value) -> Result<SyntheticConfig> {
         hierarchy,
         correlation,
         orthogonalization,
-        mean_magnitude: magnitude("mean_firing_magnitudes", 1.0)?,
-        std_magnitude: magnitude("std_firing_magnitudes", 0.0)?,
+        mean_magnitude: magnitude_from(raw, "mean_firing_magnitudes", 1.0)?,
+        std_magnitude: magnitude_from(raw, "std_firing_magnitudes", 0.0)?,
         bias_norm,
         seed,
     };

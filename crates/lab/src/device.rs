@@ -42,7 +42,7 @@ impl DeviceOptions {
     }
 
     /// The candle device; an error says why it is unknown or unavailable.
-    pub fn device(&self) -> anyhow::Result<Device> {
+    pub fn device(&self) -> crate::Result<Device> {
         Ok(trainer::device_named(self.name())?)
     }
 
@@ -51,7 +51,7 @@ impl DeviceOptions {
     /// CPU, where candle has no bf16 kernel (it widens bf16 to f32 to multiply) and the
     /// CPU-specialised kernels are f32 (what a CPU with AVX-512 BF16 or AMX would offer is
     /// [`sae_core::blas::bf16_support`]; no bf16 kernel uses it yet).
-    pub fn model_dtype(&self) -> anyhow::Result<DType> {
+    pub fn model_dtype(&self) -> crate::Result<DType> {
         Ok(if self.device()?.is_cpu() {
             DType::F32
         } else {
@@ -61,7 +61,7 @@ impl DeviceOptions {
 
     /// Loads `model` (see [`load_model`]) onto the device in `dtype`, computing with these
     /// kernels.
-    pub fn load_model(&self, model: &str, dtype: DType) -> anyhow::Result<LoadedModel> {
+    pub fn load_model(&self, model: &str, dtype: DType) -> crate::Result<LoadedModel> {
         let mut loaded = load_model(model, &self.device()?, dtype)?;
         loaded.model = loaded.model.with_kernels(self.kernels);
         Ok(loaded)

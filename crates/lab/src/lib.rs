@@ -69,9 +69,11 @@
 //! ```
 
 pub mod device;
+mod error;
 pub mod experiments;
 pub mod output;
 mod pipeline;
 pub mod report;
 
+pub use error::{LabError, Result};
 pub use pipeline::{Budget, ExperimentOptions, Lab, Outcome, TrainedSae};

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use file_io::bail;
+
+use crate::error::Context as _;
 use candle_core::Tensor;
 
 /// The `__metadata__` entry that marks a safetensors file as this tool's.
@@ -12,7 +14,7 @@ const CREATED_BY: (&str, &str) = ("created_by", "gemma-scope-rs");
 
 /// Writes `tensors` to `path` atomically, marked as this tool's; an existing file is replaced
 /// only when it carries that mark (an earlier run's output), never someone else's file.
-pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> crate::Result<()> {
     if path.exists() && !is_ours(path) {
         bail!(
             "{}: refusing to overwrite a file this tool did not write; choose another path or move it",
@@ -46,7 +48,7 @@ fn is_ours(path: &Path) -> bool {
 
 /// Writes a text file that `marker` identifies (a line the writer always puts in it); an
 /// existing file is replaced only when it contains the marker.
-pub fn write_marked_text(path: &Path, text: &str, marker: &str) -> anyhow::Result<()> {
+pub fn write_marked_text(path: &Path, text: &str, marker: &str) -> crate::Result<()> {
     debug_assert!(text.contains(marker));
     if path.exists() {
         let existing = std::fs::read_to_string(path).unwrap_or_default();

@@ -14,7 +14,9 @@ use activation_cache::{
     norms::{MassiveTokenPolicy, NormProfile, norm_profile},
 };
 use analysis::{EvalOptions, Evaluation, SaeAtHook, evaluate};
-use anyhow::{Context as _, bail, ensure};
+use file_io::{bail, ensure};
+
+use crate::error::Context as _;
 use candle_core::{DType, Tensor};
 use gemma_hooks::{GemmaModel, GemmaTokenizer, HookPoint};
 use sae_core::TrainableSae;
@@ -30,7 +32,7 @@ pub(crate) const RUN_CONFIG: &str = "config.json";
 /// Makes `out` an experiment's run folder, or refuses: a missing folder is created; an existing
 /// one must be empty or an experiment's run folder (its `config.json` has an `experiment`), so
 /// an experiment never writes into, or over, a folder it did not make.
-pub(crate) fn claim_run_folder(out: &Path) -> anyhow::Result<()> {
+pub(crate) fn claim_run_folder(out: &Path) -> crate::Result<()> {
     let is_experiment = |config: &Path| {
         analysis::tables::read_json::<serde_json::Value>(config)
             .is_ok_and(|saved| saved.get("experiment").is_some())
@@ -169,7 +171,7 @@ pub struct Lab {
 
 impl Lab {
     /// Opens (or creates) `out` and loads the model and corpus of `args`.
-    pub fn open(experiment: &str, args: &ExperimentOptions) -> anyhow::Result<Self> {
+    pub fn open(experiment: &str, args: &ExperimentOptions) -> crate::Result<Self> {
         let out = args
             .out
             .clone()
@@ -206,7 +208,7 @@ impl Lab {
 
     /// `sae` with the command line's `--set` overrides applied (applying them twice changes
     /// nothing, so configs that already have them pass through unchanged).
-    pub fn with_overrides(&self, sae: SaeConfig) -> anyhow::Result<SaeConfig> {
+    pub fn with_overrides(&self, sae: SaeConfig) -> crate::Result<SaeConfig> {
         Ok(sae.with_overrides(&self.overrides)?)
     }
 
@@ -238,7 +240,7 @@ impl Lab {
 
     /// Saves `config` as the run's effective configuration, or checks that it equals the one
     /// saved by an earlier run in this folder (a resumed run must not mix settings or kernels).
-    pub fn pin_config(&self, config: &serde_json::Value) -> anyhow::Result<()> {
+    pub fn pin_config(&self, config: &serde_json::Value) -> crate::Result<()> {
         let path = self.out.join(RUN_CONFIG);
         let config = serde_json::json!({
             "model": self.model_name,
@@ -270,11 +272,11 @@ impl Lab {
         context_length: usize,
         budget: &Budget,
         saes: Vec<SaeConfig>,
-    ) -> anyhow::Result<Outcome> {
+    ) -> crate::Result<Outcome> {
         let saes = saes
             .into_iter()
             .map(|sae| self.with_overrides(sae))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<crate::Result<Vec<_>>>()?;
         self.pin_config(&serde_json::json!({
             "budget": budget,
             "hooks": hooks.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -296,7 +298,7 @@ impl Lab {
 
     /// The norm profile of every hook of the store (cached in `norms.json`): the massive-norm
     /// cutoff and the mean activations.
-    pub fn norms(&self, store: &Path) -> anyhow::Result<Vec<NormProfile>> {
+    pub fn norms(&self, store: &Path) -> crate::Result<Vec<NormProfile>> {
         let path = self.out.join("norms.json");
         let source = StoreSource::open(store, ShuffleConfig::default(), false)?;
         if path.exists() {
@@ -335,7 +337,7 @@ impl Lab {
     pub fn ablation_means(
         &self,
         norms: &[NormProfile],
-    ) -> anyhow::Result<BTreeMap<HookPoint, Vec<f32>>> {
+    ) -> crate::Result<BTreeMap<HookPoint, Vec<f32>>> {
         norms
             .iter()
             .map(|n| {
@@ -355,7 +357,7 @@ impl Lab {
         hooks: &[HookPoint],
         context_length: usize,
         tokens: u64,
-    ) -> anyhow::Result<PathBuf> {
+    ) -> crate::Result<PathBuf> {
         let training_documents = &self.documents[..self.documents.len() - 1];
         self.harvest_documents("cache", training_documents, hooks, context_length, tokens)
     }
@@ -368,7 +370,7 @@ impl Lab {
         hooks: &[HookPoint],
         context_length: usize,
         tokens: u64,
-    ) -> anyhow::Result<PathBuf> {
+    ) -> crate::Result<PathBuf> {
         let held_out = std::slice::from_ref(self.documents.last().expect("checked at open"));
         self.harvest_documents("held-out-cache", held_out, hooks, context_length, tokens)
     }
@@ -381,7 +383,7 @@ impl Lab {
         hooks: &[HookPoint],
         context_length: usize,
         tokens: u64,
-    ) -> anyhow::Result<PathBuf> {
+    ) -> crate::Result<PathBuf> {
         let dir = self.out.join(folder);
         let spec = StoreSpec {
             model: self.model_name.clone(),
@@ -426,7 +428,7 @@ impl Lab {
         norms: &[NormProfile],
         seed: u64,
         folder: &str,
-    ) -> anyhow::Result<Vec<TrainedSae>> {
+    ) -> crate::Result<Vec<TrainedSae>> {
         let cutoff_of = |hook: &str| norms.iter().find(|n| n.hook == hook).map(|n| n.cutoff);
         let saes: Vec<SaeConfig> = saes
             .into_iter()
@@ -438,7 +440,7 @@ impl Lab {
                 }
                 Ok(sae)
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<crate::Result<_>>()?;
         let config = self.train_config(budget, saes, context_length)?;
         let dir = self.out.join(folder);
         let source = StoreSource::open(
@@ -508,7 +510,7 @@ impl Lab {
         budget: &Budget,
         saes: Vec<SaeConfig>,
         context_length: usize,
-    ) -> anyhow::Result<TrainConfig> {
+    ) -> crate::Result<TrainConfig> {
         let steps = budget.steps();
         let value = serde_json::json!({
             "steps": steps,
@@ -530,7 +532,7 @@ impl Lab {
     }
 
     /// Contexts of the held-out document (the corpus's last), enough for `tokens` tokens.
-    pub fn held_out(&self, context_length: usize, tokens: u64) -> anyhow::Result<Vec<Context>> {
+    pub fn held_out(&self, context_length: usize, tokens: u64) -> crate::Result<Vec<Context>> {
         let document = self.documents.last().expect("checked at open");
         let config = ContextConfig {
             context_length,
@@ -554,7 +556,7 @@ impl Lab {
         saes: &[TrainedSae],
         contexts: &[Context],
         means: &BTreeMap<HookPoint, Vec<f32>>,
-    ) -> anyhow::Result<Vec<Evaluation>> {
+    ) -> crate::Result<Vec<Evaluation>> {
         let path = self.out.join("evaluation.json");
         if path.exists() {
             let saved: Vec<Evaluation> = analysis::tables::read_json(&path)?;
@@ -602,8 +604,13 @@ impl Lab {
 }
 
 /// Every row of the store at `dir`, one tensor per hook, in store order.
-fn read_all_rows(dir: &Path) -> anyhow::Result<Vec<Tensor>> {
+fn read_all_rows(dir: &Path) -> crate::Result<Vec<Tensor>> {
     let store = StoreSource::open(dir, ShuffleConfig::default(), false)?;
-    let rows = usize::try_from(store.rows())?;
+    let rows = usize::try_from(store.rows()).map_err(|_| {
+        crate::LabError::Invalid(format!(
+            "{}: more rows than this machine can index",
+            dir.display()
+        ))
+    })?;
     Ok(store.read_sequential(0, rows)?.activations)
 }

@@ -56,14 +56,14 @@ impl Report {
     }
 
     /// Writes the report and prints the summary table and where the report is.
-    pub fn publish(&self, dir: &Path, summary: &DataFrame) -> anyhow::Result<()> {
+    pub fn publish(&self, dir: &Path, summary: &DataFrame) -> crate::Result<()> {
         let path = self.write(dir)?;
         println!("{}\nreport: {}", markdown(summary), path.display());
         Ok(())
     }
 
     /// Writes `dir/report.md` and returns its path.
-    pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+    pub fn write(&self, dir: &Path) -> crate::Result<PathBuf> {
         let path = dir.join("report.md");
         write_text(&path, &self.text)?;
         Ok(path)
@@ -74,7 +74,7 @@ impl Report {
 pub fn summary_frame(
     evaluations: &[Evaluation],
     extra: &[(&str, Vec<String>)],
-) -> anyhow::Result<DataFrame> {
+) -> crate::Result<DataFrame> {
     let f = |get: fn(&Evaluation) -> f64| evaluations.iter().map(get).collect::<Vec<f64>>();
     let mut columns = vec![Column::new(
         "sae".into(),
@@ -142,7 +142,7 @@ pub fn write_summary(
     report: &mut Report,
     evaluations: &[Evaluation],
     extra: &[(&str, Vec<String>)],
-) -> anyhow::Result<DataFrame> {
+) -> crate::Result<DataFrame> {
     let mut frame = summary_frame(evaluations, extra)?;
     write_frame(&mut frame, dir, "summary")?;
     report.table(&frame);
@@ -155,7 +155,7 @@ pub fn frontier_plots(
     report: &mut Report,
     evaluations: &[Evaluation],
     groups: &[String],
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let mut names: Vec<&String> = Vec::new();
     for group in groups {
         if !names.contains(&group) {
@@ -201,11 +201,7 @@ pub fn frontier_plots(
 }
 
 /// The log-density histogram of one evaluation.
-pub fn density_plot(
-    dir: &Path,
-    report: &mut Report,
-    evaluation: &Evaluation,
-) -> anyhow::Result<()> {
+pub fn density_plot(dir: &Path, report: &mut Report, evaluation: &Evaluation) -> crate::Result<()> {
     let bars: Vec<(f64, f64, f64)> = evaluation
         .density_summary
         .log10_histogram
@@ -235,7 +231,7 @@ pub fn position_plot(
     dir: &Path,
     report: &mut Report,
     evaluation: &Evaluation,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let points = |get: fn(&analysis::evaluate::PositionLoss) -> f64| {
         evaluation
             .loss_by_position
@@ -270,7 +266,7 @@ pub fn position_plot(
 
 /// One SAE's training curve from `train_dir`'s metrics: `(tokens trained, value)` of the
 /// column `name`, NaN where a row has none (an older run without the column gives all NaN).
-fn training_curve(train_dir: &Path, sae: &str, name: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+fn training_curve(train_dir: &Path, sae: &str, name: &str) -> crate::Result<Vec<(f64, f64)>> {
     let frame = analysis::tables::read_frame(train_dir, "metrics")?;
     let names: Vec<Option<String>> = frame
         .column("sae")?
@@ -278,7 +274,7 @@ fn training_curve(train_dir: &Path, sae: &str, name: &str) -> anyhow::Result<Vec
         .iter()
         .map(|n| n.map(str::to_string))
         .collect();
-    let column = |name: &str| -> anyhow::Result<Vec<f64>> {
+    let column = |name: &str| -> crate::Result<Vec<f64>> {
         let Ok(values) = frame.column(name) else {
             return Ok(vec![f64::NAN; names.len()]);
         };
@@ -306,8 +302,8 @@ pub fn training_curve_plot(
     report: &mut Report,
     train_dir: &Path,
     sae: &str,
-) -> anyhow::Result<()> {
-    let series = |label: &str, column: &str, scale: f64| -> anyhow::Result<Series> {
+) -> crate::Result<()> {
+    let series = |label: &str, column: &str, scale: f64| -> crate::Result<Series> {
         Ok(Series {
             name: label.into(),
             points: training_curve(train_dir, sae, column)?
@@ -345,7 +341,7 @@ pub fn curve_outlook(
     fvu_target: f64,
     dead_target: f64,
     dead_over_store: Option<f64>,
-) -> anyhow::Result<Vec<String>> {
+) -> crate::Result<Vec<String>> {
     use analysis::outlook::{Outlook, outlook};
     // Falls smaller than 0.005 per doubling are within the run-to-run spread of both metrics.
     const MIN_FALL: f64 = 0.005;

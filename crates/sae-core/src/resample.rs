@@ -15,11 +15,12 @@
 //!   pre-activation on x where that is lower (when the kept thresholds are large against x).
 //!
 //! The optimiser's moments of the changed entries are the trainer's business (they are named by
-//! [`Resampled`]).
+//! [`Resampled`]). The affine part's resampling is [`AffineSae::resample`](crate::arch::AffineSae::resample);
+//! each architecture's [`TrainableSae::resample_latents`](crate::arch::TrainableSae::resample_latents)
+//! adds its own per-latent parameters.
 
 use candle_core::{DType, Tensor, Var};
 
-use crate::arch::AffineSae;
 use crate::{Result, SaeError};
 
 /// Which latents to resample and the inputs their new directions come from.
@@ -56,7 +57,7 @@ impl Resampled {
 
 /// Checks a request against an SAE's widths: distinct latents below `d_sae`, one finite input
 /// of width `d_in` per latent, a positive finite encoder scale.
-fn check(request: &ResampleRequest<'_>, d_in: usize, d_sae: usize) -> Result<()> {
+pub(crate) fn check(request: &ResampleRequest<'_>, d_in: usize, d_sae: usize) -> Result<()> {
     let n = request.latents.len();
     if request.inputs.dims() != [n, d_in] {
         return Err(SaeError::Shape {
@@ -84,7 +85,7 @@ fn check(request: &ResampleRequest<'_>, d_in: usize, d_sae: usize) -> Result<()>
 }
 
 /// A variable's values as f32 on the host.
-fn host_values(var: &Var) -> Result<Vec<f32>> {
+pub(crate) fn host_values(var: &Var) -> Result<Vec<f32>> {
     Ok(var
         .as_tensor()
         .to_dtype(DType::F32)?
@@ -93,7 +94,7 @@ fn host_values(var: &Var) -> Result<Vec<f32>> {
 }
 
 /// Sets a variable from host f32 values, in its own dtype and on its own device.
-fn set_host_values(var: &Var, values: Vec<f32>) -> Result<()> {
+pub(crate) fn set_host_values(var: &Var, values: Vec<f32>) -> Result<()> {
     let tensor = Tensor::from_vec(values, var.dims(), &candle_core::Device::Cpu)?
         .to_dtype(var.dtype())?
         .to_device(var.device())?;
@@ -132,105 +133,11 @@ pub struct NewLatent {
     pub pre_activation: f32,
 }
 
-/// Gives each requested latent of `affine` its new decoder row, encoder column and zero
-/// encoder bias (module docs). `min_pre_activation`, when given, is the pre-activation each
-/// latent should reach on its input (capped at an encoder scale of 1). Returns the latents
-/// actually resampled: an input equal to b_dec has no direction and leaves its latent as it was.
-pub fn resample_affine(
-    affine: &AffineSae,
-    request: &ResampleRequest<'_>,
-    min_pre_activation: Option<f32>,
-) -> Result<Vec<NewLatent>> {
-    let (d_in, d_sae) = (affine.d_in(), affine.d_sae());
-    check(request, d_in, d_sae)?;
-    let inputs = request
-        .inputs
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let b_dec = host_values(&affine.b_dec)?;
-    let mut w_enc = host_values(&affine.w_enc)?;
-    let mut w_dec = host_values(&affine.w_dec)?;
-    let mut b_enc = host_values(&affine.b_enc)?;
-
-    let column_norms: Vec<f32> = (0..d_sae)
-        .map(|i| {
-            (0..d_in)
-                .map(|r| w_enc[r * d_sae + i].powi(2))
-                .sum::<f32>()
-                .sqrt()
-        })
-        .collect();
-    let mut resampled_mask = vec![false; d_sae];
-    request
-        .latents
-        .iter()
-        .for_each(|&i| resampled_mask[i] = true);
-    let kept: Vec<f32> = column_norms
-        .iter()
-        .zip(&resampled_mask)
-        .filter(|(_, r)| !**r)
-        .map(|(n, _)| *n)
-        .collect();
-    let mean_kept_norm = if kept.is_empty() {
-        column_norms.iter().sum::<f32>() / d_sae as f32
-    } else {
-        kept.iter().sum::<f32>() / kept.len() as f32
-    };
-    let base_scale = request.encoder_scale as f32 * mean_kept_norm;
-
-    let mut resampled = Vec::with_capacity(request.latents.len());
-    for (k, &latent) in request.latents.iter().enumerate() {
-        let input = &inputs[k * d_in..(k + 1) * d_in];
-        let direction: Vec<f32> = input.iter().zip(&b_dec).map(|(x, b)| x - b).collect();
-        let norm = direction.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if !(norm.is_finite() && norm > 0.0) {
-            continue;
-        }
-        let direction: Vec<f32> = direction.iter().map(|v| v / norm).collect();
-        // The pre-activation of the input along the new direction per unit of encoder norm.
-        let along: f32 = if affine.apply_b_dec_to_input {
-            norm
-        } else {
-            input.iter().zip(&direction).map(|(x, d)| x * d).sum()
-        };
-        let mut scale = base_scale;
-        if let Some(minimum) = min_pre_activation
-            && along > 0.0
-        {
-            scale = scale.max((minimum / along).min(1.0));
-        }
-        for (r, d) in direction.iter().enumerate() {
-            w_enc[r * d_sae + latent] = scale * d;
-        }
-        w_dec[latent * d_in..(latent + 1) * d_in].copy_from_slice(&direction);
-        b_enc[latent] = 0.0;
-        resampled.push(NewLatent {
-            latent,
-            pre_activation: scale * along,
-        });
-    }
-    set_host_values(&affine.w_enc, w_enc)?;
-    set_host_values(&affine.w_dec, w_dec)?;
-    set_host_values(&affine.b_enc, b_enc)?;
-    Ok(resampled)
-}
-
 /// Sets entries of a per-latent variable: `(latent, value)` pairs.
 pub(crate) fn set_latents(var: &Var, entries: &[(usize, f32)]) -> Result<()> {
     let mut values = host_values(var)?;
     entries.iter().for_each(|&(i, v)| values[i] = v);
     set_host_values(var, values)
-}
-
-/// Resamples an SAE that has nothing per latent beyond its affine part (ReLU, TopK,
-/// BatchTopK): [`resample_affine`] without a minimum pre-activation.
-pub fn resample_affine_only(
-    affine: &AffineSae,
-    request: &ResampleRequest<'_>,
-) -> Result<Resampled> {
-    let new = resample_affine(affine, request, None)?;
-    Ok(Resampled::affine(latents_of(&new)))
 }
 
 /// The latents of `new`, in order.

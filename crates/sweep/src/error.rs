@@ -1,11 +1,11 @@
 //! The sweep's typed errors: what a caller (or a test) can match on. Every function of the
-//! crate returns `anyhow::Result`; the failures below are raised as [`SweepError`] values inside
-//! it (`error.downcast_ref::<SweepError>()` finds them), each naming the file and the problem.
+//! crate returns [`crate::Result`]; a failure wrapped with what was being done
+//! ([`SweepError::Context`]) keeps the failure itself, which [`SweepError::root`] finds.
 
 use serde::de::DeserializeOwned;
 
 /// A sweep failure that names its file and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SweepError {
     /// A field of a sweep file, a plan, a task's record or a job record is missing, of the
     /// wrong type, out of its range, or inconsistent with the rest of the file.
@@ -40,9 +40,81 @@ pub enum SweepError {
         /// What is wrong with it.
         problem: String,
     },
+    /// Another failure, described in words (a worker that failed, an engine's refusal, …).
+    #[error("{0}")]
+    Failed(String),
+    /// A failure with what was being done when it happened.
+    #[error("{context}: {cause}")]
+    Context {
+        /// What was being done (`task 3's done record (delete it to run the task again)`).
+        context: String,
+        /// The failure.
+        cause: Box<SweepError>,
+    },
+    /// Reading or writing the sweep's storage failed.
+    #[error(transparent)]
+    Storage(#[from] object_io::ObjectError),
+    /// A local file failed.
+    #[error(transparent)]
+    File(#[from] file_io::FileError),
+    /// A name that cannot be a file name.
+    #[error(transparent)]
+    Name(#[from] file_io::NameError),
+    /// A harvest or an activation store failed. (boxed: the sweep's error stays small)
+    #[error(transparent)]
+    Store(Box<activation_cache::CacheError>),
+    /// The model failed to load or run.
+    #[error(transparent)]
+    Model(#[from] gemma_hooks::GemmaError),
+    /// Training failed. (boxed: the sweep's error stays small)
+    #[error(transparent)]
+    Train(Box<trainer::TrainError>),
+    /// An evaluation failed. (boxed: the sweep's error stays small)
+    #[error(transparent)]
+    Analysis(Box<analysis::AnalysisError>),
+    /// An SAE's maths or files failed.
+    #[error(transparent)]
+    Sae(#[from] sae_core::SaeError),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+    /// A results table failed.
+    #[error(transparent)]
+    Table(#[from] polars::error::PolarsError),
+    /// A process, a file or a folder failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// JSON failed to encode.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
 }
 
+/// The errors boxed inside [`SweepError`], converted as `?` converts the others.
+macro_rules! from_boxed {
+    ($($variant:ident: $error:ty),+) => {$(
+        impl From<$error> for SweepError {
+            fn from(error: $error) -> Self {
+                Self::$variant(Box::new(error))
+            }
+        }
+    )+};
+}
+from_boxed!(Store: activation_cache::CacheError, Train: trainer::TrainError, Analysis: analysis::AnalysisError);
+
+/// The sweep's results.
+pub type Result<T> = std::result::Result<T, SweepError>;
+
+file_io::error_context!(SweepError, Failed);
+
 impl SweepError {
+    /// The failure itself, under every [`SweepError::Context`] wrapped around it.
+    pub fn root(&self) -> &SweepError {
+        match self {
+            Self::Context { cause, .. } => cause.root(),
+            other => other,
+        }
+    }
+
     /// A [`SweepError::Invalid`].
     pub fn invalid(
         file: impl Into<String>,
@@ -59,7 +131,10 @@ impl SweepError {
 
 /// Parses JSON `bytes` read from `file`; a syntax or type error names the field where it
 /// happened (`tasks[2].work.shards[1]`).
-pub fn parse_json<T: DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<T, SweepError> {
+pub fn parse_json<T: DeserializeOwned>(
+    file: &str,
+    bytes: &[u8],
+) -> std::result::Result<T, SweepError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let field = e.path().to_string();
@@ -77,7 +152,7 @@ pub fn is_sha256(text: &str) -> bool {
 }
 
 /// A [`SweepError::Invalid`] when `text` is not a SHA-256 digest.
-pub fn check_sha256(file: &str, field: &str, text: &str) -> Result<(), SweepError> {
+pub fn check_sha256(file: &str, field: &str, text: &str) -> std::result::Result<(), SweepError> {
     if is_sha256(text) {
         Ok(())
     } else {
@@ -93,7 +168,7 @@ pub fn check_sha256(file: &str, field: &str, text: &str) -> Result<(), SweepErro
 }
 
 /// A [`SweepError::Invalid`] when `name` is not a plain name (`file_io::check_name`).
-pub fn check_plain(file: &str, field: &str, name: &str) -> Result<(), SweepError> {
+pub fn check_plain(file: &str, field: &str, name: &str) -> std::result::Result<(), SweepError> {
     file_io::check_name(name).map_err(|e| SweepError::invalid(file, field, e.to_string()))
 }
 

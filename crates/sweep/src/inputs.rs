@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error::Context as _;
 use activation_cache::Document;
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -39,7 +39,7 @@ pub struct Inputs {
 impl Inputs {
     /// The digests of `documents` and of the files of the model `model` (as
     /// `gemma_hooks::load_model` takes it).
-    pub fn of(model: &str, documents: &[Document]) -> anyhow::Result<Self> {
+    pub fn of(model: &str, documents: &[Document]) -> crate::Result<Self> {
         Ok(Self {
             documents: documents.iter().map(document_digest).collect(),
             model: model_digests(model)?,
@@ -139,7 +139,7 @@ impl Inputs {
 
     /// Refuses when the files of the model `model` are not the planned ones, naming the file
     /// with both digests. Reads every file once (streamed).
-    pub fn check_model(&self, model: &str) -> anyhow::Result<()> {
+    pub fn check_model(&self, model: &str) -> crate::Result<()> {
         let found = model_digests(model)?;
         for planned in &self.model {
             match found.iter().find(|f| f.name == planned.name) {
@@ -149,16 +149,14 @@ impl Inputs {
                         what: format!("the file `{}` of the model `{model}`", planned.name),
                         expected: format!("SHA-256 {} ({} bytes)", planned.sha256, planned.bytes),
                         found: format!("SHA-256 {} ({} bytes)", now.sha256, now.bytes),
-                    }
-                    .into());
+                    });
                 }
                 None => {
                     return Err(SweepError::InputChanged {
                         what: format!("the file `{}` of the model `{model}`", planned.name),
                         expected: format!("SHA-256 {}", planned.sha256),
                         found: "no such file".into(),
-                    }
-                    .into());
+                    });
                 }
             }
         }
@@ -177,8 +175,7 @@ impl Inputs {
                         .join(", ")
                 ),
                 found: format!("also `{}` (SHA-256 {})", extra.name, extra.sha256),
-            }
-            .into());
+            });
         }
         Ok(())
     }
@@ -197,8 +194,8 @@ fn document_digest(document: &Document) -> InputDigest {
 /// under: the embedded model's GGUF file and tokenizer; a Hugging Face directory's
 /// `config.json`, weights and `tokenizer.json`; a file and the `tokenizer.json` beside it; a
 /// repo id's snapshot in the Hugging Face cache as a directory.
-pub fn model_files(model: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let name_of = |path: &Path| -> anyhow::Result<String> {
+pub fn model_files(model: &str) -> crate::Result<Vec<(String, PathBuf)>> {
+    let name_of = |path: &Path| -> crate::Result<String> {
         path.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .with_context(|| format!("{}: not a file", path.display()))
@@ -235,7 +232,7 @@ pub fn model_files(model: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
 }
 
 /// The digest of every file of the model `model` ([`model_files`]), each read once.
-pub fn model_digests(model: &str) -> anyhow::Result<Vec<InputDigest>> {
+pub fn model_digests(model: &str) -> crate::Result<Vec<InputDigest>> {
     model_files(model)?
         .into_iter()
         .map(|(name, path)| {

@@ -34,7 +34,7 @@
 //! use object_io::Location;
 //! use sweep::{Plan, SweepSpec, TaskOptions};
 //!
-//! # fn main() -> anyhow::Result<()> {
+//! # fn main() -> sweep::Result<()> {
 //! let work = tempfile::tempdir()?;
 //! std::fs::write(work.path().join("book.txt"), "the cat sat on the mat. ".repeat(300))?;
 //! let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../gemma-hooks/tests/fixtures/tiny-gemma3");
@@ -78,7 +78,7 @@ pub mod spec;
 mod sync;
 mod task;
 
-pub use error::SweepError;
+pub use error::{Result, SweepError};
 pub use inputs::{InputDigest, Inputs};
 pub use plan::{Layout, Plan, Task, Work};
 pub use records::{Check, DoneRecord, DoneState, OutputFile, PartRecord, TaskOutputs};
@@ -86,7 +86,7 @@ pub use spec::SweepSpec;
 pub use task::{TaskOptions, TaskOutcome, run_task};
 
 /// Runs every unfinished task of the plan at `root` in this process, in order.
-pub fn run_serially(root: &object_io::Location, options: &TaskOptions) -> anyhow::Result<()> {
+pub fn run_serially(root: &object_io::Location, options: &TaskOptions) -> crate::Result<()> {
     let plan = Plan::read_at(root)?;
     for task in &plan.tasks {
         run_task(root, task.index, options)?;

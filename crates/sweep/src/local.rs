@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use file_io::bail;
+
+use crate::error::Context as _;
 use object_io::Location;
 
 use crate::plan::{Layout, Plan};
@@ -34,7 +36,7 @@ pub fn run_local(
     workers: usize,
     logs: &Path,
     command: &dyn Fn(usize) -> Command,
-) -> anyhow::Result<LocalRun> {
+) -> crate::Result<LocalRun> {
     let plan = Plan::read_at(root)?;
     let layout = Layout::new(root.clone());
     let workers = workers.max(1);
@@ -45,7 +47,7 @@ pub fn run_local(
         .tasks
         .iter()
         .map(|t| Ok(layout.done_state(&plan, t, Check::Sizes)? == DoneState::Done))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<crate::Result<_>>()?;
     let mut pending: Vec<usize> = (0..plan.tasks.len()).filter(|&i| !done[i]).collect();
     let mut running: Vec<(usize, Child, PathBuf)> = Vec::new();
     let (mut ran, mut peak, mut failure) = (Vec::new(), 0, None);
@@ -105,7 +107,7 @@ pub fn run_local(
         running = still;
     }
     if let Some(failure) = failure {
-        bail!(failure);
+        bail!("{failure}");
     }
     Ok(LocalRun {
         ran,

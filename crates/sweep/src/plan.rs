@@ -23,8 +23,10 @@ use std::ops::Range;
 
 use activation_cache::store::{HookSpec, StoreSpec};
 use activation_cache::{ContextConfig, PlannedShard, ShardSchedule, hook_specs};
-use anyhow::{Context as _, bail, ensure};
-use gemma_hooks::{GemmaConfig, GemmaTokenizer};
+use file_io::{bail, ensure};
+
+use crate::error::Context as _;
+use gemma_hooks::{GemmaConfig, GemmaTokenizer, HookPoint};
 use object_io::Location;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -140,7 +142,7 @@ pub struct Survey {
 }
 
 /// Walks a whole shard schedule, keeping the shards of `keep`.
-pub fn survey(schedule: ShardSchedule<'_>, keep: Range<usize>) -> anyhow::Result<Survey> {
+pub fn survey(schedule: ShardSchedule<'_>, keep: Range<usize>) -> crate::Result<Survey> {
     let mut hasher = Sha256::new();
     let (mut shards, mut rows, mut kept) = (0, 0, Vec::new());
     for planned in schedule {
@@ -179,7 +181,7 @@ impl Plan {
         tokenizer: &GemmaTokenizer,
         documents: &[activation_cache::Document],
         corpus_description: &str,
-    ) -> anyhow::Result<Self> {
+    ) -> crate::Result<Self> {
         sweep.check()?;
         // A context length or a hook the model cannot take is refused before any tokenising.
         sweep.check_model("the sweep", config)?;
@@ -219,7 +221,7 @@ impl Plan {
 
     /// Writes the plan at `root`, or checks that the plan already there is the same (planning
     /// twice is harmless; planning another sweep into the same root is an error).
-    pub fn write_at(&self, root: &Location) -> anyhow::Result<()> {
+    pub fn write_at(&self, root: &Location) -> crate::Result<()> {
         self.validate(&root.describe(PLAN))?;
         let json = serde_json::to_vec_pretty(self)?;
         match root.get(PLAN)? {
@@ -253,7 +255,7 @@ impl Plan {
     /// Reads the plan at `root` and checks it completely ([`Self::validate`]): a plan edited by
     /// hand into something its tasks cannot run is refused here, naming `plan.json` and the
     /// field.
-    pub fn read_at(root: &Location) -> anyhow::Result<Self> {
+    pub fn read_at(root: &Location) -> crate::Result<Self> {
         let file = root.describe(PLAN);
         let bytes = root
             .get(PLAN)?
@@ -268,16 +270,14 @@ impl Plan {
                     format!(
                         "plan format {version}; this build reads {FORMAT_VERSION} (plan again into a new root)"
                     ),
-                )
-                .into());
+                ));
             }
             None => {
                 return Err(SweepError::invalid(
                     &file,
                     "format_version",
                     format!("missing or not a number; this build reads {FORMAT_VERSION}"),
-                )
-                .into());
+                ));
             }
         }
         let plan: Self = parse_json(&file, &bytes)?;
@@ -339,7 +339,17 @@ impl Plan {
                 ),
             ));
         }
-        for (position, (store, hook)) in self.stores.iter().zip(&hooks).enumerate() {
+        self.validate_stores(file, &hooks)?;
+        for (position, task) in self.tasks.iter().enumerate() {
+            self.validate_task(file, position, task)?;
+        }
+        self.validate_tasks_match_sweep(file)
+    }
+
+    /// The stores: one per hook of the sweep, in its order, each with the spec the sweep gives.
+    fn validate_stores(&self, file: &str, hooks: &[HookPoint]) -> Result<(), SweepError> {
+        let invalid = |field: &str, problem: String| SweepError::invalid(file, field, problem);
+        for (position, (store, hook)) in self.stores.iter().zip(hooks).enumerate() {
             let field = format!("stores[{position}]");
             check_plain(file, &format!("{field}.name"), &store.name)?;
             if store.name != hook.to_string() {
@@ -381,52 +391,63 @@ impl Plan {
             same_as_planned(file, &format!("{field}.spec"), &expected, &store.spec)?;
         }
 
-        for (position, task) in self.tasks.iter().enumerate() {
-            let field = format!("tasks[{position}]");
-            if task.index != position {
+        Ok(())
+    }
+
+    /// One task: at its index, depending only on earlier tasks, with a shard range inside the
+    /// plan, plain store names and a training config the trainer parses.
+    fn validate_task(&self, file: &str, position: usize, task: &Task) -> Result<(), SweepError> {
+        let invalid = |field: &str, problem: String| SweepError::invalid(file, field, problem);
+        let field = format!("tasks[{position}]");
+        if task.index != position {
+            return Err(invalid(
+                &format!("{field}.index"),
+                format!("task number {position} says it is task {}", task.index),
+            ));
+        }
+        for (d, &dependency) in task.depends_on.iter().enumerate() {
+            if dependency >= position {
                 return Err(invalid(
-                    &format!("{field}.index"),
-                    format!("task number {position} says it is task {}", task.index),
-                ));
-            }
-            for (d, &dependency) in task.depends_on.iter().enumerate() {
-                if dependency >= position {
-                    return Err(invalid(
-                        &format!("{field}.depends_on[{d}]"),
-                        format!(
-                            "task {position} depends on task {dependency}: a task depends only on earlier tasks (0..{position})"
-                        ),
-                    ));
-                }
-            }
-            if let Work::Harvest { shards } = task.work
-                && !(shards[0] < shards[1] && shards[1] <= self.shards)
-            {
-                return Err(invalid(
-                    &format!("{field}.work.shards"),
+                    &format!("{field}.depends_on[{d}]"),
                     format!(
-                        "shards {}..{} are not a non-empty range of the plan's {} shards",
-                        shards[0], shards[1], self.shards
+                        "task {position} depends on task {dependency}: a task depends only on earlier tasks (0..{position})"
                     ),
                 ));
             }
-            match &task.work {
-                Work::Train { store, .. } | Work::Evaluate { store } => {
-                    check_plain(file, &format!("{field}.work.store"), store)?;
-                }
-                Work::Harvest { .. } | Work::Seal => {}
-            }
-            if let Work::Train { config, .. } = &task.work {
-                // What the task will parse, parsed now: a type error names its field.
-                let _: trainer::TrainConfig =
-                    serde_path_to_error::deserialize(config).map_err(|e| {
-                        invalid(
-                            &format!("{field}.work.config.{}", e.path()),
-                            e.into_inner().to_string(),
-                        )
-                    })?;
-            }
         }
+        if let Work::Harvest { shards } = task.work
+            && !(shards[0] < shards[1] && shards[1] <= self.shards)
+        {
+            return Err(invalid(
+                &format!("{field}.work.shards"),
+                format!(
+                    "shards {}..{} are not a non-empty range of the plan's {} shards",
+                    shards[0], shards[1], self.shards
+                ),
+            ));
+        }
+        match &task.work {
+            Work::Train { store, .. } | Work::Evaluate { store } => {
+                check_plain(file, &format!("{field}.work.store"), store)?;
+            }
+            Work::Harvest { .. } | Work::Seal => {}
+        }
+        if let Work::Train { config, .. } = &task.work {
+            // What the task will parse, parsed now: a type error names its field.
+            let _: trainer::TrainConfig =
+                serde_path_to_error::deserialize(config).map_err(|e| {
+                    invalid(
+                        &format!("{field}.work.config.{}", e.path()),
+                        e.into_inner().to_string(),
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The tasks are exactly those the sweep gives for the plan's shards and stores.
+    fn validate_tasks_match_sweep(&self, file: &str) -> Result<(), SweepError> {
+        let invalid = |field: &str, problem: String| SweepError::invalid(file, field, problem);
         let count = task_count(&self.sweep, self.shards, self.stores.len());
         if self.tasks.len() != count {
             return Err(invalid(
@@ -459,7 +480,7 @@ impl Plan {
     }
 
     /// The task at `index`, or an error naming the plan's size.
-    pub fn task(&self, index: usize) -> anyhow::Result<&Task> {
+    pub fn task(&self, index: usize) -> crate::Result<&Task> {
         self.tasks.get(index).with_context(|| {
             format!(
                 "the plan has tasks 0..{}; there is no task {index}",
@@ -511,7 +532,7 @@ fn store_spec(sweep: &SweepSpec, corpus_description: &str, hooks: Vec<HookSpec>)
 /// The tasks the sweep gives for `shards` shards and the stores `stores` (one per hook, in
 /// order): harvest tasks over shard ranges, the seal, one training task per store, and with
 /// `eval_tokens` one evaluation task per store.
-fn planned_tasks(sweep: &SweepSpec, shards: usize, stores: &[String]) -> anyhow::Result<Vec<Task>> {
+fn planned_tasks(sweep: &SweepSpec, shards: usize, stores: &[String]) -> crate::Result<Vec<Task>> {
     let hooks = sweep.hook_points()?;
     ensure!(
         hooks.len() == stores.len(),
@@ -679,7 +700,7 @@ impl Layout {
 
     /// Whether task `index` has a done record (cheap: one metadata request). Whether what it
     /// wrote is still there is [`Layout::done_state`]'s question.
-    pub fn is_done(&self, index: usize) -> anyhow::Result<bool> {
+    pub fn is_done(&self, index: usize) -> crate::Result<bool> {
         Ok(self.done().size(&Self::done_name(index))?.is_some())
     }
 
@@ -702,7 +723,7 @@ impl Layout {
 /// The identity of a sweep in logs, job names and scratch folders: the first 16 hex digits of
 /// the SHA-256 of its root's address and its plan's bytes (the same sweep planned into two
 /// roots gets two ids).
-pub fn plan_id(root: &Location) -> anyhow::Result<String> {
+pub fn plan_id(root: &Location) -> crate::Result<String> {
     let bytes = root
         .get(PLAN)?
         .with_context(|| format!("{}: no plan", root.describe(PLAN)))?;

@@ -17,8 +17,8 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 
+use crate::error::Context as _;
 use activation_cache::store::{MANIFEST, Shard, ShardFile, shard_file_name};
-use anyhow::Context as _;
 use object_io::Location;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -43,7 +43,7 @@ pub struct PartRecord {
 
 impl PartRecord {
     /// Reads the record of `shard` (`None` when there is none) and checks it against the plan.
-    pub fn read(plan: &Plan, layout: &Layout, shard: usize) -> anyhow::Result<Option<Self>> {
+    pub fn read(plan: &Plan, layout: &Layout, shard: usize) -> crate::Result<Option<Self>> {
         Ok(Self::read_as_output(plan, layout, shard)?.map(|(record, _)| record))
     }
 
@@ -55,7 +55,7 @@ impl PartRecord {
         plan: &Plan,
         layout: &Layout,
         shard: usize,
-    ) -> anyhow::Result<Option<(Self, OutputFile)>> {
+    ) -> crate::Result<Option<(Self, OutputFile)>> {
         let parts = layout.parts();
         let name = Layout::part_name(shard);
         let Some(bytes) = parts.get(&name)? else {
@@ -67,7 +67,7 @@ impl PartRecord {
             record.validate(&file, plan, shard)?;
             Ok(record)
         };
-        let record = read().map_err(anyhow::Error::from).with_context(|| {
+        let record = read().with_context(|| {
             format!("shard {shard}'s record (delete it to harvest the shard again)")
         })?;
         Ok(Some((
@@ -477,7 +477,7 @@ impl DoneRecord {
     }
 
     /// The outputs that are missing or differ from the record, as (file, problem).
-    pub fn problems(&self, root: &Location, check: Check) -> anyhow::Result<Vec<(String, String)>> {
+    pub fn problems(&self, root: &Location, check: Check) -> crate::Result<Vec<(String, String)>> {
         Ok(self
             .differing(root, check)?
             .into_iter()
@@ -495,7 +495,7 @@ impl DoneRecord {
         &self,
         root: &Location,
         check: Check,
-    ) -> anyhow::Result<Vec<(&OutputFile, String)>> {
+    ) -> crate::Result<Vec<(&OutputFile, String)>> {
         let mut listings: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         let mut problems = Vec::new();
         for output in &self.outputs {
@@ -541,7 +541,7 @@ impl DoneRecord {
 
 /// The SHA-256 of the file `name` of `folder` (`None` when there is none): a local file read as
 /// a stream (1 MiB at a time), an object read whole (object-io has no streamed read).
-pub fn sha256_at(folder: &Location, name: &str) -> anyhow::Result<Option<String>> {
+pub fn sha256_at(folder: &Location, name: &str) -> crate::Result<Option<String>> {
     let Some(dir) = folder.local_dir() else {
         return Ok(folder.get(name)?.map(|bytes| object_io::hex_sha256(&bytes)));
     };
@@ -568,7 +568,7 @@ pub fn sha256_at(folder: &Location, name: &str) -> anyhow::Result<Option<String>
 
 impl Layout {
     /// The done record of `task` of `plan` (`None` when it has none), checked against the task.
-    pub fn done_record(&self, plan: &Plan, task: &Task) -> anyhow::Result<Option<DoneRecord>> {
+    pub fn done_record(&self, plan: &Plan, task: &Task) -> crate::Result<Option<DoneRecord>> {
         let done = self.done();
         let name = Self::done_name(task.index);
         let Some(bytes) = done.get(&name)? else {
@@ -580,7 +580,7 @@ impl Layout {
             record.validate(&file, plan, task)?;
             Ok(record)
         };
-        let record = read().map_err(anyhow::Error::from).with_context(|| {
+        let record = read().with_context(|| {
             format!(
                 "task {}'s done record (delete it to run the task again)",
                 task.index
@@ -591,7 +591,7 @@ impl Layout {
 
     /// Whether `task` of `plan` is done: its record is there and every output it lists is there
     /// as recorded (`check` says how closely that is looked at).
-    pub fn done_state(&self, plan: &Plan, task: &Task, check: Check) -> anyhow::Result<DoneState> {
+    pub fn done_state(&self, plan: &Plan, task: &Task, check: Check) -> crate::Result<DoneState> {
         let Some(record) = self.done_record(plan, task)? else {
             return Ok(DoneState::NotDone);
         };

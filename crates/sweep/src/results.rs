@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use anyhow::Context as _;
+use crate::error::Context as _;
 use object_io::Location;
 use polars::prelude::{DataType, ParquetReader, SerReader};
 
@@ -29,7 +29,7 @@ pub struct SaeResult {
 }
 
 /// The last metrics row of every SAE of every finished training task, in plan order.
-pub fn results(root: &Location) -> anyhow::Result<Vec<SaeResult>> {
+pub fn results(root: &Location) -> crate::Result<Vec<SaeResult>> {
     let plan = Plan::read_at(root)?;
     let layout = Layout::new(root.clone());
     let mut out = Vec::new();

@@ -13,7 +13,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context as _, bail, ensure};
+use file_io::{bail, ensure};
+
+use crate::error::Context as _;
 use object_io::Location;
 use serde::{Deserialize, Serialize};
 
@@ -170,6 +172,74 @@ impl JobRecord {
     }
 }
 
+/// The plan's stages with the tasks not yet done in each (stages all done left out).
+fn unfinished_stages(plan: &Plan, layout: &Layout) -> crate::Result<Vec<(usize, Vec<usize>)>> {
+    let mut stages = Vec::new();
+    for (stage, tasks) in plan.stages().into_iter().enumerate() {
+        let mut unfinished = Vec::new();
+        for t in tasks {
+            if layout.done_state(plan, plan.task(t)?, Check::Sizes)? != DoneState::Done {
+                unfinished.push(t);
+            }
+        }
+        if !unfinished.is_empty() {
+            stages.push((stage, unfinished));
+        }
+    }
+    Ok(stages)
+}
+
+/// Submits one stage's script after the stages `submitted` so far (`afterok` on all of
+/// them); returns its job id. An error says which jobs were submitted and where they are
+/// recorded (`journal`).
+fn sbatch_stage(
+    options: &SlurmOptions,
+    script: &Path,
+    stage: usize,
+    tasks: &[usize],
+    submitted: &[SubmittedStage],
+    journal: &Path,
+) -> crate::Result<String> {
+    let so_far = || {
+        if submitted.is_empty() {
+            "no job was submitted".to_string()
+        } else {
+            format!(
+                "jobs {} were submitted and are recorded in {}",
+                submitted
+                    .iter()
+                    .map(|s| s.job_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                journal.display()
+            )
+        }
+    };
+    let mut sbatch = Command::new(&options.sbatch);
+    sbatch.arg("--parsable");
+    if !submitted.is_empty() {
+        let after: Vec<&str> = submitted.iter().map(|s| s.job_id.as_str()).collect();
+        sbatch
+            .arg(format!("--dependency=afterok:{}", after.join(":")))
+            .arg("--kill-on-invalid-dep=yes");
+    }
+    let output = run(sbatch.arg(script))
+        .with_context(|| format!("submitting stage {stage} (tasks {tasks:?}); {}", so_far()))?;
+    let job_id = output
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        is_job_id(&job_id),
+        "sbatch printed `{}`, not a job id, for stage {stage}; {}",
+        shorten(output.trim()),
+        so_far()
+    );
+    Ok(job_id)
+}
+
 /// Whether `text` is a job id as `sbatch --parsable` prints it: 1 to 20 digits.
 fn is_job_id(text: &str) -> bool {
     !text.is_empty() && text.len() <= 20 && text.bytes().all(|b| b.is_ascii_digit())
@@ -182,13 +252,13 @@ pub fn jobs_file(scripts: &Path, id: &str) -> PathBuf {
 
 /// The job record of the plan at `root` submitted from `scripts`, checked (`None` when nothing
 /// was submitted from there).
-pub fn submitted(root: &Location, scripts: &Path) -> anyhow::Result<Option<JobRecord>> {
+pub fn submitted(root: &Location, scripts: &Path) -> crate::Result<Option<JobRecord>> {
     let plan = Plan::read_at(root)?;
     let id = plan_id(root)?;
     read_record(&jobs_file(scripts, &id), &id, &plan)
 }
 
-fn read_record(path: &Path, id: &str, plan: &Plan) -> anyhow::Result<Option<JobRecord>> {
+fn read_record(path: &Path, id: &str, plan: &Plan) -> crate::Result<Option<JobRecord>> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -215,8 +285,8 @@ impl Journal<'_> {
     /// unless `change` fails.
     fn update<T>(
         &self,
-        change: impl FnOnce(&mut JobRecord) -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
+        change: impl FnOnce(&mut JobRecord) -> crate::Result<T>,
+    ) -> crate::Result<T> {
         let lock = File::options()
             .create(true)
             .truncate(false)
@@ -240,7 +310,7 @@ impl Journal<'_> {
 
 /// Submission `submission` of `record` (one this process added), or an error: the record was
 /// changed by hand meanwhile.
-fn record_of(record: &mut JobRecord, submission: usize) -> anyhow::Result<&mut Submission> {
+fn record_of(record: &mut JobRecord, submission: usize) -> crate::Result<&mut Submission> {
     let count = record.submissions.len();
     record.submissions.get_mut(submission).with_context(|| {
         format!(
@@ -323,24 +393,13 @@ pub fn submit(
     root: &Location,
     plan_url: &str,
     options: &SlurmOptions,
-) -> anyhow::Result<Vec<SubmittedStage>> {
+) -> crate::Result<Vec<SubmittedStage>> {
     let plan = Plan::read_at(root)?;
     let layout = Layout::new(root.clone());
     let id = plan_id(root)?;
     std::fs::create_dir_all(options.scripts.join("logs"))
         .with_context(|| format!("creating {}", options.scripts.display()))?;
-    let mut stages = Vec::new();
-    for (stage, tasks) in plan.stages().into_iter().enumerate() {
-        let mut unfinished = Vec::new();
-        for t in tasks {
-            if layout.done_state(&plan, plan.task(t)?, Check::Sizes)? != DoneState::Done {
-                unfinished.push(t);
-            }
-        }
-        if !unfinished.is_empty() {
-            stages.push((stage, unfinished));
-        }
-    }
+    let stages = unfinished_stages(&plan, &layout)?;
     if stages.is_empty() {
         return Ok(Vec::new());
     }
@@ -363,21 +422,6 @@ pub fn submit(
         Ok(record.submissions.len() - 1)
     })?;
     let mut submitted: Vec<SubmittedStage> = Vec::new();
-    let so_far = |submitted: &[SubmittedStage]| {
-        if submitted.is_empty() {
-            "no job was submitted".to_string()
-        } else {
-            format!(
-                "jobs {} were submitted and are recorded in {}",
-                submitted
-                    .iter()
-                    .map(|s| s.job_id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                journal.path.display()
-            )
-        }
-    };
     for (stage, tasks) in stages {
         let script = options
             .scripts
@@ -387,32 +431,7 @@ pub fn submit(
             render_stage(&plan, &id, stage, &tasks, plan_url, options),
         )
         .with_context(|| format!("writing {}", script.display()))?;
-        let mut sbatch = Command::new(&options.sbatch);
-        sbatch.arg("--parsable");
-        if !submitted.is_empty() {
-            let after: Vec<&str> = submitted.iter().map(|s| s.job_id.as_str()).collect();
-            sbatch
-                .arg(format!("--dependency=afterok:{}", after.join(":")))
-                .arg("--kill-on-invalid-dep=yes");
-        }
-        let output = run(sbatch.arg(&script)).with_context(|| {
-            format!(
-                "submitting stage {stage} (tasks {tasks:?}); {}",
-                so_far(&submitted)
-            )
-        })?;
-        let job_id = output
-            .trim()
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        ensure!(
-            is_job_id(&job_id),
-            "sbatch printed `{}`, not a job id, for stage {stage}; {}",
-            shorten(output.trim()),
-            so_far(&submitted)
-        );
+        let job_id = sbatch_stage(options, &script, stage, &tasks, &submitted, &journal.path)?;
         let accepted = SubmittedStage {
             stage,
             job_id,
@@ -441,7 +460,7 @@ pub fn submit(
 
 /// Each state Slurm reports for the jobs of the plan at `root` submitted from `scripts`, as
 /// `(job id, state)` ([`job_states`]); none when nothing was submitted from there.
-pub fn plan_job_states(root: &Location, scripts: &Path) -> anyhow::Result<Vec<(String, String)>> {
+pub fn plan_job_states(root: &Location, scripts: &Path) -> crate::Result<Vec<(String, String)>> {
     match submitted(root, scripts)? {
         Some(record) => job_states(&record.job_ids()),
         None => Ok(Vec::new()),
@@ -450,7 +469,7 @@ pub fn plan_job_states(root: &Location, scripts: &Path) -> anyhow::Result<Vec<(S
 
 /// Cancels the jobs of the plan at `root` submitted from `scripts` that are still queued or
 /// running (by their arrays, with `scancel`), and no other; returns the arrays cancelled.
-pub fn cancel_plan(root: &Location, scripts: &Path) -> anyhow::Result<Vec<String>> {
+pub fn cancel_plan(root: &Location, scripts: &Path) -> crate::Result<Vec<String>> {
     let Some(record) = submitted(root, scripts)? else {
         return Ok(Vec::new());
     };
@@ -488,7 +507,7 @@ fn is_finished(state: &str) -> bool {
 }
 
 /// Cancels jobs (`scancel`): whole arrays (`1234`) or array tasks (`1234_5`).
-pub fn cancel(job_ids: &[String]) -> anyhow::Result<()> {
+pub fn cancel(job_ids: &[String]) -> crate::Result<()> {
     if job_ids.is_empty() {
         return Ok(());
     }
@@ -501,7 +520,7 @@ pub fn cancel(job_ids: &[String]) -> anyhow::Result<()> {
 /// are then absent, and so are jobs it no longer knows at all (purged: asked about, `squeue`
 /// fails with "Invalid job id specified"; each is then asked about alone, and one it does not
 /// know counts as finished); the plan's done markers say how they ended.
-pub fn job_states(job_ids: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+pub fn job_states(job_ids: &[String]) -> crate::Result<Vec<(String, String)>> {
     if job_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -520,7 +539,7 @@ pub fn job_states(job_ids: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     {
         return Ok(parse(text, '|'));
     }
-    let squeue = |list: &str| -> anyhow::Result<Option<String>> {
+    let squeue = |list: &str| -> crate::Result<Option<String>> {
         match run(Command::new("squeue").args(["-h", "-r", "-o", "%i %T", "-j", list])) {
             Ok(text) => Ok(Some(text)),
             Err(e) if format!("{e:#}").contains("Invalid job id") => Ok(None),
@@ -540,7 +559,7 @@ pub fn job_states(job_ids: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 /// Runs a Slurm command; its standard output, or an error with its standard error.
-fn run(command: &mut Command) -> anyhow::Result<String> {
+fn run(command: &mut Command) -> crate::Result<String> {
     let program = command.get_program().to_string_lossy().into_owned();
     let output = command
         .output()

@@ -4,7 +4,9 @@ use std::path::Path;
 
 use activation_cache::contexts::ContextSampling;
 use activation_cache::store::StoreDtype;
-use anyhow::{Context as _, ensure};
+use file_io::ensure;
+
+use crate::error::Context as _;
 use gemma_hooks::{GemmaConfig, HookPoint};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -110,17 +112,19 @@ impl SweepSpec {
     /// the trainer's reader of settings files (`trainer::config::read_settings_file`), which
     /// refuses NaN and infinities by key (in the SAE templates, JSON values, they would
     /// otherwise become null, and so a default).
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+    pub fn from_file(path: &Path) -> crate::Result<Self> {
         let file = path.display().to_string();
         let value = match trainer::config::read_settings_file(path) {
             Ok(value) => value,
             Err(trainer::TrainError::File(file_io::FileError::Format { detail, .. })) => {
                 let (field, problem) = settings_problem(&detail);
-                return Err(SweepError::invalid(&file, field, problem).into());
+                return Err(SweepError::invalid(&file, field, problem));
             }
             Err(e) => {
-                return Err(anyhow::Error::from(e))
-                    .with_context(|| format!("reading the sweep file {file}"));
+                return Err(SweepError::Context {
+                    context: format!("reading the sweep file {file}"),
+                    cause: Box::new(e.into()),
+                });
             }
         };
         let spec: Self = serde_path_to_error::deserialize(value).map_err(|e| {
@@ -164,13 +168,21 @@ impl SweepSpec {
     /// Checks the settings that need no model: sizes, hooks, names, templates, and every
     /// training task's configuration (each SAE template at each width on each hook) as the
     /// training task would check it.
-    pub fn check(&self) -> anyhow::Result<()> {
-        Ok(self.validate("the sweep", "")?)
+    pub fn check(&self) -> crate::Result<()> {
+        self.validate("the sweep", "")
     }
 
     /// [`Self::check`], with errors naming `file` and the key (each prefixed with `prefix`,
     /// e.g. `sweep.` inside a plan).
     pub fn validate(&self, file: &str, prefix: &str) -> Result<(), SweepError> {
+        self.validate_settings(file, prefix)?;
+        let hooks = self.validate_hooks(file, prefix)?;
+        self.validate_templates(file, prefix)?;
+        self.validate_train_configs(file, prefix, hooks)
+    }
+
+    /// The names, the context length, the counts and their limits, the widths.
+    fn validate_settings(&self, file: &str, prefix: &str) -> Result<(), SweepError> {
         let invalid = |field: &str, problem: String| {
             SweepError::invalid(file, format!("{prefix}{field}"), problem)
         };
@@ -232,6 +244,14 @@ impl SweepSpec {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The hooks: at least one, each a plain name (it names folders).
+    fn validate_hooks(&self, file: &str, prefix: &str) -> Result<Vec<HookPoint>, SweepError> {
+        let invalid = |field: &str, problem: String| {
+            SweepError::invalid(file, format!("{prefix}{field}"), problem)
+        };
         let hooks = self
             .hook_points()
             .map_err(|e| invalid("hooks", e.to_string()))?;
@@ -245,6 +265,15 @@ impl SweepSpec {
             // A hook names its store's, checkpoints' and SAEs' folders.
             crate::error::check_plain(file, &format!("{prefix}hooks"), &hook.to_string())?;
         }
+        Ok(hooks)
+    }
+
+    /// The SAE templates (each a named table leaving `hook`, `d_sae` and `hook_out` to the
+    /// sweep, every trained SAE's name plain) and the shared `train` table.
+    fn validate_templates(&self, file: &str, prefix: &str) -> Result<(), SweepError> {
+        let invalid = |field: &str, problem: String| {
+            SweepError::invalid(file, format!("{prefix}{field}"), problem)
+        };
         if self.saes.is_empty() {
             return Err(invalid("saes", "the sweep has no SAE templates".into()));
         }
@@ -288,6 +317,19 @@ impl SweepSpec {
             Some(_) => {}
             None => return Err(invalid("train", "`train` must be a table".into())),
         }
+        Ok(())
+    }
+
+    /// Each training task's configuration, as the task will check it.
+    fn validate_train_configs(
+        &self,
+        file: &str,
+        prefix: &str,
+        hooks: Vec<HookPoint>,
+    ) -> Result<(), SweepError> {
+        let invalid = |field: &str, problem: String| {
+            SweepError::invalid(file, format!("{prefix}{field}"), problem)
+        };
         // Each training task's configuration, checked as the task will check it: a type error
         // or a setting out of its range names the template (or `train`) and the key.
         for hook in hooks {
@@ -335,7 +377,7 @@ impl SweepSpec {
     }
 
     /// The hooks of the sweep: `layers` × `sites`, then `hooks`, without repeats, in that order.
-    pub fn hook_points(&self) -> anyhow::Result<Vec<HookPoint>> {
+    pub fn hook_points(&self) -> crate::Result<Vec<HookPoint>> {
         let crossed = self.layers.iter().flat_map(|layer| {
             self.sites
                 .iter()
@@ -345,7 +387,7 @@ impl SweepSpec {
         for name in crossed.chain(self.hooks.iter().cloned()) {
             let point: HookPoint = name
                 .parse()
-                .map_err(|e| anyhow::anyhow!("hook `{name}`: {e}"))?;
+                .map_err(|e| SweepError::Failed(format!("hook `{name}`: {e}")))?;
             if !points.contains(&point) {
                 points.push(point);
             }
@@ -358,7 +400,7 @@ impl SweepSpec {
     pub fn harvest_documents<'a>(
         &self,
         documents: &'a [activation_cache::Document],
-    ) -> anyhow::Result<&'a [activation_cache::Document]> {
+    ) -> crate::Result<&'a [activation_cache::Document]> {
         if self.eval_tokens == 0 {
             return Ok(documents);
         }
@@ -378,7 +420,7 @@ impl SweepSpec {
         tokenizer: &gemma_hooks::GemmaTokenizer,
         documents: &[activation_cache::Document],
         config: &gemma_hooks::GemmaConfig,
-    ) -> anyhow::Result<Vec<activation_cache::Context>> {
+    ) -> crate::Result<Vec<activation_cache::Context>> {
         let document = documents.last().context("the corpus has no documents")?;
         let contexts = activation_cache::contexts::document_contexts(
             tokenizer,
@@ -409,14 +451,14 @@ impl SweepSpec {
 
     /// The training configuration of the task that trains every template at every width on
     /// `hook` (validated by the trainer's own parser).
-    pub fn train_config(&self, hook: HookPoint) -> anyhow::Result<trainer::TrainConfig> {
+    pub fn train_config(&self, hook: HookPoint) -> crate::Result<trainer::TrainConfig> {
         trainer::TrainConfig::from_value(self.train_config_value(hook)?, &[])
             .with_context(|| format!("the training task of {hook}"))
     }
 
     /// [`Self::train_config`] before it is parsed: the shared settings with one SAE per
     /// template and width (`NAME-wWIDTH`, on `hook`, `d_sae` the width).
-    fn train_config_value(&self, hook: HookPoint) -> anyhow::Result<Value> {
+    fn train_config_value(&self, hook: HookPoint) -> crate::Result<Value> {
         let mut saes = Vec::new();
         for template in &self.saes {
             for &width in &self.widths {

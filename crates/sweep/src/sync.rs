@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use anyhow::Context as _;
+use crate::error::Context as _;
 use object_io::Location;
 use serde::{Deserialize, Serialize};
 use trainer::checkpoint::{CHECKPOINT, DONE, EFFECTIVE_CONFIG};
@@ -44,7 +44,7 @@ fn step_prefix(step: u64) -> String {
 }
 
 /// The checkpoint pointer, checked: file names are plain names.
-fn read_latest(checkpoints: &Location) -> anyhow::Result<Option<Latest>> {
+fn read_latest(checkpoints: &Location) -> crate::Result<Option<Latest>> {
     let Some(bytes) = checkpoints.get(LATEST)? else {
         return Ok(None);
     };
@@ -58,7 +58,7 @@ fn read_latest(checkpoints: &Location) -> anyhow::Result<Option<Latest>> {
 
 /// Uploads the checkpoint in `run` (the run folder's `config.json` and `checkpoint/`) as step
 /// `step`, points `latest.json` at it, then deletes the checkpoint it replaces.
-pub fn upload_checkpoint(run: &Path, checkpoints: &Location, step: u64) -> anyhow::Result<()> {
+pub fn upload_checkpoint(run: &Path, checkpoints: &Location, step: u64) -> crate::Result<()> {
     let previous = read_latest(checkpoints)?;
     finish_interrupted_upload(checkpoints, previous.as_ref().map(|p| p.step))?;
     if previous.as_ref().is_some_and(|p| p.step == step) {
@@ -94,7 +94,7 @@ pub fn upload_checkpoint(run: &Path, checkpoints: &Location, step: u64) -> anyho
 
 /// Completes what an upload killed before it finished left undone: deletes the step folder
 /// that is not `latest` (see the [module](self) documentation), then the upload's record.
-fn finish_interrupted_upload(checkpoints: &Location, latest: Option<u64>) -> anyhow::Result<()> {
+fn finish_interrupted_upload(checkpoints: &Location, latest: Option<u64>) -> crate::Result<()> {
     let Some(bytes) = checkpoints.get(UPLOADING)? else {
         return Ok(());
     };
@@ -112,7 +112,7 @@ fn finish_interrupted_upload(checkpoints: &Location, latest: Option<u64>) -> any
 }
 
 /// Deletes every file of the checkpoint folder of `step`.
-fn remove_step(checkpoints: &Location, step: u64) -> anyhow::Result<()> {
+fn remove_step(checkpoints: &Location, step: u64) -> crate::Result<()> {
     let folder = checkpoints.join(&step_prefix(step));
     for (name, _) in folder.list()? {
         folder.delete(&name)?;
@@ -128,7 +128,7 @@ fn remove_step(checkpoints: &Location, step: u64) -> anyhow::Result<()> {
 /// exist yet, and returns its step; the trainer then resumes from it, verifying every checksum.
 /// An upload that a killed attempt left unfinished is finished first (its stray step folder
 /// deleted), so a task killed while replacing its final checkpoint leaves nothing behind.
-pub fn restore_checkpoint(checkpoints: &Location, run: &Path) -> anyhow::Result<Option<u64>> {
+pub fn restore_checkpoint(checkpoints: &Location, run: &Path) -> crate::Result<Option<u64>> {
     let latest = read_latest(checkpoints)?;
     finish_interrupted_upload(checkpoints, latest.as_ref().map(|l| l.step))?;
     let Some(latest) = latest else {
@@ -155,7 +155,7 @@ pub fn restore_checkpoint(checkpoints: &Location, run: &Path) -> anyhow::Result<
 /// `DONE` last (its record of the exported files' digests, so a copy of the run folder is a
 /// finished run to the trainer too), and returns every file uploaded, named `PREFIX/…`
 /// (`prefix` is `to`'s path under the plan's root).
-pub fn upload_run(run: &Path, to: &Location, prefix: &str) -> anyhow::Result<Vec<OutputFile>> {
+pub fn upload_run(run: &Path, to: &Location, prefix: &str) -> crate::Result<Vec<OutputFile>> {
     let done = read(&run.join(DONE)).context("the finished run has no DONE marker")?;
     let mut uploaded = Vec::new();
     upload_folder(run, to, true, prefix, &mut uploaded)?;
@@ -170,7 +170,7 @@ fn upload_folder(
     top: bool,
     prefix: &str,
     uploaded: &mut Vec<OutputFile>,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(folder)
         .with_context(|| format!("reading {}", folder.display()))?
         .collect::<std::io::Result<_>>()
@@ -194,15 +194,15 @@ fn upload_folder(
     Ok(())
 }
 
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+fn read(path: &Path) -> crate::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Writes every file of `from` (not its sub-folders) into the new local folder `to`.
-pub fn download_folder(from: &Location, to: &Path) -> anyhow::Result<()> {
+pub fn download_folder(from: &Location, to: &Path) -> crate::Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
     let files = from.list()?;
-    anyhow::ensure!(!files.is_empty(), "{from}: no files");
+    file_io::ensure!(!files.is_empty(), "{from}: no files");
     for (name, _) in files {
         crate::error::check_plain(&from.to_string(), "(a file name)", &name)?;
         let bytes = from

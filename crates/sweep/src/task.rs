@@ -12,7 +12,9 @@ use activation_cache::store::{MANIFEST, StoreSpec, seal_store};
 use activation_cache::{
     Corpus, ShardSchedule, ShuffleConfig, StoreSource, check_spec, write_shard,
 };
-use anyhow::{Context as _, bail, ensure};
+use file_io::{bail, ensure};
+
+use crate::error::Context as _;
 use candle_core::DType;
 use gemma_hooks::Kernels;
 use object_io::Location;
@@ -87,7 +89,7 @@ pub fn run_task(
     root: &Location,
     index: usize,
     options: &TaskOptions,
-) -> anyhow::Result<TaskOutcome> {
+) -> crate::Result<TaskOutcome> {
     let plan = Plan::read_at(root)?;
     let task = plan.task(index)?.clone();
     let layout = Layout::new(root.clone());
@@ -172,7 +174,7 @@ struct TaskLock {
 impl TaskLock {
     /// Locks task `index` of the plan `id`; while another process holds it, says so once and
     /// waits.
-    fn acquire(scratch: &Path, id: &str, index: usize, root: &Location) -> anyhow::Result<Self> {
+    fn acquire(scratch: &Path, id: &str, index: usize, root: &Location) -> crate::Result<Self> {
         std::fs::create_dir_all(scratch)
             .with_context(|| format!("creating the scratch folder {}", scratch.display()))?;
         let path = scratch.join(format!("{id}-task-{index:05}.lock"));
@@ -250,7 +252,7 @@ fn wait_for_dependencies(
     dependencies: &[usize],
     index: usize,
     wait: Option<Duration>,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let started = Instant::now();
     for &dependency in dependencies {
         while !layout.is_done(dependency)? {
@@ -282,13 +284,13 @@ fn harvest(
     layout: &Layout,
     range: std::ops::Range<usize>,
     options: &TaskOptions,
-) -> anyhow::Result<Vec<OutputFile>> {
+) -> crate::Result<Vec<OutputFile>> {
     let parts = layout.parts();
     let listings: Vec<std::collections::BTreeMap<String, u64>> = plan
         .stores
         .iter()
         .map(|s| Ok(layout.store(&s.name).list()?.into_iter().collect()))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<crate::Result<_>>()?;
     let mut missing = Vec::new();
     for shard in range.clone() {
         let Some(record) = PartRecord::read(plan, layout, shard)? else {
@@ -384,7 +386,7 @@ fn short_digest(digest: &str) -> &str {
 fn model_and_corpus(
     plan: &Plan,
     options: &TaskOptions,
-) -> anyhow::Result<(
+) -> crate::Result<(
     gemma_hooks::LoadedModel,
     gemma_hooks::GemmaTokenizer,
     Vec<activation_cache::Document>,
@@ -405,7 +407,7 @@ fn model_and_corpus(
 }
 
 /// Removes a task's scratch folder (made by this task, or by an earlier attempt of it).
-fn remove_scratch(scratch: &Path) -> anyhow::Result<()> {
+fn remove_scratch(scratch: &Path) -> crate::Result<()> {
     if scratch.exists() {
         std::fs::remove_dir_all(scratch).with_context(|| {
             format!("removing this task's scratch folder {}", scratch.display())
@@ -416,7 +418,7 @@ fn remove_scratch(scratch: &Path) -> anyhow::Result<()> {
 
 /// Writes every store's manifest from the parts; all shards must come from the plan's model
 /// and from one kernel. Returns the manifests.
-fn seal(plan: &Plan, layout: &Layout) -> anyhow::Result<Vec<OutputFile>> {
+fn seal(plan: &Plan, layout: &Layout) -> crate::Result<Vec<OutputFile>> {
     let parts = layout.parts();
     let model_sha256 = plan.inputs.model_sha256();
     let mut records: Vec<PartRecord> = Vec::with_capacity(plan.shards.min(1 << 20));
@@ -443,8 +445,7 @@ fn seal(plan: &Plan, layout: &Layout) -> anyhow::Result<Vec<OutputFile>> {
                 ),
                 expected: format!("the model's SHA-256 {model_sha256}"),
                 found: format!("SHA-256 {}", record.model_sha256),
-            }
-            .into());
+            });
         }
         records.push(record);
     }
@@ -488,7 +489,7 @@ fn train(
     config: TrainConfig,
     scratch: &Path,
     progress: bool,
-) -> anyhow::Result<Vec<OutputFile>> {
+) -> crate::Result<Vec<OutputFile>> {
     let outputs = layout.train(store);
     // The run folder is complete only once this attempt has uploaded it.
     outputs.delete(trainer::checkpoint::DONE)?;
@@ -533,7 +534,7 @@ fn evaluate(
     store: &str,
     scratch: &Path,
     options: &TaskOptions,
-) -> anyhow::Result<Vec<OutputFile>> {
+) -> crate::Result<Vec<OutputFile>> {
     let names: Vec<String> = plan
         .tasks
         .iter()
@@ -554,7 +555,7 @@ fn evaluate(
         .held_out_contexts(&tokenizer, &documents, loaded.model.config())?;
     let hook: gemma_hooks::HookPoint = store
         .parse()
-        .map_err(|e| anyhow::anyhow!("store `{store}`: {e}"))?;
+        .map_err(|e| SweepError::Failed(format!("store `{store}`: {e}")))?;
 
     // The mean-ablation baseline: the mean of the store's rows.
     let source = StoreSource::open_at(&layout.store(store), ShuffleConfig::default(), false)?;

@@ -82,11 +82,9 @@ fn options(scratch: &Path) -> TaskOptions {
     TaskOptions::on_cpu(scratch)
 }
 
-/// The typed error inside `error`, or a failure showing it.
-fn sweep_error(error: &anyhow::Error) -> &SweepError {
-    error
-        .downcast_ref::<SweepError>()
-        .unwrap_or_else(|| panic!("not a SweepError: {error:#}"))
+/// The failure inside `error`, under what was being done.
+fn sweep_error(error: &SweepError) -> &SweepError {
+    error.root()
 }
 
 fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
@@ -286,7 +284,7 @@ fn a_rewritten_held_out_document_is_refused_before_the_evaluation_runs() {
 }
 
 /// Asserts `error` is a changed input naming `what`, with two different digests.
-fn assert_input_changed(error: &anyhow::Error, named: &str) {
+fn assert_input_changed(error: &SweepError, named: &str) {
     let SweepError::InputChanged {
         what,
         expected,
@@ -900,7 +898,7 @@ fn reading_calls(
     tasks: usize,
 ) -> (Vec<(String, bool)>, Option<Value>) {
     let mut results = Vec::new();
-    let mut call = |what: &str, result: anyhow::Result<()>| {
+    let mut call = |what: &str, result: sweep::Result<()>| {
         results.push((what.to_string(), result.is_ok()));
     };
     let read = Plan::read_at(root);

@@ -99,6 +99,55 @@ pub struct Trainer<S: ActivationSource> {
     /// Whether the SAEs have been folded (by [`Self::export`]).
     folded: bool,
 }
+/// Each SAE of `config` resolved with its architecture's recipe (from `registry`), with the
+/// index and width of the hook it reads.
+fn resolve_saes(
+    config: &TrainConfig,
+    hooks: &[HookSpec],
+    registry: &Registry,
+) -> Result<Vec<(ResolvedSaeConfig, usize, usize)>> {
+    config
+        .saes
+        .iter()
+        .map(|sae| {
+            let index = hook_index(sae, hooks)?;
+            let width = hooks[index].width;
+            let recipe = registry.recipe(sae.architecture, width, config.steps)?;
+            Ok((sae.resolve_with(&recipe), index, width))
+        })
+        .collect()
+}
+
+/// The index of the hook each transcoder predicts (`None` for an SAE), checked to have its
+/// input's width.
+fn transcoder_targets(
+    config: &TrainConfig,
+    resolved: &[(ResolvedSaeConfig, usize, usize)],
+    hooks: &[HookSpec],
+) -> Result<Vec<Option<usize>>> {
+    let targets: Vec<Option<usize>> = config
+        .saes
+        .iter()
+        .map(|sae| {
+            sae.hook_out
+                .as_deref()
+                .map(|hook| position_of(sae, hook, "predicts", hooks))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
+    for ((sae, (_, _, d_in)), target) in config.saes.iter().zip(resolved).zip(&targets) {
+        if let Some(target) = target
+            && hooks[*target].width != *d_in
+        {
+            return Err(TrainError::Invalid(format!(
+                "SAE `{}`: `{}` has {} values per token and `{}` {}; transcoders need \
+                 equal widths",
+                sae.name, sae.hook, d_in, hooks[*target].name, hooks[*target].width
+            )));
+        }
+    }
+    Ok(targets)
+}
 
 /// The position of the hook `sae` reads among the source's `hooks`.
 fn hook_index(sae: &SaeConfig, hooks: &[HookSpec]) -> Result<usize> {
@@ -237,16 +286,7 @@ impl<S: ActivationSource> Trainer<S> {
         let placement = config.placement()?;
         let kernels = config.kernels;
         let hooks = source.hooks().to_vec();
-        let resolved: Vec<(ResolvedSaeConfig, usize, usize)> = config
-            .saes
-            .iter()
-            .map(|sae| {
-                let index = hook_index(sae, &hooks)?;
-                let width = hooks[index].width;
-                let recipe = registry.recipe(sae.architecture, width, config.steps)?;
-                Ok((sae.resolve_with(&recipe), index, width))
-            })
-            .collect::<Result<_>>()?;
+        let resolved = resolve_saes(&config, &hooks, registry)?;
         if placement.iter().any(|(_, device)| device.is_cpu()) {
             let widths: Vec<usize> = resolved.iter().map(|(_, _, width)| *width).collect();
             crate::validation::check_training_memory(&config, &widths)?;
@@ -263,27 +303,7 @@ impl<S: ActivationSource> Trainer<S> {
         let saved = checkpoint::load(out, &effective, &names, &devices)?;
         check_or_record_identity(out, &effective, saved.is_some())?;
 
-        let targets: Vec<Option<usize>> = config
-            .saes
-            .iter()
-            .map(|sae| {
-                sae.hook_out
-                    .as_deref()
-                    .map(|hook| position_of(sae, hook, "predicts", &hooks))
-                    .transpose()
-            })
-            .collect::<Result<_>>()?;
-        for ((sae, (_, _, d_in)), target) in config.saes.iter().zip(&resolved).zip(&targets) {
-            if let Some(target) = target
-                && hooks[*target].width != *d_in
-            {
-                return Err(TrainError::Invalid(format!(
-                    "SAE `{}`: `{}` has {} values per token and `{}` {}; transcoders need \
-                     equal widths",
-                    sae.name, sae.hook, d_in, hooks[*target].name, hooks[*target].width
-                )));
-            }
-        }
+        let targets = transcoder_targets(&config, &resolved, &hooks)?;
         // Resumed runs restore C from the checkpoint.
         let statistics = if saved.is_none() {
             Some(input_statistics(&mut source, &resolved, &targets, &config)?)
@@ -896,11 +916,33 @@ impl SaeRun {
             .map(|(_, gradient)| grad_norm::squared_norm(gradient))
             .collect::<Result<Vec<f64>>>()?;
         self.check_finite(&step, &squares, step_index)?;
+        self.apply_step(&step, &squares, lr)?;
+
+        let tokens = x.dims()[0] as u64;
+        self.count_firing(&step.fires, tokens);
+        self.adjust_thresholds(&step.fires, tokens, step_index)?;
+        if let Some(resample) = self.config.resample
+            && resample.due(step_index + 1, total)
+        {
+            self.resample_dead(x, &resample, step_index + 1)?;
+        }
+        if !record {
+            return Ok(None);
+        }
+        let row = self.metrics_row(target.unwrap_or(x), &step, lr, warm, dead_window)?;
+        self.window_fires.iter_mut().for_each(|f| *f = 0);
+        self.window_tokens = 0;
+        Ok(Some(row))
+    }
+
+    /// Applies a step's gradients: the global norm clip (from the gradients' squared norms),
+    /// Adam, the decoder constraint, the architecture's projections and its after-step hook.
+    fn apply_step(&mut self, step: &StepResult, squares: &[f64], lr: f64) -> Result<()> {
         // Clipping scales every gradient by one factor; Adam applies it as it reads them.
         let grad_scale = self
             .config
             .grad_clip_norm
-            .map_or(1.0, |max_norm| grad_norm::clip_factor(&squares, max_norm));
+            .map_or(1.0, |max_norm| grad_norm::clip_factor(squares, max_norm));
         self.adam.tick();
         let decoder = self.sae.decoder_var().as_tensor().clone();
         for (name, var) in self.sae.vars() {
@@ -923,9 +965,11 @@ impl SaeRun {
             (None, Some(sparse)) => self.sae.after_sparse_step(sparse)?,
             (None, None) => {}
         }
+        Ok(())
+    }
 
-        let tokens = x.dims()[0] as u64;
-        let fires = &step.fires;
+    /// Records which latents fired on this batch of `tokens` tokens.
+    fn count_firing(&mut self, fires: &[u32], tokens: u64) {
         for (j, &f) in fires.iter().enumerate() {
             let f = f as u64;
             self.since_fired[j] = if f > 0 {
@@ -938,6 +982,11 @@ impl SaeRun {
         }
         self.window_tokens += tokens;
         self.total_tokens += tokens;
+    }
+
+    /// Threshold homeostasis, then the target-L0 controller's observation of this step's L0
+    /// (and its threshold factor, when it has one).
+    fn adjust_thresholds(&mut self, fires: &[u32], tokens: u64, step_index: u64) -> Result<()> {
         if let Some(homeostasis) = &self.config.homeostasis
             && let Some(theta) = self.sae.threshold()?
             && let Some(nudged) = homeostasis.nudge(&theta, fires, tokens, &self.since_fired)?
@@ -954,18 +1003,7 @@ impl SaeRun {
                 self.sae.set_threshold(&theta.affine(factor, 0.0)?)?;
             }
         }
-        if let Some(resample) = self.config.resample
-            && resample.due(step_index + 1, total)
-        {
-            self.resample_dead(x, &resample, step_index + 1)?;
-        }
-        if !record {
-            return Ok(None);
-        }
-        let row = self.metrics_row(target.unwrap_or(x), &step, lr, warm, dead_window)?;
-        self.window_fires.iter_mut().for_each(|f| *f = 0);
-        self.window_tokens = 0;
-        Ok(Some(row))
+        Ok(())
     }
 }
 

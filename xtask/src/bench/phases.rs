@@ -19,7 +19,7 @@ use rand::SeedableRng;
 use rand_distr::Distribution;
 use rayon::prelude::*;
 use sae_core::sparse::{SparsePenalties, SparsePhases, sparse_step};
-use sae_core::{Architecture, InitConfig, SaeShape};
+use sae_core::{Architecture, InitConfig, SaeShape, TrainableSae};
 
 use super::StepShape;
 
@@ -125,19 +125,48 @@ pub fn rooflines(args: &PhasesArgs) -> anyhow::Result<Rooflines> {
     })
 }
 
-/// The phases of the sparse step at `args`' shape and L0, each against its roofline; also
-/// returns the measured L0.
-pub fn phases(args: &PhasesArgs, roofline: &Rooflines) -> anyhow::Result<(Vec<Phase>, f64)> {
-    // θ for the L0: inputs with E‖x‖² = 1 and unit encoder columns give pre-activations of
-    // σ = 1/√d_in, so θ = z/√d_in with z the (1 − L0/d_sae) quantile of a standard normal
-    // (taken from a seeded sample).
+/// θ for an L0 of `l0` latents out of `d_sae`: inputs with E‖x‖² = 1 and unit encoder columns
+/// give pre-activations of σ = 1/√d_in, so θ = z/√d_in with z the (1 − L0/d_sae) quantile of a
+/// standard normal (taken from a seeded sample).
+fn threshold_for_l0(l0: f64, d_in: usize, d_sae: usize) -> f64 {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let normal = rand_distr::StandardNormal;
     let mut sample: Vec<f64> = (0..1 << 20).map(|_| normal.sample(&mut rng)).collect();
-    let rank = ((1.0 - args.l0 / args.shape.d_sae as f64) * sample.len() as f64) as usize;
+    let rank = ((1.0 - l0 / d_sae as f64) * sample.len() as f64) as usize;
     let rank = rank.min(sample.len() - 1);
     let (_, z, _) = sample.select_nth_unstable_by(rank, f64::total_cmp);
-    let theta = *z / (args.shape.d_in as f64).sqrt();
+    *z / (d_in as f64).sqrt()
+}
+
+/// The phases of `repeats` sparse steps of `sae` on `x` (after one unmeasured warm-up step),
+/// and the active pairs of the last.
+fn measure(
+    sae: &dyn TrainableSae,
+    x: &Tensor,
+    pair_limit: f64,
+    repeats: usize,
+) -> anyhow::Result<(Vec<SparsePhases>, usize)> {
+    let penalties = SparsePenalties {
+        l0: 1e-3,
+        ..SparsePenalties::default()
+    };
+    let mut measured = Vec::new();
+    let mut pairs = 0;
+    for repeat in 0..=repeats {
+        let step = sparse_step(sae, x, &penalties, pair_limit)?
+            .context("the sparse step declined this SAE")?;
+        pairs = step.active_pairs;
+        if repeat > 0 {
+            measured.push(step.phases);
+        }
+    }
+    Ok((measured, pairs))
+}
+
+/// The phases of the sparse step at `args`' shape and L0, each against its roofline; also
+/// returns the measured L0.
+pub fn phases(args: &PhasesArgs, roofline: &Rooflines) -> anyhow::Result<(Vec<Phase>, f64)> {
+    let theta = threshold_for_l0(args.l0, args.shape.d_in, args.shape.d_sae);
     let shape = SaeShape {
         d_in: args.shape.d_in,
         d_sae: args.shape.d_sae,
@@ -151,21 +180,8 @@ pub fn phases(args: &PhasesArgs, roofline: &Rooflines) -> anyhow::Result<(Vec<Ph
     let sae = sae_core::init(Architecture::JumpRelu, &shape, &init)?;
     let x = (Tensor::randn(0f32, 1.0, (args.shape.batch, args.shape.d_in), &Device::Cpu)?
         / (args.shape.d_in as f64).sqrt())?;
-    let penalties = SparsePenalties {
-        l0: 1e-3,
-        ..SparsePenalties::default()
-    };
-    let mut measured: Vec<SparsePhases> = Vec::new();
-    let mut pairs = 0;
-    for repeat in 0..=args.repeats {
-        let pair_limit = if args.products { 0.0 } else { 1.0 };
-        let step = sparse_step(sae.as_ref(), &x, &penalties, pair_limit)?
-            .context("the sparse step declined this SAE")?;
-        pairs = step.active_pairs;
-        if repeat > 0 {
-            measured.push(step.phases);
-        }
-    }
+    let pair_limit = if args.products { 0.0 } else { 1.0 };
+    let (measured, pairs) = measure(sae.as_ref(), &x, pair_limit, args.repeats)?;
     let l0 = pairs as f64 / args.shape.batch as f64;
     let phase =
         |f: fn(&SparsePhases) -> f64| median(&mut measured.iter().map(f).collect::<Vec<_>>());

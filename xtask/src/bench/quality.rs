@@ -256,7 +256,8 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
     report.heading("Frontiers");
     let groups = column(&|e| format!("{} seed {}", e.trainer, e.seed));
     frontier_plots(&lab.out, &mut report, &evaluations, &groups)?;
-    report.publish(&lab.out, &frame)
+    report.publish(&lab.out, &frame)?;
+    Ok(())
 }
 
 /// The peers' Python: `--peer-python`, else `$SAE_PEER_VENV/bin/python`, else

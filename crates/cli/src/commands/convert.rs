@@ -178,76 +178,24 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
         );
     }
     match args.to {
-        TargetFormat::Saelens => {
-            let mut metadata = source_metadata;
-            metadata.insert("hook_name".into(), Value::String(input));
-            if let Some(output) = output.filter(|_| transcoder) {
-                metadata.insert("hook_name_out".into(), Value::String(output));
-            }
-            if let Some(model) = &model_name {
-                metadata.insert("model_name".into(), Value::String(model.clone()));
-            }
-            sae_core::format::save_saelens(
-                sae.as_ref(),
-                &args.destination,
-                metadata,
-                sparsity.as_ref(),
-            )
-            .with_context(|| format!("writing {}", args.destination.display()))?;
-        }
-        TargetFormat::GemmaScope2 => {
-            let hf = |hook: &str| {
-                hf_of_hook_name(hook).with_context(|| {
-                    format!("`{hook}` has no Gemma Scope 2 (Hugging Face module) name")
-                })
-            };
-            let hf_in = hf(&input)?;
-            let hf_out = match output.filter(|_| transcoder) {
-                Some(output) => hf(&output)?,
-                None => hf_in.clone(),
-            };
-            let mut config = GemmaScope2Config::new(&hf_in, Some(&hf_out));
-            config.model_name = Some(model_name.with_context(|| {
-                format!(
-                    "{} records no model: pass --model-name (e.g. gemma-v3-270m-pt)",
-                    args.source.display()
-                )
-            })?);
-            let mut dropped = Vec::new();
-            for (key, value) in source_metadata {
-                match key.as_str() {
-                    // Written as the config's own fields.
-                    "hook_name" | "hook_name_out" | "model_name" => {}
-                    "l0" => config.l0 = Some(value),
-                    _ if GEMMA_SCOPE_2_FIELDS.contains(&key.as_str()) => dropped.push(key),
-                    _ => {
-                        config.extra.insert(key, value);
-                    }
-                }
-            }
-            if !dropped.is_empty() {
-                eprintln!(
-                    "[convert] warning: {}: metadata {} not carried: Gemma Scope 2's config.json \
-                     uses {} for its own fields",
-                    args.source.display(),
-                    dropped.join(", "),
-                    if dropped.len() == 1 {
-                        "that name"
-                    } else {
-                        "those names"
-                    }
-                );
-            }
-            if sparsity.is_some() {
-                eprintln!(
-                    "[convert] warning: {}: sparsity.safetensors is not carried: a Gemma Scope 2 \
-                     folder has no place for it",
-                    args.source.display()
-                );
-            }
-            sae_core::format::save_gemma_scope_2(sae.as_ref(), &args.destination, config)
-                .with_context(|| format!("writing {}", args.destination.display()))?;
-        }
+        TargetFormat::Saelens => write_saelens(
+            args,
+            sae.as_ref(),
+            source_metadata,
+            sparsity.as_ref(),
+            input,
+            output.filter(|_| transcoder),
+            model_name,
+        )?,
+        TargetFormat::GemmaScope2 => write_gemma_scope_2(
+            args,
+            sae.as_ref(),
+            source_metadata,
+            sparsity.is_some(),
+            &input,
+            output.filter(|_| transcoder),
+            model_name,
+        )?,
     }
     println!(
         "wrote {} ({:?}, {} × {})",
@@ -256,6 +204,95 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
         sae.d_in(),
         sae.d_sae()
     );
+    Ok(())
+}
+
+/// Writes `sae` as a SAELens directory at the destination, with the source's metadata and the
+/// hooks (`output` for a transcoder) and model name.
+fn write_saelens(
+    args: &ConvertArgs,
+    sae: &dyn TrainableSae,
+    source_metadata: Map<String, Value>,
+    sparsity: Option<&Tensor>,
+    input: String,
+    output: Option<String>,
+    model_name: Option<String>,
+) -> anyhow::Result<()> {
+    let mut metadata = source_metadata;
+    metadata.insert("hook_name".into(), Value::String(input));
+    if let Some(output) = output {
+        metadata.insert("hook_name_out".into(), Value::String(output));
+    }
+    if let Some(model) = &model_name {
+        metadata.insert("model_name".into(), Value::String(model.clone()));
+    }
+    sae_core::format::save_saelens(sae, &args.destination, metadata, sparsity)
+        .with_context(|| format!("writing {}", args.destination.display()))?;
+    Ok(())
+}
+
+/// Writes `sae` as a Gemma Scope 2 folder at the destination: the hooks as Hugging Face module
+/// names, the source's metadata in the config's extra fields (those that would shadow the
+/// config's own fields, and a sparsity file, are dropped with a warning).
+fn write_gemma_scope_2(
+    args: &ConvertArgs,
+    sae: &dyn TrainableSae,
+    source_metadata: Map<String, Value>,
+    has_sparsity: bool,
+    input: &str,
+    output: Option<String>,
+    model_name: Option<String>,
+) -> anyhow::Result<()> {
+    let hf = |hook: &str| {
+        hf_of_hook_name(hook)
+            .with_context(|| format!("`{hook}` has no Gemma Scope 2 (Hugging Face module) name"))
+    };
+    let hf_in = hf(input)?;
+    let hf_out = match output {
+        Some(output) => hf(&output)?,
+        None => hf_in.clone(),
+    };
+    let mut config = GemmaScope2Config::new(&hf_in, Some(&hf_out));
+    config.model_name = Some(model_name.with_context(|| {
+        format!(
+            "{} records no model: pass --model-name (e.g. gemma-v3-270m-pt)",
+            args.source.display()
+        )
+    })?);
+    let mut dropped = Vec::new();
+    for (key, value) in source_metadata {
+        match key.as_str() {
+            // Written as the config's own fields.
+            "hook_name" | "hook_name_out" | "model_name" => {}
+            "l0" => config.l0 = Some(value),
+            _ if GEMMA_SCOPE_2_FIELDS.contains(&key.as_str()) => dropped.push(key),
+            _ => {
+                config.extra.insert(key, value);
+            }
+        }
+    }
+    if !dropped.is_empty() {
+        eprintln!(
+            "[convert] warning: {}: metadata {} not carried: Gemma Scope 2's config.json \
+             uses {} for its own fields",
+            args.source.display(),
+            dropped.join(", "),
+            if dropped.len() == 1 {
+                "that name"
+            } else {
+                "those names"
+            }
+        );
+    }
+    if has_sparsity {
+        eprintln!(
+            "[convert] warning: {}: sparsity.safetensors is not carried: a Gemma Scope 2 \
+             folder has no place for it",
+            args.source.display()
+        );
+    }
+    sae_core::format::save_gemma_scope_2(sae, &args.destination, config)
+        .with_context(|| format!("writing {}", args.destination.display()))?;
     Ok(())
 }
 
@@ -268,9 +305,9 @@ mod tests {
     /// Every metadata field of a SAELens SAE (and an older config's top-level key, and its
     /// sparsity) survives conversion to SAELens, to Gemma Scope 2 and back, and a Gemma Scope
     /// 2 folder's own fields survive conversion to SAELens.
-    #[test]
-    fn conversion_carries_every_metadata_field() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A SAELens source at `dir/source` with Gemma Scope-style metadata, a sparsity and an
+    /// older config key; returns it, the metadata a SAELens copy must carry, and the sparsity.
+    fn metadata_source(dir: &Path) -> (PathBuf, Map<String, Value>, Tensor) {
         let shape = SaeShape {
             d_in: 8,
             d_sae: 16,
@@ -302,7 +339,7 @@ mod tests {
             .unwrap()
             .affine(-0.25, 0.0)
             .unwrap();
-        let source = dir.path().join("source");
+        let source = dir.join("source");
         sae_core::format::save_saelens(sae.as_ref(), &source, metadata.clone(), Some(&sparsity))
             .unwrap();
         // An older SAELens config's top-level key this crate does not interpret.
@@ -313,36 +350,47 @@ mod tests {
         let mut expected = metadata;
         expected.insert("hook_layer".into(), json!(3));
 
-        let convert = |from: &Path, to: &str, format: TargetFormat| {
-            let destination = dir.path().join(to);
-            run(&ConvertArgs {
-                source: from.to_path_buf(),
-                destination: destination.clone(),
-                to: format,
-                hook: None,
-                hook_out: None,
-                model_name: None,
-            })
-            .unwrap_or_else(|e| panic!("{from:?} → {to}: {e:#}"));
-            destination
-        };
-        let saelens_metadata = |dir: &Path| {
-            let config =
-                sae_core::format::SaeLensConfig::read(&dir.join(sae_core::format::CONFIG_FILE))
-                    .unwrap();
-            let mut metadata = config.metadata;
-            for key in ["sae_lens_version", "sae_lens_training_version"] {
-                assert_eq!(
-                    metadata.remove(key),
-                    Some(json!(sae_core::format::SAE_LENS_FORMAT_VERSION)),
-                    "{dir:?}: {key}"
-                );
-            }
-            metadata
-        };
+        (source, expected, sparsity)
+    }
+
+    /// `convert` of `from` into `dir/to` in `format`; the destination.
+    fn convert(dir: &Path, from: &Path, to: &str, format: TargetFormat) -> PathBuf {
+        let destination = dir.join(to);
+        run(&ConvertArgs {
+            source: from.to_path_buf(),
+            destination: destination.clone(),
+            to: format,
+            hook: None,
+            hook_out: None,
+            model_name: None,
+        })
+        .unwrap_or_else(|e| panic!("{from:?} → {to}: {e:#}"));
+        destination
+    }
+
+    /// A SAELens directory's metadata, its SAELens version fields checked and removed.
+    fn saelens_metadata(dir: &Path) -> Map<String, Value> {
+        let config =
+            sae_core::format::SaeLensConfig::read(&dir.join(sae_core::format::CONFIG_FILE))
+                .unwrap();
+        let mut metadata = config.metadata;
+        for key in ["sae_lens_version", "sae_lens_training_version"] {
+            assert_eq!(
+                metadata.remove(key),
+                Some(json!(sae_core::format::SAE_LENS_FORMAT_VERSION)),
+                "{dir:?}: {key}"
+            );
+        }
+        metadata
+    }
+
+    #[test]
+    fn conversion_carries_every_metadata_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, expected, sparsity) = metadata_source(dir.path());
 
         // SAELens → SAELens: every field, and the sparsity.
-        let copied = convert(&source, "copied", TargetFormat::Saelens);
+        let copied = convert(dir.path(), &source, "copied", TargetFormat::Saelens);
         assert_eq!(saelens_metadata(&copied), expected);
         let loaded = sae_core::format::load_saelens(&copied, &Device::Cpu, DType::F32).unwrap();
         assert_eq!(
@@ -352,6 +400,7 @@ mod tests {
 
         // SAELens → Gemma Scope 2: the model and l0 as its fields, the rest as top-level keys.
         let gs2 = convert(
+            dir.path(),
             &source,
             "resid_post/layer_3_width_16_l0_big",
             TargetFormat::GemmaScope2,
@@ -369,7 +418,7 @@ mod tests {
         }
 
         // … and back to SAELens: every field again.
-        let back = convert(&gs2, "back", TargetFormat::Saelens);
+        let back = convert(dir.path(), &gs2, "back", TargetFormat::Saelens);
         assert_eq!(saelens_metadata(&back), expected);
 
         // A Gemma Scope 2 folder's own fields (and keys it does not define) into SAELens.
@@ -379,7 +428,7 @@ mod tests {
         config["type"] = json!("sae");
         config["l0"] = json!("medium");
         std::fs::write(gs2.join(gemma_scope_2::CONFIG_FILE), config.to_string()).unwrap();
-        let from_gs2 = convert(&gs2, "from_gs2", TargetFormat::Saelens);
+        let from_gs2 = convert(dir.path(), &gs2, "from_gs2", TargetFormat::Saelens);
         let metadata = saelens_metadata(&from_gs2);
         assert_eq!(metadata["type"], "sae");
         assert_eq!(metadata["l0"], "medium");

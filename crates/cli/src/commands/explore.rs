@@ -125,5 +125,6 @@ pub fn run(args: &ExploreArgs) -> anyhow::Result<()> {
     if let Some(problem) = explorer.labels_problem() {
         eprintln!("[explore] warning: {problem}");
     }
-    explorer::serve(explorer, SocketAddr::new(args.bind, args.port))
+    explorer::serve(explorer, SocketAddr::new(args.bind, args.port))?;
+    Ok(())
 }

@@ -54,5 +54,6 @@ pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
         Experiment::GemmaScope(args) => gemma_scope::run(args),
         Experiment::GemmaScope2(common) => gemma_scope_2::run(common),
         Experiment::SynthBench(options) => synth_bench::run(options),
-    }
+    }?;
+    Ok(())
 }

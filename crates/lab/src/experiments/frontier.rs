@@ -66,7 +66,7 @@ fn sweep(hook: HookPoint, steps: u64) -> Vec<(SaeConfig, String)> {
 }
 
 /// Runs the frontier experiment.
-pub fn run(args: &ExperimentOptions) -> anyhow::Result<()> {
+pub fn run(args: &ExperimentOptions) -> crate::Result<()> {
     let lab = Lab::open("frontier", args)?;
     let hook = HookPoint::ResidPost(lab.middle_layer());
     let budget = Budget::new(args.budget.unwrap_or(DEFAULT_BUDGET), 1024, 60_000);

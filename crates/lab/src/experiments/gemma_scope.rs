@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
+use file_io::bail;
+
+use crate::error::Context as _;
 use candle_core::DType;
 use sae_core::format::ReleasePath;
 
@@ -65,7 +67,7 @@ SAE's layer, site and average_l0 are read from its path: layer_N, width_…, ave
 folder named …-res / …-mlp / …-att, or pass --site).";
 
 /// Runs the evaluation of released SAEs.
-pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
+pub fn run(args: &GemmaScopeArgs) -> crate::Result<()> {
     let missing: Vec<String> = args
         .saes
         .iter()
@@ -123,7 +125,7 @@ pub fn run(args: &GemmaScopeArgs) -> anyhow::Result<()> {
                 exclude_norm_above: None,
             })
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<crate::Result<_>>()?;
     let contexts = lab.held_out(args.context, args.budget)?;
     let evaluations = lab.evaluate(&trained, &contexts, &Default::default())?;
 

@@ -142,7 +142,7 @@ fn entries(layer: usize, steps: u64) -> Vec<Entry> {
 }
 
 /// Runs the experiment.
-pub fn run(args: &ExperimentOptions) -> anyhow::Result<()> {
+pub fn run(args: &ExperimentOptions) -> crate::Result<()> {
     let lab = Lab::open("gemma-scope-2", args)?;
     let layer = lab.middle_layer();
     let budget = Budget::new(args.budget.unwrap_or(DEFAULT_BUDGET), 1024, 60_000);
@@ -229,7 +229,7 @@ fn write_release(
     trained: &[crate::TrainedSae],
     recipes: &[String],
     targets: &[String],
-) -> anyhow::Result<std::path::PathBuf> {
+) -> crate::Result<std::path::PathBuf> {
     use sae_core::format::gemma_scope_2::{GemmaScope2Config, folder_name, hf_of_hook_name};
     let root = lab.out.join("gemma-scope-2");
     let width = format!("{}k", D_SAE / 1024);
@@ -238,8 +238,9 @@ fn write_release(
             continue;
         }
         let hf = |hook: HookPoint| {
-            hf_of_hook_name(&hook.to_string())
-                .ok_or_else(|| anyhow::anyhow!("`{hook}` has no Hugging Face module name"))
+            hf_of_hook_name(&hook.to_string()).ok_or_else(|| {
+                crate::LabError::Invalid(format!("`{hook}` has no Hugging Face module name"))
+            })
         };
         let (site, output) = match sae.output {
             Some(output) => ("transcoder", output),

@@ -18,7 +18,7 @@ const K: usize = 32;
 const D_SAE: usize = 1024;
 
 /// Runs the layers experiment.
-pub fn run(args: &ExperimentOptions) -> anyhow::Result<()> {
+pub fn run(args: &ExperimentOptions) -> crate::Result<()> {
     let lab = Lab::open("layers", args)?;
     let layers = lab.model.config().num_layers;
     // The store holds every hook of every layer: keep the harvest small.

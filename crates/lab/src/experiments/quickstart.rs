@@ -79,7 +79,7 @@ pub const JUMPRELU_LAMBDA: f64 = 5e-5;
 ///
 /// Long because an experiment reads as one script (train, evaluate, explain, report with its
 /// targets); its reusable steps are the [`crate::Lab`] methods and the helpers below.
-pub fn run(args: &ExperimentOptions) -> anyhow::Result<()> {
+pub fn run(args: &ExperimentOptions) -> crate::Result<()> {
     let lab = Lab::open("quickstart", args)?;
     let hook = HookPoint::ResidPost(lab.middle_layer());
     let mut budget = Budget::new(args.budget.unwrap_or(DEFAULT_BUDGET), 1024, MAX_HARVEST);
@@ -259,7 +259,7 @@ fn llm_explanations(
     lab: &Lab,
     dashboards: &[LatentDashboard],
     shown: &[usize],
-) -> anyhow::Result<BTreeMap<usize, LlmExplanation>> {
+) -> crate::Result<BTreeMap<usize, LlmExplanation>> {
     let Some(config) = LlmConfig::from_env() else {
         return Ok(BTreeMap::new());
     };
@@ -299,7 +299,7 @@ pub fn latent_dashboards(
     lab: &Lab,
     store: &std::path::Path,
     trained: &TrainedSae,
-) -> anyhow::Result<Vec<LatentDashboard>> {
+) -> crate::Result<Vec<LatentDashboard>> {
     let path = lab.out.join(format!("dashboards_{}.json", trained.name));
     if path.exists()
         && let Some(saved) = load_dashboards(&path, trained.sae.as_ref(), trained.hook)?
@@ -363,7 +363,7 @@ fn latent_frame(
     dashboards: &[LatentDashboard],
     labels: &ManualLabels,
     sae: &str,
-) -> anyhow::Result<DataFrame> {
+) -> crate::Result<DataFrame> {
     let resolved: Vec<analysis::Label> = dashboards
         .iter()
         .map(|d| labels.resolve(sae, d.latent(), &d.automatic_label))

@@ -29,7 +29,7 @@ pub fn sites(layer: usize) -> [(&'static str, HookPoint); 3] {
 }
 
 /// Runs the sites experiment.
-pub fn run(args: &ExperimentOptions) -> anyhow::Result<()> {
+pub fn run(args: &ExperimentOptions) -> crate::Result<()> {
     let lab = Lab::open("sites", args)?;
     let layer = lab.middle_layer();
     let budget = Budget::new(args.budget.unwrap_or(DEFAULT_BUDGET), 1024, 60_000);

@@ -13,9 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::error::Context as _;
 use analysis::plots::{ChartSpec, Series, line_chart};
 use analysis::tables::{format_number, markdown, write_frame, write_json};
-use anyhow::Context;
 use ground_truth::config::SyntheticConfig;
 use ground_truth::metrics::GroundTruthReport;
 use ground_truth::model::{CacheStatus, SyntheticModel};
@@ -219,13 +219,13 @@ fn entries(width: usize, hook: &str) -> Vec<Entry> {
 
 /// The entries of the architectures in `only` (all when it is empty); an unknown name is an
 /// error listing the known ones.
-fn select(entries: Vec<Entry>, only: &[String]) -> anyhow::Result<Vec<Entry>> {
+fn select(entries: Vec<Entry>, only: &[String]) -> crate::Result<Vec<Entry>> {
     let known: Vec<&str> = entries.iter().map(|e| e.architecture).collect();
     if let Some(unknown) = only.iter().find(|name| !known.contains(&name.as_str())) {
         let mut names = known.clone();
         names.sort_unstable();
         names.dedup();
-        anyhow::bail!(
+        file_io::bail!(
             "--only {unknown}: not an architecture of this benchmark (known: {})",
             names.join(", ")
         );
@@ -291,7 +291,7 @@ struct SaelensRow {
 }
 
 /// Runs the benchmark.
-pub fn run(args: &SynthBenchOptions) -> anyhow::Result<()> {
+pub fn run(args: &SynthBenchOptions) -> crate::Result<()> {
     let out = args
         .out
         .clone()
@@ -299,16 +299,16 @@ pub fn run(args: &SynthBenchOptions) -> anyhow::Result<()> {
     let budget = args.budget.unwrap_or(DEFAULT_BUDGET);
     let width = args.width.unwrap_or(WIDTH);
     let eval_samples = args.eval_samples.unwrap_or(EVAL_SAMPLES);
-    anyhow::ensure!(
+    file_io::ensure!(
         budget >= BATCH_SIZE as u64,
         "--budget {budget}: the benchmark trains on at least one batch of {BATCH_SIZE} samples"
     );
-    anyhow::ensure!(
+    file_io::ensure!(
         (1..=trainer::validation::MAX_D_SAE).contains(&width),
         "--width {width}: an SAE has between 1 and {} latents",
         trainer::validation::MAX_D_SAE
     );
-    anyhow::ensure!(
+    file_io::ensure!(
         eval_samples >= 1,
         "--eval-samples 0: scoring needs at least one unseen sample"
     );
@@ -334,7 +334,7 @@ pub fn run(args: &SynthBenchOptions) -> anyhow::Result<()> {
     if config_path.exists() {
         let saved: serde_json::Value = analysis::tables::read_json(&config_path)?;
         if let Some(problem) = trainer::checkpoint::identity_mismatch(&saved, &settings) {
-            anyhow::bail!("{}: {problem}", config_path.display());
+            file_io::bail!("{}: {problem}", config_path.display());
         }
     } else {
         write_json(&config_path, &settings)?;
@@ -353,7 +353,7 @@ pub fn run(args: &SynthBenchOptions) -> anyhow::Result<()> {
     config.saes = entries
         .iter()
         .map(|e| Ok(e.sae.with_overrides(&args.overrides)?))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<crate::Result<_>>()?;
     let mut trainer = Trainer::new(config, source, &out.join("train"))?;
     trainer.run(&RunOptions {
         progress: !args.quiet,
@@ -417,7 +417,7 @@ pub fn run(args: &SynthBenchOptions) -> anyhow::Result<()> {
 
 /// The synthetic model: read from the cache when built before, else built (about a minute per
 /// orthogonalisation step at 16k features on 2 cores) and cached.
-fn load_model(which: SynthModel, progress: bool) -> anyhow::Result<SyntheticModel> {
+fn load_model(which: SynthModel, progress: bool) -> crate::Result<SyntheticModel> {
     let path = gemma_hooks::assets::cache_dir()
         .join("synth-bench")
         .join(format!("{}.safetensors", which.name()));
@@ -447,7 +447,7 @@ fn load_model(which: SynthModel, progress: bool) -> anyhow::Result<SyntheticMode
 }
 
 /// A model SAELens saved, with a warning when its random magnitudes had to be redrawn.
-fn load_saelens_model(dir: &Path) -> anyhow::Result<SyntheticModel> {
+fn load_saelens_model(dir: &Path) -> crate::Result<SyntheticModel> {
     let import = ground_truth::saelens::load_dir(dir)?;
     if import.magnitudes == MagnitudeOrigin::Redrawn {
         eprintln!(
@@ -462,7 +462,7 @@ fn load_saelens_model(dir: &Path) -> anyhow::Result<SyntheticModel> {
 }
 
 /// The results table: ours, the published figure, and SAELens's at the same budget.
-fn results_frame(rows: &[BenchRow], saelens: Option<&SaelensResults>) -> anyhow::Result<DataFrame> {
+fn results_frame(rows: &[BenchRow], saelens: Option<&SaelensResults>) -> crate::Result<DataFrame> {
     let published = |row: &BenchRow| {
         PUBLISHED
             .iter()
@@ -527,7 +527,7 @@ fn fmt(value: f64) -> String {
 }
 
 /// MCC and F1 against L0, ours per architecture and the published points.
-fn plots(dir: &Path, report: &mut Report, rows: &[BenchRow]) -> anyhow::Result<()> {
+fn plots(dir: &Path, report: &mut Report, rows: &[BenchRow]) -> crate::Result<()> {
     let architectures = ["batchtopk", "matryoshka-batchtopk", "jumprelu", "l1"];
     for (stem, label, ours, published) in [
         (

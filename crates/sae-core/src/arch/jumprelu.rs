@@ -4,28 +4,11 @@ use candle_core::{Tensor, Var};
 
 use super::affine::{AffineSae, expect_shape, update_f32};
 use super::sparse_form::{SelectionRule, SparseForm};
+use super::threshold::ThresholdParametrisation;
 use super::{Architecture, Sae, TrainOutput, TrainableSae};
 use crate::resample::{self, ResampleRequest, Resampled};
 use crate::ste::{self, SteConfig};
 use crate::{Result, SaeError};
-
-/// How the threshold θ is stored as a trainable variable.
-///
-/// The default is [`ThresholdParametrisation::Raw`]. The JumpReLU paper's appendix trains
-/// τ = log θ to keep θ positive, but with Adam a log-parametrised threshold moves by about
-/// lr·θ per step (7e-8 per step at θ = 0.001, lr = 7e-5), so thresholds barely leave their
-/// initial value and L0 will not come down; SAELens (PR #718) and dictionary_learning switched
-/// to training θ itself for that reason, and released files store θ, not log θ. Choose
-/// [`ThresholdParametrisation::Log`] to follow the paper's appendix literally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ThresholdParametrisation {
-    /// Train θ directly (the default).
-    #[default]
-    Raw,
-    /// Train log θ (JumpReLU paper, App. J).
-    Log,
-}
 
 /// A JumpReLU SAE: f = π·H(π − θ⁺) = ReLU(π)·H(π − θ) with a learned per-latent threshold θ
 /// and a strict `>` (θ⁺ = max(θ, 0), see [`crate::ste`]): latents are never negative, even for a
@@ -176,7 +159,7 @@ impl TrainableSae for JumpReluSae {
             .to_dtype(candle_core::DType::F32)?
             .to_vec1()?;
         let median = resample::median_kept(&theta, request.latents);
-        let new = resample::resample_affine(&self.affine, request, Some(2.0 * median))?;
+        let new = self.affine.resample(request, Some(2.0 * median))?;
         let thresholds: Vec<(usize, f32)> = new
             .iter()
             .map(|n| {

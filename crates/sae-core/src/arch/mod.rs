@@ -22,7 +22,9 @@ mod build;
 mod gated;
 mod jumprelu;
 mod relu;
+mod resample_affine;
 pub(crate) mod sparse_form;
+mod threshold;
 mod topk_sae;
 mod transcoder;
 
@@ -31,8 +33,9 @@ pub use batch_topk::BatchTopKSae;
 pub(crate) use build::take_affine;
 pub use build::{NamedTensors, ThresholdOptions, from_tensors, init};
 pub use gated::GatedSae;
-pub use jumprelu::{JumpReluSae, ThresholdParametrisation};
+pub use jumprelu::JumpReluSae;
 pub use relu::ReluSae;
+pub use threshold::ThresholdParametrisation;
 pub use topk_sae::TopKSae;
 pub use transcoder::JumpReluTranscoder;
 
@@ -372,7 +375,7 @@ macro_rules! affine_training {
             &self,
             request: &crate::resample::ResampleRequest<'_>,
         ) -> Result<crate::resample::Resampled> {
-            crate::resample::resample_affine_only(&self.affine, request)
+            self.affine.resample_only(request)
         }
     };
 }

@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 
 use super::affine::AffineSae;
-use super::jumprelu::ThresholdParametrisation;
+use super::threshold::ThresholdParametrisation;
 
 /// How an architecture picks each token's active latents from the pre-activations π.
 #[derive(Debug, Clone)]
@@ -32,6 +32,18 @@ pub enum SelectionRule {
         /// Mean latents kept per token.
         k: usize,
     },
+}
+
+impl SelectionRule {
+    /// θ⁺ and ε of a threshold rule; no thresholds (and ε = 1) for the others.
+    pub fn threshold_and_bandwidth(&self) -> (&[f32], f32) {
+        match self {
+            Self::Threshold {
+                theta, bandwidth, ..
+            } => (theta.as_slice(), *bandwidth),
+            Self::TopK { .. } | Self::BatchTopK { .. } => (&[], 1.0),
+        }
+    }
 }
 
 /// What the sparse step needs of an SAE: its affine part and how it selects latents

@@ -25,7 +25,7 @@
 use candle_core::{D, DType, Device, Tensor};
 
 use super::{Lap, Passes, SelectionRule, SparseForm, SparsePenalties, SparsePhases, SparseStep};
-use crate::arch::{ThresholdParametrisation, TrainableSae};
+use crate::arch::{AffineSae, ThresholdParametrisation, TrainableSae};
 use crate::{Result, SaeError};
 
 /// Elements of the largest per-block tensor (gathered decoder rows, outer products): bounds the
@@ -138,23 +138,14 @@ pub fn generic_sparse_step(
     phases.encoder_product += clock.lap();
 
     let theta = Tensor::new(theta.as_slice(), &device)?;
-    let active = pre.broadcast_gt(&theta)?;
-    let band = pre
-        .broadcast_sub(&theta)?
-        .abs()?
-        .lt(f64::from(bandwidth / 2.0))?;
-    let member = active.maximum(&band)?;
-    let counts = member.to_dtype(DType::F32)?.sum(1)?;
-    let stats = Tensor::stack(
-        &[
-            counts.max(0)?.to_dtype(DType::F64)?,
-            counts.to_dtype(DType::F64)?.sum(0)?,
-        ],
-        0,
-    )?
-    .to_vec1::<f64>()?;
-    // At least one slot, so that shapes stay non-empty when nothing takes part.
-    let (width, pairs) = ((stats[0] as usize).max(1), stats[1]);
+    let Selection {
+        active,
+        band,
+        member,
+        counts,
+        width,
+        pairs,
+    } = Selection::of(&pre, &theta, bandwidth)?;
     if pairs > max_pair_fraction * (tokens * d_sae) as f64 {
         return Ok(None);
     }
@@ -167,48 +158,13 @@ pub fn generic_sparse_step(
 
     // Per block of tokens: x̂, g, every pair's ∂loss/∂f, and the gradient rows of W_dec and
     // Wᵀ_enc scattered back by latent.
-    let scale = 2.0 / tokens as f64;
-    let w_dec = affine.w_dec.as_tensor();
-    let b_dec = affine.b_dec.as_tensor();
-    let block = (BLOCK_ELEMENTS / (width.max(1) * d_in).max(1)).clamp(1, tokens.max(1));
-    let mut decoder = Tensor::zeros((d_sae, d_in), DType::F32, &device)?;
-    let mut encoder_t = Tensor::zeros((d_sae, d_in), DType::F32, &device)?;
-    let (mut g_rows, mut output_gradients, mut squared_errors) =
-        (Vec::new(), Vec::new(), Vec::new());
-    for start in (0..tokens).step_by(block) {
-        let rows = block.min(tokens - start);
-        let index = lists.index.narrow(0, start, rows)?.flatten_all()?;
-        let decoder_rows = w_dec
-            .index_select(&index, 0)?
-            .reshape((rows, width, d_in))?;
-        let values = values.narrow(0, start, rows)?;
-        let reconstruction = values
-            .unsqueeze(1)?
-            .matmul(&decoder_rows)?
-            .squeeze(1)?
-            .broadcast_add(b_dec)?;
-        let difference = (reconstruction - x.narrow(0, start, rows)?)?;
-        squared_errors.push(difference.sqr()?.sum_all()?);
-        let g = (difference * scale)?;
-        let output = decoder_rows.matmul(&g.unsqueeze(2)?)?.squeeze(2)?;
-        let pre_gradient = (&output * active.narrow(0, start, rows)?)?;
-        let outer = |pair_values: &Tensor, row_of_token: &Tensor| -> Result<Tensor> {
-            Ok(pair_values
-                .unsqueeze(2)?
-                .broadcast_mul(&row_of_token.unsqueeze(1)?)?
-                .reshape((rows * width, d_in))?)
-        };
-        decoder = decoder.index_add(&index, &outer(&values, &g)?, 0)?;
-        encoder_t = encoder_t.index_add(
-            &index,
-            &outer(&pre_gradient, &centred.narrow(0, start, rows)?)?,
-            0,
-        )?;
-        g_rows.push(g);
-        output_gradients.push(output);
-    }
-    let g = Tensor::cat(&g_rows, 0)?;
-    let output = Tensor::cat(&output_gradients, 0)?;
+    let TokenBlocks {
+        decoder,
+        encoder_t,
+        g,
+        output,
+        squared_errors,
+    } = token_blocks(affine, &x, &centred, &lists, &values, &active, width)?;
     phases.token_pass += clock.lap();
 
     // Per latent: ∂/∂b_enc, ∂/∂θ over the band pairs (the JumpReLU output's and the L0
@@ -224,21 +180,7 @@ pub fn generic_sparse_step(
     let b_enc_gradient = per_latent(&(&output * &active)?)?;
     let token_l0 = active.sum(1)?;
     let l0_gradient = -penalties.l0 / (f64::from(bandwidth) * tokens as f64);
-    let (l0_term, l0_gradients) = match &terms.quadratic {
-        // (2/T)·(L0 − T)² per token; its θ factor (4/T)·(L0 − T).
-        Some(quadratic) => {
-            let target = quadratic.target;
-            let gap = (&token_l0 - target)?;
-            (
-                (gap.sqr()? * (2.0 / target))?.mean_all()?,
-                (gap * (4.0 / target * l0_gradient))?.unsqueeze(1)?,
-            )
-        }
-        None => (
-            token_l0.mean_all()?,
-            Tensor::full(l0_gradient as f32, (tokens, 1), &device)?,
-        ),
-    };
+    let (l0_term, l0_gradients) = l0_terms(&token_l0, terms.quadratic.as_ref(), l0_gradient)?;
     let theta_of_pairs = theta
         .index_select(&flat_index, 0)?
         .reshape((tokens, width))?;
@@ -253,14 +195,7 @@ pub fn generic_sparse_step(
         .min_all()?;
     phases.latent_pass += clock.lap();
 
-    let mut b_dec_gradient = g.sum(0)?;
-    if affine.apply_b_dec_to_input {
-        let through_encoder = affine
-            .w_enc
-            .as_tensor()
-            .matmul(&b_enc_gradient.unsqueeze(1)?)?;
-        b_dec_gradient = (b_dec_gradient - through_encoder.squeeze(1)?)?;
-    }
+    let b_dec_gradient = b_dec_gradient(affine, &g, &b_enc_gradient)?;
     let mut gradients = vec![
         ("W_enc", encoder_t.t()?),
         ("b_enc", b_enc_gradient),
@@ -305,6 +240,155 @@ pub fn generic_sparse_step(
         passes: Passes::Pairs,
         phases,
     }))
+}
+
+/// What the token pass gives: the W_dec gradient, Wᵀ_enc's gradient rows by latent, every
+/// token's g = 2(x̂ − x)/B, every pair's ∂loss/∂f, and each block's squared error.
+struct TokenBlocks {
+    decoder: Tensor,
+    encoder_t: Tensor,
+    g: Tensor,
+    output: Tensor,
+    squared_errors: Vec<Tensor>,
+}
+
+/// The token pass, a block of tokens at a time (bounded memory): x̂, g, every pair's
+/// ∂loss/∂f, and the gradient rows of W_dec and Wᵀ_enc scattered back by latent.
+fn token_blocks(
+    affine: &AffineSae,
+    x: &Tensor,
+    centred: &Tensor,
+    lists: &PairLists,
+    values: &Tensor,
+    active: &Tensor,
+    width: usize,
+) -> Result<TokenBlocks> {
+    let (tokens, d_in) = x.dims2()?;
+    let (d_sae, device) = (affine.d_sae(), x.device());
+    let scale = 2.0 / tokens as f64;
+    let w_dec = affine.w_dec.as_tensor();
+    let b_dec = affine.b_dec.as_tensor();
+    let block = (BLOCK_ELEMENTS / (width.max(1) * d_in).max(1)).clamp(1, tokens.max(1));
+    let mut decoder = Tensor::zeros((d_sae, d_in), DType::F32, device)?;
+    let mut encoder_t = Tensor::zeros((d_sae, d_in), DType::F32, device)?;
+    let (mut g_rows, mut output_gradients, mut squared_errors) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for start in (0..tokens).step_by(block) {
+        let rows = block.min(tokens - start);
+        let index = lists.index.narrow(0, start, rows)?.flatten_all()?;
+        let decoder_rows = w_dec
+            .index_select(&index, 0)?
+            .reshape((rows, width, d_in))?;
+        let values = values.narrow(0, start, rows)?;
+        let reconstruction = values
+            .unsqueeze(1)?
+            .matmul(&decoder_rows)?
+            .squeeze(1)?
+            .broadcast_add(b_dec)?;
+        let difference = (reconstruction - x.narrow(0, start, rows)?)?;
+        squared_errors.push(difference.sqr()?.sum_all()?);
+        let g = (difference * scale)?;
+        let output = decoder_rows.matmul(&g.unsqueeze(2)?)?.squeeze(2)?;
+        let pre_gradient = (&output * active.narrow(0, start, rows)?)?;
+        let outer = |pair_values: &Tensor, row_of_token: &Tensor| -> Result<Tensor> {
+            Ok(pair_values
+                .unsqueeze(2)?
+                .broadcast_mul(&row_of_token.unsqueeze(1)?)?
+                .reshape((rows * width, d_in))?)
+        };
+        decoder = decoder.index_add(&index, &outer(&values, &g)?, 0)?;
+        encoder_t = encoder_t.index_add(
+            &index,
+            &outer(&pre_gradient, &centred.narrow(0, start, rows)?)?,
+            0,
+        )?;
+        g_rows.push(g);
+        output_gradients.push(output);
+    }
+    Ok(TokenBlocks {
+        decoder,
+        encoder_t,
+        g: Tensor::cat(&g_rows, 0)?,
+        output: Tensor::cat(&output_gradients, 0)?,
+        squared_errors,
+    })
+}
+
+/// The L0 term (a scalar tensor) and each token's ∂/∂θ factor `[tokens, 1]`: the linear
+/// penalty's `l0_gradient`, or for the quadratic penalty (2/T)·(L0 − T)² per token with θ
+/// factor (4/T)·(L0 − T) times it.
+fn l0_terms(
+    token_l0: &Tensor,
+    quadratic: Option<&crate::QuadraticL0>,
+    l0_gradient: f64,
+) -> Result<(Tensor, Tensor)> {
+    Ok(match quadratic {
+        Some(quadratic) => {
+            let target = quadratic.target;
+            let gap = (token_l0 - target)?;
+            (
+                (gap.sqr()? * (2.0 / target))?.mean_all()?,
+                (gap * (4.0 / target * l0_gradient))?.unsqueeze(1)?,
+            )
+        }
+        None => (
+            token_l0.mean_all()?,
+            Tensor::full(l0_gradient as f32, (token_l0.dim(0)?, 1), token_l0.device())?,
+        ),
+    })
+}
+
+/// ∂/∂b_dec: Σ g, less W_enc·∂/∂b_enc when b_dec is also subtracted from the input.
+fn b_dec_gradient(affine: &AffineSae, g: &Tensor, b_enc_gradient: &Tensor) -> Result<Tensor> {
+    let summed = g.sum(0)?;
+    if !affine.apply_b_dec_to_input {
+        return Ok(summed);
+    }
+    let through_encoder = affine
+        .w_enc
+        .as_tensor()
+        .matmul(&b_enc_gradient.unsqueeze(1)?)?;
+    Ok((summed - through_encoder.squeeze(1)?)?)
+}
+
+/// Which (token, latent) pairs take part: active (π > θ) or in the straight-through band
+/// (|π − θ| < ε/2), as 0/1 matrices, with each token's count, the largest (at least 1, so
+/// that shapes stay non-empty when nothing takes part) and the total.
+struct Selection {
+    active: Tensor,
+    band: Tensor,
+    member: Tensor,
+    counts: Tensor,
+    width: usize,
+    pairs: f64,
+}
+
+impl Selection {
+    fn of(pre: &Tensor, theta: &Tensor, bandwidth: f32) -> Result<Self> {
+        let active = pre.broadcast_gt(theta)?;
+        let band = pre
+            .broadcast_sub(theta)?
+            .abs()?
+            .lt(f64::from(bandwidth / 2.0))?;
+        let member = active.maximum(&band)?;
+        let counts = member.to_dtype(DType::F32)?.sum(1)?;
+        let stats = Tensor::stack(
+            &[
+                counts.max(0)?.to_dtype(DType::F64)?,
+                counts.to_dtype(DType::F64)?.sum(0)?,
+            ],
+            0,
+        )?
+        .to_vec1::<f64>()?;
+        Ok(Self {
+            active,
+            band,
+            member,
+            counts,
+            width: (stats[0] as usize).max(1),
+            pairs: stats[1],
+        })
+    }
 }
 
 /// Each token's pairs as a padded list: `index` `[tokens, L]` holds the latents (padding

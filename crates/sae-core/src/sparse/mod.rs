@@ -31,6 +31,7 @@
 mod generic;
 mod products;
 mod select;
+mod terms;
 
 use candle_core::{DType, Device, Layout, Storage, Tensor};
 use std::time::Instant;
@@ -39,56 +40,10 @@ use rayon::prelude::*;
 
 pub use self::generic::{ProductPrecision, generic_sparse_step};
 use self::select::Pair;
+pub use self::terms::{AuxKTerm, MatryoshkaTerm, PreActivationTerm, SparsePenalties};
 pub use crate::arch::sparse_form::{Passes, SelectionRule, SparseForm, SparsePhases, SparseStep};
 use crate::arch::{AffineSae, ThresholdParametrisation, TrainableSae};
 use crate::{Result, SaeError, blas, kernels};
-
-/// The AuxK term for dead latents ([`crate::AuxK`]) as the sparse step takes it.
-#[derive(Debug, Clone)]
-pub struct AuxKTerm {
-    /// Dead latents reconstructing the residual, per token.
-    pub k_aux: usize,
-    /// The term's coefficient α.
-    pub coefficient: f64,
-    /// Which latents are dead, `[d_sae]`.
-    pub dead: Vec<bool>,
-}
-
-/// The pre-activation loss for dead latents ([`crate::PreActivationLoss`]) as the sparse step
-/// takes it; needs [`SelectionRule::Threshold`].
-#[derive(Debug, Clone)]
-pub struct PreActivationTerm {
-    /// The term's coefficient c.
-    pub coefficient: f64,
-    /// Which latents are dead, `[d_sae]`.
-    pub dead: Vec<bool>,
-}
-
-/// The Matryoshka term ([`crate::Matryoshka`]) as the sparse step takes it.
-#[derive(Debug, Clone)]
-pub struct MatryoshkaTerm {
-    /// The inner prefix widths, strictly increasing, each below d_sae.
-    pub widths: Vec<usize>,
-    /// The term's coefficient.
-    pub coefficient: f64,
-}
-
-/// The penalties of a sparse step, with this step's coefficients.
-#[derive(Debug, Clone, Default)]
-pub struct SparsePenalties {
-    /// λ of the L0 penalty ([`crate::L0Ste`], or [`crate::QuadraticL0`] with
-    /// [`SparsePenalties::l0_target`]); needs [`SelectionRule::Threshold`]. 0 for none.
-    pub l0: f64,
-    /// The target L0 of Gemma Scope 2's quadratic L0 penalty ([`crate::QuadraticL0`]); `None`
-    /// for the linear L0 penalty.
-    pub l0_target: Option<f64>,
-    /// The AuxK term, if the SAE is trained with one.
-    pub auxk: Option<AuxKTerm>,
-    /// The pre-activation loss, if the SAE is trained with one.
-    pub pre_activation: Option<PreActivationTerm>,
-    /// The Matryoshka prefixes' reconstruction term, if the SAE is trained with one.
-    pub matryoshka: Option<MatryoshkaTerm>,
-}
 
 /// A CPU f32 tensor's elements, read in place (no copy); `what` names it in errors.
 fn contiguous_f32<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -267,6 +222,160 @@ fn active_terms<'p>(
     }))
 }
 
+/// Each token's pairs, and each dead latent's pre-activation terms (`None` for the others).
+type SelectedPairs = (Vec<Vec<Pair>>, Vec<Option<DeadLatentTerms>>);
+
+/// The encoder product and the selection read from it: each token's pairs
+/// ([`select::token_pairs`]) and, with the pre-activation loss, each dead latent's terms.
+fn encoder_pairs(
+    affine: &AffineSae,
+    rule: &SelectionRule,
+    centred: &Tensor,
+    (auxk, pre_activation): (Option<&AuxKTerm>, Option<&PreActivationTerm>),
+    clock: &mut Lap,
+    phases: &mut SparsePhases,
+) -> Result<SelectedPairs> {
+    // π without b_enc: the bias is added while the pairs are read, which saves a pass over
+    // (and a second copy of) the [tokens × d_sae] matrix.
+    let product = encoder_product(centred, affine.w_enc.as_tensor())?;
+    phases.encoder_product += clock.lap();
+    let b_enc = affine.b_enc.as_tensor().to_vec1::<f32>()?;
+    let (storage, layout) = product.storage_and_layout();
+    let rows = contiguous_f32(&storage, layout, "the pre-activations")?;
+    let dead_terms = match (pre_activation, rule) {
+        (Some(term), SelectionRule::Threshold { theta, .. }) => {
+            dead_latent_terms(rows, &b_enc, theta, &term.dead)
+        }
+        _ => Vec::new(),
+    };
+    let pairs = select::token_pairs(rows, &b_enc, rule, auxk);
+    drop(storage);
+    drop(product);
+    phases.selection += clock.lap();
+    Ok((pairs, dead_terms))
+}
+
+/// What the token pass reads: the inputs' rows, b_dec and W_dec (row-major, `d_in` wide).
+struct TokenInputs<'a> {
+    x_rows: &'a [f32],
+    b_dec: Vec<f32>,
+    w_dec: &'a [f32],
+    d_in: usize,
+}
+
+/// The token pass: per token, the reconstruction's g = 2(x̂ − x)/B, its squared error, and
+/// each pair's ∂loss/∂f = g·W_dec[j] (the decoder rows are still in cache from the
+/// reconstruction); then AuxK's terms. The product passes also keep the dense latents F and
+/// g's rows for their latent pass. Returns the per-token terms, that pass, and the AuxK term.
+fn token_pass(
+    passes: Passes,
+    token_pairs: Vec<Vec<Pair>>,
+    inputs: &TokenInputs<'_>,
+    prefixes: Option<Prefixes<'_>>,
+    auxk: Option<&AuxKTerm>,
+) -> Result<(Vec<TokenTerms>, Option<products::TokenPass>, f64)> {
+    let TokenInputs {
+        x_rows,
+        ref b_dec,
+        w_dec,
+        d_in,
+    } = *inputs;
+    let scale = 2.0 / (x_rows.len() / d_in.max(1)) as f32;
+    let decoder_row = |j: u32| &w_dec[j as usize * d_in..(j as usize + 1) * d_in];
+    let (mut per_token, product_pass) = match passes {
+        Passes::Pairs => (
+            token_terms(token_pairs, x_rows, b_dec, scale, prefixes, &decoder_row),
+            None,
+        ),
+        Passes::Products => {
+            let mut pass = products::token_pass(token_pairs, x_rows, b_dec, scale, w_dec)?;
+            (std::mem::take(&mut pass.per_token), Some(pass))
+        }
+    };
+    let auxk_term = match auxk {
+        Some(auxk) => aux_terms(&mut per_token, auxk.coefficient as f32, scale, &decoder_row),
+        None => 0.0,
+    };
+    Ok((per_token, product_pass, auxk_term))
+}
+
+/// Checks the sparse step's input: f32 on the CPU, `[tokens, d_in]` of `sae`.
+fn check_input(sae: &dyn TrainableSae, x: &Tensor) -> Result<(usize, usize)> {
+    let (tokens, d_in) = x.dims2()?;
+    if d_in != sae.d_in() || x.dtype() != DType::F32 || !matches!(x.device(), Device::Cpu) {
+        return Err(SaeError::Config(format!(
+            "the sparse step takes f32 CPU inputs [tokens, {}], got {:?} {:?}",
+            sae.d_in(),
+            x.dims(),
+            x.dtype()
+        )));
+    }
+    Ok((tokens, d_in))
+}
+
+/// The passes for a batch with `pairs` of its `all_pairs` (token, latent) pairs taking part:
+/// over the pairs up to `max_pair_fraction`, else the product passes, which have no AuxK,
+/// pre-activation or Matryoshka term (`pair_terms`): `None` then (the dense step runs).
+fn choose_passes(
+    pairs: usize,
+    max_pair_fraction: f64,
+    all_pairs: usize,
+    pair_terms: bool,
+) -> Option<Passes> {
+    if pairs as f64 <= max_pair_fraction * all_pairs as f64 {
+        Some(Passes::Pairs)
+    } else if !pair_terms {
+        Some(Passes::Products)
+    } else {
+        None
+    }
+}
+
+/// Sums over the token pass's results.
+struct TokenSummary {
+    /// Σ ‖x − x̂‖² over the tokens.
+    squared_error: f64,
+    /// Σ of the Matryoshka prefixes' error terms over the tokens.
+    prefix_error: f64,
+    /// Active (token, latent) pairs.
+    active_pairs: usize,
+    /// The smallest non-zero pre-activation of an active pair.
+    smallest_active: Option<f32>,
+}
+
+impl TokenSummary {
+    fn of(per_token: &[TokenTerms]) -> Self {
+        let active = per_token
+            .iter()
+            .flat_map(|t| t.pairs.iter().filter(|p| p.active));
+        Self {
+            squared_error: per_token.iter().map(|t| t.squared_error as f64).sum(),
+            prefix_error: per_token.iter().map(|t| t.prefix_error as f64).sum(),
+            active_pairs: active.clone().count(),
+            smallest_active: active
+                .filter(|p| p.pre != 0.0)
+                .map(|p| p.pre)
+                .min_by(f32::total_cmp),
+        }
+    }
+}
+
+/// Σ over dead latents of ‖W_dec[j]‖ · their gap below θ (the pre-activation loss times the
+/// batch size).
+fn pre_activation_loss<'w>(
+    dead_terms: &[Option<DeadLatentTerms>],
+    decoder_row: &dyn Fn(u32) -> &'w [f32],
+) -> f64 {
+    dead_terms
+        .iter()
+        .enumerate()
+        .filter_map(|(j, t)| {
+            t.as_ref()
+                .map(|t| norm(decoder_row(j as u32)) as f64 * t.gap)
+        })
+        .sum()
+}
+
 /// The sparse step of `sae` on inputs `x` `[tokens, d_in]` (already scaled), f32 on the CPU.
 ///
 /// Up to `max_pair_fraction` of the (token, latent) pairs taking part, the step runs over
@@ -280,11 +389,8 @@ fn active_terms<'p>(
 /// The `W_enc` gradient comes back as a transposed view of a `[d_sae, d_in]` buffer (each
 /// latent's column is written as one row); [`Tensor::contiguous`] lays it out if needed.
 ///
-/// Why it is long: the passes share borrowed views of the same buffers (the pre-activations,
-/// W_dec, the inputs) and the per-token terms feed the per-latent pass; its pieces with a
-/// meaning of their own are functions (`active_terms`, `token_terms`, `pairs_by_latent`,
-/// `gradient_tensors`, the AuxK and pre-activation helpers), and what remains is the order
-/// of the passes, read top to bottom against the module's table.
+/// The passes share borrowed views of the same buffers (the pre-activations, W_dec, the
+/// inputs), so this function holds them and runs the passes in the order of the module's table.
 pub fn sparse_step(
     sae: &dyn TrainableSae,
     x: &Tensor,
@@ -294,16 +400,8 @@ pub fn sparse_step(
     let Some(SparseForm { affine, rule }) = sae.sparse_form()? else {
         return Ok(None);
     };
-    let (tokens, d_in) = x.dims2()?;
+    let (tokens, d_in) = check_input(sae, x)?;
     let d_sae = sae.d_sae();
-    if d_in != sae.d_in() || x.dtype() != DType::F32 || !matches!(x.device(), Device::Cpu) {
-        return Err(SaeError::Config(format!(
-            "the sparse step takes f32 CPU inputs [tokens, {}], got {:?} {:?}",
-            sae.d_in(),
-            x.dims(),
-            x.dtype()
-        )));
-    }
     let Some(ActiveTerms {
         quadratic,
         auxk,
@@ -325,30 +423,17 @@ pub fn sparse_step(
     let x = x.contiguous()?;
     let centred = affine.encoder_input(&x)?.contiguous()?;
     phases.other += clock.lap();
-    // π without b_enc: the bias is added while the pairs are read, which saves a pass over
-    // (and a second copy of) the [tokens × d_sae] matrix.
-    let product = encoder_product(&centred, affine.w_enc.as_tensor())?;
-    phases.encoder_product += clock.lap();
-    let b_enc = affine.b_enc.as_tensor().to_vec1::<f32>()?;
-    let (token_pairs, dead_terms) = {
-        let (storage, layout) = product.storage_and_layout();
-        let rows = contiguous_f32(&storage, layout, "the pre-activations")?;
-        let dead_terms = match (pre_activation, &rule) {
-            (Some(term), SelectionRule::Threshold { theta, .. }) => {
-                dead_latent_terms(rows, &b_enc, theta, &term.dead)
-            }
-            _ => Vec::new(),
-        };
-        (select::token_pairs(rows, &b_enc, &rule, auxk), dead_terms)
-    };
-    drop(product);
-    phases.selection += clock.lap();
+    let (token_pairs, dead_terms) = encoder_pairs(
+        affine,
+        &rule,
+        &centred,
+        (auxk, pre_activation),
+        &mut clock,
+        &mut phases,
+    )?;
     let pairs: usize = token_pairs.iter().map(Vec::len).sum();
-    let passes = if pairs as f64 <= max_pair_fraction * (tokens * d_sae) as f64 {
-        Passes::Pairs
-    } else if auxk.is_none() && pre_activation.is_none() && matryoshka.is_none() {
-        Passes::Products
-    } else {
+    let pair_terms = auxk.is_some() || pre_activation.is_some() || matryoshka.is_some();
+    let Some(passes) = choose_passes(pairs, max_pair_fraction, tokens * d_sae, pair_terms) else {
         return Ok(None);
     };
     let w_dec_tensor = affine.w_dec.as_tensor();
@@ -360,52 +445,29 @@ pub fn sparse_step(
     let centred = contiguous_f32(&centred_storage, centred_layout, "the encoder input")?;
     let decoder_row = |j: u32| &w_dec[j as usize * d_in..(j as usize + 1) * d_in];
 
-    // Per token: the reconstruction's g = 2(x̂ − x)/B, its squared error, and each pair's
-    // ∂loss/∂f = g·W_dec[j] (the decoder rows are still in cache from the reconstruction).
-    let b_dec = affine.b_dec.as_tensor().to_vec1::<f32>()?;
-    let scale = 2.0 / tokens as f32;
     let prefixes = matryoshka.map(|m| Prefixes {
         widths,
         coefficient: m.coefficient as f32,
     });
-    // The product passes keep the dense latents F and g's rows for their latent pass.
-    let (mut per_token, product_pass) = match passes {
-        Passes::Pairs => (
-            token_terms(token_pairs, x_rows, &b_dec, scale, prefixes, &decoder_row),
-            None,
-        ),
-        Passes::Products => {
-            let mut pass = products::token_pass(token_pairs, x_rows, &b_dec, scale, w_dec)?;
-            (std::mem::take(&mut pass.per_token), Some(pass))
-        }
+    let inputs = TokenInputs {
+        x_rows,
+        b_dec: affine.b_dec.as_tensor().to_vec1::<f32>()?,
+        w_dec,
+        d_in,
     };
-    let auxk_term = match auxk {
-        Some(auxk) => aux_terms(&mut per_token, auxk.coefficient as f32, scale, &decoder_row),
-        None => 0.0,
-    };
+    let (per_token, product_pass, auxk_term) =
+        token_pass(passes, token_pairs, &inputs, prefixes, auxk)?;
     phases.token_pass += clock.lap();
-    let squared_error = per_token
-        .iter()
-        .map(|t| t.squared_error as f64)
-        .sum::<f64>();
+    let TokenSummary {
+        squared_error,
+        prefix_error,
+        active_pairs,
+        smallest_active,
+    } = TokenSummary::of(&per_token);
     let reconstruction = squared_error / tokens as f64;
-    let matryoshka_term =
-        per_token.iter().map(|t| t.prefix_error as f64).sum::<f64>() / tokens as f64;
-    let active = per_token
-        .iter()
-        .flat_map(|t| t.pairs.iter().filter(|p| p.active));
-    let active_pairs = active.clone().count();
-    let smallest_active = active
-        .filter(|p| p.pre != 0.0)
-        .map(|p| p.pre)
-        .min_by(f32::total_cmp);
+    let matryoshka_term = prefix_error / tokens as f64;
 
-    let (theta, bandwidth) = match &rule {
-        SelectionRule::Threshold {
-            theta, bandwidth, ..
-        } => (theta.as_slice(), *bandwidth),
-        _ => (&[][..], 1.0),
-    };
+    let (theta, bandwidth) = rule.threshold_and_bandwidth();
     let l0_gradient = -(penalties.l0 as f32) / (bandwidth * tokens as f32);
     // The L0 term and, for the quadratic penalty, each token's factor on its θ-gradient (1 for
     // the linear one).
@@ -425,15 +487,7 @@ pub fn sparse_step(
     // The pre-activation loss: Σ over tokens of x − b_dec (its W_enc gradient is this sum less
     // the firing tokens' rows), each dead latent's decoder norm, and the term itself.
     let pre_coefficient = pre_activation.map_or(0.0, |p| p.coefficient) as f32;
-    let pre_activation_term: f64 = dead_terms
-        .iter()
-        .enumerate()
-        .filter_map(|(j, t)| {
-            t.as_ref()
-                .map(|t| norm(decoder_row(j as u32)) as f64 * t.gap)
-        })
-        .sum::<f64>()
-        / tokens as f64;
+    let pre_activation_term = pre_activation_loss(&dead_terms, &decoder_row) / tokens as f64;
     phases.other += clock.lap();
     let (per_token, latent_gradients, fires) = match product_pass {
         Some(mut pass) => {

@@ -10,7 +10,8 @@ use std::collections::BinaryHeap;
 
 use rayon::prelude::*;
 
-use super::{AuxKTerm, SelectionRule};
+use super::terms::AuxKTerm;
+use crate::arch::sparse_form::SelectionRule;
 
 /// One (token, latent) pair that takes part in the step.
 #[derive(Debug, Clone, Copy)]
