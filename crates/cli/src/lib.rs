@@ -1,8 +1,8 @@
 //! # gemma-scope: the project's command line
 //!
-//! `gemma-scope <command>` (installed with `cargo install --path crates/cli`; from a checkout,
-//! `cargo xtask <command>` runs the same commands). Argument parsing and wiring only: every
-//! command's work is a library call (the `lab` crate's pipeline and experiments, the `sweep`
+//! `gemma-scope <command>` (installed with `cargo install --locked --path crates/cli`; from a
+//! checkout, `cargo xtask <command>` runs the same commands). Argument parsing and wiring only:
+//! every command's work is a library call (the `lab` crate's pipeline and experiments, the `sweep`
 //! crate's plans and engines, the `explorer` crate's server).
 //!
 //! | command | what it does |
