@@ -1,12 +1,13 @@
 //! What builds the SAEs and penalties a [`crate::TrainConfig`] names: the built-in
 //! architectures and penalties, and any a researcher registers. A new architecture is its own
 //! file (a type implementing [`TrainableSae`]) plus one [`Registry::register_architecture`]
-//! line; a new penalty, a [`SparsityPenalty`] plus one [`Registry::register_penalty`] line.
+//! call (its recipe, its builder, its loader); a new penalty, a [`SparsityPenalty`] plus one [`Registry::register_penalty`] line.
 //! Configs then name them: `{"kind": "registered", "name": "…"}` as an SAE's architecture,
 //! `{"kind": "registered", "name": "…", "coefficient": …}` among its penalties.
 
 use std::collections::BTreeMap;
 
+use sae_core::arch::NamedTensors;
 use sae_core::{
     Architecture, ArchitectureName, AuxK, DecoderNormL1, InitConfig, L0Ste, L1, Matryoshka,
     PreActivationLoss, QuadraticL0, SaeShape, SparsityPenalty, SteConfig, TrainableSae,
@@ -56,9 +57,12 @@ impl Registry {
         Self::default()
     }
 
-    /// Registers an architecture under `name` with the defaults of `recipe`
-    /// ([`Recipe::generic`] when it has none of its own); returns the [`Architecture`] a
-    /// [`crate::SaeConfig`] names it by.
+    /// Registers an architecture under `name` for its whole life: trained with the defaults of
+    /// `recipe` ([`Recipe::generic`] when it has none of its own), built new by `build`, and
+    /// loaded from its files by `load` (registered process-wide with
+    /// [`sae_core::arch::register_loader`], so `sae_core::format::load` and every command that
+    /// reads SAE folders rebuild it). Returns the [`Architecture`] a [`crate::SaeConfig`] names
+    /// it by.
     pub fn register_architecture(
         &mut self,
         name: &str,
@@ -67,7 +71,12 @@ impl Registry {
         + Send
         + Sync
         + 'static,
+        load: impl Fn(&mut NamedTensors, bool) -> sae_core::Result<Box<dyn TrainableSae>>
+        + Send
+        + Sync
+        + 'static,
     ) -> Architecture {
+        sae_core::arch::register_loader(name, load);
         let name = ArchitectureName::new(name);
         self.architectures.insert(
             name,

@@ -104,6 +104,9 @@ pub fn from_tensors(
     options: ThresholdOptions,
 ) -> Result<Box<dyn TrainableSae>> {
     tensors.build(|tensors| {
+        if let Architecture::Registered { name } = architecture {
+            return super::registry::load_registered(name, tensors, apply_b_dec_to_input);
+        }
         let b_enc_name = if architecture == Architecture::Gated {
             "b_gate"
         } else {
@@ -141,7 +144,7 @@ pub fn from_tensors(
                 };
                 Box::new(JumpReluTranscoder::new(sae, skip)?)
             }
-            Architecture::Registered { name } => return Err(not_built_here(name)),
+            Architecture::Registered { .. } => unreachable!("loaded by its registered loader above"),
         };
         Ok(sae)
     })

@@ -21,6 +21,7 @@ mod batch_topk;
 mod build;
 mod gated;
 mod jumprelu;
+mod registry;
 mod relu;
 mod resample_affine;
 pub(crate) mod sparse_form;
@@ -34,6 +35,8 @@ pub(crate) use build::take_affine;
 pub use build::{NamedTensors, ThresholdOptions, from_tensors, init};
 pub use gated::GatedSae;
 pub use jumprelu::JumpReluSae;
+pub(crate) use registry::describe_registered as registry_names_description;
+pub use registry::{SaeLoader, register_loader, registered, registered_names};
 pub use relu::ReluSae;
 pub use threshold::ThresholdParametrisation;
 pub use topk_sae::TopKSae;
@@ -72,8 +75,9 @@ pub enum Architecture {
         /// Whether it has the affine skip connection x·W_skip.
         skip: bool,
     },
-    /// An architecture defined outside this crate and built by the registry it was
-    /// registered in (`trainer::Registry`); in a config, `{"kind": "registered", "name": …}`.
+    /// An architecture defined outside this crate: built by the registry it was registered in
+    /// (`trainer::Registry`), loaded from files by the loader registered under its name
+    /// ([`register_loader`]); in a config, `{"kind": "registered", "name": …}`.
     Registered {
         /// Its registered name.
         name: ArchitectureName,

@@ -151,15 +151,17 @@ impl SaeLensConfig {
             "gated" => Architecture::Gated,
             "jumprelu_transcoder" => Architecture::JumpReluTranscoder { skip: false },
             "jumprelu_skip_transcoder" => Architecture::JumpReluTranscoder { skip: true },
-            other => {
-                return Err(SaeError::format(
+            other => crate::arch::registered(other).ok_or_else(|| {
+                SaeError::format(
                     path,
                     format!(
                         "unsupported architecture `{other}` (expected jumprelu, topk, standard, \
-                         gated, jumprelu_transcoder or jumprelu_skip_transcoder)"
+                         gated, jumprelu_transcoder, jumprelu_skip_transcoder, or a registered \
+                         one: {})",
+                        crate::arch::registry_names_description()
                     ),
-                ));
-            }
+                )
+            })?,
         })
     }
 
