@@ -106,6 +106,31 @@ pub fn document_contexts(
         .collect())
 }
 
+/// The held-out evaluation's contexts: full contexts (`context_length` tokens, BOS included)
+/// of `document`, the first ones, enough for `tokens` tokens (at least one). A document
+/// shorter than one full context is an error naming it.
+pub fn held_out_contexts(
+    tokenizer: &GemmaTokenizer,
+    document: &Document,
+    special: SpecialTokens,
+    context_length: usize,
+    tokens: u64,
+) -> Result<Vec<Context>> {
+    let config = ContextConfig {
+        context_length,
+        min_tokens: context_length.saturating_sub(1),
+    };
+    let all = document_contexts(tokenizer, document, config, special, 0)?;
+    if all.is_empty() {
+        return Err(crate::CacheError::Invalid(format!(
+            "the held-out document `{}` is shorter than one context of {context_length} tokens",
+            document.name
+        )));
+    }
+    let wanted = tokens.div_ceil(context_length as u64 - 1) as usize;
+    Ok(all.into_iter().take(wanted.max(1)).collect())
+}
+
 /// Which of the corpus's contexts a harvest takes, and in what order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

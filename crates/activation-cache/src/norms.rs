@@ -63,6 +63,28 @@ impl MassiveTokenPolicy {
     pub fn excludes_from_evaluation(self) -> bool {
         matches!(self, MassiveTokenPolicy::Exclude)
     }
+
+    /// The norm above which training leaves a row of `profile`'s hook out, if it does.
+    pub fn training_cutoff(self, profile: &NormProfile) -> Option<f64> {
+        self.excludes_from_training().then_some(profile.cutoff)
+    }
+
+    /// The norm above which evaluation leaves a position of `profile`'s hook unchanged, if
+    /// it does.
+    pub fn evaluation_cutoff(self, profile: &NormProfile) -> Option<f32> {
+        self.excludes_from_evaluation()
+            .then_some(profile.cutoff as f32)
+    }
+
+    /// The mean-ablation baseline of `profile`'s hook: its mean over the positions the SAE
+    /// replaces (below the cutoff when evaluation leaves the others unchanged, else all).
+    pub fn ablation_mean(self, profile: &NormProfile) -> &[f32] {
+        if self.excludes_from_evaluation() {
+            &profile.mean_below
+        } else {
+            &profile.mean_all
+        }
+    }
 }
 
 /// Norm statistics of one hook of a store.

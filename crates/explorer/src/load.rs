@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use gemma_hooks::{HookPoint, Kernels, load_model};
+use gemma_hooks::{HookPoint, Kernels, load_model_with_kernels};
 
 use crate::dashboards::{self, EvidenceOptions};
 use crate::error::{ExplorerError, Result};
@@ -38,13 +38,8 @@ pub fn load(options: &LoadOptions) -> Result<Explorer> {
             "no SAE to explore: give at least one PATH[@HOOK]".into(),
         ));
     }
-    let mut loaded = load_model(&options.model, &options.device, DType::F32)?;
-    loaded.model = loaded.model.with_kernels(options.kernels);
-    let tokenizer = loaded.tokenizer.ok_or_else(|| {
-        ExplorerError::Invalid(
-            "the model has no tokenizer (a Gemma tokenizer.json is needed)".into(),
-        )
-    })?;
+    let (model, tokenizer) =
+        load_model_with_kernels(&options.model, &options.device, DType::F32, options.kernels)?;
     let mut saes = Vec::new();
     for spec in &options.saes {
         let (path, hook) = parse_sae_spec(spec)?;
@@ -59,15 +54,14 @@ pub fn load(options: &LoadOptions) -> Result<Explorer> {
             Some(hook) => hook,
             None => hook_of(&path)?,
         };
-        loaded
-            .model
+        model
             .config()
             .check_hook(hook)
             .map_err(|cause| ExplorerError::Hook {
                 spec: spec.clone(),
                 cause,
             })?;
-        let width = activation_cache::hook_width(loaded.model.config(), hook);
+        let width = activation_cache::hook_width(model.config(), hook);
         if width != sae.d_in() {
             return Err(ExplorerError::Invalid(format!(
                 "{}: the SAE reads {} values per token but `{hook}` of {} has {width}",
@@ -80,21 +74,15 @@ pub fn load(options: &LoadOptions) -> Result<Explorer> {
             "[explore] dashboards of `{id}` ({hook}, {} latents)",
             sae.d_sae()
         );
-        let dashboards = dashboards::load_or_compute(
-            &loaded.model,
-            &tokenizer,
-            &path,
-            hook,
-            &*sae,
-            &options.evidence,
-        )?;
+        let dashboards =
+            dashboards::load_or_compute(&model, &tokenizer, &path, hook, &*sae, &options.evidence)?;
         saes.push(ExplorerSae::new(id, path, hook, sae, dashboards)?);
     }
     let labels_path = options
         .labels
         .clone()
         .unwrap_or_else(|| default_labels_path(&saes[0].path));
-    Ok(Explorer::new(loaded.model, tokenizer, saes, &labels_path))
+    Ok(Explorer::new(model, tokenizer, saes, &labels_path))
 }
 
 /// `PATH` or `PATH@HOOK`.

@@ -55,7 +55,10 @@ pub use error::{GemmaError, Result};
 pub use hook_point::HookPoint;
 pub use hooked::HookedModel;
 pub use hooks::{Hooks, ReplaceFn};
-pub use load::{EMBEDDED_MODEL, LoadedModel, hub_snapshot, load_gguf, load_hf_dir, load_model};
+pub use load::{
+    EMBEDDED_MODEL, LoadedModel, hub_snapshot, load_gguf, load_hf_dir, load_model,
+    load_model_with_kernels,
+};
 pub use model::{GemmaModel, next_token_loss};
 pub use tokenizer::GemmaTokenizer;
 

@@ -25,6 +25,25 @@ pub struct LoadedModel {
     pub path: PathBuf,
 }
 
+/// Loads `spec` as [`load_model`] does, its model computing with `kernels`, and returns it
+/// with its tokenizer: what every pipeline that reads text needs (a model without a
+/// tokenizer is an error naming where the weights came from).
+pub fn load_model_with_kernels(
+    spec: &str,
+    device: &Device,
+    dtype: DType,
+    kernels: crate::Kernels,
+) -> Result<(GemmaModel, GemmaTokenizer)> {
+    let loaded = load_model(spec, device, dtype)?;
+    let tokenizer = loaded.tokenizer.ok_or_else(|| {
+        GemmaError::format(
+            &loaded.path,
+            "the model has no tokenizer (a Gemma tokenizer.json beside the weights is needed)",
+        )
+    })?;
+    Ok((loaded.model.with_kernels(kernels), tokenizer))
+}
+
 /// Loads `spec`:
 /// - `gemma-3-270m` (or `embedded`): the embedded default model, fetched once;
 /// - a directory with `config.json` and safetensors (single or sharded with an index);

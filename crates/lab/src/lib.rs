@@ -74,6 +74,8 @@ pub mod experiments;
 pub mod output;
 mod pipeline;
 pub mod report;
+pub mod stages;
 
 pub use error::{LabError, Result};
-pub use pipeline::{Budget, ExperimentOptions, Lab, Outcome, TrainedSae};
+pub use pipeline::{Budget, ExperimentOptions, Lab, Outcome};
+pub use stages::TrainedSae;

@@ -9,22 +9,22 @@ use activation_cache::store::{StoreDtype, StoreSpec};
 use activation_cache::{
     ActivationSource, Context, ContextConfig, Document, HarvestOptions, ShuffleConfig,
     SpecialTokens, StoreSource,
-    contexts::document_contexts,
+    contexts::held_out_contexts,
     harvest, hook_specs,
-    norms::{MassiveTokenPolicy, NormProfile, norm_profile},
+    norms::{MassiveTokenPolicy, NormProfile},
 };
-use analysis::{EvalOptions, Evaluation, SaeAtHook, evaluate};
+use analysis::Evaluation;
 use file_io::{bail, ensure};
 
 use crate::error::Context as _;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use gemma_hooks::{GemmaModel, GemmaTokenizer, HookPoint};
-use sae_core::TrainableSae;
 use serde::{Deserialize, Serialize};
 use trainer::{RunOptions, SaeConfig, TrainConfig, Trainer};
 
 use crate::device::DeviceOptions;
 use crate::report::Report;
+use crate::stages::{self, TrainedSae};
 
 /// A run folder's configuration file.
 pub(crate) const RUN_CONFIG: &str = "config.json";
@@ -70,21 +70,6 @@ impl Budget {
     pub fn steps(&self) -> u64 {
         (self.train_tokens / self.batch_size as u64).max(1)
     }
-}
-
-/// An SAE trained by the lab, loaded from its exported (folded) directory.
-pub struct TrainedSae {
-    /// Its name (and directory name).
-    pub name: String,
-    /// The hook it reads.
-    pub hook: HookPoint,
-    /// The hook a transcoder predicts, where evaluation splices its output (`None`: an SAE).
-    pub output: Option<HookPoint>,
-    /// The folded SAE, on raw activations.
-    pub sae: Box<dyn TrainableSae>,
-    /// Evaluation leaves positions with a larger activation norm unchanged (the massive-token
-    /// policy `exclude`).
-    pub exclude_norm_above: Option<f32>,
 }
 
 /// What [`Lab::train_and_evaluate`] produced.
@@ -312,9 +297,7 @@ impl Lab {
                 return Ok(saved);
             }
         }
-        let norms = (0..source.hooks().len())
-            .map(|i| norm_profile(&source, i, 262_144))
-            .collect::<Result<Vec<_>, _>>()?;
+        let norms = stages::norm_profiles(&source)?;
         for n in &norms {
             eprintln!(
                 "[norms] {}: median {:.0}, {} of {} tokens ({:.2} %) above {:.0} ({}× the median) carry {:.0} % of the variance; policy: {:?}",
@@ -338,17 +321,7 @@ impl Lab {
         &self,
         norms: &[NormProfile],
     ) -> crate::Result<BTreeMap<HookPoint, Vec<f32>>> {
-        norms
-            .iter()
-            .map(|n| {
-                let mean = if self.massive_tokens.excludes_from_evaluation() {
-                    n.mean_below.clone()
-                } else {
-                    n.mean_all.clone()
-                };
-                Ok((n.hook.parse()?, mean))
-            })
-            .collect()
+        stages::ablation_means(norms, self.massive_tokens)
     }
 
     /// Harvests `hooks` over the training documents (all but the last) into `out/cache`.
@@ -429,16 +402,15 @@ impl Lab {
         seed: u64,
         folder: &str,
     ) -> crate::Result<Vec<TrainedSae>> {
-        let cutoff_of = |hook: &str| norms.iter().find(|n| n.hook == hook).map(|n| n.cutoff);
         let saes: Vec<SaeConfig> = saes
             .into_iter()
             .map(|sae| {
-                let mut sae = self.with_overrides(sae)?;
-                // Transcoders train on every row (their input and target rows must stay paired).
-                if self.massive_tokens.excludes_from_training() && sae.hook_out.is_none() {
-                    sae.exclude_norm_above = cutoff_of(&sae.hook);
-                }
-                Ok(sae)
+                let sae = self.with_overrides(sae)?;
+                Ok(stages::apply_training_policy(
+                    sae,
+                    norms,
+                    self.massive_tokens,
+                ))
             })
             .collect::<crate::Result<_>>()?;
         let config = self.train_config(budget, saes, context_length)?;
@@ -474,34 +446,22 @@ impl Lab {
         names
             .into_iter()
             .map(|(name, hook, output)| {
-                let path = dir.join(&name);
-                let sae = sae_core::format::load(&path, self.model.device(), DType::F32)
-                    .with_context(|| format!("loading the trained SAE {}", path.display()))?;
-                Ok(TrainedSae {
-                    exclude_norm_above: match output {
-                        Some(_) => None,
-                        None => self.evaluation_cutoff(norms, &hook),
-                    },
-                    name,
-                    hook: hook.parse()?,
-                    output: output.map(|o| o.parse()).transpose()?,
-                    sae,
-                })
+                TrainedSae::load(
+                    &dir.join(&name),
+                    &name,
+                    &hook,
+                    output.as_deref(),
+                    self.model.device(),
+                    norms,
+                    self.massive_tokens,
+                )
             })
             .collect()
     }
 
     /// The norm above which evaluation leaves `hook`'s positions unchanged, by the policy.
     pub fn evaluation_cutoff(&self, norms: &[NormProfile], hook: &str) -> Option<f32> {
-        self.massive_tokens
-            .excludes_from_evaluation()
-            .then(|| {
-                norms
-                    .iter()
-                    .find(|n| n.hook == hook)
-                    .map(|n| n.cutoff as f32)
-            })
-            .flatten()
+        stages::evaluation_cutoff(norms, self.massive_tokens, hook)
     }
 
     /// The training configuration of a budget and SAEs.
@@ -534,19 +494,14 @@ impl Lab {
     /// Contexts of the held-out document (the corpus's last), enough for `tokens` tokens.
     pub fn held_out(&self, context_length: usize, tokens: u64) -> crate::Result<Vec<Context>> {
         let document = self.documents.last().expect("checked at open");
-        let config = ContextConfig {
-            context_length,
-            min_tokens: context_length - 1,
-        };
         let special = SpecialTokens::of(self.model.config());
-        let all = document_contexts(&self.tokenizer, document, config, special, 0)?;
-        let wanted = tokens.div_ceil(context_length as u64 - 1) as usize;
-        ensure!(
-            !all.is_empty(),
-            "the held-out document `{}` is shorter than one context of {context_length} tokens",
-            document.name
-        );
-        Ok(all.into_iter().take(wanted.max(1)).collect())
+        Ok(held_out_contexts(
+            &self.tokenizer,
+            document,
+            special,
+            context_length,
+            tokens,
+        )?)
     }
 
     /// Evaluates `saes` on `contexts`, or reads the results of an earlier run of the same SAEs
@@ -566,21 +521,7 @@ impl Lab {
                 return Ok(saved);
             }
         }
-        let at: Vec<SaeAtHook<'_>> = saes
-            .iter()
-            .map(|s| SaeAtHook {
-                output: s.output,
-                name: s.name.clone(),
-                sae: s.sae.as_ref(),
-                hook: s.hook,
-                exclude_norm_above: s.exclude_norm_above,
-            })
-            .collect();
-        let options = EvalOptions {
-            batch_contexts: 2,
-            progress: self.progress,
-        };
-        let results = evaluate(&self.model, &at, contexts, means, &options)?;
+        let results = stages::evaluate(&self.model, saes, contexts, means, self.progress)?;
         for result in &results {
             analysis::tables::write_json(
                 &self

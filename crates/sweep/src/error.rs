@@ -72,6 +72,10 @@ pub enum SweepError {
     /// An evaluation failed. (boxed: the sweep's error stays small)
     #[error(transparent)]
     Analysis(Box<analysis::AnalysisError>),
+    /// A stage shared with the experiments (norms, evaluation) failed. (boxed: the sweep's
+    /// error stays small)
+    #[error(transparent)]
+    Stage(Box<lab::LabError>),
     /// An SAE's maths or files failed.
     #[error(transparent)]
     Sae(#[from] sae_core::SaeError),
@@ -99,7 +103,12 @@ macro_rules! from_boxed {
         }
     )+};
 }
-from_boxed!(Store: activation_cache::CacheError, Train: trainer::TrainError, Analysis: analysis::AnalysisError);
+from_boxed!(
+    Store: activation_cache::CacheError,
+    Train: trainer::TrainError,
+    Analysis: analysis::AnalysisError,
+    Stage: lab::LabError
+);
 
 /// The sweep's results.
 pub type Result<T> = std::result::Result<T, SweepError>;

@@ -71,6 +71,11 @@ pub struct SweepSpec {
     /// then left out of the harvest and read here. 0: no evaluation tasks.
     #[serde(default)]
     pub eval_tokens: u64,
+    /// Massive-norm tokens (above 4× the hook's median norm): `exclude` (from training and
+    /// evaluation, as `reproduce` does by default), `exclude_from_training`, or `keep`. The
+    /// same policy gives the same numbers as an experiment of the same settings.
+    #[serde(default)]
+    pub massive_tokens: activation_cache::norms::MassiveTokenPolicy,
     /// Rows per shuffle bucket of the training readers (a reader from an object store holds up
     /// to three buckets in memory: rows × hook width × 4 bytes each).
     #[serde(default = "defaults::bucket_rows")]
@@ -422,24 +427,13 @@ impl SweepSpec {
         config: &gemma_hooks::GemmaConfig,
     ) -> crate::Result<Vec<activation_cache::Context>> {
         let document = documents.last().context("the corpus has no documents")?;
-        let contexts = activation_cache::contexts::document_contexts(
+        Ok(activation_cache::contexts::held_out_contexts(
             tokenizer,
             document,
-            activation_cache::ContextConfig {
-                context_length: self.context_length,
-                min_tokens: self.context_length - 1,
-            },
             activation_cache::SpecialTokens::of(config),
-            0,
-        )?;
-        ensure!(
-            !contexts.is_empty(),
-            "the held-out document `{}` is shorter than one context of {} tokens",
-            document.name,
-            self.context_length
-        );
-        let wanted = self.eval_tokens.div_ceil(self.context_length as u64 - 1) as usize;
-        Ok(contexts.into_iter().take(wanted.max(1)).collect())
+            self.context_length,
+            self.eval_tokens,
+        )?)
     }
 
     /// The sampling of contexts the store uses.

@@ -26,6 +26,7 @@ use crate::records::{
     Check, DoneRecord, DoneState, OutputFile, PartRecord, TaskOutputs, describe_problems,
 };
 use crate::sync;
+use lab::stages::{self, TrainedSae};
 
 /// Where and how a task computes.
 #[derive(Debug, Clone)]
@@ -316,18 +317,17 @@ fn harvest(
         }
     }
     if !missing.is_empty() {
-        let (loaded, tokenizer, documents) = model_and_corpus(plan, options)?;
+        let (model, tokenizer, documents) = model_and_corpus(plan, options)?;
         let stores: Vec<(Location, StoreSpec)> = plan
             .stores
             .iter()
             .map(|s| (layout.store(&s.name), s.spec.clone()))
             .collect();
         for (_, spec) in &stores {
-            check_spec(&loaded.model, spec)?;
+            check_spec(&model, spec)?;
         }
         let harvested = plan.sweep.harvest_documents(&documents)?;
-        let schedule =
-            ShardSchedule::new(&tokenizer, harvested, loaded.model.config(), &stores[0].1)?;
+        let schedule = ShardSchedule::new(&tokenizer, harvested, model.config(), &stores[0].1)?;
         let survey = survey(schedule, range.clone())?;
         ensure!(
             survey.shards == plan.shards && survey.contexts_sha256 == plan.contexts_sha256,
@@ -339,10 +339,10 @@ fn harvest(
             plan.shards,
             short_digest(&plan.contexts_sha256)
         );
-        let kernel = loaded.model.kernel_description();
+        let kernel = model.kernel_description();
         let model_sha256 = plan.inputs.model_sha256();
         for planned in survey.kept.iter().filter(|p| missing.contains(&p.index)) {
-            let shards = write_shard(&loaded.model, planned, &stores, &|_| {})?;
+            let shards = write_shard(&model, planned, &stores, &|_| {})?;
             let record = PartRecord {
                 shard: planned.index,
                 kernel: kernel.clone(),
@@ -387,7 +387,7 @@ fn model_and_corpus(
     plan: &Plan,
     options: &TaskOptions,
 ) -> crate::Result<(
-    gemma_hooks::LoadedModel,
+    gemma_hooks::GemmaModel,
     gemma_hooks::GemmaTokenizer,
     Vec<activation_cache::Document>,
 )> {
@@ -397,13 +397,13 @@ fn model_and_corpus(
     plan.inputs
         .check_documents(&plan.sweep.corpus, &documents)?;
     let device = trainer::device_named(&options.device)?;
-    let mut loaded = gemma_hooks::load_model(&plan.sweep.model, &device, options.model_dtype)?;
-    loaded.model = loaded.model.with_kernels(options.kernels);
-    let tokenizer = loaded
-        .tokenizer
-        .clone()
-        .context("the model has no tokenizer (a Gemma tokenizer.json is needed)")?;
-    Ok((loaded, tokenizer, documents))
+    let (model, tokenizer) = gemma_hooks::load_model_with_kernels(
+        &plan.sweep.model,
+        &device,
+        options.model_dtype,
+        options.kernels,
+    )?;
+    Ok((model, tokenizer, documents))
 }
 
 /// Removes a task's scratch folder (made by this task, or by an earlier attempt of it).
@@ -486,7 +486,7 @@ fn train(
     plan: &Plan,
     layout: &Layout,
     store: &str,
-    config: TrainConfig,
+    mut config: TrainConfig,
     scratch: &Path,
     progress: bool,
 ) -> crate::Result<Vec<OutputFile>> {
@@ -506,6 +506,11 @@ fn train(
     let source_at = layout.store(store);
     let source = StoreSource::open_at(&source_at, shuffle, true)
         .with_context(|| format!("opening the store {source_at}"))?;
+    let norms = stages::norm_profiles(&source)?;
+    config.saes = std::mem::take(&mut config.saes)
+        .into_iter()
+        .map(|sae| stages::apply_training_policy(sae, &norms, plan.sweep.massive_tokens))
+        .collect();
     let every = config.checkpoint_every.max(1);
     let mut trainer = Trainer::new(config, source, scratch)?;
     while !trainer.finished() {
@@ -549,18 +554,14 @@ fn evaluate(
             _ => None,
         })
         .with_context(|| format!("the plan has no training task for {store}"))?;
-    let (loaded, tokenizer, documents) = model_and_corpus(plan, options)?;
+    let (model, tokenizer, documents) = model_and_corpus(plan, options)?;
     let contexts = plan
         .sweep
-        .held_out_contexts(&tokenizer, &documents, loaded.model.config())?;
-    let hook: gemma_hooks::HookPoint = store
-        .parse()
-        .map_err(|e| SweepError::Failed(format!("store `{store}`: {e}")))?;
-
-    // The mean-ablation baseline: the mean of the store's rows.
+        .held_out_contexts(&tokenizer, &documents, model.config())?;
+    let policy = plan.sweep.massive_tokens;
     let source = StoreSource::open_at(&layout.store(store), ShuffleConfig::default(), false)?;
-    let profile = activation_cache::norms::norm_profile(&source, 0, 262_144)?;
-    let means = std::collections::BTreeMap::from([(hook, profile.mean_all.clone())]);
+    let norms = stages::norm_profiles(&source)?;
+    let means = stages::ablation_means(&norms, policy)?;
 
     remove_scratch(scratch)?;
     let trained = layout.train(store);
@@ -568,25 +569,14 @@ fn evaluate(
     for name in &names {
         let folder = scratch.join(name);
         sync::download_folder(&trained.join(name), &folder)?;
-        let sae = sae_core::format::load(&folder, loaded.model.device(), DType::F32)
-            .with_context(|| format!("loading the trained SAE {}", trained.describe(name)))?;
-        saes.push((name.clone(), sae));
+        let sae = TrainedSae::load(&folder, name, store, None, model.device(), &norms, policy)
+            .map_err(|e| SweepError::Context {
+                context: format!("the trained SAE {}", trained.describe(name)),
+                cause: Box::new(e.into()),
+            })?;
+        saes.push(sae);
     }
-    let at: Vec<analysis::SaeAtHook<'_>> = saes
-        .iter()
-        .map(|(name, sae)| analysis::SaeAtHook {
-            name: name.clone(),
-            sae: sae.as_ref(),
-            hook,
-            output: None,
-            exclude_norm_above: None,
-        })
-        .collect();
-    let eval_options = analysis::EvalOptions {
-        batch_contexts: plan.sweep.batch_contexts,
-        progress: options.progress,
-    };
-    let results = analysis::evaluate(&loaded.model, &at, &contexts, &means, &eval_options)?;
+    let results = stages::evaluate(&model, &saes, &contexts, &means, options.progress)?;
     let name = format!("{store}.json");
     let bytes = serde_json::to_vec_pretty(&results)?;
     layout.eval().put(&name, bytes.clone().into())?;

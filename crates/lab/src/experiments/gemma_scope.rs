@@ -11,8 +11,9 @@ use candle_core::DType;
 use sae_core::format::ReleasePath;
 
 use crate::ExperimentOptions;
-use crate::pipeline::{Lab, TrainedSae};
+use crate::pipeline::Lab;
 use crate::report::{Report, frontier_plots, write_summary};
+use crate::stages::TrainedSae;
 
 /// Arguments of `reproduce gemma-scope`.
 #[derive(Debug, Clone)]

@@ -20,10 +20,11 @@ use trainer::{HomeostasisConfig, PenaltyConfig, SaeConfig};
 
 use super::short_run;
 use crate::ExperimentOptions;
-use crate::pipeline::{Budget, Lab, Outcome, TrainedSae};
+use crate::pipeline::{Budget, Lab, Outcome};
 use crate::report::{
     curve_outlook, density_plot, position_plot, training_curve_plot, write_summary,
 };
+use crate::stages::TrainedSae;
 
 /// Default training tokens: 1,000 steps of 1,024 (about 2 minutes of training here; the
 /// harvest of [`MAX_HARVEST`] tokens, about 2 minutes, and the evaluation take the rest).

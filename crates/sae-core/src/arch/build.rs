@@ -144,7 +144,9 @@ pub fn from_tensors(
                 };
                 Box::new(JumpReluTranscoder::new(sae, skip)?)
             }
-            Architecture::Registered { .. } => unreachable!("loaded by its registered loader above"),
+            Architecture::Registered { .. } => {
+                unreachable!("loaded by its registered loader above")
+            }
         };
         Ok(sae)
     })
