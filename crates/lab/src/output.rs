@@ -46,20 +46,44 @@ fn is_ours(path: &Path) -> bool {
     })
 }
 
-/// Writes a text file that `marker` identifies (a line the writer always puts in it); an
-/// existing file is replaced only when it contains the marker.
-pub fn write_marked_text(path: &Path, text: &str, marker: &str) -> crate::Result<()> {
-    debug_assert!(text.contains(marker));
-    if path.exists() {
-        let existing = std::fs::read_to_string(path).unwrap_or_default();
-        if !existing.contains(marker) {
+/// Writes `section` into the text file at `path` between the lines `<!-- begin: NAME -->` and
+/// `<!-- end: NAME -->`, keeping everything around them: a command owns its section of a
+/// document (the speed table of `BENCHMARKS.md`), the people who write the rest keep theirs. A
+/// missing file is created holding the section alone; a file without both marker lines, or
+/// with them out of order or repeated, is refused and left as it is.
+pub fn write_marked_section(path: &Path, section: &str, name: &str) -> crate::Result<()> {
+    let begin = format!("<!-- begin: {name} -->\n");
+    let end = format!("<!-- end: {name} -->\n");
+    let body = if section.ends_with('\n') {
+        section.to_string()
+    } else {
+        format!("{section}\n")
+    };
+    let text = if path.exists() {
+        let existing =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let (Some(start), Some(stop)) = (existing.find(&begin), existing.find(&end)) else {
             bail!(
-                "{}: refusing to overwrite a file this command did not write (it lacks `{marker}`); choose another path",
+                "{}: refusing to overwrite a file without the section markers `{}` and `{}`; add them where the section belongs, or choose another path",
+                path.display(),
+                begin.trim_end(),
+                end.trim_end()
+            );
+        };
+        if stop < start
+            || existing.matches(&begin).count() > 1
+            || existing.matches(&end).count() > 1
+        {
+            bail!(
+                "{}: the markers of the section `{name}` are out of order or repeated; fix them by hand",
                 path.display()
             );
         }
-    }
-    analysis::tables::write_text(path, text)?;
+        format!("{}{begin}{body}{}", &existing[..start], &existing[stop..])
+    } else {
+        format!("{begin}{body}{end}")
+    };
+    analysis::tables::write_text(path, &text)?;
     Ok(())
 }
 
@@ -87,7 +111,36 @@ mod tests {
         assert_eq!(std::fs::read(&theirs).unwrap(), before);
         let text = dir.path().join("notes.md");
         std::fs::write(&text, "my notes").unwrap();
-        assert!(write_marked_text(&text, "# Benchmarks", "# Benchmarks").is_err());
+        assert!(write_marked_section(&text, "| table |", "speed").is_err());
         assert_eq!(std::fs::read_to_string(&text).unwrap(), "my notes");
+    }
+
+    #[test]
+    fn a_marked_section_is_replaced_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("BENCHMARKS.md");
+        write_marked_section(&path, "first", "speed").unwrap();
+        let created = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            created,
+            "<!-- begin: speed -->\nfirst\n<!-- end: speed -->\n"
+        );
+        std::fs::write(
+            &path,
+            format!("# Title\n\nwritten by hand\n{created}\nmore by hand\n"),
+        )
+        .unwrap();
+        write_marked_section(&path, "second\n", "speed").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# Title\n\nwritten by hand\n<!-- begin: speed -->\nsecond\n<!-- end: speed -->\n\nmore by hand\n"
+        );
+        let reversed = "<!-- end: speed -->\n<!-- begin: speed -->\n";
+        std::fs::write(&path, reversed).unwrap();
+        let error = write_marked_section(&path, "third", "speed")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("out of order or repeated"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), reversed);
     }
 }

@@ -49,7 +49,9 @@ pub struct BenchArgs {
     /// Where the peer scripts are.
     #[arg(long, default_value = "../shared/peers")]
     pub peers_dir: PathBuf,
-    /// The table.
+    /// The document whose speed section (between `<!-- begin: cargo xtask bench -->` and
+    /// `<!-- end: cargo xtask bench -->`) gets the table; the rest of it is kept. A missing
+    /// file is created with the section alone.
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub out: PathBuf,
     /// Folder of the JSON-lines results.
@@ -330,25 +332,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .map(serde_json::to_string)
         .collect::<Result<_, _>>()?;
     write_text(&jsonl, &(lines.join("\n") + "\n"))?;
-    let mut text = table(&records, &machine, &stamp, args);
-    text.push_str(&quality_section(&args.out));
-    lab::output::write_marked_text(&args.out, &text, "`cargo xtask bench")?;
+    let text = table(&records, &machine, &stamp, args);
+    lab::output::write_marked_section(&args.out, &text, SPEED_SECTION)?;
     println!("{}\nresults: {}", args.out.display(), jsonl.display());
     Ok(())
 }
 
-/// The heading of the section `cargo xtask bench-quality`'s results live in, which the speed
-/// table keeps when it rewrites the file.
-const QUALITY_HEADING: &str = "\n## SAE quality";
-
-/// The SAE-quality section of the existing file at `path` (from [`QUALITY_HEADING`] on), or
-/// nothing.
-fn quality_section(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| text.find(QUALITY_HEADING).map(|at| text[at..].to_string()))
-        .unwrap_or_default()
-}
+/// The name of the section of `BENCHMARKS.md` (between `<!-- begin: … -->` and `<!-- end: …
+/// -->`) that `cargo xtask bench` writes; the rest of the file is kept.
+const SPEED_SECTION: &str = "cargo xtask bench";
 
 fn train_benchmarks(machine: &Machine, shape: &Shape, device: &str) -> anyhow::Result<Vec<Record>> {
     let mut records = Vec::new();
@@ -796,13 +788,13 @@ fn table(records: &[Record], machine: &Machine, stamp: &str, args: &BenchArgs) -
             row
         })
         .collect();
-    let load: Vec<String> = records
-        .iter()
-        .map(|r| format!("{:.2}", r.load_average))
-        .collect();
+    let (least, most) = records.iter().fold((f64::INFINITY, 0f64), |(lo, hi), r| {
+        (lo.min(r.load_average), hi.max(r.load_average))
+    });
+    let load = format!("{least:.2}–{most:.2}");
     format!(
-        "# Benchmarks\n\n`cargo xtask bench{}{}` at {stamp}: {} with {} threads (CPU flags: {}), f32 products on \
-         {}; 1-minute load average per measurement {} (JSON lines in `{}`). Peer cells: the peer's figure (its L0) → our ratio to it.\n\n\
+        "`cargo xtask bench{}{}` at {stamp}: {} with {} threads (CPU flags: {}), f32 products on \
+         {}; 1-minute load average {} over the measurements (each in the JSON lines in `{}`). Peer cells: the peer's figure (its L0) → our ratio to it.\n\n\
          Training: the full step (forward, backward, Adam, decoder constraint) on Gaussian inputs; \
          JumpReLU's realistic L0 (≈ 100) comes from θ₀ = Φ⁻¹(1 − 100/d_sae)/√d_in, random-init L0 from \
          θ₀ = 0.001. The peers get the same θ₀ but their initialisation reaches another L0 (shown); \
@@ -816,7 +808,7 @@ fn table(records: &[Record], machine: &Machine, stamp: &str, args: &BenchArgs) -
         machine.threads,
         cpu_flags(),
         sae_core::blas::kernel_description(),
-        load.join(", "),
+        load,
         args.results.display(),
         if machine.native_bf16 || !args.peers {
             ""

@@ -21,6 +21,8 @@ use candle_core::DType;
 use gemma_hooks::HookPoint;
 use trainer::{PenaltyConfig, SaeConfig};
 
+use activation_cache::norms::NormProfile;
+use analysis::Evaluation;
 use lab::ExperimentOptions;
 use lab::experiments::quickstart::{self, CONTEXT_LENGTH};
 use lab::{Budget, Lab, TrainedSae};
@@ -68,11 +70,46 @@ struct Entry {
     lambda: f64,
 }
 
-/// Runs the comparison.
-///
-/// Long because an experiment reads as one script (harvest, train both trainers, evaluate,
-/// report); its reusable steps are the [`lab::Lab`] methods and the helpers below.
+/// Runs the comparison: harvest, train both trainers on the same store, evaluate, report.
 pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
+    check_args(args)?;
+    let python = if args.no_peers {
+        None
+    } else {
+        Some(peer_python(args.peer_python.as_deref())?)
+    };
+    let lab = Lab::open("bench-quality", &args.common)?;
+    let hook = HookPoint::ResidPost(lab.middle_layer());
+    let budget = Budget::new(
+        args.common.budget.unwrap_or(DEFAULT_BUDGET),
+        BATCH_SIZE,
+        MAX_HARVEST,
+    );
+    lab.pin_config(&serde_json::json!({
+        "budget": budget,
+        "hook": hook.to_string(),
+        "context_length": CONTEXT_LENGTH,
+        "lambdas": args.lambdas,
+        "seeds": args.seeds,
+        "ours": our_config(args, hook, &budget, args.lambdas[0], args.seeds[0])?,
+        "peers": !args.no_peers,
+    }))?;
+    let store = lab.harvest(&[hook], CONTEXT_LENGTH, budget.harvest_tokens)?;
+    let norms = lab.norms(&store)?;
+    let (mut entries, mut saes) = train_ours(&lab, args, hook, &budget, &store, &norms)?;
+    if let Some(python) = &python {
+        let (peer_entries, peer_saes) =
+            train_peers(&lab, args, python, hook, &budget, &store, &norms)?;
+        entries.extend(peer_entries);
+        saes.extend(peer_saes);
+    }
+    let held_out = lab.held_out(CONTEXT_LENGTH, budget.eval_tokens)?;
+    let evaluations = lab.evaluate(&saes, &held_out, &lab.ablation_means(&norms)?)?;
+    write_report(&lab, args, hook, &budget, &norms, &entries, &evaluations)
+}
+
+/// Refuses a pre-activation coefficient or window the comparison cannot run.
+fn check_args(args: &QualityArgs) -> anyhow::Result<()> {
     if let Some(c) = args.pre_activation
         && !(c.is_finite() && c > 0.0)
     {
@@ -87,65 +124,55 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
             args.pre_activation_window
         );
     }
-    let python = if args.no_peers {
-        None
-    } else {
-        Some(peer_python(args.peer_python.as_deref())?)
-    };
-    let lab = Lab::open("bench-quality", &args.common)?;
-    let hook = HookPoint::ResidPost(lab.middle_layer());
-    let budget = Budget::new(
-        args.common.budget.unwrap_or(DEFAULT_BUDGET),
-        BATCH_SIZE,
-        MAX_HARVEST,
-    );
-    let ours = |lambda: f64, seed: u64| -> anyhow::Result<SaeConfig> {
-        let mut sae = quickstart::sae_config(hook, budget.steps());
-        sae.name = format!("ours-l{lambda:e}-s{seed}");
-        // The parity check is at fixed λ, as SAELens trains: no controller, no homeostasis.
-        sae.target_l0 = None;
-        sae.homeostasis = None;
-        let mut penalties = vec![PenaltyConfig::L0 {
-            coefficient: lambda,
-        }];
-        if let Some(coefficient) = args.pre_activation {
-            penalties.push(PenaltyConfig::PreActivation {
-                coefficient,
-                dead_after_tokens: args.pre_activation_window,
-            });
-        }
-        sae.penalties = Some(penalties);
-        sae.seed = Some(seed);
-        Ok(sae.with_overrides(&args.common.overrides)?)
-    };
-    lab.pin_config(&serde_json::json!({
-        "budget": budget,
-        "hook": hook.to_string(),
-        "context_length": CONTEXT_LENGTH,
-        "lambdas": args.lambdas,
-        "seeds": args.seeds,
-        "ours": ours(args.lambdas[0], args.seeds[0])?,
-        "peers": !args.no_peers,
-    }))?;
-    let store = lab.harvest(&[hook], CONTEXT_LENGTH, budget.harvest_tokens)?;
-    let norms = lab.norms(&store)?;
+    Ok(())
+}
+
+/// Our SAE at `lambda` and `seed`: the quickstart's recipe at fixed λ, as SAELens trains (no
+/// controller, no homeostasis), with the pre-activation loss when asked.
+fn our_config(
+    args: &QualityArgs,
+    hook: HookPoint,
+    budget: &Budget,
+    lambda: f64,
+    seed: u64,
+) -> anyhow::Result<SaeConfig> {
+    let mut sae = quickstart::sae_config(hook, budget.steps());
+    sae.name = format!("ours-l{lambda:e}-s{seed}");
+    sae.target_l0 = None;
+    sae.homeostasis = None;
+    let mut penalties = vec![PenaltyConfig::L0 {
+        coefficient: lambda,
+    }];
+    if let Some(coefficient) = args.pre_activation {
+        penalties.push(PenaltyConfig::PreActivation {
+            coefficient,
+            dead_after_tokens: args.pre_activation_window,
+        });
+    }
+    sae.penalties = Some(penalties);
+    sae.seed = Some(seed);
+    Ok(sae.with_overrides(&args.common.overrides)?)
+}
+
+/// Trains our SAEs, every λ of a seed in one run reading the store in that seed's order.
+fn train_ours(
+    lab: &Lab,
+    args: &QualityArgs,
+    hook: HookPoint,
+    budget: &Budget,
+    store: &Path,
+    norms: &[NormProfile],
+) -> anyhow::Result<(Vec<Entry>, Vec<TrainedSae>)> {
     let mut entries = Vec::new();
-    let mut saes: Vec<TrainedSae> = Vec::new();
+    let mut saes = Vec::new();
     for &seed in &args.seeds {
         let configs = args
             .lambdas
             .iter()
-            .map(|&l| ours(l, seed))
+            .map(|&l| our_config(args, hook, budget, l, seed))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let trained = lab.train(
-            &store,
-            &budget,
-            configs,
-            CONTEXT_LENGTH,
-            &norms,
-            seed,
-            &format!("train-seed{seed}"),
-        )?;
+        let folder = format!("train-seed{seed}");
+        let trained = lab.train(store, budget, configs, CONTEXT_LENGTH, norms, seed, &folder)?;
         for (sae, &lambda) in trained.into_iter().zip(&args.lambdas) {
             entries.push(Entry {
                 trainer: "ours",
@@ -155,56 +182,78 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
             saes.push(sae);
         }
     }
-    if let Some(python) = &python {
-        let cutoff = lab
-            .massive_tokens
-            .excludes_from_training()
-            .then(|| norms[0].cutoff);
-        for &seed in &args.seeds {
-            let folder = lab.out.join(format!("saelens-seed{seed}"));
-            let names: Vec<String> = args
-                .lambdas
-                .iter()
-                .map(|l| format!("saelens-l{l:e}-s{seed}"))
-                .collect();
-            let recipe = quickstart::sae_config(hook, budget.steps()).resolve(
-                activation_cache::hook_width(lab.model.config(), hook),
-                budget.steps(),
-            );
-            train_saelens(
-                python,
-                &store,
-                &recipe,
-                &folder,
-                &names,
-                &args.lambdas,
+    Ok((entries, saes))
+}
+
+/// Trains SAELens's SAEs with `python` on the same store, and loads them.
+fn train_peers(
+    lab: &Lab,
+    args: &QualityArgs,
+    python: &Path,
+    hook: HookPoint,
+    budget: &Budget,
+    store: &Path,
+    norms: &[NormProfile],
+) -> anyhow::Result<(Vec<Entry>, Vec<TrainedSae>)> {
+    let cutoff = lab
+        .massive_tokens
+        .excludes_from_training()
+        .then(|| norms[0].cutoff);
+    let recipe = quickstart::sae_config(hook, budget.steps()).resolve(
+        activation_cache::hook_width(lab.model.config(), hook),
+        budget.steps(),
+    );
+    let mut entries = Vec::new();
+    let mut saes = Vec::new();
+    for &seed in &args.seeds {
+        let folder = lab.out.join(format!("saelens-seed{seed}"));
+        let names: Vec<String> = args
+            .lambdas
+            .iter()
+            .map(|l| format!("saelens-l{l:e}-s{seed}"))
+            .collect();
+        train_saelens(
+            python,
+            store,
+            &recipe,
+            &folder,
+            &names,
+            &args.lambdas,
+            seed,
+            budget,
+            cutoff,
+        )?;
+        for (name, &lambda) in names.iter().zip(&args.lambdas) {
+            let path = folder.join(name);
+            let sae = sae_core::format::load(&path, lab.model.device(), DType::F32)
+                .with_context(|| format!("loading SAELens's SAE {}", path.display()))?;
+            entries.push(Entry {
+                trainer: "saelens",
                 seed,
-                &budget,
-                cutoff,
-            )?;
-            for (name, &lambda) in names.iter().zip(&args.lambdas) {
-                let path = folder.join(name);
-                let sae = sae_core::format::load(&path, lab.model.device(), DType::F32)
-                    .with_context(|| format!("loading SAELens's SAE {}", path.display()))?;
-                entries.push(Entry {
-                    trainer: "saelens",
-                    seed,
-                    lambda,
-                });
-                saes.push(TrainedSae {
-                    name: name.clone(),
-                    hook,
-                    output: None,
-                    sae,
-                    exclude_norm_above: lab.evaluation_cutoff(&norms, &hook.to_string()),
-                });
-            }
+                lambda,
+            });
+            saes.push(TrainedSae {
+                name: name.clone(),
+                hook,
+                output: None,
+                sae,
+                exclude_norm_above: lab.evaluation_cutoff(norms, &hook.to_string()),
+            });
         }
     }
+    Ok((entries, saes))
+}
 
-    let held_out = lab.held_out(CONTEXT_LENGTH, budget.eval_tokens)?;
-    let evaluations = lab.evaluate(&saes, &held_out, &lab.ablation_means(&norms)?)?;
-
+/// The report, the summary and quality tables, and the frontier plots.
+fn write_report(
+    lab: &Lab,
+    args: &QualityArgs,
+    hook: HookPoint,
+    budget: &Budget,
+    norms: &[NormProfile],
+    entries: &[Entry],
+    evaluations: &[Evaluation],
+) -> anyhow::Result<()> {
     let mut report = lab.report("SAE quality: this project vs SAELens on the same activations");
     report.paragraph(&format!(
         "JumpReLU SAEs of {} latents on `{hook}`, {} steps of {} from one store of {} tokens \
@@ -244,7 +293,7 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
     let frame = write_summary(
         &lab.out,
         &mut report,
-        &evaluations,
+        evaluations,
         &[
             ("trainer", column(&|e| e.trainer.to_string())),
             ("seed", column(&|e| e.seed.to_string())),
@@ -255,7 +304,7 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
     analysis::tables::write_frame(&mut quality, &lab.out, "quality")?;
     report.heading("Frontiers");
     let groups = column(&|e| format!("{} seed {}", e.trainer, e.seed));
-    frontier_plots(&lab.out, &mut report, &evaluations, &groups)?;
+    frontier_plots(&lab.out, &mut report, evaluations, &groups)?;
     report.publish(&lab.out, &frame)?;
     Ok(())
 }

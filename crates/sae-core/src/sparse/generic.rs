@@ -95,38 +95,17 @@ pub fn generic_sparse_step(
     max_pair_fraction: f64,
     precision: ProductPrecision,
 ) -> Result<Option<SparseStep>> {
-    let Some(SparseForm { affine, rule }) = sae.sparse_form()? else {
-        return Ok(None);
-    };
-    let (tokens, d_in) = x.dims2()?;
-    let d_sae = sae.d_sae();
-    if d_in != sae.d_in() || x.dtype() != DType::F32 {
-        return Err(SaeError::Config(format!(
-            "the sparse step takes f32 inputs [tokens, {}], got {:?} {:?}",
-            sae.d_in(),
-            x.dims(),
-            x.dtype()
-        )));
-    }
-    let Some(terms) = super::active_terms(penalties, &rule, d_sae)? else {
-        return Ok(None);
-    };
-    let matryoshka = penalties
-        .matryoshka
-        .as_ref()
-        .is_some_and(|m| m.coefficient != 0.0);
-    if terms.auxk.is_some() || terms.pre_activation.is_some() || matryoshka {
-        return Ok(None);
-    }
-    let SelectionRule::Threshold {
+    let Some(ThresholdForm {
+        affine,
         theta,
         bandwidth,
         parametrisation,
-    } = rule
+        quadratic,
+    }) = ThresholdForm::of(sae, x, penalties)?
     else {
         return Ok(None);
     };
-    let device = x.device().clone();
+    let (tokens, d_sae, device) = (x.dim(0)?, sae.d_sae(), x.device().clone());
     let mut clock = Lap::start();
     let mut phases = SparsePhases::default();
     let x = x.contiguous()?;
@@ -138,26 +117,20 @@ pub fn generic_sparse_step(
     phases.encoder_product += clock.lap();
 
     let theta = Tensor::new(theta.as_slice(), &device)?;
-    let Selection {
-        active,
-        band,
-        member,
-        counts,
-        width,
-        pairs,
-    } = Selection::of(&pre, &theta, bandwidth)?;
-    if pairs > max_pair_fraction * (tokens * d_sae) as f64 {
+    let selection = Selection::of(&pre, &theta, bandwidth)?;
+    if selection.pairs > max_pair_fraction * (tokens * d_sae) as f64 {
         return Ok(None);
     }
-    let lists = PairLists::new(&member, &counts, width)?;
-    let active = lists.gather(&active.to_dtype(DType::F32)?)?;
-    let band = lists.gather(&band.to_dtype(DType::F32)?)?;
+    let lists = PairLists::new(&selection.member, &selection.counts, selection.width)?;
+    let active = lists.gather(&selection.active.to_dtype(DType::F32)?)?;
+    let band = lists.gather(&selection.band.to_dtype(DType::F32)?)?;
     let pre = lists.gather(&pre)?;
     let values = (&pre * &active)?;
     phases.selection += clock.lap();
 
     // Per block of tokens: x̂, g, every pair's ∂loss/∂f, and the gradient rows of W_dec and
     // Wᵀ_enc scattered back by latent.
+    let width = selection.width;
     let TokenBlocks {
         decoder,
         encoder_t,
@@ -167,67 +140,36 @@ pub fn generic_sparse_step(
     } = token_blocks(affine, &x, &centred, &lists, &values, &active, width)?;
     phases.token_pass += clock.lap();
 
-    // Per latent: ∂/∂b_enc, ∂/∂θ over the band pairs (the JumpReLU output's and the L0
-    // penalty's pseudo-derivatives), and the firing counts.
-    let flat_index = lists.index.flatten_all()?;
-    let per_latent = |pair_values: &Tensor| -> Result<Tensor> {
-        Ok(Tensor::zeros(d_sae, DType::F32, &device)?.index_add(
-            &flat_index,
-            &pair_values.flatten_all()?,
-            0,
-        )?)
+    let pairs = PairValues {
+        lists: &lists,
+        active: &active,
+        band: &band,
+        pre: &pre,
+        output,
     };
-    let b_enc_gradient = per_latent(&(&output * &active)?)?;
-    let token_l0 = active.sum(1)?;
-    let l0_gradient = -penalties.l0 / (f64::from(bandwidth) * tokens as f64);
-    let (l0_term, l0_gradients) = l0_terms(&token_l0, terms.quadratic.as_ref(), l0_gradient)?;
-    let theta_of_pairs = theta
-        .index_select(&flat_index, 0)?
-        .reshape((tokens, width))?;
-    let threshold_pairs =
-        (output * (theta_of_pairs / -f64::from(bandwidth))?)?.broadcast_add(&l0_gradients)?;
-    let threshold_gradient = per_latent(&(threshold_pairs * &band)?)?;
-    let fired = (&active * pre.ne(0f32)?.to_dtype(DType::F32)?)?;
-    let fires: Vec<u32> = per_latent(&fired)?.to_dtype(DType::U32)?.to_vec1()?;
-    let smallest_active = fired
-        .ne(0f32)?
-        .where_cond(&pre, &Tensor::full(f32::INFINITY, pre.shape(), &device)?)?
-        .min_all()?;
+    let latents = pairs.latent_sums(&theta, bandwidth, penalties.l0, quadratic.as_ref(), d_sae)?;
     phases.latent_pass += clock.lap();
 
-    let b_dec_gradient = b_dec_gradient(affine, &g, &b_enc_gradient)?;
-    let mut gradients = vec![
+    let [squared_error, active_pairs, l0_term, smallest] =
+        step_scalars(&squared_errors, &active, &latents)?;
+    let b_dec_gradient = b_dec_gradient(affine, &g, &latents.b_enc_gradient)?;
+    let threshold_gradient = match parametrisation {
+        ThresholdParametrisation::Raw => ("threshold", latents.threshold_gradient),
+        ThresholdParametrisation::Log => ("log_threshold", (latents.threshold_gradient * theta)?),
+    };
+    let gradients = vec![
         ("W_enc", encoder_t.t()?),
-        ("b_enc", b_enc_gradient),
+        ("b_enc", latents.b_enc_gradient),
         ("W_dec", decoder),
         ("b_dec", b_dec_gradient),
+        threshold_gradient,
     ];
-    gradients.push(match parametrisation {
-        ThresholdParametrisation::Raw => ("threshold", threshold_gradient),
-        ThresholdParametrisation::Log => ("log_threshold", (threshold_gradient * theta)?),
-    });
-    // The step's scalars, read in one transfer.
-    let scalars = Tensor::stack(
-        &[
-            Tensor::stack(&squared_errors, 0)?
-                .to_dtype(DType::F64)?
-                .sum_all()?,
-            active.to_dtype(DType::F64)?.sum_all()?,
-            l0_term.to_dtype(DType::F64)?,
-            smallest_active.to_dtype(DType::F64)?,
-        ],
-        0,
-    )?
-    .to_vec1::<f64>()?;
-    let [squared_error, active_pairs, l0_term, smallest] = scalars[..] else {
-        unreachable!("four scalars were stacked");
-    };
     let reconstruction = squared_error / tokens as f64;
     phases.other += clock.lap();
     Ok(Some(SparseStep {
         reconstruction: reconstruction as f32,
         squared_error: squared_error as f32,
-        fires,
+        fires: latents.fires,
         l0: (active_pairs / tokens as f64) as f32,
         l0_term: l0_term as f32,
         auxk: 0.0,
@@ -240,6 +182,165 @@ pub fn generic_sparse_step(
         passes: Passes::Pairs,
         phases,
     }))
+}
+
+/// The step's scalars, read from the device in one transfer: the squared error (the sum of
+/// the blocks' `squared_errors`), the active pairs, the L0 term and the smallest active
+/// pre-activation.
+fn step_scalars(
+    squared_errors: &[Tensor],
+    active: &Tensor,
+    latents: &LatentSums,
+) -> Result<[f64; 4]> {
+    let scalars = Tensor::stack(
+        &[
+            Tensor::stack(squared_errors, 0)?
+                .to_dtype(DType::F64)?
+                .sum_all()?,
+            active.to_dtype(DType::F64)?.sum_all()?,
+            latents.l0_term.to_dtype(DType::F64)?,
+            latents.smallest_active.to_dtype(DType::F64)?,
+        ],
+        0,
+    )?
+    .to_vec1::<f64>()?;
+    scalars.try_into().map_err(|scalars: Vec<f64>| {
+        SaeError::Config(format!("{} step scalars read back, not 4", scalars.len()))
+    })
+}
+
+/// What the generic step needs of a JumpReLU SAE: its encoder and decoder, thresholds and
+/// bandwidth, and the quadratic L0 target if the penalty has one.
+struct ThresholdForm<'a> {
+    affine: &'a AffineSae,
+    theta: Vec<f32>,
+    bandwidth: f32,
+    parametrisation: ThresholdParametrisation,
+    quadratic: Option<crate::QuadraticL0>,
+}
+
+impl<'a> ThresholdForm<'a> {
+    /// The form of `sae` for f32 inputs `x`, or `None` where the generic step does not apply
+    /// (no sparse form, not a threshold rule, AuxK, pre-activation or Matryoshka terms); an
+    /// input of the wrong width or type is an error.
+    fn of(
+        sae: &'a dyn TrainableSae,
+        x: &Tensor,
+        penalties: &SparsePenalties,
+    ) -> Result<Option<Self>> {
+        let Some(SparseForm { affine, rule }) = sae.sparse_form()? else {
+            return Ok(None);
+        };
+        let (_, d_in) = x.dims2()?;
+        if d_in != sae.d_in() || x.dtype() != DType::F32 {
+            return Err(SaeError::Config(format!(
+                "the sparse step takes f32 inputs [tokens, {}], got {:?} {:?}",
+                sae.d_in(),
+                x.dims(),
+                x.dtype()
+            )));
+        }
+        let Some(terms) = super::active_terms(penalties, &rule, sae.d_sae())? else {
+            return Ok(None);
+        };
+        let matryoshka = penalties
+            .matryoshka
+            .as_ref()
+            .is_some_and(|m| m.coefficient != 0.0);
+        if terms.auxk.is_some() || terms.pre_activation.is_some() || matryoshka {
+            return Ok(None);
+        }
+        let SelectionRule::Threshold {
+            theta,
+            bandwidth,
+            parametrisation,
+        } = rule
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            affine,
+            theta,
+            bandwidth,
+            parametrisation,
+            quadratic: terms.quadratic,
+        }))
+    }
+}
+
+/// The pairs' lists and per-pair values after the token pass.
+struct PairValues<'a> {
+    lists: &'a PairLists,
+    active: &'a Tensor,
+    band: &'a Tensor,
+    pre: &'a Tensor,
+    /// Every pair's ∂loss/∂f.
+    output: Tensor,
+}
+
+/// The per-latent sums of the step.
+struct LatentSums {
+    b_enc_gradient: Tensor,
+    threshold_gradient: Tensor,
+    /// The L0 penalty's term (a scalar on the device).
+    l0_term: Tensor,
+    fires: Vec<u32>,
+    /// The smallest active pre-activation (+∞ when none fired), a scalar on the device.
+    smallest_active: Tensor,
+}
+
+impl PairValues<'_> {
+    /// Per latent: ∂/∂b_enc, ∂/∂θ over the band pairs (the JumpReLU output's and the L0
+    /// penalty's pseudo-derivatives, `l0` its coefficient), and the firing counts.
+    fn latent_sums(
+        self,
+        theta: &Tensor,
+        bandwidth: f32,
+        l0: f64,
+        quadratic: Option<&crate::QuadraticL0>,
+        d_sae: usize,
+    ) -> Result<LatentSums> {
+        let Self {
+            lists,
+            active,
+            band,
+            pre,
+            output,
+        } = self;
+        let device = active.device();
+        let (tokens, width) = active.dims2()?;
+        let flat_index = lists.index.flatten_all()?;
+        let per_latent = |pair_values: &Tensor| -> Result<Tensor> {
+            Ok(Tensor::zeros(d_sae, DType::F32, device)?.index_add(
+                &flat_index,
+                &pair_values.flatten_all()?,
+                0,
+            )?)
+        };
+        let b_enc_gradient = per_latent(&(&output * active)?)?;
+        let token_l0 = active.sum(1)?;
+        let l0_gradient = -l0 / (f64::from(bandwidth) * tokens as f64);
+        let (l0_term, l0_gradients) = l0_terms(&token_l0, quadratic, l0_gradient)?;
+        let theta_of_pairs = theta
+            .index_select(&flat_index, 0)?
+            .reshape((tokens, width))?;
+        let threshold_pairs =
+            (output * (theta_of_pairs / -f64::from(bandwidth))?)?.broadcast_add(&l0_gradients)?;
+        let threshold_gradient = per_latent(&(threshold_pairs * band)?)?;
+        let fired = (active * pre.ne(0f32)?.to_dtype(DType::F32)?)?;
+        let fires: Vec<u32> = per_latent(&fired)?.to_dtype(DType::U32)?.to_vec1()?;
+        let smallest_active = fired
+            .ne(0f32)?
+            .where_cond(pre, &Tensor::full(f32::INFINITY, pre.shape(), device)?)?
+            .min_all()?;
+        Ok(LatentSums {
+            b_enc_gradient,
+            threshold_gradient,
+            l0_term,
+            fires,
+            smallest_active,
+        })
+    }
 }
 
 /// What the token pass gives: the W_dec gradient, Wᵀ_enc's gradient rows by latent, every

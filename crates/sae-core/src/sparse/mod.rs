@@ -263,6 +263,18 @@ struct TokenInputs<'a> {
     d_in: usize,
 }
 
+impl<'a> TokenInputs<'a> {
+    /// The inputs' rows `x_rows` and `affine`'s decoder (`w_dec` its rows) and b_dec.
+    fn new(affine: &AffineSae, x_rows: &'a [f32], w_dec: &'a [f32]) -> Result<Self> {
+        Ok(Self {
+            x_rows,
+            b_dec: affine.b_dec.as_tensor().to_vec1::<f32>()?,
+            w_dec,
+            d_in: affine.d_in(),
+        })
+    }
+}
+
 /// The token pass: per token, the reconstruction's g = 2(x̂ − x)/B, its squared error, and
 /// each pair's ∂loss/∂f = g·W_dec[j] (the decoder rows are still in cache from the
 /// reconstruction); then AuxK's terms. The product passes also keep the dense latents F and
@@ -313,15 +325,17 @@ fn check_input(sae: &dyn TrainableSae, x: &Tensor) -> Result<(usize, usize)> {
     Ok((tokens, d_in))
 }
 
-/// The passes for a batch with `pairs` of its `all_pairs` (token, latent) pairs taking part:
-/// over the pairs up to `max_pair_fraction`, else the product passes, which have no AuxK,
-/// pre-activation or Matryoshka term (`pair_terms`): `None` then (the dense step runs).
+/// The passes for a batch whose tokens' pairs `token_pairs` are some of its `all_pairs`
+/// (token, latent) pairs: over the pairs up to `max_pair_fraction`, else the product passes,
+/// which have no AuxK, pre-activation or Matryoshka term (`pair_terms`): `None` then (the
+/// dense step runs).
 fn choose_passes(
-    pairs: usize,
+    token_pairs: &[Vec<Pair>],
     max_pair_fraction: f64,
     all_pairs: usize,
     pair_terms: bool,
 ) -> Option<Passes> {
+    let pairs: usize = token_pairs.iter().map(Vec::len).sum();
     if pairs as f64 <= max_pair_fraction * all_pairs as f64 {
         Some(Passes::Pairs)
     } else if !pair_terms {
@@ -400,8 +414,7 @@ pub fn sparse_step(
     let Some(SparseForm { affine, rule }) = sae.sparse_form()? else {
         return Ok(None);
     };
-    let (tokens, d_in) = check_input(sae, x)?;
-    let d_sae = sae.d_sae();
+    let ((tokens, d_in), d_sae) = (check_input(sae, x)?, sae.d_sae());
     let Some(ActiveTerms {
         quadratic,
         auxk,
@@ -410,14 +423,7 @@ pub fn sparse_step(
     else {
         return Ok(None);
     };
-    let matryoshka = penalties
-        .matryoshka
-        .as_ref()
-        .filter(|m| m.coefficient != 0.0);
-    if let Some(term) = matryoshka {
-        crate::Matryoshka::check(&term.widths, d_sae)?;
-    }
-    let widths = matryoshka.map_or(&[][..], |m| m.widths.as_slice());
+    let matryoshka = matryoshka_term(penalties, d_sae)?;
     let mut clock = Lap::start();
     let mut phases = SparsePhases::default();
     let x = x.contiguous()?;
@@ -431,9 +437,9 @@ pub fn sparse_step(
         &mut clock,
         &mut phases,
     )?;
-    let pairs: usize = token_pairs.iter().map(Vec::len).sum();
     let pair_terms = auxk.is_some() || pre_activation.is_some() || matryoshka.is_some();
-    let Some(passes) = choose_passes(pairs, max_pair_fraction, tokens * d_sae, pair_terms) else {
+    let all_pairs = tokens * d_sae;
+    let Some(passes) = choose_passes(&token_pairs, max_pair_fraction, all_pairs, pair_terms) else {
         return Ok(None);
     };
     let w_dec_tensor = affine.w_dec.as_tensor();
@@ -445,80 +451,46 @@ pub fn sparse_step(
     let centred = contiguous_f32(&centred_storage, centred_layout, "the encoder input")?;
     let decoder_row = |j: u32| &w_dec[j as usize * d_in..(j as usize + 1) * d_in];
 
-    let prefixes = matryoshka.map(|m| Prefixes {
-        widths,
-        coefficient: m.coefficient as f32,
-    });
-    let inputs = TokenInputs {
-        x_rows,
-        b_dec: affine.b_dec.as_tensor().to_vec1::<f32>()?,
-        w_dec,
-        d_in,
-    };
+    let inputs = TokenInputs::new(affine, x_rows, w_dec)?;
+    let prefixes = matryoshka.map(Prefixes::of);
     let (per_token, product_pass, auxk_term) =
         token_pass(passes, token_pairs, &inputs, prefixes, auxk)?;
     phases.token_pass += clock.lap();
-    let TokenSummary {
-        squared_error,
-        prefix_error,
-        active_pairs,
-        smallest_active,
-    } = TokenSummary::of(&per_token);
-    let reconstruction = squared_error / tokens as f64;
-    let matryoshka_term = prefix_error / tokens as f64;
-
-    let (theta, bandwidth) = rule.threshold_and_bandwidth();
-    let l0_gradient = -(penalties.l0 as f32) / (bandwidth * tokens as f32);
-    // The L0 term and, for the quadratic penalty, each token's factor on its θ-gradient (1 for
-    // the linear one).
-    let l0 = active_pairs as f64 / tokens as f64;
-    let (l0_term, l0_slope) = match &quadratic {
-        Some(q) => quadratic_l0_terms(&per_token, q),
-        None => (l0, Vec::new()),
-    };
-    let threshold_terms = products::ThresholdTerms {
-        theta,
-        bandwidth,
-        l0_gradient_of: |token: usize| match l0_slope.get(token) {
-            Some(slope) => l0_gradient * slope,
-            None => l0_gradient,
-        },
-    };
+    let summary = TokenSummary::of(&per_token);
+    let reconstruction = summary.squared_error / tokens as f64;
+    let matryoshka_term = summary.prefix_error / tokens as f64;
+    let l0 = summary.active_pairs as f64 / tokens as f64;
+    let (l0_term, threshold_terms) =
+        l0_and_threshold_terms(&rule, &per_token, penalties.l0, quadratic.as_ref(), l0);
     // The pre-activation loss: Σ over tokens of x − b_dec (its W_enc gradient is this sum less
     // the firing tokens' rows), each dead latent's decoder norm, and the term itself.
     let pre_coefficient = pre_activation.map_or(0.0, |p| p.coefficient) as f32;
     let pre_activation_term = pre_activation_loss(&dead_terms, &decoder_row) / tokens as f64;
     phases.other += clock.lap();
-    let (per_token, latent_gradients, fires) = match product_pass {
-        Some(mut pass) => {
-            pass.per_token = per_token;
-            products::latent_pass(pass, centred, &threshold_terms)?
-        }
-        None => {
-            let pass = LatentPass {
-                centred,
-                widths,
-                dead_terms: &dead_terms,
-                pre_coefficient,
-                decoder_row: &decoder_row,
-            };
-            let (gradients, fires) = pass.run(&per_token, d_sae, &threshold_terms);
-            (per_token, gradients, fires)
-        }
+    let pass = LatentPass {
+        centred,
+        widths: matryoshka.map_or(&[][..], |m| m.widths.as_slice()),
+        dead_terms: &dead_terms,
+        pre_coefficient,
+        decoder_row: &decoder_row,
     };
+    let (per_token, latent_gradients, fires) =
+        pass.run_or_products(product_pass, per_token, d_sae, &threshold_terms)?;
     phases.latent_pass += clock.lap();
     let gradients = gradient_tensors(affine, rule, latent_gradients, &per_token)?;
-    let auxk_coefficient = auxk.map_or(0.0, |a| a.coefficient);
-    let matryoshka_coefficient = matryoshka.map_or(0.0, |m| m.coefficient);
-    let total = reconstruction
-        + penalties.l0 * l0_term
-        + auxk_coefficient * auxk_term
-        + pre_coefficient as f64 * pre_activation_term
-        + matryoshka_coefficient * matryoshka_term;
+    let total = weighted_total(
+        reconstruction,
+        [
+            (penalties.l0, l0_term),
+            (auxk.map_or(0.0, |a| a.coefficient), auxk_term),
+            (f64::from(pre_coefficient), pre_activation_term),
+            (matryoshka.map_or(0.0, |m| m.coefficient), matryoshka_term),
+        ],
+    );
     phases.other += clock.lap();
     Ok(Some(SparseStep {
         reconstruction: reconstruction as f32,
-        squared_error: squared_error as f32,
+        squared_error: summary.squared_error as f32,
         fires,
         l0: l0 as f32,
         l0_term: l0_term as f32,
@@ -527,11 +499,66 @@ pub fn sparse_step(
         matryoshka: matryoshka_term as f32,
         total: total as f32,
         gradients,
-        active_pairs,
-        smallest_active,
+        active_pairs: summary.active_pairs,
+        smallest_active: summary.smallest_active,
         passes,
         phases,
     }))
+}
+
+/// The step's loss: the reconstruction term plus each (coefficient, term) pair's product, added
+/// in order.
+fn weighted_total(reconstruction: f64, weighted: [(f64, f64); 4]) -> f64 {
+    weighted
+        .iter()
+        .fold(reconstruction, |total, (coefficient, term)| {
+            total + coefficient * term
+        })
+}
+
+/// The Matryoshka term of `penalties` when its coefficient is not zero, its widths checked
+/// against `d_sae`.
+fn matryoshka_term(penalties: &SparsePenalties, d_sae: usize) -> Result<Option<&MatryoshkaTerm>> {
+    let matryoshka = penalties
+        .matryoshka
+        .as_ref()
+        .filter(|m| m.coefficient != 0.0);
+    if let Some(term) = matryoshka {
+        crate::Matryoshka::check(&term.widths, d_sae)?;
+    }
+    Ok(matryoshka)
+}
+
+/// The L0 penalty's term (`l0` itself for the linear penalty) and the threshold terms of the
+/// latent pass: θ, the bandwidth, and each token's L0 θ-gradient (the coefficient `l0_weight`
+/// over the bandwidth and the tokens, times the quadratic penalty's factor of the token, 1 for
+/// the linear one).
+fn l0_and_threshold_terms<'a>(
+    rule: &'a SelectionRule,
+    per_token: &[TokenTerms],
+    l0_weight: f64,
+    quadratic: Option<&crate::QuadraticL0>,
+    l0: f64,
+) -> (
+    f64,
+    products::ThresholdTerms<'a, impl Fn(usize) -> f32 + Sync + use<>>,
+) {
+    let tokens = per_token.len();
+    let (theta, bandwidth) = rule.threshold_and_bandwidth();
+    let l0_gradient = -(l0_weight as f32) / (bandwidth * tokens as f32);
+    let (l0_term, l0_slope) = match quadratic {
+        Some(q) => quadratic_l0_terms(per_token, q),
+        None => (l0, Vec::new()),
+    };
+    let threshold_terms = products::ThresholdTerms {
+        theta,
+        bandwidth,
+        l0_gradient_of: move |token: usize| match l0_slope.get(token) {
+            Some(slope) => l0_gradient * slope,
+            None => l0_gradient,
+        },
+    };
+    (l0_term, threshold_terms)
 }
 
 /// The pair passes' latent pass: per latent (threads own whole rows, written in place), its
@@ -551,6 +578,27 @@ struct LatentPass<'a, R: Fn(u32) -> &'a [f32] + Sync> {
 }
 
 impl<'a, R: Fn(u32) -> &'a [f32] + Sync> LatentPass<'a, R> {
+    /// The latent pass over the pairs, or as products when the token pass ran as products
+    /// (`product_pass`): the tokens' terms back, the gradient rows and sums, the firing counts.
+    fn run_or_products<L: Fn(usize) -> f32 + Sync>(
+        self,
+        product_pass: Option<products::TokenPass>,
+        per_token: Vec<TokenTerms>,
+        d_sae: usize,
+        threshold_terms: &products::ThresholdTerms<'_, L>,
+    ) -> Result<(Vec<TokenTerms>, LatentGradients, Vec<u32>)> {
+        match product_pass {
+            Some(mut pass) => {
+                pass.per_token = per_token;
+                products::latent_pass(pass, self.centred, threshold_terms)
+            }
+            None => {
+                let (gradients, fires) = self.run(&per_token, d_sae, threshold_terms);
+                Ok((per_token, gradients, fires))
+            }
+        }
+    }
+
     /// The gradient rows and sums, and each latent's firing count.
     fn run<L: Fn(usize) -> f32 + Sync>(
         &self,
@@ -665,6 +713,16 @@ impl Lap {
 struct Prefixes<'a> {
     widths: &'a [usize],
     coefficient: f32,
+}
+
+impl<'a> Prefixes<'a> {
+    /// The prefixes of the Matryoshka term `term`.
+    fn of(term: &'a MatryoshkaTerm) -> Self {
+        Self {
+            widths: &term.widths,
+            coefficient: term.coefficient as f32,
+        }
+    }
 }
 
 /// The token pass: per token, the reconstruction's g = scale·(x̂ − x), its squared error, and
