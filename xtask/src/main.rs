@@ -4,7 +4,7 @@
 //! | command | what it does |
 //! |---|---|
 //! | every `gemma-scope` command | `reproduce`, `explore`, `train`, `cache`, the sweep commands, … (see `gemma-scope --help`) |
-//! | `bench` | the speed table: SAE training (JumpReLU sparse/dense, TopK), encode, forward, store reads; `--peers` adds SAELens, PyTorch and transformers side by side with ratios (writes `BENCHMARKS.md`) |
+//! | `bench` | the speed table: SAE training (JumpReLU sparse/dense, TopK), encode, forward, store reads; `--peers` adds SAELens, PyTorch and transformers side by side with ratios (writes `BENCHMARKS.md`'s speed section) |
 //! | `bench-forward` | forward-pass tokens/s of a model (full pass and harvest to the middle layer), f32 and bf16 |
 //! | `bench-train` | JumpReLU, TopK or BatchTopK training tokens/s and peak heap at a given shape |
 //! | `bench-run` | a whole JumpReLU training run timed end to end, with `--peers` against SAELens |
