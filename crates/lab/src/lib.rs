@@ -7,6 +7,9 @@
 //!   ([`Lab::pin_config`]), harvest hooks into an activation store ([`Lab::harvest`]), train
 //!   many SAEs from one harvest ([`Lab::train`]), evaluate them on held-out contexts
 //!   ([`Lab::evaluate`]), or all of it in one call ([`Lab::train_and_evaluate`]);
+//! - [`stages`]: what a `Lab` and a sweep's tasks both run — norm profiles, the massive-token
+//!   policy's cutoffs and ablation means, trained SAEs loaded for evaluation, the evaluation —
+//!   so an experiment and a sweep of the same settings give the same numbers;
 //! - [`report`]: the Markdown report, the summary table (parquet and CSV) and the plots (SVG
 //!   and PNG) of an experiment;
 //! - [`experiments`]: the project's results (`gemma-scope reproduce <experiment>`, or
