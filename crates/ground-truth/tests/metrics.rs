@@ -7,10 +7,7 @@ use ground_truth::metrics::{
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng, seq::SliceRandom};
-
-fn close(a: f64, b: f64, tol: f64) -> bool {
-    (a - b).abs() <= tol
-}
+use test_support::floats::close;
 
 /// `n` Gaussian vectors of dimension `d`, row-major.
 fn gaussian(rng: &mut StdRng, n: usize, d: usize) -> Vec<f32> {

@@ -3,7 +3,10 @@
 //! The tiny random Gemma 3 fixture's path, a random JumpReLU SAE, a two-book corpus, an
 //! explorer fixture (two SAEs saved in SAELens format, served by a real `explore` binary on a
 //! free port), and the helpers of the kill-and-resume tests (every file's bytes, runs killed
-//! with SIGKILL at chosen delays). A dev-dependency of the `gemma-scope` and `xtask` crates.
+//! with SIGKILL at chosen delays), and the float comparisons of numeric tests ([`floats`]). A
+//! dev-dependency of the crates whose tests use them.
+
+pub mod floats;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

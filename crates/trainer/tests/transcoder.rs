@@ -9,6 +9,7 @@ use activation_cache::{ActivationBatch, ActivationSource, Cursor};
 use candle_core::{DType, Device, Tensor};
 use common::{D_IN, HOOK, Synthetic, config};
 use sae_core::Architecture;
+use test_support::floats::max_abs_diff;
 use trainer::{DecoderBiasInit, RunOptions, SaeConfig, Trainer};
 
 const OUT: &str = "blocks.0.hook_mlp_out";
@@ -92,11 +93,6 @@ fn held_out_rows() -> (Tensor, Tensor) {
     let x = Tensor::from_vec(rows, (512, D_IN), &Device::Cpu).unwrap();
     let y = target_of(&x);
     (x, y)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-    f64::from(diff.to_scalar::<f32>().unwrap())
 }
 
 /// Σ‖y − ŷ‖² / Σ‖y − ȳ‖², in f64.
