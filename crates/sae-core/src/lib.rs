@@ -61,6 +61,7 @@ pub mod resample;
 pub mod scaling;
 pub mod sparse;
 pub mod ste;
+pub mod step;
 pub mod topk;
 
 pub use arch::{

@@ -65,6 +65,7 @@ pub mod metrics;
 pub mod registry;
 pub mod resample;
 mod run;
+mod sae_run;
 pub mod schedule;
 pub mod target_l0;
 pub mod validation;
