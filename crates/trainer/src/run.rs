@@ -7,10 +7,10 @@ use activation_cache::ActivationSource;
 use activation_cache::store::HookSpec;
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
+use sae_core::TrainableSae;
 use sae_core::blas::Kernels;
 use sae_core::format::save_saelens_with_files;
 use sae_core::sparse::ProductPrecision;
-use sae_core::TrainableSae;
 
 use crate::checkpoint::{
     self, CHECKPOINT, CheckpointState, DONE, EFFECTIVE_CONFIG, RunState, RunTensors, read_json,

@@ -23,8 +23,8 @@
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+use super::pair_terms::{LatentGradients, TokenTerms};
 use super::select::Pair;
-use super::{LatentGradients, TokenTerms};
 use crate::{Result, blas};
 
 /// Tokens per block of the per-latent sums: fixed, so their association does not depend on
