@@ -10,7 +10,10 @@
 //! constraint ([`constraint`]), the input scaling constant C with folding ([`scaling`],
 //! [`Sae::fold_scaling`]), and the file formats ([`format`]): Gemma Scope `params.npz`, Gemma
 //! Scope 2 folders ([`format::gemma_scope_2`]) and the SAELens directory format, which is this
-//! project's own.
+//! project's own. The training step picks its own path ([`step::step`]): the sparsity-aware
+//! step over the active (token, latent) pairs or as products, its device-generic form, or
+//! candle's autograd. Architectures defined elsewhere load from files once their loader is
+//! registered ([`arch::register_loader`]).
 //!
 //! Everything runs on candle tensors on any [`candle_core::Device`], in f32 or bf16.
 //!
