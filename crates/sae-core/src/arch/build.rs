@@ -144,9 +144,8 @@ pub fn from_tensors(
                 };
                 Box::new(JumpReluTranscoder::new(sae, skip)?)
             }
-            Architecture::Registered { .. } => {
-                unreachable!("loaded by its registered loader above")
-            }
+            // Loaded by its registered loader above.
+            Architecture::Registered { name } => return Err(not_built_here(name)),
         };
         Ok(sae)
     })
