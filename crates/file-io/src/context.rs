@@ -119,3 +119,19 @@ macro_rules! error_context {
         }
     };
 }
+
+/// The items' display forms as `a, b, c`, or `none` when there are none: how an error lists
+/// what it would have accepted.
+///
+/// ```
+/// assert_eq!(file_io::list_or_none(["jumprelu", "tied"]), "jumprelu, tied");
+/// assert_eq!(file_io::list_or_none(Vec::<String>::new()), "none");
+/// ```
+pub fn list_or_none<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let names: Vec<String> = items.into_iter().map(|n| n.to_string()).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}

@@ -149,5 +149,5 @@ mod tests {
 
 mod context;
 pub mod names;
-pub use context::Message;
+pub use context::{Message, list_or_none};
 pub use names::{NameError, check_name};

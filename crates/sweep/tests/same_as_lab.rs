@@ -12,17 +12,18 @@ use gemma_hooks::Kernels;
 use lab::{Budget, ExperimentOptions, Lab};
 use object_io::Location;
 use sweep::{Plan, SweepSpec, TaskOptions, Work};
+use test_support::Fixture;
 use trainer::SaeConfig;
-
-const MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../gemma-hooks/tests/fixtures/tiny-gemma3"
-);
 
 const STEPS: u64 = 30;
 const BATCH: usize = 64;
 const CONTEXT_LENGTH: usize = 32;
 const HOOK: &str = "blocks.1.hook_resid_post";
+
+/// The tiny random Gemma 3 checkpoint of the tests.
+fn tiny_model() -> String {
+    Fixture::model().display().to_string()
+}
 
 /// A two-book corpus: the first is harvested, the second held out.
 fn write_corpus(folder: &Path) {
@@ -54,7 +55,7 @@ fn budget() -> Budget {
 fn sweep_spec(corpus: &Path) -> SweepSpec {
     let budget = budget();
     serde_json::from_value(serde_json::json!({
-        "model": MODEL,
+        "model": tiny_model(),
         "corpus": corpus.display().to_string(),
         "context_length": CONTEXT_LENGTH,
         "harvest_tokens": budget.harvest_tokens,
@@ -91,9 +92,13 @@ fn a_sweep_and_a_lab_run_of_the_same_settings_write_the_same_evaluation() {
 
     // The sweep, planned and run task after task.
     let spec = sweep_spec(&corpus);
-    let (model, tokenizer) =
-        gemma_hooks::load_model_with_kernels(MODEL, &Device::Cpu, DType::F32, Kernels::Fastest)
-            .unwrap();
+    let (model, tokenizer) = gemma_hooks::load_model_with_kernels(
+        &tiny_model(),
+        &Device::Cpu,
+        DType::F32,
+        Kernels::Fastest,
+    )
+    .unwrap();
     let books = Corpus::from_spec(&spec.corpus, &spec.field).unwrap();
     let plan = Plan::make(
         spec,
@@ -120,7 +125,7 @@ fn a_sweep_and_a_lab_run_of_the_same_settings_write_the_same_evaluation() {
     // The lab, with the SAEs the sweep trained (their names and settings).
     let options = ExperimentOptions {
         out: Some(dir.path().join("lab")),
-        model: MODEL.into(),
+        model: tiny_model(),
         corpus: corpus.display().to_string(),
         quiet: true,
         massive_tokens: MassiveTokenPolicy::Exclude,

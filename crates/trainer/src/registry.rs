@@ -152,7 +152,7 @@ impl Registry {
                 let build = self.penalties.get(name).ok_or_else(|| {
                     TrainError::Invalid(format!(
                         "the penalty `{name}` is not registered (registered: {})",
-                        list(self.penalties.keys())
+                        file_io::list_or_none(self.penalties.keys())
                     ))
                 })?;
                 build(settings)?
@@ -164,19 +164,9 @@ impl Registry {
         self.architectures.get(&name).ok_or_else(|| {
             TrainError::Invalid(format!(
                 "the architecture `{name}` is not registered (registered: {})",
-                list(self.architectures.keys())
+                file_io::list_or_none(self.architectures.keys())
             ))
         })
-    }
-}
-
-/// `a, b, c`, or `none`.
-fn list<T: std::fmt::Display>(names: impl Iterator<Item = T>) -> String {
-    let names: Vec<String> = names.map(|n| n.to_string()).collect();
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.join(", ")
     }
 }
 

@@ -5,6 +5,7 @@ use activation_cache::store::HookSpec;
 use activation_cache::{ActivationBatch, ActivationSource, Cursor};
 use candle_core::{D, DType, Device, Tensor};
 use sae_core::Architecture;
+use test_support::floats::max_abs_diff;
 use trainer::{
     MetricsRow, PenaltyConfig, ResampleConfig, RunOptions, SaeConfig, TrainConfig, Trainer,
 };
@@ -610,15 +611,7 @@ fn assert_sparse_trains_like_dense(
     let (dense, dense_metrics) = run(false);
     let mut identical = true;
     for ((name, a), (_, b)) in sparse.iter().zip(&dense) {
-        let difference = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        let difference = difference.to_scalar::<f32>().unwrap();
+        let difference = max_abs_diff(a, b);
         identical &= difference == 0.0;
         assert!(
             difference < 1e-3,

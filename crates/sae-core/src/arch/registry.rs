@@ -74,12 +74,7 @@ pub(crate) fn load_registered(
 
 /// The registered names as `a, b`, or `none`.
 pub(crate) fn describe_registered() -> String {
-    let names = registered_names();
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.join(", ")
-    }
+    file_io::list_or_none(registered_names())
 }
 
 #[cfg(test)]
