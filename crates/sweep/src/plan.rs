@@ -6,11 +6,11 @@
 //! | path | what |
 //! |---|---|
 //! | `plan.json` | this plan |
-//! | `stores/HOOK/` | one activation store per trained hook (shards written by the harvest tasks, `manifest.json` by the seal task) |
+//! | `stores/STORE/` | one activation store per training task: a hook's for its SAEs, or `blocks.L.mlp_transcoder` with layer L's MLP input and output for its transcoders (shards written by the harvest tasks, `manifest.json` by the seal task) |
 //! | `parts/shard-NNNNN.json` | one harvested shard's manifest entries in every store, and the kernel that computed it |
-//! | `checkpoints/HOOK/` | the latest checkpoint of a training task (`latest.json` names it) |
-//! | `train/HOOK/` | a training task's run folder: one SAELens folder per SAE, metrics, `config.json`, `DONE` |
-//! | `eval/HOOK.json` | an evaluation task's results: each SAE spliced into the model on held-out text |
+//! | `checkpoints/STORE/` | the latest checkpoint of a training task (`latest.json` names it) |
+//! | `train/STORE/` | a training task's run folder: one SAELens folder per dictionary, metrics, `config.json`, `DONE` |
+//! | `eval/STORE.json` | an evaluation task's results: each dictionary spliced into the model on held-out text (a transcoder in place of its MLP) |
 //! | `done/task-NNNNN.json` | written when a task has finished: what it wrote ([`crate::DoneRecord`], exactly the files of [`crate::records::TaskOutputs`]) |
 //!
 //! A plan is checked completely when it is read ([`Plan::read_at`], [`Plan::validate`]): every
@@ -26,7 +26,7 @@ use activation_cache::{ContextConfig, PlannedShard, ShardSchedule, hook_specs};
 use file_io::{bail, ensure};
 
 use crate::error::Context as _;
-use gemma_hooks::{GemmaConfig, GemmaTokenizer, HookPoint};
+use gemma_hooks::{GemmaConfig, GemmaTokenizer};
 use object_io::Location;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{SweepError, check_plain, check_sha256, parse_json, shorten};
 use crate::inputs::Inputs;
-use crate::spec::SweepSpec;
+use crate::spec::{SweepSpec, SweepStore};
 
 /// The plan's file name at the root.
 pub const PLAN: &str = "plan.json";
@@ -69,7 +69,8 @@ pub struct Plan {
 /// One activation store of the plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedStore {
-    /// Its folder under `stores/` (the hook's name).
+    /// Its folder under `stores/` ([`SweepStore::name`]: the hook's name, or
+    /// `blocks.L.mlp_transcoder`).
     pub name: String,
     /// Its spec.
     pub spec: StoreSpec,
@@ -97,14 +98,16 @@ pub enum Work {
     },
     /// Writes every store's manifest from the harvested parts.
     Seal,
-    /// Trains every SAE of one hook from its store, fed by one reader.
+    /// Trains every dictionary of one store (the SAEs of a hook, or the transcoders of a
+    /// layer's MLP), fed by one reader.
     Train {
         /// The store (and output folder) name.
         store: String,
         /// The training configuration (a `trainer::TrainConfig`).
         config: Value,
     },
-    /// Evaluates the SAEs one training task trained, spliced into the model on held-out text.
+    /// Evaluates the dictionaries one training task trained, spliced into the model on held-out
+    /// text.
     Evaluate {
         /// The training task's store (and output folder) name.
         store: String,
@@ -118,13 +121,13 @@ impl Work {
             Work::Harvest { shards } => format!("harvest shards {}..{}", shards[0], shards[1]),
             Work::Seal => "seal the stores".into(),
             Work::Train { store, config } => format!(
-                "train {} SAEs on {store}",
+                "train {} dictionaries on {store}",
                 config
                     .get("saes")
                     .and_then(Value::as_array)
                     .map_or(0, Vec::len)
             ),
-            Work::Evaluate { store } => format!("evaluate the SAEs of {store}"),
+            Work::Evaluate { store } => format!("evaluate the dictionaries of {store}"),
         }
     }
 }
@@ -185,12 +188,16 @@ impl Plan {
         sweep.check()?;
         // A context length or a hook the model cannot take is refused before any tokenising.
         sweep.check_model("the sweep", config)?;
-        let hooks = sweep.hook_points()?;
-        let stores: Vec<PlannedStore> = hooks
+        let stores: Vec<PlannedStore> = sweep
+            .stores()?
             .iter()
-            .map(|&hook| PlannedStore {
-                name: hook.to_string(),
-                spec: store_spec(&sweep, corpus_description, hook_specs(config, &[hook])),
+            .map(|store| PlannedStore {
+                name: store.name.clone(),
+                spec: store_spec(
+                    &sweep,
+                    corpus_description,
+                    hook_specs(config, &store.hooks()),
+                ),
             })
             .collect();
         let harvested = sweep.harvest_documents(documents)?;
@@ -205,8 +212,7 @@ impl Plan {
             sweep.context_length
         );
         let inputs = Inputs::of(&sweep.model, documents)?;
-        let names: Vec<String> = stores.iter().map(|s| s.name.clone()).collect();
-        let tasks = planned_tasks(&sweep, survey.shards, &names)?;
+        let tasks = planned_tasks(&sweep, survey.shards)?;
         Ok(Self {
             format_version: FORMAT_VERSION,
             sweep,
@@ -325,61 +331,68 @@ impl Plan {
         check_sha256(file, "contexts_sha256", &self.contexts_sha256)?;
         self.inputs.validate(file, self.sweep.eval_tokens > 0)?;
 
-        let hooks = self
+        let stores = self
             .sweep
-            .hook_points()
+            .stores()
             .map_err(|e| invalid("sweep.hooks", e.to_string()))?;
-        if self.stores.len() != hooks.len() {
+        if self.stores.len() != stores.len() {
             return Err(invalid(
                 "stores",
                 format!(
-                    "{} stores; the sweep has {} hooks",
+                    "{} stores; the sweep gives {}",
                     self.stores.len(),
-                    hooks.len()
+                    stores.len()
                 ),
             ));
         }
-        self.validate_stores(file, &hooks)?;
+        self.validate_stores(file, &stores)?;
         for (position, task) in self.tasks.iter().enumerate() {
             self.validate_task(file, position, task)?;
         }
         self.validate_tasks_match_sweep(file)
     }
 
-    /// The stores: one per hook of the sweep, in its order, each with the spec the sweep gives.
-    fn validate_stores(&self, file: &str, hooks: &[HookPoint]) -> Result<(), SweepError> {
+    /// The stores: those the sweep gives, in its order, each with the spec the sweep gives.
+    fn validate_stores(&self, file: &str, expected: &[SweepStore]) -> Result<(), SweepError> {
         let invalid = |field: &str, problem: String| SweepError::invalid(file, field, problem);
-        for (position, (store, hook)) in self.stores.iter().zip(hooks).enumerate() {
+        for (position, (store, planned)) in self.stores.iter().zip(expected).enumerate() {
             let field = format!("stores[{position}]");
             check_plain(file, &format!("{field}.name"), &store.name)?;
-            if store.name != hook.to_string() {
+            if store.name != planned.name {
                 return Err(invalid(
                     &format!("{field}.name"),
                     format!(
-                        "the store of the sweep's hook {hook} is named `{}`",
+                        "the sweep's store {} is named `{}`",
+                        planned.name,
                         shorten(&store.name)
                     ),
                 ));
             }
-            let [spec_hook] = store.spec.hooks.as_slice() else {
+            let hooks = planned.hooks();
+            if store.spec.hooks.len() != hooks.len() {
                 return Err(invalid(
                     &format!("{field}.spec.hooks"),
                     format!(
-                        "a planned store holds one hook, not {}",
+                        "the store {} holds {} hooks, not {}",
+                        planned.name,
+                        hooks.len(),
                         store.spec.hooks.len()
                     ),
                 ));
-            };
-            if spec_hook.name != store.name || !(1..=MAX_HOOK_WIDTH).contains(&spec_hook.width) {
-                return Err(invalid(
-                    &format!("{field}.spec.hooks[0]"),
-                    format!(
-                        "the hook `{}` of width {}; the store is of {} (widths 1..={MAX_HOOK_WIDTH})",
-                        shorten(&spec_hook.name),
-                        spec_hook.width,
-                        store.name
-                    ),
-                ));
+            }
+            for (h, (spec_hook, hook)) in store.spec.hooks.iter().zip(&hooks).enumerate() {
+                if spec_hook.name != hook.to_string()
+                    || !(1..=MAX_HOOK_WIDTH).contains(&spec_hook.width)
+                {
+                    return Err(invalid(
+                        &format!("{field}.spec.hooks[{h}]"),
+                        format!(
+                            "the hook `{}` of width {}; the store's hook {h} is {hook} (widths 1..={MAX_HOOK_WIDTH})",
+                            shorten(&spec_hook.name),
+                            spec_hook.width,
+                        ),
+                    ));
+                }
             }
             if store.spec.corpus.is_empty() {
                 return Err(invalid(
@@ -459,8 +472,7 @@ impl Plan {
                 ),
             ));
         }
-        let names: Vec<String> = self.stores.iter().map(|s| s.name.clone()).collect();
-        let expected = planned_tasks(&self.sweep, self.shards, &names)
+        let expected = planned_tasks(&self.sweep, self.shards)
             .map_err(|e| invalid("sweep", format!("{e:#}")))?;
         for (position, (task, expected)) in self.tasks.iter().zip(&expected).enumerate() {
             let mut task = task.clone();
@@ -529,17 +541,11 @@ fn store_spec(sweep: &SweepSpec, corpus_description: &str, hooks: Vec<HookSpec>)
     }
 }
 
-/// The tasks the sweep gives for `shards` shards and the stores `stores` (one per hook, in
-/// order): harvest tasks over shard ranges, the seal, one training task per store, and with
-/// `eval_tokens` one evaluation task per store.
-fn planned_tasks(sweep: &SweepSpec, shards: usize, stores: &[String]) -> crate::Result<Vec<Task>> {
-    let hooks = sweep.hook_points()?;
-    ensure!(
-        hooks.len() == stores.len(),
-        "{} stores for {} hooks",
-        stores.len(),
-        hooks.len()
-    );
+/// The tasks the sweep gives for `shards` shards: harvest tasks over shard ranges, the seal,
+/// one training task per store of the sweep ([`SweepSpec::stores`]), and with `eval_tokens`
+/// one evaluation task per store.
+fn planned_tasks(sweep: &SweepSpec, shards: usize) -> crate::Result<Vec<Task>> {
+    let stores = sweep.stores()?;
     let harvest_tasks = sweep.harvest_tasks.min(shards);
     let mut tasks: Vec<Task> = (0..harvest_tasks)
         .map(|t| Task {
@@ -560,13 +566,13 @@ fn planned_tasks(sweep: &SweepSpec, shards: usize, stores: &[String]) -> crate::
         depends_on: (0..harvest_tasks).collect(),
     });
     let mut trainings = Vec::with_capacity(stores.len());
-    for (store, hook) in stores.iter().zip(&hooks) {
-        let config = sweep.train_config(*hook)?;
+    for store in &stores {
+        let config = sweep.train_config(store)?;
         trainings.push(tasks.len());
         tasks.push(Task {
             index: tasks.len(),
             work: Work::Train {
-                store: store.clone(),
+                store: store.name.clone(),
                 config: serde_json::to_value(&config)?,
             },
             depends_on: vec![seal],
@@ -577,7 +583,7 @@ fn planned_tasks(sweep: &SweepSpec, shards: usize, stores: &[String]) -> crate::
             tasks.push(Task {
                 index: tasks.len(),
                 work: Work::Evaluate {
-                    store: store.clone(),
+                    store: store.name.clone(),
                 },
                 depends_on: vec![training],
             });

@@ -9,11 +9,11 @@ use polars::prelude::{DataType, ParquetReader, SerReader};
 
 use crate::plan::{Layout, Plan, Work};
 
-/// One trained SAE's last metrics row.
+/// One trained dictionary's last metrics row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SaeResult {
-    /// The hook (training task) it trained on.
-    pub hook: String,
+    /// The store (training task) it trained on: a hook, or `blocks.L.mlp_transcoder`.
+    pub store: String,
     /// Its name.
     pub sae: String,
     /// Steps taken.
@@ -69,7 +69,7 @@ pub fn results(root: &Location) -> crate::Result<Vec<SaeResult>> {
         let mut last: Vec<SaeResult> = Vec::new();
         for row in 0..frame.height() {
             let result = SaeResult {
-                hook: store.clone(),
+                store: store.clone(),
                 sae: saes.get(row).unwrap_or_default().to_string(),
                 step: steps.get(row).unwrap_or_default(),
                 l0: l0.get(row).unwrap_or(f64::NAN),

@@ -1,4 +1,5 @@
-//! The sweep file: what to harvest and which SAEs to train on each hook.
+//! The sweep file: what to harvest, which SAEs to train on each hook, and which transcoders on
+//! each layer's MLP.
 
 use std::path::Path;
 
@@ -21,11 +22,14 @@ pub const MAX_CONTEXTS_PER_SHARD: usize = 1 << 20;
 pub const MAX_BUCKET_ROWS: u64 = 1 << 32;
 
 /// A sweep: one model over one corpus, every hook of `layers` × `sites` (or `hooks`) harvested
-/// once, and on each hook every SAE template at every width.
+/// once, and on each hook every SAE template at every width; and on the MLP of each of
+/// `transcoder_layers` every transcoder template at every width, its input and output hooks
+/// harvested by the same forward passes into the layer's own store ([`SweepStore`]).
 ///
 /// Written as TOML (or JSON); `train` holds the training settings every task shares (the
-/// fields of `trainer::TrainConfig` but `saes`), and `saes` the SAE templates (the fields of
-/// `trainer::SaeConfig` but `hook` and `d_sae`; `name` becomes `NAME-wWIDTH`).
+/// fields of `trainer::TrainConfig` but `saes`), `saes` the SAE templates and `transcoders`
+/// the transcoder templates (the fields of `trainer::SaeConfig` but `hook`, `hook_out` and
+/// `d_sae`; `name` becomes `NAME-wWIDTH`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SweepSpec {
@@ -64,7 +68,13 @@ pub struct SweepSpec {
     /// Further hooks by full name (`blocks.9.hook_resid_post`).
     #[serde(default)]
     pub hooks: Vec<String>,
-    /// Dictionary widths, crossed with the SAE templates.
+    /// Layers whose MLP gets transcoders: each of `transcoders` at every width, reading
+    /// `blocks.L.hook_mlp_in` (the MLP's input, after `pre_feedforward_layernorm`) and predicting
+    /// `blocks.L.hook_mlp_out` (after `post_feedforward_layernorm`), as Gemma Scope 2's
+    /// `transcoder_all` does; both hooks go into the layer's store `blocks.L.mlp_transcoder`.
+    #[serde(default)]
+    pub transcoder_layers: Vec<usize>,
+    /// Dictionary widths, crossed with the SAE and transcoder templates.
     pub widths: Vec<usize>,
     /// Held-out tokens every trained SAE is evaluated on, spliced into the model (FVU, delta LM
     /// loss, CE loss recovered against zero and mean ablation): the corpus's last document is
@@ -83,8 +93,60 @@ pub struct SweepSpec {
     /// Training settings every task shares (a `trainer::TrainConfig` without `saes`).
     #[serde(default = "defaults::object")]
     pub train: Value,
-    /// SAE templates.
+    /// SAE templates, trained on every hook.
+    #[serde(default)]
     pub saes: Vec<Value>,
+    /// Transcoder templates (architecture `jump_relu_transcoder`, with or without `skip`),
+    /// trained on the MLP of every layer of `transcoder_layers`.
+    #[serde(default)]
+    pub transcoders: Vec<Value>,
+}
+
+/// One store of a sweep, trained by its own task: the activations of one hook, whose SAEs
+/// read it, or of one layer's MLP input and output, whose transcoders read the one and
+/// predict the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepStore {
+    /// Its name: the hook's (`blocks.9.hook_resid_post`), or `blocks.L.mlp_transcoder`. It
+    /// names the store's folder and its training task's outputs.
+    pub name: String,
+    /// The hook every dictionary of the store reads.
+    pub input: HookPoint,
+    /// The hook its transcoders predict (`None`: a store of SAEs).
+    pub output: Option<HookPoint>,
+}
+
+impl SweepStore {
+    /// The store of the SAEs of `hook`.
+    pub fn of_hook(hook: HookPoint) -> Self {
+        Self {
+            name: hook.to_string(),
+            input: hook,
+            output: None,
+        }
+    }
+
+    /// The store of the transcoders of layer `layer`'s MLP.
+    pub fn of_mlp(layer: usize) -> Self {
+        Self {
+            name: format!("blocks.{layer}.mlp_transcoder"),
+            input: HookPoint::MlpIn(layer),
+            output: Some(HookPoint::MlpOut(layer)),
+        }
+    }
+
+    /// The hooks it holds, in order: the input, then the output of a transcoder store.
+    pub fn hooks(&self) -> Vec<HookPoint> {
+        std::iter::once(self.input).chain(self.output).collect()
+    }
+
+    /// The key of the sweep file its templates come from: `saes` or `transcoders`.
+    pub fn templates_key(&self) -> &'static str {
+        match self.output {
+            None => "saes",
+            Some(_) => "transcoders",
+        }
+    }
 }
 
 mod defaults {
@@ -157,21 +219,27 @@ impl SweepSpec {
             };
             return Err(SweepError::invalid(file, "context_length", problem));
         }
-        let hooks = self
-            .hook_points()
+        let stores = self
+            .stores()
             .map_err(|e| SweepError::invalid(file, "hooks", e.to_string()))?;
-        for hook in hooks {
-            if let Err(e) = config.check_hook(hook) {
-                let named = self.hooks.iter().any(|h| *h == hook.to_string());
-                let field = if named { "hooks" } else { "layers" };
-                return Err(SweepError::invalid(file, field, e.to_string()));
+        for store in stores {
+            for hook in store.hooks() {
+                if let Err(e) = config.check_hook(hook) {
+                    let named = self.hooks.iter().any(|h| *h == hook.to_string());
+                    let field = match (store.output, named) {
+                        (Some(_), _) => "transcoder_layers",
+                        (None, true) => "hooks",
+                        (None, false) => "layers",
+                    };
+                    return Err(SweepError::invalid(file, field, e.to_string()));
+                }
             }
         }
         Ok(())
     }
 
     /// Checks the settings that need no model: sizes, hooks, names, templates, and every
-    /// training task's configuration (each SAE template at each width on each hook) as the
+    /// training task's configuration (each template at each width on each store) as the
     /// training task would check it.
     pub fn check(&self) -> crate::Result<()> {
         self.validate("the sweep", "")
@@ -181,9 +249,9 @@ impl SweepSpec {
     /// e.g. `sweep.` inside a plan).
     pub fn validate(&self, file: &str, prefix: &str) -> Result<(), SweepError> {
         self.validate_settings(file, prefix)?;
-        let hooks = self.validate_hooks(file, prefix)?;
+        let stores = self.validate_stores(file, prefix)?;
         self.validate_templates(file, prefix)?;
-        self.validate_train_configs(file, prefix, hooks)
+        self.validate_train_configs(file, prefix, stores)
     }
 
     /// The names, the context length, the counts and their limits, the widths.
@@ -252,71 +320,108 @@ impl SweepSpec {
         Ok(())
     }
 
-    /// The hooks: at least one, each a plain name (it names folders).
-    fn validate_hooks(&self, file: &str, prefix: &str) -> Result<Vec<HookPoint>, SweepError> {
+    /// The stores: at least one, each name a plain name (it names folders), and templates
+    /// for each kind of store the sweep has (and only for those).
+    fn validate_stores(&self, file: &str, prefix: &str) -> Result<Vec<SweepStore>, SweepError> {
         let invalid = |field: &str, problem: String| {
             SweepError::invalid(file, format!("{prefix}{field}"), problem)
         };
-        let hooks = self
-            .hook_points()
-            .map_err(|e| invalid("hooks", e.to_string()))?;
-        if hooks.is_empty() {
+        let stores = self.stores().map_err(|e| invalid("hooks", e.to_string()))?;
+        if stores.is_empty() {
             return Err(invalid(
                 "layers",
-                "the sweep has no hooks (give layers and sites, or hooks)".into(),
+                "the sweep has nothing to train (give layers and sites, or hooks, for SAEs; \
+                 transcoder_layers for transcoders)"
+                    .into(),
             ));
         }
-        for hook in &hooks {
-            // A hook names its store's, checkpoints' and SAEs' folders.
-            crate::error::check_plain(file, &format!("{prefix}hooks"), &hook.to_string())?;
+        for store in &stores {
+            // A store's name names its folder, its checkpoints' and its dictionaries'.
+            crate::error::check_plain(file, &format!("{prefix}hooks"), &store.name)?;
         }
-        Ok(hooks)
+        let has_sae_hooks = stores.iter().any(|s| s.output.is_none());
+        let has_mlps = stores.iter().any(|s| s.output.is_some());
+        for (key, templates, has_stores, stores_key) in [
+            (
+                "saes",
+                &self.saes,
+                has_sae_hooks,
+                "layers and sites, or hooks",
+            ),
+            (
+                "transcoders",
+                &self.transcoders,
+                has_mlps,
+                "transcoder_layers",
+            ),
+        ] {
+            match (templates.is_empty(), has_stores) {
+                (true, true) => {
+                    return Err(invalid(
+                        key,
+                        format!("the sweep has {stores_key} but no `{key}` templates"),
+                    ));
+                }
+                (false, false) => {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "the sweep has `{key}` templates but no {stores_key} to train them on"
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(stores)
     }
 
-    /// The SAE templates (each a named table leaving `hook`, `d_sae` and `hook_out` to the
-    /// sweep, every trained SAE's name plain) and the shared `train` table.
+    /// The templates (each a named table leaving `hook`, `d_sae` and `hook_out` to the sweep,
+    /// every trained dictionary's name plain) and the shared `train` table.
     fn validate_templates(&self, file: &str, prefix: &str) -> Result<(), SweepError> {
         let invalid = |field: &str, problem: String| {
             SweepError::invalid(file, format!("{prefix}{field}"), problem)
         };
-        if self.saes.is_empty() {
-            return Err(invalid("saes", "the sweep has no SAE templates".into()));
-        }
-        for (position, template) in self.saes.iter().enumerate() {
-            let field = format!("saes[{position}]");
-            let object = template
-                .as_object()
-                .ok_or_else(|| invalid(&field, "every SAE template must be a table".into()))?;
-            for key in ["hook", "d_sae", "hook_out"] {
-                if object.contains_key(key) {
-                    return Err(invalid(
-                        &format!("{field}.{key}"),
-                        format!("SAE templates leave `{key}` to the sweep (got one in {template})"),
-                    ));
+        let all = [("saes", &self.saes), ("transcoders", &self.transcoders)];
+        for (key, templates) in all {
+            for (position, template) in templates.iter().enumerate() {
+                let field = format!("{key}[{position}]");
+                let object = template
+                    .as_object()
+                    .ok_or_else(|| invalid(&field, "every template must be a table".into()))?;
+                for reserved in ["hook", "d_sae", "hook_out"] {
+                    if object.contains_key(reserved) {
+                        return Err(invalid(
+                            &format!("{field}.{reserved}"),
+                            format!(
+                                "templates leave `{reserved}` to the sweep (got one in {template})"
+                            ),
+                        ));
+                    }
                 }
-            }
-            let name = object.get("name").and_then(Value::as_str).ok_or_else(|| {
-                invalid(
-                    &format!("{field}.name"),
-                    format!("every SAE template needs a name: {template}"),
-                )
-            })?;
-            // The template's name is a plain name itself (not empty, `.` or `..`), and so is
-            // each trained SAE's, a folder of the training task's outputs.
-            crate::error::check_plain(file, &format!("{prefix}{field}.name"), name)?;
-            for &width in &self.widths {
-                crate::error::check_plain(
-                    file,
-                    &format!("{prefix}{field}.name"),
-                    &format!("{name}-w{width}"),
-                )?;
+                let name = object.get("name").and_then(Value::as_str).ok_or_else(|| {
+                    invalid(
+                        &format!("{field}.name"),
+                        format!("every template needs a name: {template}"),
+                    )
+                })?;
+                // The template's name is a plain name itself (not empty, `.` or `..`), and so is
+                // each trained dictionary's, a folder of the training task's outputs.
+                crate::error::check_plain(file, &format!("{prefix}{field}.name"), name)?;
+                for &width in &self.widths {
+                    crate::error::check_plain(
+                        file,
+                        &format!("{prefix}{field}.name"),
+                        &format!("{name}-w{width}"),
+                    )?;
+                }
             }
         }
         match self.train.as_object() {
             Some(train) if train.contains_key("saes") => {
                 return Err(invalid(
                     "train.saes",
-                    "`train` holds the shared settings; SAEs go in `saes` templates".into(),
+                    "`train` holds the shared settings; dictionaries go in `saes` and `transcoders` templates".into(),
                 ));
             }
             Some(_) => {}
@@ -330,58 +435,61 @@ impl SweepSpec {
         &self,
         file: &str,
         prefix: &str,
-        hooks: Vec<HookPoint>,
+        stores: Vec<SweepStore>,
     ) -> Result<(), SweepError> {
         let invalid = |field: &str, problem: String| {
             SweepError::invalid(file, format!("{prefix}{field}"), problem)
         };
         // Each training task's configuration, checked as the task will check it: a type error
         // or a setting out of its range names the template (or `train`) and the key.
-        for hook in hooks {
+        for store in stores {
+            let key = store.templates_key();
             let value = self
-                .train_config_value(hook)
-                .map_err(|e| invalid("saes", format!("{e:#}")))?;
+                .train_config_value(&store)
+                .map_err(|e| invalid(key, format!("{e:#}")))?;
             let config: trainer::TrainConfig =
                 serde_path_to_error::deserialize(&value).map_err(|e| {
-                    let field = self.template_field(&e.path().to_string());
+                    let field = self.template_field(key, &e.path().to_string());
                     invalid(&field, e.into_inner().to_string())
                 })?;
-            // Every SAE and the shared settings, checked once; an SAE's error (`SAE `NAME`:
-            // …`) names its template.
+            // Every dictionary and the shared settings, checked once; a dictionary's error
+            // (`SAE `NAME`: …`) names its template.
             config.validate().map_err(|e| {
                 let message = e.to_string();
                 let field = config
                     .saes
                     .iter()
                     .position(|sae| message.starts_with(&format!("SAE `{}`:", sae.name)))
-                    .map(|position| format!("saes[{}]", position / self.widths.len().max(1)))
+                    .map(|position| format!("{key}[{}]", position / self.widths.len().max(1)))
                     .unwrap_or_else(|| {
                         if message.starts_with("SAE names") {
-                            "saes".into()
+                            key.into()
                         } else {
                             "train".into()
                         }
                     });
-                invalid(&field, format!("{message} (on {hook})"))
+                invalid(&field, format!("{message} (on {})", store.name))
             })?;
         }
         Ok(())
     }
 
-    /// Where a path into a training task's configuration comes from in the sweep: `saes[k]…`
-    /// (the k-th SAE, template k / widths) or the shared `train` settings.
-    fn template_field(&self, path: &str) -> String {
+    /// Where a path into a training task's configuration comes from in the sweep: `KEY[k]…`
+    /// (the k-th dictionary, template k / widths of the `key` templates) or the shared `train`
+    /// settings.
+    fn template_field(&self, key: &str, path: &str) -> String {
         if let Some(rest) = path.strip_prefix("saes[")
             && let Some((number, rest)) = rest.split_once(']')
             && let Ok(number) = number.parse::<usize>()
         {
-            format!("saes[{}]{rest}", number / self.widths.len().max(1))
+            format!("{key}[{}]{rest}", number / self.widths.len().max(1))
         } else {
             format!("train.{path}")
         }
     }
 
-    /// The hooks of the sweep: `layers` × `sites`, then `hooks`, without repeats, in that order.
+    /// The hooks the SAEs train on: `layers` × `sites`, then `hooks`, without repeats, in that
+    /// order.
     pub fn hook_points(&self) -> crate::Result<Vec<HookPoint>> {
         let crossed = self.layers.iter().flat_map(|layer| {
             self.sites
@@ -398,6 +506,23 @@ impl SweepSpec {
             }
         }
         Ok(points)
+    }
+
+    /// The stores of the sweep, one training task each: one per hook of [`Self::hook_points`],
+    /// then one per layer of `transcoder_layers` (without repeats, in that order).
+    pub fn stores(&self) -> crate::Result<Vec<SweepStore>> {
+        let mut stores: Vec<SweepStore> = self
+            .hook_points()?
+            .into_iter()
+            .map(SweepStore::of_hook)
+            .collect();
+        for &layer in &self.transcoder_layers {
+            let store = SweepStore::of_mlp(layer);
+            if !stores.contains(&store) {
+                stores.push(store);
+            }
+        }
+        Ok(stores)
     }
 
     /// The documents the stores are harvested from: all but the last when the sweep evaluates
@@ -443,25 +568,33 @@ impl SweepSpec {
         }
     }
 
-    /// The training configuration of the task that trains every template at every width on
-    /// `hook` (validated by the trainer's own parser).
-    pub fn train_config(&self, hook: HookPoint) -> crate::Result<trainer::TrainConfig> {
-        trainer::TrainConfig::from_value(self.train_config_value(hook)?, &[])
-            .with_context(|| format!("the training task of {hook}"))
+    /// The training configuration of the task that trains every template of `store`'s kind at
+    /// every width on it (validated by the trainer's own parser).
+    pub fn train_config(&self, store: &SweepStore) -> crate::Result<trainer::TrainConfig> {
+        trainer::TrainConfig::from_value(self.train_config_value(store)?, &[])
+            .with_context(|| format!("the training task of {}", store.name))
     }
 
-    /// [`Self::train_config`] before it is parsed: the shared settings with one SAE per
-    /// template and width (`NAME-wWIDTH`, on `hook`, `d_sae` the width).
-    fn train_config_value(&self, hook: HookPoint) -> crate::Result<Value> {
+    /// [`Self::train_config`] before it is parsed: the shared settings with one dictionary per
+    /// template and width (`NAME-wWIDTH`, reading the store's input, predicting its output if a
+    /// transcoder store, `d_sae` the width).
+    fn train_config_value(&self, store: &SweepStore) -> crate::Result<Value> {
+        let templates = match store.output {
+            None => &self.saes,
+            Some(_) => &self.transcoders,
+        };
         let mut saes = Vec::new();
-        for template in &self.saes {
+        for template in templates {
             for &width in &self.widths {
                 let mut sae = template.clone();
-                let object = sae.as_object_mut().context("SAE templates are tables")?;
+                let object = sae.as_object_mut().context("templates are tables")?;
                 let name = object.get("name").and_then(Value::as_str).unwrap_or("sae");
                 let name = format!("{name}-w{width}");
                 object.insert("name".into(), name.into());
-                object.insert("hook".into(), hook.to_string().into());
+                object.insert("hook".into(), store.input.to_string().into());
+                if let Some(output) = store.output {
+                    object.insert("hook_out".into(), output.to_string().into());
+                }
                 object.insert("d_sae".into(), width.into());
                 saes.push(sae);
             }

@@ -530,9 +530,10 @@ fn train(
     Ok(files)
 }
 
-/// Evaluates the SAEs trained on `store`, spliced into the model on held-out contexts of the
-/// corpus's last document (FVU, delta LM loss, CE loss recovered against zero ablation and
-/// against the mean of the store's rows), into `eval/HOOK.json`.
+/// Evaluates the dictionaries trained on `store`, spliced into the model on held-out contexts
+/// of the corpus's last document (FVU, delta LM loss, CE loss recovered against zero ablation
+/// and against the mean of the store's rows; a transcoder replaces its MLP), into
+/// `eval/STORE.json`.
 fn evaluate(
     plan: &Plan,
     layout: &Layout,
@@ -540,20 +541,18 @@ fn evaluate(
     scratch: &Path,
     options: &TaskOptions,
 ) -> crate::Result<Vec<OutputFile>> {
-    let names: Vec<String> = plan
+    // Each dictionary's name, the hook it reads and the hook a transcoder predicts, as its
+    // training task trained it.
+    let trained_saes: Vec<trainer::SaeConfig> = plan
         .tasks
         .iter()
         .find_map(|t| match &t.work {
-            Work::Train { store: s, config } if s == store => {
-                config["saes"].as_array().map(|saes| {
-                    saes.iter()
-                        .filter_map(|s| s["name"].as_str().map(String::from))
-                        .collect()
-                })
-            }
+            Work::Train { store: s, config } if s == store => Some(config),
             _ => None,
         })
-        .with_context(|| format!("the plan has no training task for {store}"))?;
+        .map(|config| serde_json::from_value(config["saes"].clone()))
+        .with_context(|| format!("the plan has no training task for {store}"))?
+        .with_context(|| format!("the training task of {store}: its dictionaries"))?;
     let (model, tokenizer, documents) = model_and_corpus(plan, options)?;
     let contexts = plan
         .sweep
@@ -565,15 +564,24 @@ fn evaluate(
 
     remove_scratch(scratch)?;
     let trained = layout.train(store);
-    let mut saes = Vec::with_capacity(names.len());
-    for name in &names {
+    let mut saes = Vec::with_capacity(trained_saes.len());
+    for config in &trained_saes {
+        let name = &config.name;
         let folder = scratch.join(name);
         sync::download_folder(&trained.join(name), &folder)?;
-        let sae = TrainedSae::load(&folder, name, store, None, model.device(), &norms, policy)
-            .map_err(|e| SweepError::Context {
-                context: format!("the trained SAE {}", trained.describe(name)),
-                cause: Box::new(e.into()),
-            })?;
+        let sae = TrainedSae::load(
+            &folder,
+            name,
+            &config.hook,
+            config.hook_out.as_deref(),
+            model.device(),
+            &norms,
+            policy,
+        )
+        .map_err(|e| SweepError::Context {
+            context: format!("the trained dictionary {}", trained.describe(name)),
+            cause: Box::new(e.into()),
+        })?;
         saes.push(sae);
     }
     let results = stages::evaluate(&model, &saes, &contexts, &means, options.progress)?;

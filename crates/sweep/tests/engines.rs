@@ -38,9 +38,115 @@ fn spec(corpus: &Path) -> serde_json::Value {
 }
 
 fn plan(dir: &Path) -> Plan {
+    plan_with(dir, &|_| {})
+}
+
+#[test]
+fn transcoder_layers_get_a_store_of_their_mlp_input_and_output_and_a_task_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan_with(dir.path(), &|v| {
+        v["transcoder_layers"] = serde_json::json!([3, 0]);
+        v["transcoders"] = serde_json::json!([
+            { "name": "tc", "architecture": { "kind": "jump_relu_transcoder", "skip": false } },
+            { "name": "skip-tc", "architecture": { "kind": "jump_relu_transcoder", "skip": true } },
+        ]);
+    });
+    // The SAE hooks' stores, then one store per transcoder layer holding both MLP hooks.
+    let stores: Vec<(&str, Vec<&str>)> = plan
+        .stores
+        .iter()
+        .map(|s| {
+            let hooks = s.spec.hooks.iter().map(|h| h.name.as_str()).collect();
+            (s.name.as_str(), hooks)
+        })
+        .collect();
+    assert_eq!(stores.len(), 6);
+    assert_eq!(
+        stores[4..],
+        [
+            (
+                "blocks.3.mlp_transcoder",
+                vec!["blocks.3.hook_mlp_in", "blocks.3.hook_mlp_out"]
+            ),
+            (
+                "blocks.0.mlp_transcoder",
+                vec!["blocks.0.hook_mlp_in", "blocks.0.hook_mlp_out"]
+            ),
+        ]
+    );
+    // A training task per store; a transcoder store's task trains the transcoder templates
+    // only, each reading the MLP input and predicting its output.
+    let trains: Vec<(&String, &serde_json::Value)> = plan
+        .tasks
+        .iter()
+        .filter_map(|t| match &t.work {
+            Work::Train { store, config } => Some((store, config)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(trains.len(), 6);
+    let (store, config) = trains[4];
+    assert_eq!(store, "blocks.3.mlp_transcoder");
+    let saes: Vec<(&str, &str, &str, u64)> = config["saes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["hook"].as_str().unwrap(),
+                s["hook_out"].as_str().unwrap(),
+                s["d_sae"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let (input, output) = ("blocks.3.hook_mlp_in", "blocks.3.hook_mlp_out");
+    assert_eq!(
+        saes,
+        [
+            ("tc-w16", input, output, 16),
+            ("tc-w32", input, output, 32),
+            ("skip-tc-w16", input, output, 16),
+            ("skip-tc-w32", input, output, 32),
+        ]
+    );
+    // The SAE tasks train no transcoder.
+    assert!(trains[..4].iter().all(
+        |(_, c)| c["saes"].as_array().unwrap().len() == 4 && c["saes"][0]["hook_out"].is_null()
+    ));
+    // The plan reads back as written (its stores and tasks are those its sweep gives).
+    let root = object_io::Location::local(dir.path().join("sweep"));
+    plan.write_at(&root).unwrap();
+    assert_eq!(Plan::read_at(&root).unwrap(), plan);
+}
+
+#[test]
+fn a_transcoder_layer_the_model_lacks_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("book.txt");
+    let mut value = spec(&corpus);
+    value["transcoder_layers"] = serde_json::json!([99]);
+    value["transcoders"] =
+        serde_json::json!([{ "name": "tc", "architecture": { "kind": "jump_relu_transcoder" } }]);
+    let spec: SweepSpec = serde_json::from_value(value).unwrap();
+    let loaded = gemma_hooks::load_model(&fixture(), &Device::Cpu, DType::F32).unwrap();
+    let error = spec
+        .check_model("sweep.toml", loaded.model.config())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("sweep.toml") && error.contains("transcoder_layers"),
+        "{error}"
+    );
+}
+
+/// The plan of [`spec`] after `edit`.
+fn plan_with(dir: &Path, edit: &dyn Fn(&mut serde_json::Value)) -> Plan {
     let corpus = dir.join("book.txt");
     std::fs::write(&corpus, "the cat sat on the mat. ".repeat(300)).unwrap();
-    let spec: SweepSpec = serde_json::from_value(spec(&corpus)).unwrap();
+    let mut value = spec(&corpus);
+    edit(&mut value);
+    let spec: SweepSpec = serde_json::from_value(value).unwrap();
     let loaded = gemma_hooks::load_model(&fixture(), &Device::Cpu, DType::F32).unwrap();
     let corpus = Corpus::from_spec(&spec.corpus, &spec.field).unwrap();
     Plan::make(
@@ -297,7 +403,30 @@ fn sweep_files_with_mistakes_are_refused_with_the_reason() {
         &|v| {
             v["layers"] = serde_json::json!([]);
         },
-        "no hooks",
+        "nothing to train",
+    );
+    check(
+        &|v| v["transcoder_layers"] = serde_json::json!([1]),
+        "transcoder_layers but no `transcoders` templates",
+    );
+    check(
+        &|v| {
+            v["transcoders"] = serde_json::json!([{
+                "name": "tc", "architecture": { "kind": "jump_relu_transcoder", "skip": true }
+            }])
+        },
+        "`transcoders` templates but no transcoder_layers",
+    );
+    // A transcoder template that is not a transcoder: the trainer's own check, naming the
+    // template.
+    check(
+        &|v| {
+            v["transcoder_layers"] = serde_json::json!([1]);
+            v["transcoders"] = serde_json::json!([{
+                "name": "tc", "architecture": { "kind": "jump_relu" }
+            }]);
+        },
+        "`transcoders[0]`: SAE `tc-w",
     );
     check(
         &|v| v["harvest_taks"] = 3.into(),
@@ -305,7 +434,7 @@ fn sweep_files_with_mistakes_are_refused_with_the_reason() {
     );
     check(
         &|v| v["train"]["saes"] = serde_json::json!([]),
-        "SAEs go in `saes` templates",
+        "dictionaries go in `saes` and `transcoders` templates",
     );
     check(&|v| v["harvest_tasks"] = 0.into(), "must be positive");
 }

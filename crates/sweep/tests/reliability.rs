@@ -1104,10 +1104,15 @@ fn hostile_values_in_every_field_of_the_plan_and_the_task_records_are_errors_nev
 }
 
 #[test]
-fn the_shipped_sweep_file_passes_every_check() {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/sweep-gemma3-270m.toml");
-    let spec = SweepSpec::from_file(&file).unwrap();
+fn the_shipped_sweep_files_pass_every_check() {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let spec = SweepSpec::from_file(&configs.join("sweep-gemma3-270m.toml")).unwrap();
     assert!(spec.hook_points().unwrap().len() >= 2);
+    // Transcoders on every layer of the embedded model (18), one store and task each.
+    let spec = SweepSpec::from_file(&configs.join("sweep-transcoders-gemma3-270m.toml")).unwrap();
+    let stores = spec.stores().unwrap();
+    assert_eq!(stores.len(), 18);
+    assert!(stores.iter().all(|s| s.output.is_some()));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use activation_cache::Corpus;
 use activation_cache::norms::MassiveTokenPolicy;
 use candle_core::{DType, Device};
-use gemma_hooks::Kernels;
+use gemma_hooks::{HookPoint, Kernels};
 use lab::{Budget, ExperimentOptions, Lab};
 use object_io::Location;
 use sweep::{Plan, SweepSpec, TaskOptions, Work};
@@ -53,8 +53,13 @@ fn budget() -> Budget {
 /// The sweep of the same settings: one hook, a store as the lab harvests it (16 contexts a
 /// shard, 4 a pass, the lab's shuffle buckets), the lab's training schedule.
 fn sweep_spec(corpus: &Path) -> SweepSpec {
+    serde_json::from_value(shared_settings(corpus)).unwrap()
+}
+
+/// The settings of [`sweep_spec`] but what it trains: the SAEs of one hook.
+fn shared_settings(corpus: &Path) -> serde_json::Value {
     let budget = budget();
-    serde_json::from_value(serde_json::json!({
+    serde_json::json!({
         "model": tiny_model(),
         "corpus": corpus.display().to_string(),
         "context_length": CONTEXT_LENGTH,
@@ -80,18 +85,12 @@ fn sweep_spec(corpus: &Path) -> SweepSpec {
               "penalties": [{ "kind": "l0", "coefficient": 1e-3 }] },
             { "name": "topk", "architecture": { "kind": "top_k", "k": 4 } },
         ],
-    }))
-    .unwrap()
+    })
 }
 
-#[test]
-fn a_sweep_and_a_lab_run_of_the_same_settings_write_the_same_evaluation() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus");
-    write_corpus(&corpus);
-
-    // The sweep, planned and run task after task.
-    let spec = sweep_spec(&corpus);
+/// Plans `spec` on the tiny model into `dir/sweep` and runs every task there, one after
+/// another; returns the plan.
+fn plan_and_run(spec: SweepSpec, dir: &Path) -> Plan {
     let (model, tokenizer) = gemma_hooks::load_model_with_kernels(
         &tiny_model(),
         &Device::Cpu,
@@ -108,41 +107,51 @@ fn a_sweep_and_a_lab_run_of_the_same_settings_write_the_same_evaluation() {
         &books.describe(),
     )
     .unwrap();
-    let root = Location::local(dir.path().join("sweep"));
+    let root = Location::local(dir.join("sweep"));
     plan.write_at(&root).unwrap();
-    sweep::run_serially(&root, &TaskOptions::on_cpu(dir.path().join("scratch"))).unwrap();
-    let saes: Vec<SaeConfig> = plan
-        .tasks
+    sweep::run_serially(&root, &TaskOptions::on_cpu(dir.join("scratch"))).unwrap();
+    plan
+}
+
+/// The dictionaries of the plan's training task of `store`.
+fn trained_by(plan: &Plan, store: &str) -> Vec<SaeConfig> {
+    plan.tasks
         .iter()
         .find_map(|t| match &t.work {
-            Work::Train { config, .. } => Some(serde_json::from_value(config["saes"].clone())),
+            Work::Train { store: s, config } if s == store => {
+                Some(serde_json::from_value(config["saes"].clone()))
+            }
             _ => None,
         })
         .expect("the plan trains")
-        .unwrap();
-    assert_eq!(saes.len(), 2);
+        .unwrap()
+}
 
-    // The lab, with the SAEs the sweep trained (their names and settings).
-    let options = ExperimentOptions {
-        out: Some(dir.path().join("lab")),
+/// The lab's options: the tiny model, the two books, quiet, massive tokens excluded.
+fn lab_options(dir: &Path, corpus: &Path) -> ExperimentOptions {
+    ExperimentOptions {
+        out: Some(dir.join("lab")),
         model: tiny_model(),
         corpus: corpus.display().to_string(),
         quiet: true,
         massive_tokens: MassiveTokenPolicy::Exclude,
         ..Default::default()
-    };
-    let lab = Lab::open("same-as-sweep", &options).unwrap();
-    let outcome = lab
-        .train_and_evaluate(&[HOOK.parse().unwrap()], CONTEXT_LENGTH, &budget(), saes)
-        .unwrap();
+    }
+}
 
-    let read = |path: &Path| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-    };
-    let from_sweep = read(&dir.path().join(format!("sweep/eval/{HOOK}.json")));
-    let from_lab = read(&dir.path().join("lab/evaluation.json"));
+/// A JSON file.
+fn read(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The evaluations of `store` by the sweep and by the lab are equal value for value and of
+/// real numbers (every dictionary evaluated on held-out tokens, a finite FVU); the weights of
+/// each of `names` are equal byte for byte.
+fn assert_same_results(dir: &Path, store: &str, names: &[String]) {
+    let from_sweep = read(&dir.join(format!("sweep/eval/{store}.json")));
+    let from_lab = read(&dir.join("lab/evaluation.json"));
     assert_eq!(from_sweep, from_lab);
-    // The comparison is of real numbers: both SAEs were evaluated on the held-out book.
+    assert_eq!(from_lab.as_array().unwrap().len(), names.len());
     for evaluation in from_lab.as_array().unwrap() {
         assert!(evaluation["tokens"].as_u64().unwrap() > 0, "{evaluation}");
         assert!(
@@ -150,20 +159,43 @@ fn a_sweep_and_a_lab_run_of_the_same_settings_write_the_same_evaluation() {
             "{evaluation}"
         );
     }
-    // Both trained the same SAEs (the same bytes), each under the policy's cutoff, the lab's
-    // norm profile's.
-    let cutoff = outcome.norms[0].cutoff;
-    for sae in &outcome.trained {
-        let lab_folder = dir.path().join("lab/train").join(&sae.name);
-        let sweep_folder = dir.path().join("sweep/train").join(HOOK).join(&sae.name);
+    for name in names {
         let weights = "sae_weights.safetensors";
+        let lab = dir.join("lab/train").join(name).join(weights);
+        let sweep = dir.join("sweep/train").join(store).join(name).join(weights);
         assert!(
-            std::fs::read(lab_folder.join(weights)).unwrap()
-                == std::fs::read(sweep_folder.join(weights)).unwrap(),
-            "{} differs between the lab and the sweep",
-            sae.name
+            std::fs::read(lab).unwrap() == std::fs::read(sweep).unwrap(),
+            "{name} differs between the lab and the sweep"
         );
-        for folder in [&lab_folder, &sweep_folder] {
+    }
+}
+
+#[test]
+fn a_sweep_and_a_lab_run_of_the_same_settings_write_the_same_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    write_corpus(&corpus);
+
+    // The sweep, planned and run task after task.
+    let plan = plan_and_run(sweep_spec(&corpus), dir.path());
+    let saes = trained_by(&plan, HOOK);
+    assert_eq!(saes.len(), 2);
+
+    // The lab, with the SAEs the sweep trained (their names and settings).
+    let lab = Lab::open("same-as-sweep", &lab_options(dir.path(), &corpus)).unwrap();
+    let names: Vec<String> = saes.iter().map(|s| s.name.clone()).collect();
+    let outcome = lab
+        .train_and_evaluate(&[HOOK.parse().unwrap()], CONTEXT_LENGTH, &budget(), saes)
+        .unwrap();
+    assert_same_results(dir.path(), HOOK, &names);
+
+    // Both trained each SAE under the policy's cutoff, the lab's norm profile's.
+    let cutoff = outcome.norms[0].cutoff;
+    for name in &names {
+        for folder in [
+            dir.path().join("lab/train").join(name),
+            dir.path().join("sweep/train").join(HOOK).join(name),
+        ] {
             let config = read(&folder.join("training_config.json"));
             assert_eq!(
                 config["exclude_norm_above"].as_f64(),
@@ -172,5 +204,63 @@ fn a_sweep_and_a_lab_run_of_the_same_settings_write_the_same_evaluation() {
                 folder.display()
             );
         }
+    }
+}
+
+#[test]
+fn a_sweep_of_transcoders_and_a_lab_run_of_them_write_the_same_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    write_corpus(&corpus);
+
+    // Transcoders of layer 1's MLP, plain and with the skip connection, and no SAEs.
+    let mut settings = shared_settings(&corpus);
+    let object = settings.as_object_mut().unwrap();
+    object.remove("hooks");
+    object.remove("saes");
+    object.insert("transcoder_layers".into(), serde_json::json!([1]));
+    object.insert(
+        "transcoders".into(),
+        serde_json::json!([
+            { "name": "tc", "architecture": { "kind": "jump_relu_transcoder" }, "lr": 3e-3,
+              "penalties": [{ "kind": "l0", "coefficient": 1e-3 }] },
+            { "name": "skip-tc", "architecture": { "kind": "jump_relu_transcoder", "skip": true },
+              "lr": 3e-3, "penalties": [{ "kind": "l0", "coefficient": 1e-3 }] },
+        ]),
+    );
+    let store = "blocks.1.mlp_transcoder";
+    let plan = plan_and_run(serde_json::from_value(settings).unwrap(), dir.path());
+    let transcoders = trained_by(&plan, store);
+    assert_eq!(transcoders.len(), 2);
+
+    // The lab harvests the MLP's input and output into one store, as the sweep does.
+    let lab = Lab::open("same-as-sweep", &lab_options(dir.path(), &corpus)).unwrap();
+    let names: Vec<String> = transcoders.iter().map(|s| s.name.clone()).collect();
+    let hooks = [HookPoint::MlpIn(1), HookPoint::MlpOut(1)];
+    lab.train_and_evaluate(&hooks, CONTEXT_LENGTH, &budget(), transcoders)
+        .unwrap();
+    assert_same_results(dir.path(), store, &names);
+
+    // Each was evaluated as a transcoder: reading the MLP input, spliced in at its output.
+    for evaluation in read(&dir.path().join("sweep/eval").join(format!("{store}.json")))
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(evaluation["hook"], "blocks.1.hook_mlp_in", "{evaluation}");
+        assert_eq!(
+            evaluation["hook_out"], "blocks.1.hook_mlp_out",
+            "{evaluation}"
+        );
+    }
+    for name in &names {
+        let folder = dir.path().join("sweep/train").join(store).join(name);
+        let loaded = sae_core::format::load(&folder, &Device::Cpu, DType::F32).unwrap();
+        assert!(
+            matches!(
+                loaded.architecture(),
+                sae_core::Architecture::JumpReluTranscoder { .. }
+            ),
+            "{name}"
+        );
     }
 }

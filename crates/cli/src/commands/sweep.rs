@@ -226,7 +226,7 @@ pub fn status(args: &PlanStatusArgs) -> anyhow::Result<()> {
         );
         println!(
             "  {:<28} {:<24} {:>7} {:>9} {:>7} {:>6} {:>9} {:>9} {:>9}",
-            "hook", "sae", "step", "L0", "FVU", "dead", "eval FVU", "Δ loss", "CE rec."
+            "store", "dictionary", "step", "L0", "FVU", "dead", "eval FVU", "Δ loss", "CE rec."
         );
         for r in results {
             let (fvu, delta, recovered) = r.evaluation.as_ref().map_or(
@@ -244,7 +244,7 @@ pub fn status(args: &PlanStatusArgs) -> anyhow::Result<()> {
             );
             println!(
                 "  {:<28} {:<24} {:>7} {:>9.2} {:>7.4} {:>6.3} {fvu:>9} {delta:>9} {recovered:>9}",
-                r.hook, r.sae, r.step, r.l0, r.fvu, r.dead_fraction
+                r.store, r.sae, r.step, r.l0, r.fvu, r.dead_fraction
             );
         }
     }

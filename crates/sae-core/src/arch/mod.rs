@@ -72,7 +72,9 @@ pub enum Architecture {
     Gated,
     /// A JumpReLU transcoder ([`JumpReluTranscoder`]): reads one hook, predicts another.
     JumpReluTranscoder {
-        /// Whether it has the affine skip connection x·W_skip.
+        /// Whether it has the affine skip connection x·W_skip (in a config, `false` when left
+        /// out).
+        #[serde(default)]
         skip: bool,
     },
     /// An architecture defined outside this crate: built by the registry it was registered in
