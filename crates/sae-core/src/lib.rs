@@ -2,7 +2,8 @@
 //!
 //! Five architectures behind one small [`Sae`] trait ([`JumpReluSae`], [`TopKSae`],
 //! [`BatchTopKSae`], [`ReluSae`], [`GatedSae`]) and JumpReLU transcoders
-//! ([`JumpReluTranscoder`], with or without the affine skip); sparsity penalties behind
+//! ([`JumpReluTranscoder`], with or without the affine skip) and cross-layer transcoders
+//! ([`Clt`], latents of each layer writing to that and every later layer's MLP output); sparsity penalties behind
 //! [`SparsityPenalty`] ([`L0Ste`], [`QuadraticL0`], [`L1`], [`DecoderNormL1`], [`AuxK`],
 //! [`PreActivationLoss`], and [`Matryoshka`]'s nested-prefix reconstruction) that combine with
 //! any architecture providing what they need; the straight-through estimators of the JumpReLU
@@ -50,6 +51,7 @@
 //! ```
 
 pub mod arch;
+pub mod clt;
 /// The f32 products on the system's OpenBLAS ([`cpu_blas`]), as the sparse step uses them.
 pub use cpu_blas as blas;
 pub mod constraint;
@@ -72,6 +74,7 @@ pub use arch::{
     JumpReluTranscoder, ReluSae, Sae, SaeShape, ThresholdOptions, ThresholdParametrisation,
     TopKSae, TrainOutput, TrainableSae, init,
 };
+pub use clt::{Clt, CltPenalty, CltShape, clt_training_loss};
 pub use error::{Result, SaeError};
 pub use init::InitConfig;
 pub use loss::{LossTerms, WeightedPenalty, training_loss, training_loss_toward};

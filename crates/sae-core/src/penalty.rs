@@ -82,7 +82,14 @@ fn l0_per_token(
     penalty: &'static str,
 ) -> Result<Tensor> {
     let threshold = required_threshold(sae, penalty)?;
-    Ok(ste::step(&out.pre_activations, &threshold, ste)?
+    l0_counts(&out.pre_activations, &threshold, ste)
+}
+
+/// Each token's count of latents whose pre-activation `pre` `[tokens, latents]` is above the
+/// threshold `[latents]`, `[tokens]` in f32, with the straight-through θ-gradient
+/// ([`ste::step`]).
+pub fn l0_counts(pre: &Tensor, threshold: &Tensor, ste: SteConfig) -> Result<Tensor> {
+    Ok(ste::step(pre, threshold, ste)?
         .to_dtype(DType::F32)?
         .sum(D::Minus1)?)
 }
@@ -117,6 +124,14 @@ impl QuadraticL0 {
         2.0 / self.target * (l0 - self.target).powi(2)
     }
 
+    /// The penalty, averaged over tokens, of each token's count of active latents `l0`
+    /// `[tokens]` ([`l0_counts`]).
+    pub fn loss_of_counts(&self, l0: &Tensor) -> Result<Tensor> {
+        Self::check_target(self.target)?;
+        let excess = l0.affine(1.0, -self.target)?;
+        Ok(excess.sqr()?.mean(0)?.affine(2.0 / self.target, 0.0)?)
+    }
+
     /// ∂term/∂l0 = (4/T)·(l0 − T): the factor on the token's straight-through θ-gradient.
     pub fn slope(&self, l0: f64) -> f64 {
         4.0 / self.target * (l0 - self.target)
@@ -133,10 +148,8 @@ impl SparsityPenalty for QuadraticL0 {
         out: &TrainOutput,
         _context: &PenaltyContext,
     ) -> Result<Tensor> {
-        Self::check_target(self.target)?;
         let l0 = l0_per_token(sae, out, self.ste, "quadratic_l0")?;
-        let excess = l0.affine(1.0, -self.target)?;
-        Ok(excess.sqr()?.mean(0)?.affine(2.0 / self.target, 0.0)?)
+        self.loss_of_counts(&l0)
     }
 }
 
