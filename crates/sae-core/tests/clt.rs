@@ -276,3 +276,128 @@ fn the_parameter_count_is_that_of_the_variables() {
     };
     assert_eq!(gemma.parameters(), 1_982_409_984);
 }
+
+mod files {
+    use super::*;
+    use sae_core::format::clt::{CltHooks, load_clt, params_file, save_clt};
+
+    fn hooks(n: usize) -> CltHooks {
+        CltHooks::gemma_scope_2(n)
+    }
+
+    #[test]
+    fn a_saved_clt_loads_to_the_same_predictions_with_its_hooks() {
+        for skip in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let folder = dir.path().join("clt/width_12_l0_medium");
+            let clt = random_clt(3, skip, 7);
+            let mut metadata = serde_json::Map::new();
+            metadata.insert("model_name".into(), "gemma-v3-270m-pt".into());
+            save_clt(&clt, &folder, &hooks(3), metadata, None, &[]).unwrap();
+            // Gemma Scope 2's shapes: w_dec [W, L, d] with zeros before the file's layer.
+            let file =
+                candle_core::safetensors::load(folder.join(params_file(2)), &Device::Cpu).unwrap();
+            assert_eq!(file["w_dec"].dims(), &[W, 3, D]);
+            let before = file["w_dec"].narrow(1, 0, 2).unwrap();
+            assert_eq!(test_support::floats::max_abs(&before), 0.0);
+            assert_eq!(file.contains_key("affine_skip_connection"), skip);
+
+            let loaded = load_clt(&folder, &Device::Cpu).unwrap();
+            assert_eq!(loaded.hooks, hooks(3));
+            assert_eq!(
+                loaded.config.model_name.as_deref(),
+                Some("gemma-v3-270m-pt")
+            );
+            assert_eq!(
+                loaded.config.hf_hook_points_in[1],
+                "model.layers.1.pre_feedforward_layernorm.output"
+            );
+            let xs = inputs(3, 8);
+            let (f, y) = clt.forward(&xs).unwrap();
+            let (g, z) = loaded.clt.forward(&xs).unwrap();
+            for layer in 0..3 {
+                assert_eq!(max_abs_diff(&f[layer], &g[layer]), 0.0);
+                assert_eq!(max_abs_diff(&y[layer], &z[layer]), 0.0);
+            }
+            // Without config.json (as Gemma Scope 2 may ship it), the hooks are Gemma Scope 2's.
+            std::fs::remove_file(folder.join("config.json")).unwrap();
+            assert_eq!(load_clt(&folder, &Device::Cpu).unwrap().hooks, hooks(3));
+        }
+    }
+
+    #[test]
+    fn damaged_or_inconsistent_folders_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("clt");
+        save_clt(
+            &random_clt(3, false, 8),
+            &folder,
+            &hooks(3),
+            Default::default(),
+            None,
+            &[],
+        )
+        .unwrap();
+        let rewrite =
+            |layer: usize, edit: &dyn Fn(&mut std::collections::HashMap<String, Tensor>)| {
+                let path = folder.join(params_file(layer));
+                let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+                edit(&mut tensors);
+                candle_core::safetensors::save(&tensors, &path).unwrap();
+            };
+        let error = |expected: &str| {
+            let message = load_clt(&folder, &Device::Cpu).unwrap_err().to_string();
+            assert!(message.contains(expected), "`{expected}` not in: {message}");
+            message
+        };
+        // A decoder that writes to an earlier layer.
+        rewrite(1, &|t| {
+            let w_dec = t["w_dec"].clone();
+            let ones = Tensor::ones((W, 1, D), DType::F32, &Device::Cpu).unwrap();
+            let rest = w_dec.narrow(1, 1, 2).unwrap();
+            t.insert("w_dec".into(), Tensor::cat(&[ones, rest], 1).unwrap());
+        });
+        let message = error("writes to layers before 1");
+        assert!(message.contains(&params_file(1)), "{message}");
+        // A missing tensor, a decoder of the wrong shape.
+        rewrite(1, &|t| {
+            t.remove("b_enc");
+        });
+        error("has no `b_enc`");
+        save_clt(
+            &random_clt(3, false, 8),
+            &folder,
+            &hooks(3),
+            Default::default(),
+            None,
+            &[],
+        )
+        .unwrap();
+        rewrite(2, &|t| {
+            t.insert(
+                "w_dec".into(),
+                Tensor::zeros((W, 2, D), DType::F32, &Device::Cpu).unwrap(),
+            );
+        });
+        error("[12, 3, 8]");
+        // A config that disagrees with the weights.
+        save_clt(
+            &random_clt(3, false, 8),
+            &folder,
+            &hooks(3),
+            Default::default(),
+            None,
+            &[],
+        )
+        .unwrap();
+        let config_path = folder.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+        config["affine_connection"] = true.into();
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        error("affine_connection = true");
+        // Not a CLT folder at all.
+        let message = load_clt(dir.path(), &Device::Cpu).unwrap_err().to_string();
+        assert!(message.contains("params_layer_0"), "{message}");
+    }
+}

@@ -59,11 +59,8 @@ pub(crate) struct RunState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_scale: Option<f64>,
     pub adam_t: u64,
-    pub since_fired: Vec<u64>,
-    pub window_fires: Vec<u64>,
-    pub window_tokens: u64,
-    pub total_fires: Vec<u64>,
-    pub total_tokens: u64,
+    #[serde(flatten)]
+    pub counts: crate::firing::FiringCounts,
     #[serde(default)]
     pub resampled: u64,
     /// The target-L0 controller's state (absent without `target_l0`).

@@ -514,8 +514,12 @@ pub struct TrainConfig {
     /// identity, and set by the caller, not the file.
     #[serde(skip)]
     pub kernels: Kernels,
-    /// The SAEs.
+    /// The SAEs (and transcoders).
+    #[serde(default)]
     pub saes: Vec<SaeConfig>,
+    /// The cross-layer transcoders, trained on the same batches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clts: Vec<crate::clt::CltConfig>,
 }
 
 impl TrainConfig {

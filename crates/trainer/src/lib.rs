@@ -57,8 +57,10 @@
 
 mod adam;
 pub mod checkpoint;
+pub mod clt;
 pub mod config;
 mod error;
+pub mod firing;
 mod grad_norm;
 pub mod homeostasis;
 pub mod metrics;

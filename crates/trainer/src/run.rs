@@ -16,6 +16,8 @@ use crate::checkpoint::{
     self, CHECKPOINT, CheckpointState, DONE, EFFECTIVE_CONFIG, RunState, RunTensors, read_json,
     write_json,
 };
+use crate::clt::CltRun;
+use crate::clt::setup::{ResolvedClt, resolve_clts, resumed_clts, start_clts};
 use crate::config::{ResolvedSaeConfig, SaeConfig, TrainConfig};
 use crate::metrics::{self, MetricsRow};
 use crate::registry::Registry;
@@ -41,6 +43,8 @@ pub struct Trainer<S: ActivationSource> {
     out: PathBuf,
     /// The SAEs.
     pub runs: Vec<SaeRun>,
+    /// The cross-layer transcoders.
+    pub clts: Vec<CltRun>,
     /// Steps done.
     pub step: u64,
     /// Tokens consumed.
@@ -217,6 +221,31 @@ fn input_statistics<S: ActivationSource>(
         .collect()
 }
 
+/// The run's identity (`config.json`): the training settings, every SAE's and CLT's resolved
+/// settings, the source's identity and the kernel. A run without CLTs has no `clts` entry, so
+/// its identity is what it was before CLTs existed.
+fn run_identity<S: ActivationSource>(
+    config: &TrainConfig,
+    resolved: &[(ResolvedSaeConfig, usize, usize)],
+    clts: &[ResolvedClt],
+    source: &S,
+    device: &Device,
+) -> serde_json::Value {
+    let mut identity = serde_json::json!({
+        "train": config,
+        "saes": resolved.iter().map(|(r, ..)| r).collect::<Vec<_>>(),
+        "source": source.identity(),
+        "kernel": kernel_description(device, config.kernels),
+    });
+    if !clts.is_empty() {
+        identity["clts"] = clts
+            .iter()
+            .map(|c| serde_json::json!({ "config": &c.config, "layers": &c.layers }))
+            .collect();
+    }
+    identity
+}
+
 /// The wall-clock log (the one output that differs between identical runs).
 const TIMING: &str = "timing.csv";
 
@@ -243,19 +272,33 @@ impl<S: ActivationSource> Trainer<S> {
         let kernels = config.kernels;
         let hooks = source.hooks().to_vec();
         let resolved = resolve_saes(&config, &hooks, registry)?;
-        if placement.iter().any(|(_, device)| device.is_cpu()) {
+        let clts = resolve_clts(&config, &hooks, registry)?;
+        let clt_device = config.device()?;
+        if placement.iter().any(|(_, device)| device.is_cpu()) || clt_device.is_cpu() {
             let widths: Vec<usize> = resolved.iter().map(|(_, _, width)| *width).collect();
-            crate::validation::check_training_memory(&config, &widths)?;
+            let clt_widths: Vec<usize> = clts.iter().map(|c| c.d_model).collect();
+            crate::validation::check_training_memory(&config, &widths, &clt_widths)?;
         }
         checkpoint::claim_run_folder(out)?;
-        let effective = serde_json::json!({
-            "train": &config,
-            "saes": resolved.iter().map(|(r, ..)| r).collect::<Vec<_>>(),
-            "source": source.identity(),
-            "kernel": kernel_description(&placement[0].1, config.kernels),
-        });
-        let names: Vec<&str> = resolved.iter().map(|(r, ..)| r.name.as_str()).collect();
-        let devices: Vec<Device> = placement.iter().map(|(_, d)| d.clone()).collect();
+        let identity_device = placement.first().map_or(&clt_device, |(_, d)| d);
+        let effective = run_identity(&config, &resolved, &clts, &source, identity_device);
+        let names: Vec<String> = resolved
+            .iter()
+            .map(|(r, ..)| r.name.clone())
+            .chain(
+                clts.iter()
+                    .flat_map(|c| (0..c.layers.len()).map(|i| c.config.layer_name(i))),
+            )
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let devices: Vec<Device> = placement
+            .iter()
+            .map(|(_, d)| d.clone())
+            .chain(std::iter::repeat_n(
+                clt_device.clone(),
+                names.len() - placement.len(),
+            ))
+            .collect();
         let saved = checkpoint::load(out, &effective, &names, &devices)?;
         check_or_record_identity(out, &effective, saved.is_some())?;
 
@@ -305,11 +348,16 @@ impl<S: ActivationSource> Trainer<S> {
                 Ok(run)
             })
             .collect::<Result<Vec<_>>>()?;
+        let clts = match saved {
+            None => start_clts(clts, &mut source, &config, &clt_device, kernels)?,
+            Some(_) => resumed_clts(clts, &config, &clt_device, kernels)?,
+        };
         let mut trainer = Self {
             config,
             source,
             out: out.to_path_buf(),
             runs,
+            clts,
             step: 0,
             tokens: 0,
             metrics: Vec::new(),
@@ -329,7 +377,11 @@ impl<S: ActivationSource> Trainer<S> {
     /// pre-activations' quantiles on the first batch ([`crate::target_l0::quantile_thresholds`]),
     /// the source rewound afterwards.
     fn start_thresholds_at_targets(&mut self) -> Result<()> {
-        if !self.runs.iter().any(|r| r.config.target_l0.is_some()) {
+        let clt_targets = self
+            .clts
+            .iter()
+            .any(|c| c.layers.iter().any(|l| l.target_l0.is_some()));
+        if !self.runs.iter().any(|r| r.config.target_l0.is_some()) && !clt_targets {
             return Ok(());
         }
         let start = self.source.cursor();
@@ -357,6 +409,9 @@ impl<S: ActivationSource> Trainer<S> {
                 run.config.threshold_init.min(1e-3),
             )?;
             run.sae.set_threshold(&theta)?;
+        }
+        for clt in &self.clts {
+            clt.start_thresholds_at_targets(&batch.activations)?;
         }
         Ok(())
     }
@@ -475,7 +530,11 @@ impl<S: ActivationSource> Trainer<S> {
                 .map(|(_, row)| row)
                 .collect::<Result<_>>()?
         };
-        for mut row in rows_out.into_iter().flatten() {
+        let mut rows_out: Vec<MetricsRow> = rows_out.into_iter().flatten().collect();
+        for clt in &mut self.clts {
+            rows_out.extend(clt.step_on_batch(&context)?);
+        }
+        for mut row in rows_out {
             row.step = self.step + 1;
             row.tokens = self.tokens + rows;
             self.metrics.push(row);
@@ -494,7 +553,7 @@ impl<S: ActivationSource> Trainer<S> {
     /// Trains to the end (or to `options.stop_after_steps`), then exports every SAE.
     pub fn run(&mut self, options: &RunOptions) -> Result<()> {
         if self.out.join(DONE).exists() {
-            let names: Vec<&str> = self.runs.iter().map(|r| r.config.name.as_str()).collect();
+            let names = self.exported_names();
             let Some(problem) = checkpoint::missing_exports(&self.out, &names) else {
                 return Ok(());
             };
@@ -546,7 +605,7 @@ impl<S: ActivationSource> Trainer<S> {
             if let Some(hook_out) = &run.config.hook_out {
                 metadata.insert("hook_name_out".into(), hook_out.clone().into());
             }
-            metadata.insert("training_tokens".into(), run.total_tokens.into());
+            metadata.insert("training_tokens".into(), run.counts.total_tokens.into());
             metadata.insert("scaling_factor_folded".into(), run.scale.into());
             if run.target_index.is_some() {
                 metadata.insert(
@@ -554,12 +613,7 @@ impl<S: ActivationSource> Trainer<S> {
                     run.output_scale.into(),
                 );
             }
-            let density: Vec<f32> = run
-                .total_fires
-                .iter()
-                .map(|&f| ((f as f64 + 1e-10) / run.total_tokens.max(1) as f64).log10() as f32)
-                .collect();
-            let sparsity = Tensor::new(density, &Device::Cpu)?;
+            let sparsity = Tensor::new(run.counts.log10_density(), &Device::Cpu)?;
             if !self.folded {
                 run.sae.fold_scalings(run.scale, run.output_scale)?;
             }
@@ -574,9 +628,44 @@ impl<S: ActivationSource> Trainer<S> {
                 &[("training_config.json", training_config)],
             )?;
         }
+        for clt in &mut self.clts {
+            let sparsity = clt.log10_density()?;
+            if !self.folded {
+                clt.clt
+                    .fold_scalings(&clt.input_scales, &clt.output_scales)?;
+            }
+            let mut metadata = self.config.metadata.clone();
+            metadata.insert("training_tokens".into(), self.tokens.into());
+            let training_config = serde_json::to_vec_pretty(&serde_json::json!({
+                "config": &clt.config,
+                "layers": &clt.layers,
+                "input_scaling_factors_folded": &clt.input_scales,
+                "output_scaling_factors_folded": &clt.output_scales,
+            }))
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            sae_core::format::clt::save_clt(
+                &clt.clt,
+                &self.out.join(&clt.config.name),
+                &sae_core::format::clt::CltHooks {
+                    inputs: clt.config.hooks.clone(),
+                    outputs: clt.config.hooks_out.clone(),
+                },
+                metadata,
+                Some(&sparsity),
+                &[("training_config.json", training_config)],
+            )?;
+        }
         self.folded = true;
-        let names: Vec<&str> = self.runs.iter().map(|r| r.config.name.as_str()).collect();
-        checkpoint::write_done(&self.out, &names)
+        checkpoint::write_done(&self.out, &self.exported_names())
+    }
+
+    /// The folders [`Self::export`] writes: one per SAE and per CLT.
+    fn exported_names(&self) -> Vec<&str> {
+        self.runs
+            .iter()
+            .map(|r| r.config.name.as_str())
+            .chain(self.clts.iter().map(|c| c.config.name.as_str()))
+            .collect()
     }
 
     /// The SAEs as trained so far, folded (on raw activations, as [`Self::export`] writes
@@ -596,6 +685,14 @@ impl<S: ActivationSource> Trainer<S> {
     }
 
     fn save_checkpoint(&self) -> Result<()> {
+        let mut clt_states = Vec::new();
+        let mut clt_tensors = Vec::new();
+        for clt in &self.clts {
+            for (state, tensors) in clt.checkpoint_entries()? {
+                clt_states.push(state);
+                clt_tensors.push(tensors);
+            }
+        }
         let state = CheckpointState {
             step: self.step,
             tokens: self.tokens,
@@ -609,14 +706,11 @@ impl<S: ActivationSource> Trainer<S> {
                     scale: r.scale,
                     output_scale: r.target_index.map(|_| r.output_scale),
                     adam_t: r.adam.t,
-                    since_fired: r.since_fired.clone(),
-                    window_fires: r.window_fires.clone(),
-                    window_tokens: r.window_tokens,
-                    total_fires: r.total_fires.clone(),
-                    total_tokens: r.total_tokens,
+                    counts: r.counts.clone(),
                     resampled: r.resampled,
                     controller: r.controller.as_ref().map(|c| c.state),
                 })
+                .chain(clt_states)
                 .collect(),
             identity: self.identity.clone(),
             files: Default::default(),
@@ -634,7 +728,10 @@ impl<S: ActivationSource> Trainer<S> {
                     },
                 ))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .chain(clt_tensors)
+            .collect::<Vec<_>>();
         checkpoint::save(&self.out, state, &tensors)
     }
 
@@ -644,16 +741,27 @@ impl<S: ActivationSource> Trainer<S> {
         self.tokens = state.tokens;
         self.metrics = state.metrics;
         self.source.restore(&state.cursor)?;
-        for ((run, saved), tensors) in self.runs.iter_mut().zip(state.runs).zip(tensors) {
+        let mut saved_runs = state.runs.into_iter();
+        let mut saved_tensors = tensors.into_iter();
+        let sae_runs: Vec<_> = saved_runs.by_ref().take(self.runs.len()).collect();
+        let sae_tensors: Vec<_> = saved_tensors.by_ref().take(self.runs.len()).collect();
+        for clt in &mut self.clts {
+            for layer in 0..clt.layers.len() {
+                let (Some(saved), Some(tensors)) = (saved_runs.next(), saved_tensors.next()) else {
+                    return Err(TrainError::Invalid(format!(
+                        "the checkpoint has no entry for `{}`",
+                        clt.layer_name(layer)
+                    )));
+                };
+                clt.restore_layer(layer, saved, &tensors)?;
+            }
+        }
+        for ((run, saved), tensors) in self.runs.iter_mut().zip(sae_runs).zip(sae_tensors) {
             run.sae.load_training_state(&tensors.sae)?;
             run.adam.load_state(saved.adam_t, &tensors.adam)?;
             run.scale = saved.scale;
             run.output_scale = saved.output_scale.unwrap_or(saved.scale);
-            run.since_fired = saved.since_fired;
-            run.window_fires = saved.window_fires;
-            run.window_tokens = saved.window_tokens;
-            run.total_fires = saved.total_fires;
-            run.total_tokens = saved.total_tokens;
+            run.counts = saved.counts;
             run.resampled = saved.resampled;
             match (&mut run.controller, saved.controller) {
                 (Some(controller), Some(state)) => controller.state = state,

@@ -15,6 +15,7 @@ use sae_core::{
 
 use crate::adam::Adam;
 use crate::config::{DecoderBiasInit, PenaltyConfig, ResolvedSaeConfig};
+use crate::firing::FiringCounts;
 use crate::grad_norm;
 use crate::metrics::MetricsRow;
 use crate::registry::Registry;
@@ -43,14 +44,8 @@ pub struct SaeRun {
     pub(crate) adam: Adam,
     /// Whether the CPU's sparsity-aware step may run (the optimiser keeps its own copy).
     pub(crate) kernels: Kernels,
-    /// Tokens since each latent last fired.
-    pub(crate) since_fired: Vec<u64>,
-    /// Firings per latent since the last metrics row, and tokens in that window.
-    pub(crate) window_fires: Vec<u64>,
-    pub(crate) window_tokens: u64,
-    /// Firings per latent over the whole run, and tokens.
-    pub(crate) total_fires: Vec<u64>,
-    pub(crate) total_tokens: u64,
+    /// How often each latent fired.
+    pub(crate) counts: FiringCounts,
     /// Latents resampled so far.
     pub(crate) resampled: u64,
     /// The target-L0 controller of λ (`target_l0`), if any.
@@ -119,11 +114,7 @@ impl SaeRun {
             penalties,
             adam,
             kernels: Kernels::default(),
-            since_fired: vec![0; config.d_sae],
-            window_fires: vec![0; config.d_sae],
-            window_tokens: 0,
-            total_fires: vec![0; config.d_sae],
-            total_tokens: 0,
+            counts: FiringCounts::new(config.d_sae),
             resampled: 0,
             controller: None,
             device: device.clone(),
@@ -193,11 +184,11 @@ impl SaeRun {
             Some(controller) => controller.multiplier(),
             None => lambda_factor(&self.config, step_index),
         };
-        let dead: Vec<bool> = self.since_fired.iter().map(|&s| s >= dead_window).collect();
+        let dead = self.counts.dead(dead_window);
         let dead_mask: Vec<f32> = dead.iter().map(|&d| if d { 1.0 } else { 0.0 }).collect();
         let context = PenaltyContext {
             dead_latents: Some(Tensor::new(dead_mask, x.device())?),
-            tokens_since_fired: Some(self.since_fired.clone()),
+            tokens_since_fired: Some(self.counts.since_fired.clone()),
         };
         let weighted: Vec<WeightedPenalty> = self
             .penalties
@@ -217,7 +208,7 @@ impl SaeRun {
         self.apply_step(&step, &squares, lr)?;
 
         let tokens = x.dims()[0] as u64;
-        self.count_firing(&step.fires, tokens);
+        self.counts.record(&step.fires, tokens);
         self.adjust_thresholds(&step.fires, tokens, step_index)?;
         if let Some(resample) = self.config.resample
             && resample.due(step_index + 1, total)
@@ -228,8 +219,7 @@ impl SaeRun {
             return Ok(None);
         }
         let row = self.metrics_row(target.unwrap_or(x), &step, lr, warm, dead_window)?;
-        self.window_fires.iter_mut().for_each(|f| *f = 0);
-        self.window_tokens = 0;
+        self.counts.reset_window();
         Ok(Some(row))
     }
 
@@ -266,43 +256,51 @@ impl SaeRun {
         Ok(())
     }
 
-    /// Records which latents fired on this batch of `tokens` tokens.
-    fn count_firing(&mut self, fires: &[u32], tokens: u64) {
-        for (j, &f) in fires.iter().enumerate() {
-            let f = f as u64;
-            self.since_fired[j] = if f > 0 {
-                0
-            } else {
-                self.since_fired[j] + tokens
-            };
-            self.window_fires[j] += f;
-            self.total_fires[j] += f;
-        }
-        self.window_tokens += tokens;
-        self.total_tokens += tokens;
-    }
-
     /// Threshold homeostasis, then the target-L0 controller's observation of this step's L0
     /// (and its threshold factor, when it has one).
     fn adjust_thresholds(&mut self, fires: &[u32], tokens: u64, step_index: u64) -> Result<()> {
-        if let Some(homeostasis) = &self.config.homeostasis
-            && let Some(theta) = self.sae.threshold()?
-            && let Some(nudged) = homeostasis.nudge(&theta, fires, tokens, &self.since_fired)?
-        {
-            self.sae.set_threshold(&nudged)?;
-        }
-        if let Some(controller) = &mut self.controller {
-            let active = fires.iter().map(|&f| f as u64).sum::<u64>();
-            controller.observe(step_index, active as f64 / tokens.max(1) as f64);
-            let factor = controller.threshold_factor();
-            if factor != 1.0
-                && let Some(theta) = self.sae.threshold()?
-            {
-                self.sae.set_threshold(&theta.affine(factor, 0.0)?)?;
-            }
-        }
-        Ok(())
+        let sae = self.sae.as_ref();
+        adjust_thresholds(
+            &|| sae.threshold().map_err(Into::into),
+            &|theta| sae.set_threshold(theta).map(|_| ()).map_err(Into::into),
+            self.config.homeostasis.as_ref(),
+            self.controller.as_mut(),
+            (fires, tokens, &self.counts.since_fired),
+            step_index,
+        )
     }
+}
+
+/// A dictionary's thresholds after a step on `tokens` tokens where latent j fired `fires[j]`
+/// times (`since_fired[j]` tokens after its last firing): `homeostasis` nudges them, then
+/// `controller` observes the step's L0 and applies its threshold factor, if any. `theta` reads
+/// them, `set_theta` writes them (read again after each change, so the second sees what the
+/// first stored).
+pub(crate) fn adjust_thresholds(
+    theta: &dyn Fn() -> Result<Option<Tensor>>,
+    set_theta: &dyn Fn(&Tensor) -> Result<()>,
+    homeostasis: Option<&crate::homeostasis::HomeostasisConfig>,
+    controller: Option<&mut L0Controller>,
+    (fires, tokens, since_fired): (&[u32], u64, &[u64]),
+    step_index: u64,
+) -> Result<()> {
+    if let Some(homeostasis) = homeostasis
+        && let Some(current) = theta()?
+        && let Some(nudged) = homeostasis.nudge(&current, fires, tokens, since_fired)?
+    {
+        set_theta(&nudged)?;
+    }
+    if let Some(controller) = controller {
+        let active = fires.iter().map(|&f| f as u64).sum::<u64>();
+        controller.observe(step_index, active as f64 / tokens.max(1) as f64);
+        let factor = controller.threshold_factor();
+        if factor != 1.0
+            && let Some(current) = theta()?
+        {
+            set_theta(&current.affine(factor, 0.0)?)?;
+        }
+    }
+    Ok(())
 }
 
 impl SaeRun {
@@ -330,11 +328,7 @@ impl SaeRun {
             ),
             None => (f64::NAN, f64::NAN, f64::NAN),
         };
-        let ultra_dense = self
-            .window_fires
-            .iter()
-            .filter(|&&f| f as f64 > 0.1 * self.window_tokens as f64)
-            .count() as u64;
+        let ultra_dense = self.counts.ultra_dense();
         let passes = step.sparse.as_ref().map(|s| s.passes);
         let row = MetricsRow {
             step: 0,
@@ -346,12 +340,7 @@ impl SaeRun {
             auxiliary: step.auxiliary,
             l0,
             fvu: step.squared_error / scalar(&variance)?.max(f64::MIN_POSITIVE),
-            dead_fraction: self
-                .since_fired
-                .iter()
-                .filter(|&&s| s >= dead_window)
-                .count() as f64
-                / self.since_fired.len() as f64,
+            dead_fraction: self.counts.dead_fraction(dead_window),
             ultra_dense,
             threshold_min,
             threshold_mean,
@@ -398,8 +387,9 @@ impl SaeRun {
     /// ([`crate::resample`]): new parameters, restarted optimiser moments, and a fresh
     /// count of tokens since they fired.
     fn resample_dead(&mut self, x: &Tensor, config: &ResampleConfig, step: u64) -> Result<()> {
-        let dead: Vec<usize> = (0..self.since_fired.len())
-            .filter(|&i| self.since_fired[i] >= config.dead_after_tokens)
+        let since_fired = &self.counts.since_fired;
+        let dead: Vec<usize> = (0..since_fired.len())
+            .filter(|&i| since_fired[i] >= config.dead_after_tokens)
             .collect();
         if dead.is_empty() {
             return Ok(());
@@ -426,7 +416,7 @@ impl SaeRun {
             self.adam.reset_latents(name, *axis, &resampled.latents)?;
         }
         for &latent in &resampled.latents {
-            self.since_fired[latent] = 0;
+            self.counts.since_fired[latent] = 0;
         }
         self.resampled += resampled.latents.len() as u64;
         Ok(())
@@ -518,7 +508,7 @@ impl SaeRun {
                     };
                     sparse.pre_activation = Some(PreActivationTerm {
                         coefficient: weighted.coefficient,
-                        dead: penalty.dead_latents(&self.since_fired),
+                        dead: penalty.dead_latents(&self.counts.since_fired),
                     });
                 }
                 _ => return None,

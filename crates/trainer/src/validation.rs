@@ -256,15 +256,23 @@ impl TrainConfig {
                 self.batch_size
             )));
         }
-        if self.saes.is_empty() {
+        if self.saes.is_empty() && self.clts.is_empty() {
             return Err(TrainError::Invalid(
-                "the training config has no SAEs".into(),
+                "the training config has no SAEs and no CLTs".into(),
             ));
         }
         for sae in &self.saes {
             sae.validate()?;
         }
-        let mut names: Vec<&str> = self.saes.iter().map(|s| s.name.as_str()).collect();
+        for clt in &self.clts {
+            clt.validate()?;
+        }
+        // Names of folders in the run folder and of checkpoint entries (a CLT's are per layer).
+        let mut names: Vec<String> = self.saes.iter().map(|s| s.name.clone()).collect();
+        for clt in &self.clts {
+            names.push(clt.name.clone());
+            names.extend((0..clt.n_layers()).map(|i| clt.layer_name(i)));
+        }
         names.sort_unstable();
         if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
             return Err(TrainError::Invalid(format!(
@@ -282,8 +290,11 @@ impl TrainConfig {
 /// parameters, their gradients, Adam's two moments and the checkpoint's copy), and per batch
 /// row three `d_sae`-wide rows (pre-activations, activations, their gradient) and four
 /// `d_in`-wide ones (input, target, reconstruction, its gradient), every value a 4-byte f32.
-/// For refusing what cannot fit, not for sizing a machine exactly.
-pub fn training_memory(config: &TrainConfig, widths: &[usize]) -> u64 {
+/// A CLT of L layers on `d`-wide hooks (`clt_widths[i]` for CLT i) holds its parameters
+/// ([`sae_core::CltShape::parameters`]) five times over and per batch row L·(3·W + 4·d) values
+/// and twice the (L·(L + 1)/2)·d values its decoders write. For refusing what cannot fit, not
+/// for sizing a machine exactly.
+pub fn training_memory(config: &TrainConfig, widths: &[usize], clt_widths: &[usize]) -> u64 {
     // Widths are at most 2⁶⁴ each, so every product of two fits in u128; sums saturate.
     let n = |value: usize| value as u128;
     let batch = n(config.batch_size);
@@ -303,15 +314,36 @@ pub fn training_memory(config: &TrainConfig, widths: &[usize]) -> u64 {
                 .saturating_mul(4)
         })
         .fold(0u128, u128::saturating_add);
-    u64::try_from(total).unwrap_or(u64::MAX)
+    let clts = config
+        .clts
+        .iter()
+        .zip(clt_widths)
+        .map(|(clt, &d)| {
+            let layers = n(clt.n_layers());
+            let (d, w) = (n(d), n(clt.d_sae));
+            let parameters = u128::from(clt.parameters(d as usize));
+            let written = layers.saturating_mul(layers + 1) / 2 * d * 2;
+            let rows = batch.saturating_mul(layers.saturating_mul(3 * w + 4 * d) + written);
+            parameters
+                .saturating_mul(5)
+                .saturating_add(rows)
+                .saturating_mul(4)
+        })
+        .fold(0u128, u128::saturating_add);
+    u64::try_from(total.saturating_add(clts)).unwrap_or(u64::MAX)
 }
 
-/// Refuses training the SAEs of `config` (`widths[i]`: SAE i's input width) on the CPU when
+/// Refuses training the SAEs and CLTs of `config` (`widths[i]`: SAE i's input width,
+/// `clt_widths[i]` CLT i's hook width) on the CPU when
 /// [`training_memory`] exceeds this machine's available memory
 /// (`activation_cache::limits::available_memory`), with both figures; where the available
 /// memory is unknown, nothing is refused.
-pub fn check_training_memory(config: &TrainConfig, widths: &[usize]) -> Result<()> {
-    let needed = training_memory(config, widths);
+pub fn check_training_memory(
+    config: &TrainConfig,
+    widths: &[usize],
+    clt_widths: &[usize],
+) -> Result<()> {
+    let needed = training_memory(config, widths, clt_widths);
     match activation_cache::limits::available_memory() {
         Some(available) if needed > available => {
             let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;

@@ -339,7 +339,7 @@ fn training_that_cannot_fit_in_memory_is_refused_with_the_figure() {
     );
     let mut config = config(vec![sae], 2);
     config.batch_size = trainer::validation::MAX_BATCH_SIZE;
-    let needed = trainer::validation::training_memory(&config, &[common::D_IN]);
+    let needed = trainer::validation::training_memory(&config, &[common::D_IN], &[]);
     assert!(needed > 100 << 40, "{needed}");
     let root = tempfile::tempdir().unwrap();
     let error = Trainer::new(config, Synthetic::new(), &root.path().join("run"))

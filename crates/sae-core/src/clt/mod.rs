@@ -405,29 +405,57 @@ impl Clt {
         self.b_dec[layer].as_tensor()
     }
 
-    /// Every trainable variable with its name (`W_enc.3`, `log_threshold.3`, `W_dec.3`,
-    /// `b_dec.5`, `W_skip.5`, …), in a fixed order.
-    pub fn vars(&self) -> Vec<(String, &Var)> {
+    /// Sets `b_dec[j]`.
+    pub fn set_b_dec(&self, layer: usize, value: &Tensor) -> Result<()> {
+        expect_shape(value, &format!("b_dec[{layer}]"), &[self.shape.d_model])?;
+        self.b_dec[layer].set(&value.to_dtype(DType::F32)?)?;
+        Ok(())
+    }
+
+    /// The trainable variables of layer `layer`: its encoder, threshold and decoder, and the
+    /// bias (and skip) of its output, named `W_enc`, `b_enc`, `threshold` (or `log_threshold`),
+    /// `W_dec`, `b_dec`, `W_skip`. A layer's variables are updated together (an optimiser per
+    /// layer, a checkpoint entry per layer).
+    pub fn layer_vars(&self, layer: usize) -> Vec<(&'static str, &Var)> {
         let threshold = match self.options.parametrisation {
             ThresholdParametrisation::Raw => "threshold",
             ThresholdParametrisation::Log => "log_threshold",
         };
-        let mut vars = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            vars.push((format!("W_enc.{i}"), &layer.w_enc));
-            vars.push((format!("b_enc.{i}"), &layer.b_enc));
-            vars.push((format!("{threshold}.{i}"), &layer.threshold));
-            vars.push((format!("W_dec.{i}"), &layer.w_dec));
-        }
-        for (j, b) in self.b_dec.iter().enumerate() {
-            vars.push((format!("b_dec.{j}"), b));
-        }
+        let encoder = &self.layers[layer];
+        let mut vars = vec![
+            ("W_enc", &encoder.w_enc),
+            ("b_enc", &encoder.b_enc),
+            (threshold, &encoder.threshold),
+            ("W_dec", &encoder.w_dec),
+            ("b_dec", &self.b_dec[layer]),
+        ];
         if let Some(skips) = &self.w_skip {
-            for (j, s) in skips.iter().enumerate() {
-                vars.push((format!("W_skip.{j}"), s));
-            }
+            vars.push(("W_skip", &skips[layer]));
         }
         vars
+    }
+
+    /// Every trainable variable, layer by layer, named `NAME.LAYER` ([`Self::layer_vars`]:
+    /// `W_enc.3`, `log_threshold.3`, `b_dec.3`, …).
+    pub fn vars(&self) -> Vec<(String, &Var)> {
+        (0..self.shape.n_layers)
+            .flat_map(|i| {
+                self.layer_vars(i)
+                    .into_iter()
+                    .map(move |(name, var)| (format!("{name}.{i}"), var))
+            })
+            .collect()
+    }
+
+    /// Keeps every threshold in its domain after an update (θ ≥ 0 when stored raw; a log
+    /// threshold is positive by construction).
+    pub fn project_thresholds(&self) -> Result<()> {
+        if self.options.parametrisation == ThresholdParametrisation::Raw {
+            for layer in &self.layers {
+                layer.threshold.set(&layer.threshold.as_tensor().relu()?)?;
+            }
+        }
+        Ok(())
     }
 
     /// Source layer `layer`'s tensors as files hold them: θ itself, `W_dec` `[W, L − i, d]`.

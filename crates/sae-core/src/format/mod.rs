@@ -5,6 +5,7 @@
 //! problems, the array and what was expected.
 
 mod atomic;
+pub mod clt;
 pub mod gemma_scope_2;
 mod npz;
 mod release;
