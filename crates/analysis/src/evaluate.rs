@@ -195,20 +195,20 @@ struct Baselines {
 
 /// Loss sums by position.
 #[derive(Clone)]
-struct PositionSums {
+pub(crate) struct PositionSums {
     sum: Vec<f64>,
     count: Vec<u64>,
 }
 
 impl PositionSums {
-    fn new(positions: usize) -> Self {
+    pub(crate) fn new(positions: usize) -> Self {
         Self {
             sum: vec![0.0; positions],
             count: vec![0; positions],
         }
     }
 
-    fn add(&mut self, losses: &[Vec<f32>], batch: &[Context]) {
+    pub(crate) fn add(&mut self, losses: &[Vec<f32>], batch: &[Context]) {
         for (row, context) in losses.iter().zip(batch) {
             let predictions = context.len.saturating_sub(1);
             for (position, &loss) in row.iter().enumerate().take(predictions).skip(1) {
@@ -218,11 +218,11 @@ impl PositionSums {
         }
     }
 
-    fn mean(&self) -> f64 {
+    pub(crate) fn mean(&self) -> f64 {
         self.sum.iter().sum::<f64>() / self.count.iter().sum::<u64>().max(1) as f64
     }
 
-    fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.count.iter().sum()
     }
 }
@@ -435,7 +435,7 @@ fn finish(
 }
 
 /// The common length of `contexts`, or an error.
-fn check_contexts(contexts: &[Context]) -> Result<usize> {
+pub(crate) fn check_contexts(contexts: &[Context]) -> Result<usize> {
     let length = contexts
         .first()
         .map(|c| c.tokens.len())
@@ -455,7 +455,7 @@ fn check_contexts(contexts: &[Context]) -> Result<usize> {
     Ok(length)
 }
 
-fn input_ids(batch: &[Context], device: &Device) -> Result<Tensor> {
+pub(crate) fn input_ids(batch: &[Context], device: &Device) -> Result<Tensor> {
     let ids: Vec<u32> = batch
         .iter()
         .flat_map(|c| c.tokens.iter().copied())
@@ -469,7 +469,7 @@ fn input_ids(batch: &[Context], device: &Device) -> Result<Tensor> {
 
 /// `[batch × pos]`: whether the SAE reads and replaces each position: positions `1..len` of
 /// each context, less those whose activation norm is above `cutoff`.
-fn replaced_positions(
+pub(crate) fn replaced_positions(
     batch: &[Context],
     length: usize,
     activation: &Tensor,
@@ -510,13 +510,18 @@ fn excluded_count(batch: &[Context], length: usize, replaced: &[bool]) -> u64 {
 }
 
 /// `[batch, pos]` u8 mask of `replaced`.
-fn mask_tensor(replaced: &[bool], batch: usize, length: usize, device: &Device) -> Result<Tensor> {
+pub(crate) fn mask_tensor(
+    replaced: &[bool],
+    batch: usize,
+    length: usize,
+    device: &Device,
+) -> Result<Tensor> {
     let mask: Vec<u8> = replaced.iter().map(|&r| u8::from(r)).collect();
     Ok(Tensor::from_vec(mask, (batch, length), device)?)
 }
 
 /// Indices of the replaced rows of `[batch × pos]`.
-fn kept_rows(replaced: &[bool], device: &Device) -> Result<Tensor> {
+pub(crate) fn kept_rows(replaced: &[bool], device: &Device) -> Result<Tensor> {
     let rows: Vec<u32> = (0..replaced.len() as u32)
         .filter(|&i| replaced[i as usize])
         .collect();
@@ -525,14 +530,18 @@ fn kept_rows(replaced: &[bool], device: &Device) -> Result<Tensor> {
 }
 
 /// The shape a flat mean takes to broadcast over an activation `[batch, pos, …]`.
-fn mean_shape(activation: &Tensor) -> Vec<usize> {
+pub(crate) fn mean_shape(activation: &Tensor) -> Vec<usize> {
     let mut shape = vec![1, 1];
     shape.extend_from_slice(&activation.dims()[2..]);
     shape
 }
 
 /// `replacement` where `mask` is set, `activation` elsewhere (mask broadcast over features).
-fn masked_replace(activation: &Tensor, replacement: &Tensor, mask: &Tensor) -> Result<Tensor> {
+pub(crate) fn masked_replace(
+    activation: &Tensor,
+    replacement: &Tensor,
+    mask: &Tensor,
+) -> Result<Tensor> {
     let mut shape = mask.dims().to_vec();
     shape.resize(activation.rank(), 1);
     let mask = mask.reshape(shape)?.broadcast_as(activation.shape())?;

@@ -39,6 +39,7 @@ pub mod labels;
 pub mod logit_effects;
 pub mod outlook;
 pub mod plots;
+pub mod replacement;
 pub mod stats;
 pub mod steering;
 pub mod tables;
@@ -51,3 +52,4 @@ pub use evidence::{
 };
 pub use labels::{Label, LabelSource, ManualLabels, automatic_label};
 pub use logit_effects::{LogitEffects, TokenEffect, logit_effects};
+pub use replacement::{MlpDictionary, ReplacementEvaluation, evaluate_replacement};

@@ -8,12 +8,13 @@ use crate::{GemmaError, HookPoint, Result};
 
 /// A replacement: receives the activation at a hook point and returns the tensor the rest of
 /// the model sees (same shape). An SAE splice is `|x| sae.reconstruct(x)`; to keep the SAE's
-/// error term, return `edited_reconstruction + (x − reconstruction)`.
-pub type ReplaceFn = Box<dyn FnMut(&Tensor) -> candle_core::Result<Tensor> + Send>;
+/// error term, return `edited_reconstruction + (x − reconstruction)`. It may borrow what lives
+/// as long as the hooks (`'a`): an SAE, a dictionary's state shared between hook points.
+pub type ReplaceFn<'a> = Box<dyn FnMut(&Tensor) -> candle_core::Result<Tensor> + Send + 'a>;
 
-enum Action {
+enum Action<'a> {
     Observe,
-    Replace(ReplaceFn),
+    Replace(ReplaceFn<'a>),
 }
 
 /// The hooks of one forward pass: points to observe (their activations are cached) and points
@@ -21,13 +22,13 @@ enum Action {
 ///
 /// A pass with no hooks costs one map lookup per hook point.
 #[derive(Default)]
-pub struct Hooks {
-    actions: BTreeMap<HookPoint, Vec<Action>>,
+pub struct Hooks<'a> {
+    actions: BTreeMap<HookPoint, Vec<Action<'a>>>,
     cache: BTreeMap<HookPoint, Tensor>,
     stop_at_layer: Option<usize>,
 }
 
-impl std::fmt::Debug for Hooks {
+impl std::fmt::Debug for Hooks<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hooks")
             .field(
@@ -51,7 +52,7 @@ impl std::fmt::Debug for Hooks {
     }
 }
 
-impl Hooks {
+impl<'a> Hooks<'a> {
     /// No hooks: a plain forward pass.
     pub fn new() -> Self {
         Self::default()
@@ -77,7 +78,7 @@ impl Hooks {
     pub fn replace(
         &mut self,
         point: HookPoint,
-        replace: impl FnMut(&Tensor) -> candle_core::Result<Tensor> + Send + 'static,
+        replace: impl FnMut(&Tensor) -> candle_core::Result<Tensor> + Send + 'a,
     ) -> &mut Self {
         self.actions
             .entry(point)

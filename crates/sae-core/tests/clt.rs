@@ -90,6 +90,17 @@ fn every_output_is_the_sum_of_the_blocks_written_to_it() {
             // f32 rounding, a few ulps of the largest term.
             assert_close(&format!("output {j}"), &outputs[j], &expected, 1e-6, 1e-5);
         }
+        // One output at a time (as the replacement model decodes): the same sums.
+        for j in 0..l {
+            let alone = clt.decode_layer(j, &latents[..=j], Some(&xs[j])).unwrap();
+            assert_close(
+                &format!("decode_layer {j}"),
+                &alone,
+                &outputs[j],
+                1e-6,
+                1e-5,
+            );
+        }
         // The latents are JumpReLU's: zero or above θ, and some of each.
         for (i, f) in latents.iter().enumerate() {
             let theta: Vec<f32> = clt.theta(i).unwrap().to_vec1().unwrap();

@@ -371,6 +371,46 @@ impl Clt {
         Ok(decoded)
     }
 
+    /// Output layer `layer`'s prediction `[tokens, d]` alone, from the latents of source layers
+    /// `0..=layer` (`latents[i]`, `[tokens, W]`) and, in the affine variant, the layer's input:
+    /// for a forward pass that meets the layers one after another (the replacement model,
+    /// where layer j's input depends on the outputs before it). Equal to [`Self::decode`]'s
+    /// output `layer` up to f32 rounding (each block's product is taken on its own).
+    pub fn decode_layer(
+        &self,
+        layer: usize,
+        latents: &[Tensor],
+        input: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let d = self.shape.d_model;
+        if layer >= self.shape.n_layers || latents.len() < layer + 1 {
+            return Err(SaeError::Config(format!(
+                "output layer {layer} of a {}-layer CLT needs the latents of layers 0..={layer}, \
+                 got {}",
+                self.shape.n_layers,
+                latents.len()
+            )));
+        }
+        let mut y = self.b_dec[layer].as_tensor().unsqueeze(0)?;
+        for (i, f) in latents.iter().enumerate().take(layer + 1) {
+            let block = self.layers[i]
+                .w_dec
+                .as_tensor()
+                .narrow(1, (layer - i) * d, d)?;
+            y = y.broadcast_add(&f.matmul(&block.contiguous()?)?)?;
+        }
+        if let Some(skips) = &self.w_skip {
+            let input = input.ok_or_else(|| {
+                SaeError::Config(
+                    "an affine cross-layer transcoder decodes with its inputs (the skip term)"
+                        .into(),
+                )
+            })?;
+            y = (y + input.matmul(skips[layer].as_tensor())?)?;
+        }
+        Ok(y)
+    }
+
     /// Every layer's latents and every layer's output on `inputs` (one `[tokens, d]` per
     /// layer).
     pub fn forward(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<Tensor>)> {

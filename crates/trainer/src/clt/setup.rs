@@ -209,9 +209,7 @@ pub(crate) fn resumed_clts(
 
 impl CltRun {
     /// Its checkpoint entries, one per layer: statistics and tensors.
-    pub(crate) fn checkpoint_entries(
-        &self,
-    ) -> Result<Vec<CheckpointEntry>> {
+    pub(crate) fn checkpoint_entries(&self) -> Result<Vec<CheckpointEntry>> {
         (0..self.layers.len())
             .map(|i| {
                 let name = self.layer_name(i);
