@@ -12,7 +12,7 @@ use std::path::Path;
 
 use activation_cache::norms::{MassiveTokenPolicy, NormProfile, norm_profile};
 use activation_cache::{ActivationSource, Context, StoreSource};
-use analysis::{EvalOptions, Evaluation, SaeAtHook};
+use analysis::{EvalOptions, Evaluation, MlpDictionary, ReplacementEvaluation, SaeAtHook};
 use candle_core::{DType, Device};
 use gemma_hooks::{GemmaModel, HookPoint};
 use sae_core::TrainableSae;
@@ -138,4 +138,24 @@ pub fn evaluate(
         progress,
     };
     Ok(analysis::evaluate(model, &at, contexts, means, &options)?)
+}
+
+/// Evaluates the replacement model of `dictionary` (every one of its layers' MLPs replaced at
+/// once) on `contexts`, [`EVALUATION_BATCH_CONTEXTS`] contexts a pass; `means` holds the
+/// `blocks.L.hook_mlp_out` means of the mean-ablation baseline.
+pub fn evaluate_replacement(
+    model: &GemmaModel,
+    name: &str,
+    dictionary: &MlpDictionary<'_>,
+    contexts: &[Context],
+    means: &BTreeMap<HookPoint, Vec<f32>>,
+    progress: bool,
+) -> crate::Result<ReplacementEvaluation> {
+    let options = EvalOptions {
+        batch_contexts: EVALUATION_BATCH_CONTEXTS,
+        progress,
+    };
+    Ok(analysis::evaluate_replacement(
+        model, name, dictionary, contexts, means, &options,
+    )?)
 }

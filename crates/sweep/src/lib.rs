@@ -72,11 +72,14 @@ pub mod kubernetes;
 pub mod local;
 pub mod plan;
 pub mod records;
+mod replacement_task;
 pub mod results;
 pub mod slurm;
 pub mod spec;
+pub mod stores;
 mod sync;
 mod task;
+mod task_context;
 
 pub use error::{Result, SweepError};
 pub use inputs::{InputDigest, Inputs};

@@ -8,9 +8,10 @@
 //! | `plan.json` | this plan |
 //! | `stores/STORE/` | one activation store per training task: a hook's for its SAEs, or `blocks.L.mlp_transcoder` with layer L's MLP input and output for its transcoders (shards written by the harvest tasks, `manifest.json` by the seal task) |
 //! | `parts/shard-NNNNN.json` | one harvested shard's manifest entries in every store, and the kernel that computed it |
-//! | `checkpoints/STORE/` | the latest checkpoint of a training task (`latest.json` names it) |
-//! | `train/STORE/` | a training task's run folder: one SAELens folder per dictionary, metrics, `config.json`, `DONE` |
+//! | `checkpoints/RUN/` | the latest checkpoint of a training task (`latest.json` names it) |
+//! | `train/RUN/` | a training task's run folder (RUN: its store's name, or a CLT's): one folder per dictionary, metrics, `config.json`, `DONE` |
 //! | `eval/STORE.json` | an evaluation task's results: each dictionary spliced into the model on held-out text (a transcoder in place of its MLP) |
+//! | `eval/replacement/NAME.json` | the replacement model of a CLT, or of the transcoders `NAME` of every transcoder layer: every MLP replaced at once |
 //! | `done/task-NNNNN.json` | written when a task has finished: what it wrote ([`crate::DoneRecord`], exactly the files of [`crate::records::TaskOutputs`]) |
 //!
 //! A plan is checked completely when it is read ([`Plan::read_at`], [`Plan::validate`]): every
@@ -34,7 +35,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{SweepError, check_plain, check_sha256, parse_json, shorten};
 use crate::inputs::Inputs;
-use crate::spec::{SweepSpec, SweepStore};
+use crate::spec::SweepSpec;
+use crate::stores::{StoreKind, SweepStore};
 
 /// The plan's file name at the root.
 pub const PLAN: &str = "plan.json";
@@ -98,11 +100,14 @@ pub enum Work {
     },
     /// Writes every store's manifest from the harvested parts.
     Seal,
-    /// Trains every dictionary of one store (the SAEs of a hook, or the transcoders of a
-    /// layer's MLP), fed by one reader.
+    /// Trains dictionaries from one store (the SAEs of a hook, the transcoders of a layer's
+    /// MLP, or one CLT over every transcoder layer), fed by one reader.
     Train {
-        /// The store (and output folder) name.
+        /// The store's name (and the output folder's, unless `run` names it).
         store: String,
+        /// The output folder's name where it is not the store's: a CLT's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<String>,
         /// The training configuration (a `trainer::TrainConfig`).
         config: Value,
     },
@@ -112,6 +117,12 @@ pub enum Work {
         /// The training task's store (and output folder) name.
         store: String,
     },
+    /// Evaluates a replacement model on held-out text: the CLT `name`, or the transcoders
+    /// `name` of every transcoder layer, replacing every transcoder layer's MLP at once.
+    EvaluateReplacement {
+        /// The CLT's name, or the per-layer transcoders' (`NAME-wWIDTH`).
+        name: String,
+    },
 }
 
 impl Work {
@@ -120,7 +131,12 @@ impl Work {
         match self {
             Work::Harvest { shards } => format!("harvest shards {}..{}", shards[0], shards[1]),
             Work::Seal => "seal the stores".into(),
-            Work::Train { store, config } => format!(
+            Work::Train {
+                store,
+                run: Some(run),
+                ..
+            } => format!("train the CLT {run} on {store}"),
+            Work::Train { store, config, .. } => format!(
                 "train {} dictionaries on {store}",
                 config
                     .get("saes")
@@ -128,6 +144,9 @@ impl Work {
                     .map_or(0, Vec::len)
             ),
             Work::Evaluate { store } => format!("evaluate the dictionaries of {store}"),
+            Work::EvaluateReplacement { name } => {
+                format!("evaluate the replacement model of {name}")
+            }
         }
     }
 }
@@ -440,8 +459,17 @@ impl Plan {
             ));
         }
         match &task.work {
-            Work::Train { store, .. } | Work::Evaluate { store } => {
+            Work::Train { store, run, .. } => {
                 check_plain(file, &format!("{field}.work.store"), store)?;
+                if let Some(run) = run {
+                    check_plain(file, &format!("{field}.work.run"), run)?;
+                }
+            }
+            Work::Evaluate { store } => {
+                check_plain(file, &format!("{field}.work.store"), store)?;
+            }
+            Work::EvaluateReplacement { name } => {
+                check_plain(file, &format!("{field}.work.name"), name)?;
             }
             Work::Harvest { .. } | Work::Seal => {}
         }
@@ -461,7 +489,8 @@ impl Plan {
     /// The tasks are exactly those the sweep gives for the plan's shards and stores.
     fn validate_tasks_match_sweep(&self, file: &str) -> Result<(), SweepError> {
         let invalid = |field: &str, problem: String| SweepError::invalid(file, field, problem);
-        let count = task_count(&self.sweep, self.shards, self.stores.len());
+        let count =
+            task_count(&self.sweep, self.shards).map_err(|e| invalid("sweep", format!("{e:#}")))?;
         if self.tasks.len() != count {
             return Err(invalid(
                 "tasks",
@@ -542,10 +571,12 @@ fn store_spec(sweep: &SweepSpec, corpus_description: &str, hooks: Vec<HookSpec>)
 }
 
 /// The tasks the sweep gives for `shards` shards: harvest tasks over shard ranges, the seal,
-/// one training task per store of the sweep ([`SweepSpec::stores`]), and with `eval_tokens`
-/// one evaluation task per store.
+/// one training task per training run of the sweep ([`SweepSpec::training_runs`]), and with
+/// `eval_tokens` one evaluation task per SAE or transcoder store, one replacement-model
+/// evaluation per CLT and one per transcoder template and width (after every transcoder
+/// layer's training).
 fn planned_tasks(sweep: &SweepSpec, shards: usize) -> crate::Result<Vec<Task>> {
-    let stores = sweep.stores()?;
+    let runs = sweep.training_runs()?;
     let harvest_tasks = sweep.harvest_tasks.min(shards);
     let mut tasks: Vec<Task> = (0..harvest_tasks)
         .map(|t| Task {
@@ -565,27 +596,50 @@ fn planned_tasks(sweep: &SweepSpec, shards: usize) -> crate::Result<Vec<Task>> {
         work: Work::Seal,
         depends_on: (0..harvest_tasks).collect(),
     });
-    let mut trainings = Vec::with_capacity(stores.len());
-    for store in &stores {
-        let config = sweep.train_config(store)?;
+    let mut trainings = Vec::with_capacity(runs.len());
+    for run in &runs {
+        let config = sweep.train_config(run)?;
         trainings.push(tasks.len());
         tasks.push(Task {
             index: tasks.len(),
             work: Work::Train {
-                store: store.name.clone(),
+                store: run.store.name.clone(),
+                run: run.run.clone(),
                 config: serde_json::to_value(&config)?,
             },
             depends_on: vec![seal],
         });
     }
-    if sweep.eval_tokens > 0 {
-        for (store, training) in stores.iter().zip(trainings) {
+    if sweep.eval_tokens == 0 {
+        return Ok(tasks);
+    }
+    let mut per_layer: Vec<usize> = Vec::new();
+    for (run, &training) in runs.iter().zip(&trainings) {
+        let work = match (&run.store.kind, &run.run) {
+            (StoreKind::MlpLayers(_), Some(name)) => {
+                Work::EvaluateReplacement { name: name.clone() }
+            }
+            (kind, _) => {
+                if matches!(kind, StoreKind::Mlp(_)) {
+                    per_layer.push(training);
+                }
+                Work::Evaluate {
+                    store: run.store.name.clone(),
+                }
+            }
+        };
+        tasks.push(Task {
+            index: tasks.len(),
+            work,
+            depends_on: vec![training],
+        });
+    }
+    if !per_layer.is_empty() {
+        for name in sweep.transcoder_names() {
             tasks.push(Task {
                 index: tasks.len(),
-                work: Work::Evaluate {
-                    store: store.name.clone(),
-                },
-                depends_on: vec![training],
+                work: Work::EvaluateReplacement { name },
+                depends_on: per_layer.clone(),
             });
         }
     }
@@ -597,14 +651,20 @@ fn share(part: usize, shards: usize, parts: usize) -> usize {
     (part as u128 * shards as u128 / parts as u128) as usize
 }
 
-/// How many tasks the sweep gives for `shards` shards and `stores` stores.
-fn task_count(sweep: &SweepSpec, shards: usize, stores: usize) -> usize {
-    let per_store = if sweep.eval_tokens > 0 { 2 } else { 1 };
-    sweep
-        .harvest_tasks
-        .min(shards)
-        .saturating_add(1)
-        .saturating_add(stores.saturating_mul(per_store))
+/// How many tasks the sweep gives for `shards` shards.
+fn task_count(sweep: &SweepSpec, shards: usize) -> crate::Result<usize> {
+    let runs = sweep.training_runs()?.len();
+    let evaluations = if sweep.eval_tokens == 0 {
+        0
+    } else {
+        let per_layer_sets = if sweep.transcoders.is_empty() || sweep.transcoder_layers.is_empty() {
+            0
+        } else {
+            sweep.transcoder_names().len()
+        };
+        runs + per_layer_sets
+    };
+    Ok(sweep.harvest_tasks.min(shards) + 1 + runs + evaluations)
 }
 
 /// An error naming the first field where `found` differs from `expected` (what the plan's

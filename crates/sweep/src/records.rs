@@ -308,12 +308,13 @@ pub enum TaskOutputs {
     /// its range; the seal's `stores/STORE/manifest.json` for each store; an evaluation's
     /// `eval/STORE.json`.
     Exactly(BTreeSet<String>),
-    /// The files of a training task's run folder `train/STORE/`: directly in it (the metrics,
-    /// `config.json`, `DONE`, which every record lists) or in the folder of one of its SAEs.
+    /// The files of a training task's run folder `train/RUN/`: directly in it (the metrics,
+    /// `config.json`, `DONE`, which every record lists) or in the folder of one of its
+    /// dictionaries.
     RunFolder {
-        /// The store (`train/STORE/`).
-        store: String,
-        /// Its SAEs' names (`train/STORE/NAME/`).
+        /// The run folder's name (`train/RUN/`: the store's, or a CLT's).
+        folder: String,
+        /// Its dictionaries' names (`train/RUN/NAME/`).
         saes: BTreeSet<String>,
     },
 }
@@ -347,17 +348,19 @@ impl TaskOutputs {
             Work::Evaluate { store } => {
                 names.insert(format!("eval/{store}.json"));
             }
-            Work::Train { store, config } => {
-                let saes = config
-                    .get("saes")
-                    .and_then(Value::as_array)
+            Work::EvaluateReplacement { name } => {
+                names.insert(format!("eval/replacement/{name}.json"));
+            }
+            Work::Train { store, run, config } => {
+                let saes = ["saes", "clts"]
                     .into_iter()
+                    .filter_map(|key| config.get(key).and_then(Value::as_array))
                     .flatten()
                     .filter_map(|sae| sae.get("name").and_then(Value::as_str))
                     .map(String::from)
                     .collect();
                 return Self::RunFolder {
-                    store: store.clone(),
+                    folder: run.clone().unwrap_or_else(|| store.clone()),
                     saes,
                 };
             }
@@ -369,10 +372,10 @@ impl TaskOutputs {
     pub fn contains(&self, name: &str) -> bool {
         match self {
             Self::Exactly(names) => names.contains(name),
-            Self::RunFolder { store, saes } => {
+            Self::RunFolder { folder, saes } => {
                 let Some(rest) = name
                     .strip_prefix("train/")
-                    .and_then(|rest| rest.strip_prefix(store.as_str()))
+                    .and_then(|rest| rest.strip_prefix(folder.as_str()))
                     .and_then(|rest| rest.strip_prefix('/'))
                 else {
                     return false;
@@ -393,8 +396,8 @@ impl TaskOutputs {
     fn required(&self) -> BTreeSet<String> {
         match self {
             Self::Exactly(names) => names.clone(),
-            Self::RunFolder { store, .. } => {
-                BTreeSet::from([format!("train/{store}/{}", trainer::checkpoint::DONE)])
+            Self::RunFolder { folder, .. } => {
+                BTreeSet::from([format!("train/{folder}/{}", trainer::checkpoint::DONE)])
             }
         }
     }

@@ -1,5 +1,6 @@
-//! What a sweep produced so far: each trained SAE's last metrics row, read from the training
-//! tasks' `metrics.parquet` in the plan's storage, with its held-out evaluation where one ran.
+//! What a sweep produced so far: each trained SAE's last metrics row (a CLT's: one per layer),
+//! read from the training tasks' `metrics.parquet` in the plan's storage, with its held-out
+//! evaluation where one ran.
 
 use std::io::Cursor;
 
@@ -12,7 +13,8 @@ use crate::plan::{Layout, Plan, Work};
 /// One trained dictionary's last metrics row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SaeResult {
-    /// The store (training task) it trained on: a hook, or `blocks.L.mlp_transcoder`.
+    /// The training task's run folder: the store it trained on (a hook, or
+    /// `blocks.L.mlp_transcoder`), or a CLT's name.
     pub store: String,
     /// Its name.
     pub sae: String,
@@ -34,9 +36,10 @@ pub fn results(root: &Location) -> crate::Result<Vec<SaeResult>> {
     let layout = Layout::new(root.clone());
     let mut out = Vec::new();
     for task in &plan.tasks {
-        let Work::Train { store, .. } = &task.work else {
+        let Work::Train { store, run, .. } = &task.work else {
             continue;
         };
+        let store = run.as_ref().unwrap_or(store);
         let folder = layout.train(store);
         if folder.size(trainer::checkpoint::DONE)?.is_none() {
             continue;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::SweepError;
+use crate::stores::{StoreKind, SweepStore, TrainingRun, training_runs};
 
 /// The longest context a sweep may ask for, in tokens.
 pub const MAX_CONTEXT_LENGTH: usize = 1 << 20;
@@ -72,6 +73,8 @@ pub struct SweepSpec {
     /// `blocks.L.hook_mlp_in` (the MLP's input, after `pre_feedforward_layernorm`) and predicting
     /// `blocks.L.hook_mlp_out` (after `post_feedforward_layernorm`), as Gemma Scope 2's
     /// `transcoder_all` does; both hooks go into the layer's store `blocks.L.mlp_transcoder`.
+    /// Each of `clts` at every width is one cross-layer transcoder over all these layers
+    /// (increasing), trained by a task of its own from the store `mlp_all_layers`.
     #[serde(default)]
     pub transcoder_layers: Vec<usize>,
     /// Dictionary widths, crossed with the SAE and transcoder templates.
@@ -100,53 +103,11 @@ pub struct SweepSpec {
     /// trained on the MLP of every layer of `transcoder_layers`.
     #[serde(default)]
     pub transcoders: Vec<Value>,
-}
-
-/// One store of a sweep, trained by its own task: the activations of one hook, whose SAEs
-/// read it, or of one layer's MLP input and output, whose transcoders read the one and
-/// predict the other.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SweepStore {
-    /// Its name: the hook's (`blocks.9.hook_resid_post`), or `blocks.L.mlp_transcoder`. It
-    /// names the store's folder and its training task's outputs.
-    pub name: String,
-    /// The hook every dictionary of the store reads.
-    pub input: HookPoint,
-    /// The hook its transcoders predict (`None`: a store of SAEs).
-    pub output: Option<HookPoint>,
-}
-
-impl SweepStore {
-    /// The store of the SAEs of `hook`.
-    pub fn of_hook(hook: HookPoint) -> Self {
-        Self {
-            name: hook.to_string(),
-            input: hook,
-            output: None,
-        }
-    }
-
-    /// The store of the transcoders of layer `layer`'s MLP.
-    pub fn of_mlp(layer: usize) -> Self {
-        Self {
-            name: format!("blocks.{layer}.mlp_transcoder"),
-            input: HookPoint::MlpIn(layer),
-            output: Some(HookPoint::MlpOut(layer)),
-        }
-    }
-
-    /// The hooks it holds, in order: the input, then the output of a transcoder store.
-    pub fn hooks(&self) -> Vec<HookPoint> {
-        std::iter::once(self.input).chain(self.output).collect()
-    }
-
-    /// The key of the sweep file its templates come from: `saes` or `transcoders`.
-    pub fn templates_key(&self) -> &'static str {
-        match self.output {
-            None => "saes",
-            Some(_) => "transcoders",
-        }
-    }
+    /// Cross-layer transcoder templates (the fields of `trainer::CltConfig` but `hooks`,
+    /// `hooks_out` and `d_sae`: `name`, `skip`, `lr`, `penalties`, `target_l0`, …), each at
+    /// every width one CLT over every layer of `transcoder_layers`.
+    #[serde(default)]
+    pub clts: Vec<Value>,
 }
 
 mod defaults {
@@ -226,10 +187,10 @@ impl SweepSpec {
             for hook in store.hooks() {
                 if let Err(e) = config.check_hook(hook) {
                     let named = self.hooks.iter().any(|h| *h == hook.to_string());
-                    let field = match (store.output, named) {
-                        (Some(_), _) => "transcoder_layers",
-                        (None, true) => "hooks",
-                        (None, false) => "layers",
+                    let field = match (store.from_transcoder_layers(), named) {
+                        (true, _) => "transcoder_layers",
+                        (false, true) => "hooks",
+                        (false, false) => "layers",
                     };
                     return Err(SweepError::invalid(file, field, e.to_string()));
                 }
@@ -249,9 +210,9 @@ impl SweepSpec {
     /// e.g. `sweep.` inside a plan).
     pub fn validate(&self, file: &str, prefix: &str) -> Result<(), SweepError> {
         self.validate_settings(file, prefix)?;
-        let stores = self.validate_stores(file, prefix)?;
+        self.validate_stores(file, prefix)?;
         self.validate_templates(file, prefix)?;
-        self.validate_train_configs(file, prefix, stores)
+        self.validate_train_configs(file, prefix)
     }
 
     /// The names, the context length, the counts and their limits, the widths.
@@ -321,75 +282,105 @@ impl SweepSpec {
     }
 
     /// The stores: at least one, each name a plain name (it names folders), and templates
-    /// for each kind of store the sweep has (and only for those).
-    fn validate_stores(&self, file: &str, prefix: &str) -> Result<Vec<SweepStore>, SweepError> {
+    /// for each kind of store the sweep has (and only for those); every training run's folder
+    /// name distinct.
+    fn validate_stores(&self, file: &str, prefix: &str) -> Result<(), SweepError> {
         let invalid = |field: &str, problem: String| {
             SweepError::invalid(file, format!("{prefix}{field}"), problem)
         };
         let stores = self.stores().map_err(|e| invalid("hooks", e.to_string()))?;
-        if stores.is_empty() {
-            return Err(invalid(
-                "layers",
-                "the sweep has nothing to train (give layers and sites, or hooks, for SAEs; \
-                 transcoder_layers for transcoders)"
-                    .into(),
-            ));
-        }
         for store in &stores {
             // A store's name names its folder, its checkpoints' and its dictionaries'.
             crate::error::check_plain(file, &format!("{prefix}hooks"), &store.name)?;
         }
-        let has_sae_hooks = stores.iter().any(|s| s.output.is_none());
-        let has_mlps = stores.iter().any(|s| s.output.is_some());
-        for (key, templates, has_stores, stores_key) in [
-            (
-                "saes",
-                &self.saes,
-                has_sae_hooks,
-                "layers and sites, or hooks",
-            ),
-            (
-                "transcoders",
-                &self.transcoders,
-                has_mlps,
-                "transcoder_layers",
-            ),
-        ] {
-            match (templates.is_empty(), has_stores) {
-                (true, true) => {
-                    return Err(invalid(
-                        key,
-                        format!("the sweep has {stores_key} but no `{key}` templates"),
-                    ));
-                }
-                (false, false) => {
-                    return Err(invalid(
-                        key,
-                        format!(
-                            "the sweep has `{key}` templates but no {stores_key} to train them on"
-                        ),
-                    ));
-                }
-                _ => {}
-            }
+        let has_sae_hooks = stores.iter().any(|s| !s.from_transcoder_layers());
+        let mlp_templates = self.transcoders.len() + self.clts.len();
+        if !has_sae_hooks && self.transcoder_layers.is_empty() {
+            return Err(invalid(
+                "layers",
+                "the sweep has nothing to train (give layers and sites, or hooks, for SAEs; \
+                 transcoder_layers for transcoders and CLTs)"
+                    .into(),
+            ));
         }
-        Ok(stores)
+        match (self.saes.is_empty(), has_sae_hooks) {
+            (true, true) => {
+                return Err(invalid(
+                    "saes",
+                    "the sweep has layers and sites, or hooks, but no `saes` templates".into(),
+                ));
+            }
+            (false, false) => {
+                return Err(invalid(
+                    "saes",
+                    "the sweep has `saes` templates but no layers and sites, or hooks, to train \
+                     them on"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        match (mlp_templates == 0, self.transcoder_layers.is_empty()) {
+            (true, false) => {
+                return Err(invalid(
+                    "transcoders",
+                    "the sweep has transcoder_layers but no `transcoders` or `clts` templates"
+                        .into(),
+                ));
+            }
+            (false, true) => {
+                let key = if self.transcoders.is_empty() {
+                    "clts"
+                } else {
+                    "transcoders"
+                };
+                return Err(invalid(
+                    key,
+                    format!(
+                        "the sweep has `{key}` templates but no transcoder_layers to train them on"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let mut folders: Vec<String> = self
+            .training_runs()
+            .map_err(|e| invalid("hooks", e.to_string()))?
+            .iter()
+            .map(|r| r.folder().to_string())
+            .collect();
+        folders.sort();
+        if let Some(pair) = folders.windows(2).find(|p| p[0] == p[1]) {
+            return Err(invalid(
+                "clts",
+                format!(
+                    "two training runs would write `train/{}`: rename a template",
+                    pair[0]
+                ),
+            ));
+        }
+        Ok(())
     }
 
-    /// The templates (each a named table leaving `hook`, `d_sae` and `hook_out` to the sweep,
-    /// every trained dictionary's name plain) and the shared `train` table.
+    /// The templates (each a named table leaving `hook`, `d_sae` and `hook_out` — a CLT's
+    /// `hooks` and `hooks_out` — to the sweep, every trained dictionary's name plain) and the
+    /// shared `train` table.
     fn validate_templates(&self, file: &str, prefix: &str) -> Result<(), SweepError> {
         let invalid = |field: &str, problem: String| {
             SweepError::invalid(file, format!("{prefix}{field}"), problem)
         };
-        let all = [("saes", &self.saes), ("transcoders", &self.transcoders)];
+        let all = [
+            ("saes", &self.saes),
+            ("transcoders", &self.transcoders),
+            ("clts", &self.clts),
+        ];
         for (key, templates) in all {
             for (position, template) in templates.iter().enumerate() {
                 let field = format!("{key}[{position}]");
                 let object = template
                     .as_object()
                     .ok_or_else(|| invalid(&field, "every template must be a table".into()))?;
-                for reserved in ["hook", "d_sae", "hook_out"] {
+                for reserved in ["hook", "d_sae", "hook_out", "hooks", "hooks_out"] {
                     if object.contains_key(reserved) {
                         return Err(invalid(
                             &format!("{field}.{reserved}"),
@@ -418,10 +409,15 @@ impl SweepSpec {
             }
         }
         match self.train.as_object() {
-            Some(train) if train.contains_key("saes") => {
+            Some(train) if train.contains_key("saes") || train.contains_key("clts") => {
+                let key = if train.contains_key("saes") {
+                    "saes"
+                } else {
+                    "clts"
+                };
                 return Err(invalid(
-                    "train.saes",
-                    "`train` holds the shared settings; dictionaries go in `saes` and `transcoders` templates".into(),
+                    &format!("train.{key}"),
+                    "`train` holds the shared settings; dictionaries go in `saes`, `transcoders` and `clts` templates".into(),
                 ));
             }
             Some(_) => {}
@@ -431,36 +427,42 @@ impl SweepSpec {
     }
 
     /// Each training task's configuration, as the task will check it.
-    fn validate_train_configs(
-        &self,
-        file: &str,
-        prefix: &str,
-        stores: Vec<SweepStore>,
-    ) -> Result<(), SweepError> {
+    fn validate_train_configs(&self, file: &str, prefix: &str) -> Result<(), SweepError> {
         let invalid = |field: &str, problem: String| {
             SweepError::invalid(file, format!("{prefix}{field}"), problem)
         };
+        let runs = self
+            .training_runs()
+            .map_err(|e| invalid("hooks", e.to_string()))?;
         // Each training task's configuration, checked as the task will check it: a type error
         // or a setting out of its range names the template (or `train`) and the key.
-        for store in stores {
-            let key = store.templates_key();
+        for run in runs {
+            let key = run.store.templates_key();
+            let template_of = |position: usize| {
+                run.dictionaries
+                    .get(position)
+                    .map_or(0, |(template, _)| *template)
+            };
             let value = self
-                .train_config_value(&store)
+                .train_config_value(&run)
                 .map_err(|e| invalid(key, format!("{e:#}")))?;
             let config: trainer::TrainConfig =
                 serde_path_to_error::deserialize(&value).map_err(|e| {
-                    let field = self.template_field(key, &e.path().to_string());
+                    let field = template_field(key, &e.path().to_string(), &template_of);
                     invalid(&field, e.into_inner().to_string())
                 })?;
             // Every dictionary and the shared settings, checked once; a dictionary's error
-            // (`SAE `NAME`: …`) names its template.
+            // (`SAE `NAME`: …`, `CLT `NAME`: …`) names its template.
             config.validate().map_err(|e| {
                 let message = e.to_string();
-                let field = config
+                let named = config
                     .saes
                     .iter()
-                    .position(|sae| message.starts_with(&format!("SAE `{}`:", sae.name)))
-                    .map(|position| format!("{key}[{}]", position / self.widths.len().max(1)))
+                    .map(|sae| format!("SAE `{}`:", sae.name))
+                    .chain(config.clts.iter().map(|clt| format!("CLT `{}`:", clt.name)))
+                    .position(|prefix| message.starts_with(&prefix));
+                let field = named
+                    .map(|position| format!("{key}[{}]", template_of(position)))
                     .unwrap_or_else(|| {
                         if message.starts_with("SAE names") {
                             key.into()
@@ -468,24 +470,10 @@ impl SweepSpec {
                             "train".into()
                         }
                     });
-                invalid(&field, format!("{message} (on {})", store.name))
+                invalid(&field, format!("{message} (on {})", run.store.name))
             })?;
         }
         Ok(())
-    }
-
-    /// Where a path into a training task's configuration comes from in the sweep: `KEY[k]…`
-    /// (the k-th dictionary, template k / widths of the `key` templates) or the shared `train`
-    /// settings.
-    fn template_field(&self, key: &str, path: &str) -> String {
-        if let Some(rest) = path.strip_prefix("saes[")
-            && let Some((number, rest)) = rest.split_once(']')
-            && let Ok(number) = number.parse::<usize>()
-        {
-            format!("{key}[{}]{rest}", number / self.widths.len().max(1))
-        } else {
-            format!("train.{path}")
-        }
     }
 
     /// The hooks the SAEs train on: `layers` × `sites`, then `hooks`, without repeats, in that
@@ -508,21 +496,68 @@ impl SweepSpec {
         Ok(points)
     }
 
-    /// The stores of the sweep, one training task each: one per hook of [`Self::hook_points`],
-    /// then one per layer of `transcoder_layers` (without repeats, in that order).
+    /// The stores of the sweep: one per hook of [`Self::hook_points`], then, with
+    /// `transcoders` templates, one per layer of `transcoder_layers`, and with `clts`
+    /// templates one of every one of those layers ([`crate::stores::CLT_STORE`]); without
+    /// repeats, in that order.
     pub fn stores(&self) -> crate::Result<Vec<SweepStore>> {
         let mut stores: Vec<SweepStore> = self
             .hook_points()?
             .into_iter()
             .map(SweepStore::of_hook)
             .collect();
+        let mut layers: Vec<usize> = Vec::new();
         for &layer in &self.transcoder_layers {
-            let store = SweepStore::of_mlp(layer);
-            if !stores.contains(&store) {
-                stores.push(store);
+            if !layers.contains(&layer) {
+                layers.push(layer);
             }
         }
+        if !self.transcoders.is_empty() {
+            stores.extend(layers.iter().map(|&l| SweepStore::of_mlp(l)));
+        }
+        if !self.clts.is_empty() && !layers.is_empty() {
+            layers.sort_unstable();
+            stores.push(SweepStore::of_mlp_layers(layers));
+        }
         Ok(stores)
+    }
+
+    /// The training tasks of the sweep, in plan order ([`crate::stores::training_runs`]).
+    pub fn training_runs(&self) -> crate::Result<Vec<TrainingRun>> {
+        let stores = self.stores()?;
+        let name = |key: &str, template: usize| {
+            self.templates(key)
+                .get(template)
+                .and_then(|t| t.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("dictionary")
+                .to_string()
+        };
+        Ok(training_runs(
+            &stores,
+            &|key| self.templates(key).len(),
+            &self.widths,
+            &name,
+        ))
+    }
+
+    /// The names of the per-layer transcoders (`NAME-wWIDTH`, each trained on every
+    /// transcoder layer): each is one replacement model.
+    pub fn transcoder_names(&self) -> Vec<String> {
+        self.transcoders
+            .iter()
+            .filter_map(|t| t.get("name").and_then(Value::as_str))
+            .flat_map(|name| self.widths.iter().map(move |w| format!("{name}-w{w}")))
+            .collect()
+    }
+
+    /// The templates under `key` (`saes`, `transcoders`, `clts`).
+    fn templates(&self, key: &str) -> &[Value] {
+        match key {
+            "saes" => &self.saes,
+            "transcoders" => &self.transcoders,
+            _ => &self.clts,
+        }
     }
 
     /// The documents the stores are harvested from: all but the last when the sweep evaluates
@@ -568,36 +603,48 @@ impl SweepSpec {
         }
     }
 
-    /// The training configuration of the task that trains every template of `store`'s kind at
-    /// every width on it (validated by the trainer's own parser).
-    pub fn train_config(&self, store: &SweepStore) -> crate::Result<trainer::TrainConfig> {
-        trainer::TrainConfig::from_value(self.train_config_value(store)?, &[])
-            .with_context(|| format!("the training task of {}", store.name))
+    /// The training configuration of `run` (validated by the trainer's own parser).
+    pub fn train_config(&self, run: &TrainingRun) -> crate::Result<trainer::TrainConfig> {
+        trainer::TrainConfig::from_value(self.train_config_value(run)?, &[])
+            .with_context(|| format!("the training task of {}", run.folder()))
     }
 
     /// [`Self::train_config`] before it is parsed: the shared settings with one dictionary per
-    /// template and width (`NAME-wWIDTH`, reading the store's input, predicting its output if a
-    /// transcoder store, `d_sae` the width).
-    fn train_config_value(&self, store: &SweepStore) -> crate::Result<Value> {
-        let templates = match store.output {
-            None => &self.saes,
-            Some(_) => &self.transcoders,
-        };
-        let mut saes = Vec::new();
-        for template in templates {
-            for &width in &self.widths {
-                let mut sae = template.clone();
-                let object = sae.as_object_mut().context("templates are tables")?;
-                let name = object.get("name").and_then(Value::as_str).unwrap_or("sae");
-                let name = format!("{name}-w{width}");
-                object.insert("name".into(), name.into());
-                object.insert("hook".into(), store.input.to_string().into());
-                if let Some(output) = store.output {
+    /// (template, width) of the run, named `NAME-wWIDTH`: an SAE or transcoder reading the
+    /// store's hook (predicting its MLP output), or a CLT over the store's layers; `d_sae` the
+    /// width.
+    fn train_config_value(&self, run: &TrainingRun) -> crate::Result<Value> {
+        let key = run.store.templates_key();
+        let mut dictionaries = Vec::new();
+        for &(template, width) in &run.dictionaries {
+            let mut dictionary = self
+                .templates(key)
+                .get(template)
+                .with_context(|| format!("no template {key}[{template}]"))?
+                .clone();
+            let object = dictionary.as_object_mut().context("templates are tables")?;
+            let name = object.get("name").and_then(Value::as_str).unwrap_or("sae");
+            let name = format!("{name}-w{width}");
+            object.insert("name".into(), name.into());
+            object.insert("d_sae".into(), width.into());
+            match &run.store.kind {
+                StoreKind::Hook(hook) => {
+                    object.insert("hook".into(), hook.to_string().into());
+                }
+                StoreKind::Mlp(layer) => {
+                    let (input, output) = (HookPoint::MlpIn(*layer), HookPoint::MlpOut(*layer));
+                    object.insert("hook".into(), input.to_string().into());
                     object.insert("hook_out".into(), output.to_string().into());
                 }
-                object.insert("d_sae".into(), width.into());
-                saes.push(sae);
+                StoreKind::MlpLayers(layers) => {
+                    let hooks = |point: fn(usize) -> HookPoint| -> Value {
+                        layers.iter().map(|&l| point(l).to_string()).collect()
+                    };
+                    object.insert("hooks".into(), hooks(HookPoint::MlpIn));
+                    object.insert("hooks_out".into(), hooks(HookPoint::MlpOut));
+                }
             }
+            dictionaries.push(dictionary);
         }
         let mut value = self.train.clone();
         let object = value.as_object_mut().context("`train` is a table")?;
@@ -615,8 +662,29 @@ impl SweepSpec {
                 .entry("dataset_path")
                 .or_insert_with(|| self.corpus.clone().into());
         }
-        object.insert("saes".into(), Value::Array(saes));
+        let list = match run.store.kind {
+            StoreKind::MlpLayers(_) => "clts",
+            _ => "saes",
+        };
+        object.insert(list.into(), Value::Array(dictionaries));
         Ok(value)
+    }
+}
+
+/// Where a path into a training task's configuration comes from in the sweep: `KEY[k]…` (the
+/// dictionary at position n of the task's `saes` or `clts` comes from template
+/// `template_of(n)` of the `key` templates) or the shared `train` settings.
+fn template_field(key: &str, path: &str, template_of: &dyn Fn(usize) -> usize) -> String {
+    let rest = path
+        .strip_prefix("saes[")
+        .or_else(|| path.strip_prefix("clts["));
+    if let Some(rest) = rest
+        && let Some((number, rest)) = rest.split_once(']')
+        && let Ok(number) = number.parse::<usize>()
+    {
+        format!("{key}[{}]{rest}", template_of(number))
+    } else {
+        format!("train.{path}")
     }
 }
 

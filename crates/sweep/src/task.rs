@@ -9,14 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use activation_cache::store::{MANIFEST, StoreSpec, seal_store};
-use activation_cache::{
-    Corpus, ShardSchedule, ShuffleConfig, StoreSource, check_spec, write_shard,
-};
+use activation_cache::{ShardSchedule, ShuffleConfig, StoreSource, check_spec, write_shard};
 use file_io::{bail, ensure};
 
 use crate::error::Context as _;
-use candle_core::DType;
-use gemma_hooks::Kernels;
 use object_io::Location;
 use trainer::{RunOptions, TrainConfig, Trainer};
 
@@ -28,43 +24,8 @@ use crate::records::{
 use crate::sync;
 use lab::stages::{self, TrainedSae};
 
-/// Where and how a task computes.
-#[derive(Debug, Clone)]
-pub struct TaskOptions {
-    /// Device of the model (harvest) and of the SAEs (training): `cpu`, `cuda:N`, `metal`.
-    pub device: String,
-    /// The model's element type on that device.
-    pub model_dtype: DType,
-    /// Which kernels compute (recorded with every result: another kernel gives other last bits).
-    pub kernels: Kernels,
-    /// A training task's SAEs spread over these devices (one thread each, every batch read
-    /// once; `trainer::TrainConfig::sae_devices`); empty: all on `device`.
-    pub sae_devices: Vec<String>,
-    /// A local folder for a training task's working copy (its run folder), deleted when the
-    /// task is done, and for the lock files that keep two workers of this machine off one task.
-    pub scratch: PathBuf,
-    /// Wait this long at most for unfinished dependencies (polling their done markers), instead
-    /// of refusing at once: for schedulers without dependencies (a Kubernetes Indexed Job).
-    pub wait_for_dependencies: Option<Duration>,
-    /// Show progress bars.
-    pub progress: bool,
-}
-
-impl TaskOptions {
-    /// A task on the CPU in f32 with the fastest kernels, quietly, its working copies under
-    /// `scratch`, refusing at once when a dependency is not done.
-    pub fn on_cpu(scratch: impl Into<PathBuf>) -> Self {
-        Self {
-            device: "cpu".into(),
-            model_dtype: DType::F32,
-            kernels: Kernels::Fastest,
-            sae_devices: Vec::new(),
-            scratch: scratch.into(),
-            wait_for_dependencies: None,
-            progress: false,
-        }
-    }
-}
+pub use crate::task_context::TaskOptions;
+use crate::task_context::{model_and_corpus, remove_scratch};
 
 /// What [`run_task`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,15 +102,26 @@ pub fn run_task(
     let outputs = match &task.work {
         Work::Harvest { shards } => harvest(&plan, &layout, shards[0]..shards[1], options)?,
         Work::Seal => seal(&plan, &layout)?,
-        Work::Train { store, config } => {
+        Work::Train { store, run, config } => {
             let mut config: TrainConfig = serde_json::from_value(config.clone())
                 .with_context(|| format!("task {index}: its training config"))?;
             config.device = options.device.clone();
             config.sae_devices = options.sae_devices.clone();
             config.kernels = options.kernels;
-            train(&plan, &layout, store, config, &scratch, options.progress)?
+            let folder = run.as_deref().unwrap_or(store);
+            train(
+                &plan,
+                &layout,
+                (store, folder),
+                config,
+                &scratch,
+                options.progress,
+            )?
         }
         Work::Evaluate { store } => evaluate(&plan, &layout, store, &scratch, options)?,
+        Work::EvaluateReplacement { name } => {
+            crate::replacement_task::evaluate_replacement(&plan, &layout, name, &scratch, options)?
+        }
     };
     let record = DoneRecord {
         index,
@@ -381,41 +353,6 @@ fn short_digest(digest: &str) -> &str {
     digest.get(..12).unwrap_or(digest)
 }
 
-/// The sweep's model on the task's device (with the task's kernels), its tokenizer, and the
-/// corpus's documents.
-fn model_and_corpus(
-    plan: &Plan,
-    options: &TaskOptions,
-) -> crate::Result<(
-    gemma_hooks::GemmaModel,
-    gemma_hooks::GemmaTokenizer,
-    Vec<activation_cache::Document>,
-)> {
-    // The planned model and corpus, or nothing: checked before anything is computed.
-    plan.inputs.check_model(&plan.sweep.model)?;
-    let documents = Corpus::from_spec(&plan.sweep.corpus, &plan.sweep.field)?.documents()?;
-    plan.inputs
-        .check_documents(&plan.sweep.corpus, &documents)?;
-    let device = trainer::device_named(&options.device)?;
-    let (model, tokenizer) = gemma_hooks::load_model_with_kernels(
-        &plan.sweep.model,
-        &device,
-        options.model_dtype,
-        options.kernels,
-    )?;
-    Ok((model, tokenizer, documents))
-}
-
-/// Removes a task's scratch folder (made by this task, or by an earlier attempt of it).
-fn remove_scratch(scratch: &Path) -> crate::Result<()> {
-    if scratch.exists() {
-        std::fs::remove_dir_all(scratch).with_context(|| {
-            format!("removing this task's scratch folder {}", scratch.display())
-        })?;
-    }
-    Ok(())
-}
-
 /// Writes every store's manifest from the parts; all shards must come from the plan's model
 /// and from one kernel. Returns the manifests.
 fn seal(plan: &Plan, layout: &Layout) -> crate::Result<Vec<OutputFile>> {
@@ -478,25 +415,25 @@ fn seal(plan: &Plan, layout: &Layout) -> crate::Result<Vec<OutputFile>> {
     Ok(outputs)
 }
 
-/// Trains every SAE of one store's task in `scratch`, uploading each checkpoint, then the run
-/// folder (its `DONE` last); returns the run folder's files. An attempt always starts from the
-/// last uploaded checkpoint: after a finished attempt (its last checkpoint is the final one)
-/// it trains nothing and exports again.
+/// Trains the dictionaries of one training task from `store` in `scratch`, uploading each
+/// checkpoint, then the run folder `train/FOLDER/` (its `DONE` last); returns the run folder's
+/// files. An attempt always starts from the last uploaded checkpoint: after a finished attempt
+/// (its last checkpoint is the final one) it trains nothing and exports again.
 fn train(
     plan: &Plan,
     layout: &Layout,
-    store: &str,
+    (store, folder): (&str, &str),
     mut config: TrainConfig,
     scratch: &Path,
     progress: bool,
 ) -> crate::Result<Vec<OutputFile>> {
-    let outputs = layout.train(store);
+    let outputs = layout.train(folder);
     // The run folder is complete only once this attempt has uploaded it.
     outputs.delete(trainer::checkpoint::DONE)?;
-    let checkpoints = layout.checkpoints(store);
+    let checkpoints = layout.checkpoints(folder);
     remove_scratch(scratch)?;
     if let Some(step) = sync::restore_checkpoint(&checkpoints, scratch)? {
-        eprintln!("[train {store}] resuming from the checkpoint of step {step} ({checkpoints})");
+        eprintln!("[train {folder}] resuming from the checkpoint of step {step} ({checkpoints})");
     }
     let shuffle = ShuffleConfig {
         seed: 0,
@@ -525,7 +462,7 @@ fn train(
         stop_after_steps: None,
         progress,
     })?;
-    let files = sync::upload_run(scratch, &outputs, &format!("train/{store}"))?;
+    let files = sync::upload_run(scratch, &outputs, &format!("train/{folder}"))?;
     remove_scratch(scratch)?;
     Ok(files)
 }
@@ -547,7 +484,11 @@ fn evaluate(
         .tasks
         .iter()
         .find_map(|t| match &t.work {
-            Work::Train { store: s, config } if s == store => Some(config),
+            Work::Train {
+                store: s,
+                run: None,
+                config,
+            } if s == store => Some(config),
             _ => None,
         })
         .map(|config| serde_json::from_value(config["saes"].clone()))

@@ -80,7 +80,7 @@ fn transcoder_layers_get_a_store_of_their_mlp_input_and_output_and_a_task_each()
         .tasks
         .iter()
         .filter_map(|t| match &t.work {
-            Work::Train { store, config } => Some((store, config)),
+            Work::Train { store, config, .. } => Some((store, config)),
             _ => None,
         })
         .collect();
@@ -188,7 +188,7 @@ fn a_plan_harvests_in_shard_ranges_then_seals_then_trains_every_hook_with_every_
             "blocks.1.hook_mlp_out"
         ]
     );
-    let Work::Train { store, config } = &plan.tasks[5].work else {
+    let Work::Train { store, config, .. } = &plan.tasks[5].work else {
         panic!()
     };
     assert_eq!(store, "blocks.0.hook_mlp_out");
@@ -407,7 +407,7 @@ fn sweep_files_with_mistakes_are_refused_with_the_reason() {
     );
     check(
         &|v| v["transcoder_layers"] = serde_json::json!([1]),
-        "transcoder_layers but no `transcoders` templates",
+        "transcoder_layers but no `transcoders` or `clts` templates",
     );
     check(
         &|v| {
@@ -434,7 +434,7 @@ fn sweep_files_with_mistakes_are_refused_with_the_reason() {
     );
     check(
         &|v| v["train"]["saes"] = serde_json::json!([]),
-        "dictionaries go in `saes` and `transcoders` templates",
+        "dictionaries go in `saes`, `transcoders` and `clts` templates",
     );
     check(&|v| v["harvest_tasks"] = 0.into(), "must be positive");
 }

@@ -1108,11 +1108,14 @@ fn the_shipped_sweep_files_pass_every_check() {
     let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
     let spec = SweepSpec::from_file(&configs.join("sweep-gemma3-270m.toml")).unwrap();
     assert!(spec.hook_points().unwrap().len() >= 2);
-    // Transcoders on every layer of the embedded model (18), one store and task each.
+    // Transcoders on every layer of the embedded model (18), one store and task each, and a
+    // CLT over all 18 from one more store.
     let spec = SweepSpec::from_file(&configs.join("sweep-transcoders-gemma3-270m.toml")).unwrap();
     let stores = spec.stores().unwrap();
-    assert_eq!(stores.len(), 18);
-    assert!(stores.iter().all(|s| s.output.is_some()));
+    assert_eq!(stores.len(), 19);
+    assert!(stores.iter().all(|s| s.from_transcoder_layers()));
+    assert_eq!(stores[18].hooks().len(), 36);
+    assert_eq!(spec.training_runs().unwrap().len(), 19);
 }
 
 #[test]

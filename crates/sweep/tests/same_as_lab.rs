@@ -118,9 +118,9 @@ fn trained_by(plan: &Plan, store: &str) -> Vec<SaeConfig> {
     plan.tasks
         .iter()
         .find_map(|t| match &t.work {
-            Work::Train { store: s, config } if s == store => {
-                Some(serde_json::from_value(config["saes"].clone()))
-            }
+            Work::Train {
+                store: s, config, ..
+            } if s == store => Some(serde_json::from_value(config["saes"].clone())),
             _ => None,
         })
         .expect("the plan trains")
