@@ -7,7 +7,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `reproduce <experiment>` | the project's results: `quickstart` (the main job), `frontier`, `sites`, `layers`, `gemma-scope`, `gemma-scope-2`, `synth-bench` (the `lab` crate's `experiments`) |
+//! | `reproduce <experiment>` | the project's results: `quickstart` (the main job), `frontier`, `sites`, `layers`, `gemma-scope`, `gemma-scope-2`, `transcoder-all`, `synth-bench` (the `lab` crate's `experiments`) |
 //! | `explore` | a local web page: latents firing on your text, feature dashboards, manual labels, steering (the `explorer` crate) |
 //! | `demo` | builds every SAE architecture on the embedded model's activations, folds the scaling constant, saves each in SAELens format, reloads it and checks the outputs are unchanged |
 //! | `inspect <path>` | summarises an SAE file: a SAELens directory, a Gemma Scope `params.npz` or a Gemma Scope 2 folder |
@@ -30,7 +30,7 @@ use commands::{
 /// The commands of `gemma-scope`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Reproduce a result: quickstart, frontier, sites, layers, gemma-scope, gemma-scope-2, synth-bench.
+    /// Reproduce a result: quickstart, frontier, sites, layers, gemma-scope, gemma-scope-2, transcoder-all, synth-bench.
     Reproduce(reproduce::ReproduceArgs),
     /// Serve the interactive explorer: latents on your text, dashboards, labels, steering.
     Explore(explore::ExploreArgs),

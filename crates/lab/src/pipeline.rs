@@ -331,8 +331,19 @@ impl Lab {
         context_length: usize,
         tokens: u64,
     ) -> crate::Result<PathBuf> {
+        self.harvest_into("cache", hooks, context_length, tokens)
+    }
+
+    /// [`Self::harvest`] into `out/<folder>`: for a second store of other hooks.
+    pub fn harvest_into(
+        &self,
+        folder: &str,
+        hooks: &[HookPoint],
+        context_length: usize,
+        tokens: u64,
+    ) -> crate::Result<PathBuf> {
         let training_documents = &self.documents[..self.documents.len() - 1];
-        self.harvest_documents("cache", training_documents, hooks, context_length, tokens)
+        self.harvest_documents(folder, training_documents, hooks, context_length, tokens)
     }
 
     /// Harvests `hooks` over contexts of the held-out document into `out/held-out-cache`
@@ -344,8 +355,19 @@ impl Lab {
         context_length: usize,
         tokens: u64,
     ) -> crate::Result<PathBuf> {
+        self.harvest_held_out_into("held-out-cache", hooks, context_length, tokens)
+    }
+
+    /// [`Self::harvest_held_out`] into `out/<folder>`.
+    fn harvest_held_out_into(
+        &self,
+        folder: &str,
+        hooks: &[HookPoint],
+        context_length: usize,
+        tokens: u64,
+    ) -> crate::Result<PathBuf> {
         let held_out = std::slice::from_ref(self.documents.last().expect("checked at open"));
-        self.harvest_documents("held-out-cache", held_out, hooks, context_length, tokens)
+        self.harvest_documents(folder, held_out, hooks, context_length, tokens)
     }
 
     /// Harvests `hooks` over contexts spread across `documents` into `out/<folder>`.
@@ -414,6 +436,80 @@ impl Lab {
             })
             .collect::<crate::Result<_>>()?;
         let config = self.train_config(budget, saes, context_length)?;
+        let saes = config.saes.clone();
+        let dir = self.run_trainer(store, config, (context_length, budget), seed, folder)?;
+        self.load_trained(&dir, &saes, norms)
+    }
+
+    /// The SAEs `saes` exported into the run folder `dir`, loaded with the policy's cutoffs of
+    /// `norms`.
+    fn load_trained(
+        &self,
+        dir: &Path,
+        saes: &[SaeConfig],
+        norms: &[NormProfile],
+    ) -> crate::Result<Vec<TrainedSae>> {
+        saes.iter()
+            .map(|sae| {
+                TrainedSae::load(
+                    &dir.join(&sae.name),
+                    &sae.name,
+                    &sae.hook,
+                    sae.hook_out.as_deref(),
+                    self.model.device(),
+                    norms,
+                    self.massive_tokens,
+                )
+            })
+            .collect()
+    }
+
+    /// Trains per-layer `transcoders` and cross-layer transcoders `clts` side by side, on the
+    /// same batches of the store at `store`, into `out/<folder>` (resuming); returns the
+    /// transcoders and the CLTs as exported (on raw activations).
+    pub fn train_circuits(
+        &self,
+        store: &Path,
+        budget: &Budget,
+        transcoders: Vec<SaeConfig>,
+        clts: Vec<trainer::clt::CltConfig>,
+        context_length: usize,
+        folder: &str,
+    ) -> crate::Result<(Vec<TrainedSae>, Vec<sae_core::format::clt::LoadedClt>)> {
+        let transcoders = transcoders
+            .into_iter()
+            .map(|sae| self.with_overrides(sae))
+            .collect::<crate::Result<Vec<_>>>()?;
+        let mut config = self.train_config(budget, transcoders, context_length)?;
+        config.clts = clts;
+        config.validate()?;
+        let saes = config.saes.clone();
+        let clt_names: Vec<String> = config.clts.iter().map(|c| c.name.clone()).collect();
+        let dir = self.run_trainer(store, config, (context_length, budget), 0, folder)?;
+        let transcoders = self.load_trained(&dir, &saes, &[])?;
+        let clts = clt_names
+            .iter()
+            .map(|name| {
+                Ok(sae_core::format::clt::load_clt(
+                    &dir.join(name),
+                    self.model.device(),
+                )?)
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        Ok((transcoders, clts))
+    }
+
+    /// Runs (or resumes) `config` on the store at `store`, read in the order of shuffle seed
+    /// `seed`, in `out/<folder>`, with the held-out rows of the same hooks (harvested into
+    /// `out/held-out-<store folder>`); returns the run folder.
+    fn run_trainer(
+        &self,
+        store: &Path,
+        config: TrainConfig,
+        (context_length, budget): (usize, &Budget),
+        seed: u64,
+        folder: &str,
+    ) -> crate::Result<PathBuf> {
         let dir = self.out.join(folder);
         let source = StoreSource::open(
             store,
@@ -424,11 +520,6 @@ impl Lab {
             },
             true,
         )?;
-        let names: Vec<(String, String, Option<String>)> = config
-            .saes
-            .iter()
-            .map(|s| (s.name.clone(), s.hook.clone(), s.hook_out.clone()))
-            .collect();
         let hooks: Vec<HookPoint> = source
             .hooks()
             .iter()
@@ -436,27 +527,22 @@ impl Lab {
             .collect::<Result<_, _>>()?;
         let mut trainer = Trainer::new(config, source, &dir)?;
         if !trainer.finished() {
-            let held_out = self.harvest_held_out(&hooks, context_length, budget.eval_tokens)?;
+            let store_folder = store
+                .file_name()
+                .map_or("cache".into(), |n| n.to_string_lossy().into_owned());
+            let held_out = self.harvest_held_out_into(
+                &format!("held-out-{store_folder}"),
+                &hooks,
+                context_length,
+                budget.eval_tokens,
+            )?;
             trainer.set_held_out(&read_all_rows(&held_out)?)?;
         }
         trainer.run(&RunOptions {
             progress: self.progress,
             ..Default::default()
         })?;
-        names
-            .into_iter()
-            .map(|(name, hook, output)| {
-                TrainedSae::load(
-                    &dir.join(&name),
-                    &name,
-                    &hook,
-                    output.as_deref(),
-                    self.model.device(),
-                    norms,
-                    self.massive_tokens,
-                )
-            })
-            .collect()
+        Ok(dir)
     }
 
     /// The norm above which evaluation leaves `hook`'s positions unchanged, by the policy.

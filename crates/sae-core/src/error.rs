@@ -1,6 +1,6 @@
 //! The crate's error type: every failure names what it was working on.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong in `sae-core`.
 ///
@@ -65,6 +65,25 @@ fn context_prefix(path: &Option<PathBuf>) -> String {
 }
 
 impl SaeError {
+    /// This error naming `file` where it names no file: a shape found wrong after the file was
+    /// read (checked by a constructor that does not know the file).
+    pub fn in_file(self, file: &Path) -> Self {
+        match self {
+            SaeError::Shape {
+                path: None,
+                array,
+                expected,
+                got,
+            } => SaeError::Shape {
+                path: Some(file.to_path_buf()),
+                array,
+                expected,
+                got,
+            },
+            other => other,
+        }
+    }
+
     /// A format error ([`file_io::FileError::Format`]) for `path`.
     pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
         Self::File(file_io::FileError::format(path, detail))

@@ -1,6 +1,8 @@
 //! `gemma-scope convert SRC DST --to FORMAT`: an SAE or transcoder from any format this project
 //! reads (SAELens, Gemma Scope `params.npz`, Gemma Scope 2) into the SAELens layout or the Gemma
-//! Scope 2 layout, hooks carried over (or given).
+//! Scope 2 layout, hooks carried over (or given); or a circuit dictionary — a cross-layer
+//! transcoder, or a transcoder on every layer — between Gemma Scope 2's layout and
+//! circuit-tracer's (`sae_core::format::circuits`).
 //!
 //! What the source records about the SAE is carried over too:
 //!
@@ -112,8 +114,11 @@ fn read_source(path: &Path) -> anyhow::Result<Source> {
 pub enum TargetFormat {
     /// SAELens's `cfg.json` + `sae_weights.safetensors` (this project's own).
     Saelens,
-    /// Gemma Scope 2's `config.json` + `params.safetensors`.
+    /// Gemma Scope 2's `config.json` + `params.safetensors` (a CLT: `params_layer_{i}`; a
+    /// transcoder set: one `layer_{L}_width_{W}` folder per layer).
     GemmaScope2,
+    /// circuit-tracer's own layout with its `config.yaml` (CLTs and transcoder sets only).
+    CircuitTracer,
 }
 
 /// Arguments of `convert`.
@@ -143,6 +148,43 @@ pub struct ConvertArgs {
 /// Reads the source and writes it in the target layout, its metadata carried over (see the
 /// module docs).
 pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
+    use sae_core::format::circuits::{self, CircuitDictionary, CircuitLayout};
+    if circuits::is_circuit_dictionary(&args.source) {
+        let dictionary = circuits::load_circuit_dictionary(&args.source, &Device::Cpu)
+            .with_context(|| format!("loading {}", args.source.display()))?;
+        let layout = match args.to {
+            TargetFormat::GemmaScope2 => CircuitLayout::GemmaScope2,
+            TargetFormat::CircuitTracer => CircuitLayout::CircuitTracer,
+            TargetFormat::Saelens => bail!(
+                "{} is a circuit dictionary (a CLT or a transcoder on every layer): write it \
+                 --to gemma-scope2 or --to circuit-tracer",
+                args.source.display()
+            ),
+        };
+        circuits::save_circuit_dictionary(
+            &dictionary,
+            layout,
+            &args.destination,
+            args.model_name.as_deref(),
+        )
+        .with_context(|| format!("writing {}", args.destination.display()))?;
+        let what = match &dictionary {
+            CircuitDictionary::Clt(loaded) => format!(
+                "a CLT of {} layers × {} latents",
+                loaded.clt.shape().n_layers,
+                loaded.clt.shape().d_sae
+            ),
+            CircuitDictionary::TranscoderSet { transcoders, .. } => {
+                format!("{} transcoders", transcoders.len())
+            }
+        };
+        println!(
+            "wrote {} ({:?}, {what})",
+            args.destination.display(),
+            args.to
+        );
+        return Ok(());
+    }
     let Source {
         sae,
         metadata: source_metadata,
@@ -187,6 +229,11 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
             output.filter(|_| transcoder),
             model_name,
         )?,
+        TargetFormat::CircuitTracer => bail!(
+            "{} is a single SAE or transcoder: circuit-tracer's layout holds a CLT or a \
+             transcoder on every layer",
+            args.source.display()
+        ),
         TargetFormat::GemmaScope2 => write_gemma_scope_2(
             args,
             sae.as_ref(),
@@ -434,5 +481,125 @@ mod tests {
         assert_eq!(metadata["l0"], "medium");
         assert_eq!(metadata["model_name"], "gemma-2-2b");
         assert_eq!(metadata["hook_name"], "blocks.3.hook_resid_post");
+    }
+
+    /// A CLT and a transcoder set between Gemma Scope 2's layout and circuit-tracer's, both
+    /// ways, to the same predictions.
+    #[test]
+    fn circuit_dictionaries_convert_between_gemma_scope_2_and_circuit_tracer() {
+        use sae_core::format::circuits::{CircuitDictionary, load_circuit_dictionary};
+        use sae_core::format::clt::{CltHooks, save_clt};
+        use sae_core::{Clt, CltShape, InitConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let shape = CltShape {
+            n_layers: 3,
+            d_model: 8,
+            d_sae: 12,
+            skip: false,
+        };
+        let init = InitConfig {
+            threshold: 0.05,
+            ..Default::default()
+        };
+        let clt = Clt::init(&shape, &init, &Device::Cpu).unwrap();
+        let gs2 = dir.path().join("clt/width_12_l0_medium");
+        let mut metadata = Map::new();
+        metadata.insert("model_name".into(), json!("gemma-v3-270m-pt"));
+        save_clt(&clt, &gs2, &CltHooks::gemma_scope_2(3), metadata, None, &[]).unwrap();
+        let ct = convert(dir.path(), &gs2, "ct-clt", TargetFormat::CircuitTracer);
+        let back = convert(dir.path(), &ct, "gs2-clt", TargetFormat::GemmaScope2);
+        let xs: Vec<Tensor> = (0..3)
+            .map(|_| Tensor::randn(0f32, 1.0, (5, 8), &Device::Cpu).unwrap())
+            .collect();
+        let (_, expected) = clt.forward(&xs).unwrap();
+        for folder in [&ct, &back] {
+            let CircuitDictionary::Clt(loaded) =
+                load_circuit_dictionary(folder, &Device::Cpu).unwrap()
+            else {
+                panic!("{folder:?} is not a CLT")
+            };
+            assert_eq!(loaded.hooks, CltHooks::gemma_scope_2(3));
+            let (_, got) = loaded.clt.forward(&xs).unwrap();
+            for (a, b) in got.iter().zip(&expected) {
+                assert_eq!(test_support::floats::max_abs_diff(a, b), 0.0, "{folder:?}");
+            }
+        }
+
+        // The transcoder set the per-layer transcoders of a sweep make, both ways.
+        let set = dir.path().join("transcoder_all");
+        for layer in 0..2 {
+            let sae = test_support::random_jumprelu(8, 12, 0.3, 0.05, layer as u64);
+            let transcoder = sae_core::JumpReluTranscoder::new(sae, None).unwrap();
+            let mut config = GemmaScope2Config::new(
+                &format!("model.layers.{layer}.pre_feedforward_layernorm.output"),
+                Some(&format!(
+                    "model.layers.{layer}.post_feedforward_layernorm.output"
+                )),
+            );
+            config.model_name = Some("gemma-v3-270m-pt".into());
+            sae_core::format::save_gemma_scope_2(
+                &transcoder,
+                &set.join(format!("layer_{layer}_width_12_l0_small")),
+                config,
+            )
+            .unwrap();
+        }
+        let ct = convert(dir.path(), &set, "ct-set", TargetFormat::CircuitTracer);
+        let back = convert(
+            dir.path(),
+            &ct,
+            "transcoder_all_back",
+            TargetFormat::GemmaScope2,
+        );
+        let original = load_circuit_dictionary(&set, &Device::Cpu).unwrap();
+        let CircuitDictionary::TranscoderSet {
+            transcoders: expected,
+            ..
+        } = original
+        else {
+            panic!("not a transcoder set")
+        };
+        for folder in [&ct, &back] {
+            let CircuitDictionary::TranscoderSet {
+                transcoders, hooks, ..
+            } = load_circuit_dictionary(folder, &Device::Cpu).unwrap()
+            else {
+                panic!("{folder:?} is not a transcoder set")
+            };
+            assert_eq!(hooks.outputs[1], "blocks.1.hook_mlp_out");
+            for (a, b) in transcoders.iter().zip(&expected) {
+                let x = Tensor::randn(0f32, 1.0, (5, 8), &Device::Cpu).unwrap();
+                let (_, y) = a.forward(&x).unwrap();
+                let (_, z) = b.forward(&x).unwrap();
+                assert_eq!(
+                    test_support::floats::max_abs_diff(&y, &z),
+                    0.0,
+                    "{folder:?}"
+                );
+            }
+        }
+        // A single SAE cannot go to circuit-tracer's layout; a CLT cannot go to SAELens's.
+        let error = run(&ConvertArgs {
+            source: set.join("layer_0_width_12_l0_small"),
+            destination: dir.path().join("nope"),
+            to: TargetFormat::CircuitTracer,
+            hook: None,
+            hook_out: None,
+            model_name: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("single SAE or transcoder"), "{error}");
+        let error = run(&ConvertArgs {
+            source: gs2.clone(),
+            destination: dir.path().join("nope2"),
+            to: TargetFormat::Saelens,
+            hook: None,
+            hook_out: None,
+            model_name: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("circuit dictionary"), "{error}");
     }
 }

@@ -10,11 +10,12 @@
 //! | `layers` | an SAE per layer and site from one pass: metrics by layer |
 //! | `gemma-scope` | released Gemma Scope SAEs on Gemma 2 (files needed; says which) |
 //! | `gemma-scope-2` | Gemma Scope 2's recipe (quadratic L0, Matryoshka) vs Gemma Scope 1's on the three sites, and MLP transcoders with and without the skip |
+//! | `transcoder-all` | Gemma Scope 2's circuit dictionaries on every layer: a transcoder per layer and one CLT, compared as replacement models |
 //! | `synth-bench` | SynthSAEBench-16k: BatchTopK, Matryoshka BatchTopK, JumpReLU and L1 SAEs scored against known features (MCC, F1, …) beside the published table |
 
 use lab::ExperimentOptions;
 use lab::experiments::{
-    frontier, gemma_scope, gemma_scope_2, layers, quickstart, sites, synth_bench,
+    frontier, gemma_scope, gemma_scope_2, layers, quickstart, sites, synth_bench, transcoder_all,
 };
 
 /// Arguments of `reproduce`.
@@ -39,6 +40,10 @@ enum Experiment {
     /// Gemma Scope 2's recipe vs Gemma Scope 1's at the middle layer, and MLP transcoders.
     #[command(name = "gemma-scope-2")]
     GemmaScope2(ExperimentOptions),
+    /// Gemma Scope 2's circuit dictionaries on every layer: a transcoder per layer and one CLT,
+    /// compared as replacement models.
+    #[command(name = "transcoder-all")]
+    TranscoderAll(ExperimentOptions),
     /// SynthSAEBench-16k: four architectures scored against the true features, beside the published table.
     #[command(name = "synth-bench")]
     SynthBench(synth_bench::SynthBenchOptions),
@@ -53,6 +58,7 @@ pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
         Experiment::Layers(common) => layers::run(common),
         Experiment::GemmaScope(args) => gemma_scope::run(args),
         Experiment::GemmaScope2(common) => gemma_scope_2::run(common),
+        Experiment::TranscoderAll(common) => transcoder_all::run_experiment(common),
         Experiment::SynthBench(options) => synth_bench::run(options),
     }?;
     Ok(())

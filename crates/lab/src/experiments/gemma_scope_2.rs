@@ -10,6 +10,9 @@
 //!   `medium` target, without and with the affine skip connection, spliced in place of the MLP
 //!   for evaluation.
 //!
+//! Its recipe also makes the circuit dictionaries of `reproduce transcoder-all`
+//! ([`super::transcoder_all`], [`circuit_recipe`]).
+//!
 //! Gemma Scope 2's frequency penalty is left out: its technical paper describes it ("a secondary
 //! penalty which specifically targets high-frequency latents") but gives no formula. The
 //! report counts high-frequency latents (firing on more than 10 % of tokens) so the question
@@ -28,7 +31,8 @@ use crate::report::{frontier_plots, write_summary};
 /// Default training tokens per SAE: 200 steps of 1,024 (as `sites`; seventeen SAEs from one
 /// stream, most of them dense-stepped until the λ warm-up brings their L0 down).
 pub const DEFAULT_BUDGET: u64 = 204_800;
-const CONTEXT_LENGTH: usize = 256;
+/// Tokens per context of the harvest.
+pub const CONTEXT_LENGTH: usize = 256;
 const D_SAE: usize = 4096;
 /// Gemma Scope 2's L0 buckets: `small` ≈ 10–20, `medium` ≈ 30–60, `big` ≈ 90–150.
 const TARGETS: [(&str, f64); 3] = [("small", 15.0), ("medium", 45.0), ("big", 120.0)];
@@ -59,6 +63,21 @@ fn on_target(mut sae: SaeConfig, target: f64) -> SaeConfig {
     sae.target_l0 = Some(target);
     sae.homeostasis = Some(HomeostasisConfig::new(DEAD_AFTER_TOKENS));
     sae
+}
+
+/// Gemma Scope 2's penalties toward `target` for a dictionary of `width` latents, with the
+/// Matryoshka prefixes at its sixteenth, quarter and half.
+fn matryoshka_penalties(target: f64, width: usize) -> Vec<PenaltyConfig> {
+    vec![
+        PenaltyConfig::QuadraticL0 {
+            coefficient: QUADRATIC_LAMBDA,
+            target_l0: target,
+        },
+        PenaltyConfig::Matryoshka {
+            coefficient: 1.0,
+            widths: vec![width / 16, width / 4, width / 2],
+        },
+    ]
 }
 
 /// Gemma Scope 2's penalties toward `target`, with or without the Matryoshka prefixes.
@@ -219,6 +238,59 @@ pub fn run(args: &ExperimentOptions) -> crate::Result<()> {
         report.paragraph(&line);
     }
     report.publish(&lab.out, &frame)
+}
+
+/// The circuit dictionaries' recipe (for `steps` steps, `width` latents a layer): Gemma Scope
+/// 2's transcoder at the `medium` target on each layer, and a CLT over all layers at the same width whose every layer's λ is driven to that
+/// target (the quadratic L0 penalty; a CLT takes no Matryoshka prefixes).
+pub fn circuit_recipe(steps: u64, width: usize) -> super::transcoder_all::CircuitRecipe {
+    let (label, target) = TARGETS[1];
+    let transcoder = move |layer: usize| {
+        let mut sae = SaeConfig::new(
+            &format!("gs2-transcoder_all-layer_{layer}"),
+            &HookPoint::MlpIn(layer).to_string(),
+            Architecture::JumpReluTranscoder { skip: false },
+            width,
+        );
+        sae.hook_out = Some(HookPoint::MlpOut(layer).to_string());
+        sae.penalties = Some(matryoshka_penalties(target, width));
+        short_run(on_target(sae, target), steps)
+    };
+    let clt = move |layers: &[usize]| -> trainer::clt::CltConfig {
+        let settings = serde_json::json!({
+            "name": format!("gs2-clt-{label}"),
+            "hooks": layers.iter().map(|&l| HookPoint::MlpIn(l).to_string()).collect::<Vec<_>>(),
+            "hooks_out": layers.iter().map(|&l| HookPoint::MlpOut(l).to_string()).collect::<Vec<_>>(),
+            "d_sae": width,
+        });
+        let mut clt: trainer::clt::CltConfig =
+            serde_json::from_value(settings).expect("a CLT config of known fields");
+        // The per-layer transcoder's settings, but its penalties (one quadratic L0 for a CLT).
+        let layer = transcoder(0);
+        let mut shared = serde_json::to_value(&layer).expect("a config serialises");
+        let shared = shared.as_object_mut().expect("a config is a table");
+        for key in ["name", "hook", "hook_out", "architecture", "d_sae"] {
+            shared.remove(key);
+        }
+        shared.retain(|_, v| !v.is_null());
+        shared.insert(
+            "penalties".into(),
+            serde_json::json!([{ "kind": "quadratic_l0", "coefficient": QUADRATIC_LAMBDA, "target_l0": target }]),
+        );
+        clt.settings = shared.clone();
+        clt
+    };
+    super::transcoder_all::CircuitRecipe {
+        transcoder: Box::new(transcoder),
+        clt: Box::new(clt),
+        width: if width.is_multiple_of(1024) {
+            format!("{}k", width / 1024)
+        } else {
+            width.to_string()
+        },
+        bucket: (label.to_string(), target),
+        model_name: "gemma-v3-270m-pt".into(),
+    }
 }
 
 /// Writes the Gemma Scope 2 recipe's SAEs and transcoders in the Gemma Scope 2 layout under

@@ -10,6 +10,7 @@
 //! | `layers` | an SAE per layer and site from one pass: metrics by layer |
 //! | `gemma-scope` | released Gemma Scope SAEs on Gemma 2 (files needed; says which) |
 //! | `gemma-scope-2` | Gemma Scope 2's recipe (quadratic L0, Matryoshka) vs Gemma Scope 1's on the three sites, and MLP transcoders with and without the skip |
+//! | `transcoder-all` | Gemma Scope 2's circuit dictionaries on every layer: a transcoder per layer and one CLT, compared as replacement models (every MLP replaced at once) |
 //! | `synth-bench` | SynthSAEBench-16k: BatchTopK, Matryoshka BatchTopK, JumpReLU and L1 SAEs scored against known features (MCC, F1, …) beside the published table |
 
 pub mod frontier;
@@ -19,6 +20,7 @@ pub mod layers;
 pub mod quickstart;
 pub mod sites;
 pub mod synth_bench;
+pub mod transcoder_all;
 
 use trainer::{DecoderBiasInit, SaeConfig};
 

@@ -19,7 +19,7 @@ pub mod loss;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use crate::arch::{ThresholdOptions, ThresholdParametrisation};
+use crate::arch::{ThresholdOptions, ThresholdParametrisation, expect_shape};
 use crate::init::InitConfig;
 use crate::ste;
 use crate::{Result, SaeError};
@@ -125,19 +125,6 @@ fn random_rows(rows: usize, width: usize, norm: f64, seed: u64) -> Vec<f32> {
         row.iter_mut().for_each(|v| *v *= scale);
     }
     values
-}
-
-/// Checks that `tensor` has shape `expected`, naming it.
-fn expect_shape(tensor: &Tensor, name: &str, expected: &[usize]) -> Result<()> {
-    if tensor.dims() != expected {
-        return Err(SaeError::Shape {
-            path: None,
-            array: name.to_string(),
-            expected: format!("{expected:?}"),
-            got: tensor.dims().to_vec(),
-        });
-    }
-    Ok(())
 }
 
 impl Clt {

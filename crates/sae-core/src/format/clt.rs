@@ -312,20 +312,7 @@ pub fn load_clt(dir: &Path, device: &Device) -> Result<LoadedClt> {
         skip.then_some(skips),
         ThresholdOptions::default(),
     )
-    .map_err(|e| match e {
-        SaeError::Shape {
-            path: None,
-            array,
-            expected,
-            got,
-        } => SaeError::Shape {
-            path: Some(dir.to_path_buf()),
-            array,
-            expected,
-            got,
-        },
-        other => other,
-    })?;
+    .map_err(|e| e.in_file(dir))?;
     Ok(LoadedClt { clt, hooks, config })
 }
 

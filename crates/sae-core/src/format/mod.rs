@@ -5,6 +5,8 @@
 //! problems, the array and what was expected.
 
 mod atomic;
+pub mod circuit_tracer;
+pub mod circuits;
 pub mod clt;
 pub mod gemma_scope_2;
 mod npz;

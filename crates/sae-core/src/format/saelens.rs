@@ -333,20 +333,8 @@ pub fn load_saelens(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedS
         let sparsity = map
             .remove("sparsity")
             .ok_or_else(|| SaeError::format(&sparsity_path, "missing array `sparsity`"))?;
-        crate::arch::expect_shape(&sparsity, "sparsity", &[config.d_sae]).map_err(|e| match e {
-            SaeError::Shape {
-                array,
-                expected,
-                got,
-                ..
-            } => SaeError::Shape {
-                path: Some(sparsity_path.clone()),
-                array,
-                expected,
-                got,
-            },
-            e => e,
-        })?;
+        crate::arch::expect_shape(&sparsity, "sparsity", &[config.d_sae])
+            .map_err(|e| e.in_file(&sparsity_path))?;
         Some(sparsity)
     } else {
         None
