@@ -1,10 +1,10 @@
 //! Metrics against hand-computed values, and evaluation of a perfect and a zero SAE spliced
 //! into a tiny random Gemma 3 (the transformers fixture of gemma-hooks).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+mod common;
 
-use activation_cache::Context;
+use std::collections::BTreeMap;
+
 use analysis::density::summarise;
 use analysis::stats::ReconstructionStats;
 use analysis::{EvalOptions, SaeAtHook, evaluate};
@@ -98,10 +98,6 @@ fn density_summary_counts_dead_and_ultra_dense_latents() {
     );
 }
 
-fn tiny_model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gemma-hooks/tests/fixtures/tiny-gemma3")
-}
-
 /// A ReLU SAE with W_enc = [I, −I] and W_dec = [I; −I]: relu(x) − relu(−x) = x exactly.
 fn perfect_sae(d: usize) -> Box<dyn TrainableSae> {
     let eye = Tensor::eye(d, DType::F32, &Device::Cpu).unwrap();
@@ -146,29 +142,10 @@ fn sae_with_bias(encoder: Tensor, decoder: Tensor, b_dec: Tensor) -> Box<dyn Tra
 }
 
 /// Two contexts of 12 tokens: one full, one with 8 real tokens and PAD after.
-fn contexts() -> Vec<Context> {
-    let full: Vec<u32> = [2, 10, 20, 30, 40, 50, 11, 21, 31, 41, 51, 12].to_vec();
-    let mut short: Vec<u32> = [2, 60, 61, 62, 63, 64, 65, 66].to_vec();
-    short.resize(12, 0);
-    vec![
-        Context {
-            index: 0,
-            document: 0,
-            tokens: full,
-            len: 12,
-        },
-        Context {
-            index: 1,
-            document: 0,
-            tokens: short,
-            len: 8,
-        },
-    ]
-}
 
 #[test]
 fn perfect_sae_costs_no_loss_and_zero_sae_recovers_nothing() {
-    let loaded = load_hf_dir(&tiny_model_dir(), &Device::Cpu, DType::F32).unwrap();
+    let loaded = load_hf_dir(&common::tiny_model_dir(), &Device::Cpu, DType::F32).unwrap();
     let d = loaded.model.config().hidden_size;
     let perfect = perfect_sae(d);
     let zero = zero_sae(d, 8);
@@ -203,7 +180,7 @@ fn perfect_sae_costs_no_loss_and_zero_sae_recovers_nothing() {
     let results = evaluate(
         &loaded.model,
         &saes,
-        &contexts(),
+        &common::contexts(),
         &BTreeMap::new(),
         &options,
     )
@@ -261,7 +238,7 @@ fn perfect_sae_costs_no_loss_and_zero_sae_recovers_nothing() {
 
 #[test]
 fn evaluation_rejects_a_width_mismatch_and_ragged_contexts() {
-    let loaded = load_hf_dir(&tiny_model_dir(), &Device::Cpu, DType::F32).unwrap();
+    let loaded = load_hf_dir(&common::tiny_model_dir(), &Device::Cpu, DType::F32).unwrap();
     let wrong = perfect_sae(5);
     let saes = [SaeAtHook {
         output: None,
@@ -277,14 +254,14 @@ fn evaluation_rejects_a_width_mismatch_and_ragged_contexts() {
     let error = evaluate(
         &loaded.model,
         &saes,
-        &contexts(),
+        &common::contexts(),
         &BTreeMap::new(),
         &options,
     )
     .unwrap_err();
     assert!(error.to_string().contains("d_in 5"), "{error}");
 
-    let mut ragged = contexts();
+    let mut ragged = common::contexts();
     ragged[1].tokens.truncate(9);
     let error = evaluate(&loaded.model, &saes, &ragged, &BTreeMap::new(), &options).unwrap_err();
     assert!(error.to_string().contains("one length"), "{error}");
@@ -295,7 +272,7 @@ fn mean_activation(model: &gemma_hooks::GemmaModel, hook: HookPoint) -> (Vec<f32
     let mut sum: Vec<f64> = Vec::new();
     let mut norms = Vec::new();
     let mut count = 0.0;
-    for context in contexts() {
+    for context in common::contexts() {
         let ids = Tensor::new(context.tokens.as_slice(), &Device::Cpu)
             .unwrap()
             .unsqueeze(0)
@@ -321,7 +298,7 @@ fn mean_activation(model: &gemma_hooks::GemmaModel, hook: HookPoint) -> (Vec<f32
 
 #[test]
 fn mean_ablation_and_the_norm_cutoff_replace_the_same_positions_as_the_sae() {
-    let loaded = load_hf_dir(&tiny_model_dir(), &Device::Cpu, DType::F32).unwrap();
+    let loaded = load_hf_dir(&common::tiny_model_dir(), &Device::Cpu, DType::F32).unwrap();
     let d = loaded.model.config().hidden_size;
     let hook = HookPoint::ResidPost(3);
     let (mean, mut norms) = mean_activation(&loaded.model, hook);
@@ -369,7 +346,7 @@ fn mean_ablation_and_the_norm_cutoff_replace_the_same_positions_as_the_sae() {
         batch_contexts: 2,
         progress: false,
     };
-    let results = evaluate(&loaded.model, &saes, &contexts(), &means, &options).unwrap();
+    let results = evaluate(&loaded.model, &saes, &common::contexts(), &means, &options).unwrap();
     let (constant, perfect, cut, all_cut) = (&results[0], &results[1], &results[2], &results[3]);
     // The same forward pass computed twice: equal up to float reassociation in batching.
     let mean_loss = constant.mean_ablation_loss.unwrap();

@@ -2,10 +2,10 @@
 //! spliced alone; a CLT that writes only to its own layer is the transcoders of its diagonal
 //! blocks; a perfect replacement costs nothing and a CLT's writes to later layers change them.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+mod common;
 
-use activation_cache::Context;
+use std::collections::BTreeMap;
+
 use analysis::{EvalOptions, MlpDictionary, SaeAtHook, evaluate, evaluate_replacement};
 use candle_core::{DType, Device, Tensor};
 use gemma_hooks::{HookPoint, LoadedModel, load_hf_dir};
@@ -16,29 +16,7 @@ use sae_core::{
 };
 
 fn model() -> LoadedModel {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gemma-hooks/tests/fixtures/tiny-gemma3");
-    load_hf_dir(&dir, &Device::Cpu, DType::F32).unwrap()
-}
-
-fn contexts() -> Vec<Context> {
-    let full: Vec<u32> = [2, 10, 20, 30, 40, 50, 11, 21, 31, 41, 51, 12].to_vec();
-    let mut short: Vec<u32> = [2, 60, 61, 62, 63, 64, 65, 66].to_vec();
-    short.resize(12, 0);
-    vec![
-        Context {
-            index: 0,
-            document: 0,
-            tokens: full,
-            len: 12,
-        },
-        Context {
-            index: 1,
-            document: 0,
-            tokens: short,
-            len: 8,
-        },
-    ]
+    load_hf_dir(&common::tiny_model_dir(), &Device::Cpu, DType::F32).unwrap()
 }
 
 fn options() -> EvalOptions {
@@ -120,7 +98,7 @@ fn one_replaced_layer_is_the_transcoder_spliced_alone() {
             output: Some(HookPoint::MlpOut(layer)),
             exclude_norm_above: None,
         }],
-        &contexts(),
+        &common::contexts(),
         &BTreeMap::new(),
         &options(),
     )
@@ -137,7 +115,7 @@ fn one_replaced_layer_is_the_transcoder_spliced_alone() {
             &loaded.model,
             "r",
             &dictionary,
-            &contexts(),
+            &common::contexts(),
             &BTreeMap::new(),
             &options(),
         )
@@ -186,7 +164,7 @@ fn a_clt_writing_only_to_its_own_layers_is_its_diagonal_transcoders() {
             &loaded.model,
             "r",
             d,
-            &contexts(),
+            &common::contexts(),
             &BTreeMap::new(),
             &options(),
         )
@@ -226,7 +204,7 @@ fn replaced_layers_out_of_order_or_a_clt_of_another_size_are_refused() {
             &loaded.model,
             "r",
             &MlpDictionary::Clt { clt: &clt, layers },
-            &contexts(),
+            &common::contexts(),
             &BTreeMap::new(),
             &options(),
         )

@@ -482,7 +482,6 @@ impl Lab {
             .collect::<crate::Result<Vec<_>>>()?;
         let mut config = self.train_config(budget, transcoders, context_length)?;
         config.clts = clts;
-        config.validate()?;
         let saes = config.saes.clone();
         let clt_names: Vec<String> = config.clts.iter().map(|c| c.name.clone()).collect();
         let dir = self.run_trainer(store, config, (context_length, budget), 0, folder)?;

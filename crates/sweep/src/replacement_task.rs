@@ -39,6 +39,13 @@ fn store_means(
     Ok(stages::ablation_means(&norms, plan.sweep.massive_tokens)?)
 }
 
+/// The dictionaries of a replacement model, as loaded: a CLT and the model layer of each of
+/// its layers, or a transcoder per layer.
+enum Trained {
+    Clt(Box<sae_core::Clt>, Vec<usize>),
+    Transcoders(Vec<(usize, TrainedSae)>),
+}
+
 /// Runs the evaluation of the replacement model `name` (a CLT's name, or the per-layer
 /// transcoders' `NAME-wWIDTH`); returns the file it wrote.
 pub(crate) fn evaluate_replacement(
@@ -58,7 +65,7 @@ pub(crate) fn evaluate_replacement(
         context: what.to_string(),
         cause: Box::new(e.into()),
     };
-    let evaluation = match runs.iter().find(|r| r.run.as_deref() == Some(name)) {
+    let (trained, means) = match runs.iter().find(|r| r.run.as_deref() == Some(name)) {
         Some(run) => {
             let trained = layout.train(run.folder());
             let folder = scratch.join(name);
@@ -72,19 +79,7 @@ pub(crate) fn evaluate_replacement(
                 .map(|h| layer_of(h))
                 .collect::<crate::Result<Vec<_>>>()?;
             let means = store_means(plan, layout, &run.store.name)?;
-            let dictionary = MlpDictionary::Clt {
-                clt: &loaded.clt,
-                layers,
-            };
-            stages::evaluate_replacement(
-                &model,
-                name,
-                &dictionary,
-                &contexts,
-                &means,
-                options.progress,
-            )
-            .map_err(|e| described(&format!("the replacement model of {name}"), e))?
+            (Trained::Clt(Box::new(loaded.clt), layers), means)
         }
         None => {
             let mut transcoders: Vec<(usize, TrainedSae)> = Vec::new();
@@ -121,23 +116,30 @@ pub(crate) fn evaluate_replacement(
                 )));
             }
             transcoders.sort_by_key(|(layer, _)| *layer);
-            let dictionary = MlpDictionary::Transcoders(
-                transcoders
-                    .iter()
-                    .map(|(layer, t)| (*layer, t.sae.as_ref() as &dyn Sae))
-                    .collect(),
-            );
-            stages::evaluate_replacement(
-                &model,
-                name,
-                &dictionary,
-                &contexts,
-                &means,
-                options.progress,
-            )
-            .map_err(|e| described(&format!("the replacement model of {name}"), e))?
+            (Trained::Transcoders(transcoders), means)
         }
     };
+    let dictionary = match &trained {
+        Trained::Clt(clt, layers) => MlpDictionary::Clt {
+            clt,
+            layers: layers.clone(),
+        },
+        Trained::Transcoders(transcoders) => MlpDictionary::Transcoders(
+            transcoders
+                .iter()
+                .map(|(layer, t)| (*layer, t.sae.as_ref() as &dyn Sae))
+                .collect(),
+        ),
+    };
+    let evaluation = stages::evaluate_replacement(
+        &model,
+        name,
+        &dictionary,
+        &contexts,
+        &means,
+        options.progress,
+    )
+    .map_err(|e| described(&format!("the replacement model of {name}"), e))?;
     let file = format!("{name}.json");
     let bytes = serde_json::to_vec_pretty(&evaluation)?;
     let folder = layout.eval().join("replacement");

@@ -17,7 +17,7 @@ use crate::checkpoint::{
     write_json,
 };
 use crate::clt::CltRun;
-use crate::clt::setup::{ResolvedClt, resolve_clts, resumed_clts, start_clts};
+use crate::clt::setup::{ResolvedClt, resolve_clts, start_clts};
 use crate::config::{ResolvedSaeConfig, SaeConfig, TrainConfig};
 use crate::metrics::{self, MetricsRow};
 use crate::registry::Registry;
@@ -348,10 +348,13 @@ impl<S: ActivationSource> Trainer<S> {
                 Ok(run)
             })
             .collect::<Result<Vec<_>>>()?;
-        let clts = match saved {
-            None => start_clts(clts, &mut source, &config, &clt_device, kernels)?,
-            Some(_) => resumed_clts(clts, &config, &clt_device, kernels)?,
-        };
+        let clts = start_clts(
+            clts,
+            &mut source,
+            &config,
+            (&clt_device, kernels),
+            saved.is_some(),
+        )?;
         let mut trainer = Self {
             config,
             source,

@@ -7,8 +7,8 @@ mod common;
 
 use activation_cache::store::HookSpec;
 use activation_cache::{ActivationBatch, ActivationSource, Cursor};
-use candle_core::{DType, Device, Tensor};
-use common::{D_IN, Synthetic};
+use candle_core::{Device, Tensor};
+use common::{D_IN, Synthetic, fvu};
 use sae_core::Architecture;
 use sae_core::format::clt::{CltHooks, load_clt};
 use trainer::clt::CltConfig;
@@ -159,22 +159,6 @@ fn config(saes: Vec<SaeConfig>, clts: Vec<CltConfig>, steps: u64) -> TrainConfig
     config.checkpoint_every = 20;
     config.metrics_every = 10;
     config
-}
-
-/// Σ‖y − ŷ‖² / Σ‖y − ȳ‖², in f64.
-fn fvu(y: &Tensor, predicted: &Tensor) -> f64 {
-    let y = y.to_dtype(DType::F64).unwrap();
-    let predicted = predicted.to_dtype(DType::F64).unwrap();
-    let sum = |t: Tensor| {
-        t.sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    let centred = y.broadcast_sub(&y.mean_keepdim(0).unwrap()).unwrap();
-    sum((&y - &predicted).unwrap()) / sum(centred)
 }
 
 /// Held-out rows, past those the runs train on: (inputs, outputs) by layer.

@@ -6,8 +6,8 @@ mod common;
 
 use activation_cache::store::HookSpec;
 use activation_cache::{ActivationBatch, ActivationSource, Cursor};
-use candle_core::{DType, Device, Tensor};
-use common::{D_IN, HOOK, Synthetic, config};
+use candle_core::{Device, Tensor};
+use common::{D_IN, HOOK, Synthetic, config, fvu};
 use sae_core::Architecture;
 use test_support::floats::max_abs_diff;
 use trainer::{DecoderBiasInit, RunOptions, SaeConfig, Trainer};
@@ -93,22 +93,6 @@ fn held_out_rows() -> (Tensor, Tensor) {
     let x = Tensor::from_vec(rows, (512, D_IN), &Device::Cpu).unwrap();
     let y = target_of(&x);
     (x, y)
-}
-
-/// Σ‖y − ŷ‖² / Σ‖y − ȳ‖², in f64.
-fn fvu(y: &Tensor, predicted: &Tensor) -> f64 {
-    let y = y.to_dtype(DType::F64).unwrap();
-    let predicted = predicted.to_dtype(DType::F64).unwrap();
-    let sum = |t: Tensor| {
-        t.sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    let centred = y.broadcast_sub(&y.mean_keepdim(0).unwrap()).unwrap();
-    sum((&y - &predicted).unwrap()) / sum(centred)
 }
 
 #[test]

@@ -131,29 +131,33 @@ fn hook_statistics<S: ActivationSource>(
         .collect()
 }
 
-/// New runs of `clts` on `device`: each layer's input and output divided by its own C (with
-/// `normalise_inputs`), `b_dec` at the output's mean where asked.
+/// Runs of `clts` on `device`: new ones (`resuming` false) with each layer's input and output
+/// divided by its own C (with `normalise_inputs`) and `b_dec` at the output's mean where asked;
+/// or ones a checkpoint restores (their scales and counts come from it).
 pub(crate) fn start_clts<S: ActivationSource>(
     clts: Vec<ResolvedClt>,
     source: &mut S,
     config: &TrainConfig,
-    device: &Device,
-    kernels: Kernels,
+    (device, kernels): (&Device, Kernels),
+    resuming: bool,
 ) -> Result<Vec<CltRun>> {
     let wanted: Vec<usize> = clts
         .iter()
         .flat_map(|c| c.hook_indices.iter().flat_map(|&(i, o)| [i, o]))
         .collect();
-    let statistics = if clts.is_empty() {
+    let statistics = if clts.is_empty() || resuming {
         Vec::new()
     } else {
         hook_statistics(source, &wanted, config)?
     };
-    let of = |hook: usize| statistics[hook].as_ref().expect("estimated above");
     clts.into_iter()
         .map(|clt| {
             let normalise = clt.layers[0].normalise_inputs;
-            let scale = |hook: usize| if normalise { of(hook).0 } else { 1.0 };
+            let of = |hook: usize| statistics.get(hook).and_then(Option::as_ref);
+            let scale = |hook: usize| match of(hook) {
+                Some((c, _)) if normalise => *c,
+                _ => 1.0,
+            };
             let scales = (
                 clt.hook_indices.iter().map(|&(i, _)| scale(i)).collect(),
                 clt.hook_indices.iter().map(|&(_, o)| scale(o)).collect(),
@@ -161,7 +165,7 @@ pub(crate) fn start_clts<S: ActivationSource>(
             let means: Vec<Vec<f64>> = clt
                 .hook_indices
                 .iter()
-                .map(|&(_, o)| of(o).1.clone())
+                .filter_map(|&(_, o)| of(o).map(|(_, mean)| mean.clone()))
                 .collect();
             CltRun::new(
                 clt.config,
@@ -171,33 +175,6 @@ pub(crate) fn start_clts<S: ActivationSource>(
                     d_model: clt.d_model,
                     scales,
                     output_means: &means,
-                    steps: config.steps,
-                },
-                device,
-                kernels,
-            )
-        })
-        .collect()
-}
-
-/// Runs of `clts` to be restored from a checkpoint (scales and counts come from it).
-pub(crate) fn resumed_clts(
-    clts: Vec<ResolvedClt>,
-    config: &TrainConfig,
-    device: &Device,
-    kernels: Kernels,
-) -> Result<Vec<CltRun>> {
-    clts.into_iter()
-        .map(|clt| {
-            let n = clt.layers.len();
-            CltRun::new(
-                clt.config,
-                clt.layers,
-                CltStart {
-                    hook_indices: clt.hook_indices,
-                    d_model: clt.d_model,
-                    scales: (vec![1.0; n], vec![1.0; n]),
-                    output_means: &[],
                     steps: config.steps,
                 },
                 device,

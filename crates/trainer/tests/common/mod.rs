@@ -5,7 +5,7 @@
 
 use activation_cache::store::HookSpec;
 use activation_cache::{ActivationBatch, ActivationSource, Cursor, TokenInfo};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use trainer::{SaeConfig, TrainConfig};
 
@@ -109,4 +109,20 @@ pub fn config(saes: Vec<SaeConfig>, steps: u64) -> TrainConfig {
     config.scaling_batches = 4;
     config.saes = saes;
     config
+}
+
+/// Σ‖y − ŷ‖² / Σ‖y − ȳ‖², in f64.
+pub fn fvu(y: &Tensor, predicted: &Tensor) -> f64 {
+    let y = y.to_dtype(DType::F64).unwrap();
+    let predicted = predicted.to_dtype(DType::F64).unwrap();
+    let sum = |t: Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let centred = y.broadcast_sub(&y.mean_keepdim(0).unwrap()).unwrap();
+    sum((&y - &predicted).unwrap()) / sum(centred)
 }
